@@ -1,0 +1,50 @@
+# Helpers shared by every regserve target.
+
+set(REGSERVE_WARNINGS -Wall -Wextra -Werror)
+if(REGSERVE_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
+# regserve_library(NAME SOURCES ... DEPS ... [PUBLIC_DEPS ...])
+# Declares regserve_NAME with alias regserve::NAME.
+function(regserve_library name)
+  cmake_parse_arguments(A "" "" "SOURCES;DEPS" ${ARGN})
+  add_library(regserve_${name} ${A_SOURCES})
+  add_library(regserve::${name} ALIAS regserve_${name})
+  target_include_directories(regserve_${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_compile_options(regserve_${name} PRIVATE ${REGSERVE_WARNINGS})
+  target_link_libraries(regserve_${name} PUBLIC ${A_DEPS})
+endfunction()
+
+# regserve_test(NAME SOURCES ... DEPS ... [LABELS ...])
+# A GoogleTest program registered with CTest. Labels: unit, golden, e2e, gpu.
+function(regserve_test name)
+  if(NOT REGSERVE_BUILD_TESTS)
+    return()
+  endif()
+  cmake_parse_arguments(A "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${A_SOURCES})
+  target_compile_options(${name} PRIVATE ${REGSERVE_WARNINGS})
+  target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gmock
+                        GTest::gtest_main)
+  add_test(NAME ${name} COMMAND ${name})
+  if(NOT A_LABELS)
+    set(A_LABELS unit)
+  endif()
+  if(NOT A_TIMEOUT)
+    set(A_TIMEOUT 600)
+  endif()
+  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}"
+    TIMEOUT ${A_TIMEOUT}
+    ENVIRONMENT "REGSERVE_TEST_DATA=${PROJECT_SOURCE_DIR}/tests/data;REGSERVE_BINARY_DIR=${PROJECT_BINARY_DIR}")
+endfunction()
+
+# regserve_program(NAME SOURCES ... DEPS ...) builds and installs a program.
+function(regserve_program name)
+  cmake_parse_arguments(A "" "" "SOURCES;DEPS" ${ARGN})
+  add_executable(${name} ${A_SOURCES})
+  target_compile_options(${name} PRIVATE ${REGSERVE_WARNINGS})
+  target_link_libraries(${name} PRIVATE ${A_DEPS})
+  install(TARGETS ${name} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endfunction()

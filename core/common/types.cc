@@ -1,0 +1,84 @@
+// Copyright regserve authors.
+#include "core/common/types.h"
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace regserve {
+
+absl::string_view TransformKindName(TransformKind kind) {
+  switch (kind) {
+    case TransformKind::kRigid:
+      return "rigid";
+    case TransformKind::kAffine:
+      return "affine";
+    case TransformKind::kBSpline:
+      return "bspline";
+  }
+  return "unknown";
+}
+
+absl::string_view InterpolationName(Interpolation interp) {
+  switch (interp) {
+    case Interpolation::kLinear:
+      return "linear";
+    case Interpolation::kCubic:
+      return "cubic";
+    case Interpolation::kNearest:
+      return "nearest";
+  }
+  return "unknown";
+}
+
+absl::string_view WarpDeviceName(WarpDevice device) {
+  return device == WarpDevice::kCuda ? "cuda" : "cpu";
+}
+
+absl::string_view DevicePreferenceName(DevicePreference d) {
+  switch (d) {
+    case DevicePreference::kAuto:
+      return "auto";
+    case DevicePreference::kCpu:
+      return "cpu";
+    case DevicePreference::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+namespace {
+template <typename E, size_t N>
+absl::StatusOr<E> ParseName(absl::string_view what, absl::string_view name,
+                            const E (&values)[N],
+                            absl::string_view (*namer)(E)) {
+  std::string choices;
+  for (E v : values) {
+    if (namer(v) == name) return v;
+    absl::StrAppend(&choices, choices.empty() ? "" : "|", namer(v));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ", what, " '", name, "'; use one of ", choices));
+}
+}  // namespace
+
+absl::StatusOr<TransformKind> ParseTransformKind(absl::string_view name) {
+  static constexpr TransformKind kAll[] = {
+      TransformKind::kRigid, TransformKind::kAffine, TransformKind::kBSpline};
+  return ParseName("transform", name, kAll, &TransformKindName);
+}
+
+absl::StatusOr<Interpolation> ParseInterpolation(absl::string_view name) {
+  static constexpr Interpolation kAll[] = {
+      Interpolation::kLinear, Interpolation::kCubic, Interpolation::kNearest};
+  return ParseName("interpolation", name, kAll, &InterpolationName);
+}
+
+absl::StatusOr<DevicePreference> ParseDevicePreference(absl::string_view name) {
+  static constexpr DevicePreference kAll[] = {
+      DevicePreference::kAuto, DevicePreference::kCpu, DevicePreference::kCuda};
+  return ParseName("device", name, kAll, &DevicePreferenceName);
+}
+
+}  // namespace regserve

@@ -1,0 +1,33 @@
+// Copyright regserve authors.
+//
+// Small vocabulary types shared by the planner, registration, warp, the
+// scheduler and the service layers, with their names and parsers.
+#ifndef REGSERVE_CORE_COMMON_TYPES_H_
+#define REGSERVE_CORE_COMMON_TYPES_H_
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace regserve {
+
+// elastix transform presets. kBSpline runs affine, then B-spline.
+enum class TransformKind { kRigid = 0, kAffine = 1, kBSpline = 2 };
+enum class Interpolation { kLinear = 0, kCubic = 1, kNearest = 2 };
+// Where a warp runs.
+enum class WarpDevice { kCpu = 0, kCuda = 1 };
+// What a job asks for: auto picks CUDA when it is available and fits.
+enum class DevicePreference { kAuto = 0, kCpu = 1, kCuda = 2 };
+
+absl::string_view TransformKindName(TransformKind kind);      // "rigid"...
+absl::string_view InterpolationName(Interpolation interp);    // "linear"...
+absl::string_view WarpDeviceName(WarpDevice device);          // "cpu"/"cuda"
+absl::string_view DevicePreferenceName(DevicePreference d);   // "auto"...
+
+// Parsers accept exactly the names above; InvalidArgument lists the choices.
+absl::StatusOr<TransformKind> ParseTransformKind(absl::string_view name);
+absl::StatusOr<Interpolation> ParseInterpolation(absl::string_view name);
+absl::StatusOr<DevicePreference> ParseDevicePreference(absl::string_view name);
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_COMMON_TYPES_H_

@@ -1,0 +1,114 @@
+// Copyright regserve authors.
+//
+// Image: an owned, interleaved (row-major, channels last) pixel buffer.
+// This header has no dependency on OpenImageIO, so that the warp engine and
+// the planner can use it on machines without OIIO; decoding and encoding live
+// in core/image/image_io.h.
+//
+//   REGSERVE_ASSIGN_OR_RETURN(Image img,
+//       Image::Allocate({.width = 640, .height = 480, .channels = 3,
+//                        .type = SampleType::kUInt8}));
+//   uint8_t* row = img.row(10);
+//
+// Thread safety: an Image is not synchronised; concurrent reads are fine,
+// writes need external synchronisation (the warp writes disjoint tiles).
+#ifndef REGSERVE_CORE_IMAGE_IMAGE_H_
+#define REGSERVE_CORE_IMAGE_IMAGE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace regserve {
+
+enum class SampleType { kUInt8 = 0, kUInt16 = 1, kFloat32 = 2 };
+
+// Bytes per sample: 1, 2 or 4.
+size_t SampleSize(SampleType type);
+// "uint8", "uint16", "float32".
+absl::string_view SampleTypeName(SampleType type);
+
+struct ImageSpec {
+  int64_t width = 0;
+  int64_t height = 0;
+  int channels = 0;  // 1..4
+  SampleType type = SampleType::kUInt8;
+
+  int64_t pixels() const { return width * height; }
+  size_t bytes_per_pixel() const { return channels * SampleSize(type); }
+  // Total bytes. Callers must have validated the spec (ValidateSpec) first,
+  // which guarantees this does not overflow.
+  size_t bytes() const { return static_cast<size_t>(pixels()) * bytes_per_pixel(); }
+  std::string DebugString() const;  // "640x480x3 uint8"
+};
+
+// Checks 1 <= width, height <= 2^31-1, 1 <= channels <= 4, and that the byte
+// size is representable. Returns InvalidArgument naming the bad field.
+absl::Status ValidateSpec(const ImageSpec& spec);
+
+// Memory for an Image. Lets the GPU code provide pinned host memory.
+// Allocate returns nullptr on failure. Thread-safe implementations required.
+class HostAllocator {
+ public:
+  virtual ~HostAllocator() = default;
+  virtual void* Allocate(size_t bytes) = 0;
+  virtual void Free(void* p, size_t bytes) = 0;
+  // The process-wide plain (pageable, malloc-backed) allocator.
+  static HostAllocator* Default();
+};
+
+// Returns an Image's buffer to the allocator it came from.
+struct ImageBufferDeleter {
+  HostAllocator* allocator = nullptr;
+  size_t bytes = 0;
+  void operator()(uint8_t* p) const;
+};
+
+class Image {
+ public:
+  Image() = default;  // empty: width = height = 0, data() == nullptr
+  Image(Image&&) noexcept = default;
+  Image& operator=(Image&&) noexcept = default;
+  Image(const Image&) = delete;
+  Image& operator=(const Image&) = delete;
+
+  // Allocates an uninitialised buffer. Returns InvalidArgument for a bad spec
+  // and ResourceExhausted if the allocation fails (never throws).
+  static absl::StatusOr<Image> Allocate(const ImageSpec& spec,
+                                        HostAllocator* allocator = nullptr);
+  // Same, zero-filled.
+  static absl::StatusOr<Image> AllocateZeroed(const ImageSpec& spec,
+                                              HostAllocator* allocator = nullptr);
+
+  const ImageSpec& spec() const { return spec_; }
+  int64_t width() const { return spec_.width; }
+  int64_t height() const { return spec_.height; }
+  int channels() const { return spec_.channels; }
+  SampleType type() const { return spec_.type; }
+  bool empty() const { return data_ == nullptr; }
+
+  uint8_t* data() { return data_.get(); }
+  const uint8_t* data() const { return data_.get(); }
+  size_t size_bytes() const { return spec_.bytes(); }
+  size_t row_bytes() const { return static_cast<size_t>(spec_.width) * spec_.bytes_per_pixel(); }
+  uint8_t* row(int64_t y) { return data() + static_cast<size_t>(y) * row_bytes(); }
+  const uint8_t* row(int64_t y) const { return data() + static_cast<size_t>(y) * row_bytes(); }
+
+  template <typename T>
+  T* as() { return reinterpret_cast<T*>(data()); }
+  template <typename T>
+  const T* as() const { return reinterpret_cast<const T*>(data()); }
+
+ private:
+  ImageSpec spec_;
+  std::unique_ptr<uint8_t[], ImageBufferDeleter> data_;
+};
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_IMAGE_IMAGE_H_

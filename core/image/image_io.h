@@ -1,0 +1,93 @@
+// Copyright regserve authors.
+//
+// Image decoding and encoding through OpenImageIO, plus the grayscale
+// registration copy. Every OIIO error is turned into an absl::Status; nothing
+// here throws.
+//
+//   ReadOptions opts;
+//   opts.max_bytes = budget;            // checked BEFORE allocating
+//   REGSERVE_ASSIGN_OR_RETURN(Image img, ReadImageFile("/in/a.tif", opts));
+//   REGSERVE_ASSIGN_OR_RETURN(Image gray, MakeGrayscaleCopy(img, 4473, 3154));
+//
+// Thread safety: all functions are thread-safe (OIIO errors are per thread).
+#ifndef REGSERVE_CORE_IMAGE_IMAGE_IO_H_
+#define REGSERVE_CORE_IMAGE_IMAGE_IO_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/image/image.h"
+
+namespace regserve {
+
+struct ReadOptions {
+  // Refuse (ResourceExhausted) any image whose decoded size would exceed this
+  // many bytes. The check uses the header's declared size, before any pixel
+  // buffer is allocated.
+  uint64_t max_bytes = UINT64_MAX;
+  // Refuse (InvalidArgument) images with more pixels than this.
+  int64_t max_pixels = INT64_MAX;
+  // Threads OIIO may use for decoding (0 = 1 thread; we size pools on purpose).
+  int threads = 1;
+  // Where pixel memory comes from (nullptr = default malloc allocator).
+  HostAllocator* allocator = nullptr;
+};
+
+// Header only: dimensions, channels and the sample type we would decode to
+// (uint8 stays uint8; 16-bit integer -> uint16; anything else -> float32).
+// Errors: NotFound (no such file), InvalidArgument (not an image, corrupt
+// header, unsupported channel count, impossible dimensions).
+absl::StatusOr<ImageSpec> ReadImageSpecFile(const std::string& path);
+absl::StatusOr<ImageSpec> ReadImageSpecMemory(absl::Span<const uint8_t> bytes,
+                                              const std::string& name_hint);
+
+// Decodes the first subimage at full resolution. Truncated or corrupt pixel
+// data gives InvalidArgument with OIIO's message; a declared size above the
+// limits gives ResourceExhausted/InvalidArgument before allocation.
+absl::StatusOr<Image> ReadImageFile(const std::string& path,
+                                    const ReadOptions& options = {});
+// name_hint: a file name whose extension helps OIIO pick the format.
+absl::StatusOr<Image> ReadImageMemory(absl::Span<const uint8_t> bytes,
+                                      const std::string& name_hint,
+                                      const ReadOptions& options = {});
+
+// Area-averaged (box filter over the exact fractional footprint) grayscale
+// float32 copy of `image` at target_width x target_height. Colour is reduced
+// with Rec.601 luma weights (alpha ignored); values are normalised to [0, 1]
+// for integer inputs. Target size must be >= 1 and <= the source size.
+absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
+                                        int64_t target_width,
+                                        int64_t target_height,
+                                        int threads = 1);
+
+// Writes a whole image; the format follows the extension. Files above 4 GiB
+// written as .tif use BigTIFF.
+absl::Status WriteImageFile(const std::string& path, const Image& image);
+
+// Writes a tiled (Big)TIFF incrementally, tile by tile, so that the whole
+// image never has to be in memory. Tiles may arrive in any order; each output
+// tile of `tile_size` x `tile_size` is written once all its pixels have been
+// supplied (WriteRegion may be called with any rectangle; partially covered
+// tiles are buffered). Close() fails if any pixel was never written.
+// Not thread-safe: one writer per thread, or external locking.
+class TiledTiffWriter {
+ public:
+  virtual ~TiledTiffWriter() = default;
+  // Copies the pixels of `region` (spec must match channels/type) to
+  // position (x, y) of the output.
+  virtual absl::Status WriteRegion(int64_t x, int64_t y, const Image& region) = 0;
+  // Flushes and closes the file. Must be called; the destructor only
+  // releases resources and leaves an incomplete file if Close was not called.
+  virtual absl::Status Close() = 0;
+};
+
+absl::StatusOr<std::unique_ptr<TiledTiffWriter>> OpenTiledTiffWriter(
+    const std::string& path, const ImageSpec& spec, int tile_size = 512);
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_IMAGE_IMAGE_IO_H_

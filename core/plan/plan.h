@@ -1,0 +1,98 @@
+// Copyright regserve authors.
+//
+// The planner: from the two image sizes, the job options and the memory
+// budgets, decides the registration size, the warp device and mode (one pass
+// or tiles of a given size), and the memory each stage will need, with
+// human-readable reasons.
+//
+//   Budgets b = BudgetsFromHardware(snapshot, BudgetOverrides{});
+//   REGSERVE_ASSIGN_OR_RETURN(Plan plan, MakePlan(fixed_spec, moving_spec, opts, b));
+//   for (const std::string& r : plan.reasons) std::cout << r << "\n";
+//
+// Memory models (measured, not megapixel constants):
+//  - elastix with the recursive pyramid: ~75 MB + 29 bytes per registration
+//    pixel (shared/notes/stack.md); transformix -def all: ~7.6 B/px.
+//  - decode and grayscale copies: computed from the image specs.
+//  - warp: EstimateWarpMemory() from core/warp, measured on this code.
+//
+// Thread safety: pure functions.
+#ifndef REGSERVE_CORE_PLAN_PLAN_H_
+#define REGSERVE_CORE_PLAN_PLAN_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/common/types.h"
+#include "core/hardware/hardware.h"
+#include "core/image/image.h"
+
+namespace regserve {
+
+struct JobOptions {
+  TransformKind transform = TransformKind::kBSpline;
+  double max_registration_megapixels = 20.0;
+  DevicePreference device = DevicePreference::kAuto;
+  Interpolation interpolation = Interpolation::kLinear;
+  // false: output at the registration size instead of full resolution.
+  bool output_full_resolution = true;
+};
+
+// Budgets the plan must fit. VRAM budget 0 or has_gpu=false means CPU only.
+struct Budgets {
+  uint64_t ram_bytes = 0;
+  uint64_t vram_bytes = 0;
+  bool has_gpu = false;
+  std::string gpu_name;
+  int cpu_threads = 1;
+};
+
+// Explicit budgets from flags; 0 means "derive from the hardware".
+struct BudgetOverrides {
+  uint64_t ram_bytes = 0;
+  uint64_t vram_bytes = 0;
+};
+
+// RAM: 80% of available RAM unless overridden; VRAM: 90% of free VRAM of the
+// first GPU unless overridden.
+Budgets BudgetsFromHardware(const HardwareSnapshot& hw,
+                            const BudgetOverrides& overrides);
+
+struct StageMemory {
+  uint64_t ram_bytes = 0;
+  uint64_t vram_bytes = 0;
+};
+
+struct Plan {
+  // Registration copies (fixed and moving keep their own aspect ratios and
+  // the same downsampling factor relative to their full size).
+  int64_t registration_fixed_width = 0;
+  int64_t registration_fixed_height = 0;
+  int64_t registration_moving_width = 0;
+  int64_t registration_moving_height = 0;
+  double registration_factor = 1.0;  // full / registration, per axis
+
+  int64_t output_width = 0;
+  int64_t output_height = 0;
+  WarpDevice warp_device = WarpDevice::kCpu;
+  int64_t tile_size = 0;  // 0 = one pass
+
+  StageMemory decode;        // full images + grayscale copies
+  StageMemory registration;  // elastix + transformix (+ copies held)
+  StageMemory warp;          // moving image held + warp working set
+
+  std::vector<std::string> reasons;
+};
+
+// Errors: InvalidArgument (bad specs/options), ResourceExhausted when even
+// the smallest registration copy / tile size cannot fit, with the numbers.
+absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
+                              const JobOptions& options, const Budgets& budgets);
+
+// elastix + transformix RAM for a registration copy of `pixels` pixels.
+uint64_t RegistrationRamBytes(int64_t pixels);
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_PLAN_PLAN_H_

@@ -1,0 +1,118 @@
+// Copyright regserve authors.
+//
+// Full-resolution warp of the moving image into the fixed frame through a
+// DisplacementField, with LibTorch on CUDA or on the CPU.
+//
+//   REGSERVE_ASSIGN_OR_RETURN(auto warper, Warper::Create(WarpDevice::kCuda, 0));
+//   WarpOptions opts;
+//   opts.tile_size = plan.tile_size;   // 0: one pass
+//   REGSERVE_ASSIGN_OR_RETURN(WarpStats stats,
+//       warper->Warp(moving, field, out_w, out_h, opts,
+//                    [&](const TileRect& r, const Image& tile) {
+//                      return writer->WriteRegion(r.x, r.y, tile);
+//                    }));
+//
+// Output pixel (i, j) samples the fixed-frame position
+// p = (output_origin_x + i * output_spacing_x, output_origin_y + j * output_spacing_y)
+// (full-resolution fixed pixels; default origin 0, spacing 1), looks up d(p)
+// in the field (bilinear, border-clamped), and samples the moving image at
+// p + d(p) with the chosen interpolation; positions outside the moving image
+// get fill_value. Coordinates are computed in fp32.
+//
+// Tiled output is bit-identical to one-pass output: each output pixel's
+// arithmetic does not depend on the tiling.
+//
+// Ownership: a Warper owns its device resources (CUDA streams, pinned staging
+// buffers, device memory) and frees them in its destructor. It is not
+// thread-safe: use one Warper per thread (one per GPU in the daemon).
+#ifndef REGSERVE_CORE_WARP_WARP_H_
+#define REGSERVE_CORE_WARP_WARP_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/common/cancel.h"
+#include "core/common/types.h"
+#include "core/image/displacement_field.h"
+#include "core/image/image.h"
+
+namespace regserve {
+
+struct TileRect {
+  int64_t x = 0;
+  int64_t y = 0;
+  int64_t w = 0;
+  int64_t h = 0;
+};
+
+struct WarpOptions {
+  Interpolation interpolation = Interpolation::kLinear;
+  // Value for outside samples, in sample units (e.g. 0..255 for uint8).
+  double fill_value = 0.0;
+  // Square output tile edge in pixels; 0 = one pass over the whole output.
+  int64_t tile_size = 0;
+  // Output grid in fixed full-resolution pixels (see header comment).
+  double output_origin_x = 0.0;
+  double output_origin_y = 0.0;
+  double output_spacing_x = 1.0;
+  double output_spacing_y = 1.0;
+  // CPU threads LibTorch may use (intra-op) on the CPU path.
+  int cpu_threads = 1;
+  // Polled between tiles; may be null.
+  const CancelToken* cancel = nullptr;
+};
+
+struct WarpStats {
+  int64_t tiles = 0;
+  double seconds = 0.0;
+  uint64_t peak_device_bytes = 0;  // measured (CUDA caching allocator), 0 on CPU
+  std::string device;              // "cpu" or "cuda:0 (NVIDIA H100 ...)"
+};
+
+// Called once per finished output tile, in row-major tile order, from the
+// thread that called Warp. `tile` has the moving image's channels and sample
+// type and is only valid during the call. A non-OK return aborts the warp.
+using TileCallback =
+    std::function<absl::Status(const TileRect& rect, const Image& tile)>;
+
+class Warper {
+ public:
+  virtual ~Warper() = default;
+
+  // Errors: Unavailable if kCuda is requested and CUDA is not available (or
+  // cuda_device is out of range).
+  static absl::StatusOr<std::unique_ptr<Warper>> Create(WarpDevice device,
+                                                        int cuda_device = 0);
+
+  // Warps `moving` into an out_width x out_height image. Errors:
+  // InvalidArgument (bad sizes/field), Cancelled/DeadlineExceeded (token),
+  // ResourceExhausted (out of device memory; message names the tile size to
+  // retry with), Internal (LibTorch failure, with its message).
+  virtual absl::StatusOr<WarpStats> Warp(const Image& moving,
+                                         const DisplacementField& field,
+                                         int64_t out_width, int64_t out_height,
+                                         const WarpOptions& options,
+                                         const TileCallback& on_tile) = 0;
+
+  virtual WarpDevice device() const = 0;
+};
+
+// Memory model of this implementation (measured; see warp_memory.cc for the
+// numbers and how they were measured). Estimates for warping an output of
+// out_width x out_height with `tile_size` (0 = one pass).
+struct WarpMemoryEstimate {
+  uint64_t device_bytes = 0;  // peak VRAM (0 on CPU)
+  uint64_t host_bytes = 0;    // peak RAM beyond the moving image itself
+};
+WarpMemoryEstimate EstimateWarpMemory(const ImageSpec& moving,
+                                      int64_t out_width, int64_t out_height,
+                                      int64_t field_width, int64_t field_height,
+                                      int64_t tile_size, WarpDevice device);
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_WARP_WARP_H_

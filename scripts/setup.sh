@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything regserve needs to build, test and run, from the
+# distribution's packages. Supports Debian 12 (bookworm) and Ubuntu 24.04
+# (noble). Idempotent; uses sudo only when not already root.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+. /etc/os-release
+case "${ID}:${VERSION_ID}" in
+  debian:12|ubuntu:24.04) ;;
+  *) echo "setup.sh: warning: untested distribution ${PRETTY_NAME}; trying anyway" >&2 ;;
+esac
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build pkg-config git ca-certificates
+  # gRPC / Protobuf
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # imaging and registration
+  libinsighttoolkit5-dev elastix libopenimageio-dev openimageio-tools
+  libopencv-core-dev libimath-dev
+  # warp engine (CPU build of LibTorch in the distribution)
+  libtorch-dev
+  # metrics, base library
+  prometheus-cpp-dev libabsl-dev
+  # tests
+  libgtest-dev libgmock-dev python3 python3-grpcio
+)
+
+need=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    need+=("$p")
+  fi
+done
+if [ "${#need[@]}" -eq 0 ]; then
+  echo "setup.sh: all packages already installed"
+  exit 0
+fi
+echo "setup.sh: installing ${#need[@]} packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
