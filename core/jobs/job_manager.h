@@ -1,0 +1,242 @@
+// Copyright regserve authors.
+//
+// JobManager: the engine of the service, with no gRPC. It owns the durable
+// job store under data_dir, the queue, and the pipeline threads that run each
+// job through its stages:
+//
+//   upload -> decode -> registration -> warp -> (stream)
+//
+// Each stage reserves its planned RAM/VRAM through the ResourceScheduler
+// before it starts and releases it when it ends. The server layer converts
+// RPCs to these calls and JobEvents to protocol messages, nothing more.
+//
+//   JobManager::Options opts;  opts.data_dir = "/var/lib/regserve"; ...
+//   REGSERVE_ASSIGN_OR_RETURN(auto manager, JobManager::Create(opts, &scheduler, probe));
+//   REGSERVE_ASSIGN_OR_RETURN(std::string id, manager->CreateJob(spec, "alice"));
+//   manager->AppendUpload(id, ImageRole::kFixed, bytes) ... FinishUpload(id);
+//   auto stream = manager->OpenEventStream(id, "alice", /*from_tile=*/0);
+//   JobEvent ev;
+//   while ((*stream)->Next(&ev, absl::Now() + absl::Seconds(1)).ok()) {...}
+//
+// Durability: each job lives in data_dir/jobs/<id>/ with its spec, its
+// inputs, its state (rewritten atomically: write temp, fsync, rename) and its
+// result (result.tif, a tiled TIFF, plus transform/TransformParameters.*.txt).
+// On Create, jobs found on disk are recovered: queued jobs are re-queued;
+// jobs interrupted mid-stage are re-run (their inputs are durable) up to
+// `max_attempts`, then failed with a reason naming the interruption; jobs
+// interrupted mid-upload fail with "upload interrupted by a daemon restart;
+// submit again"; finished jobs are served until `retention` expires.
+//
+// Thread safety: all methods are thread-safe.
+#ifndef REGSERVE_CORE_JOBS_JOB_MANAGER_H_
+#define REGSERVE_CORE_JOBS_JOB_MANAGER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "core/common/types.h"
+#include "core/hardware/hardware.h"
+#include "core/image/image.h"
+#include "core/plan/plan.h"
+#include "core/registration/registration.h"
+#include "core/scheduler/scheduler.h"
+#include "core/warp/warp.h"
+
+namespace regserve {
+
+enum class ImageRole { kFixed = 0, kMoving = 1 };
+
+enum class Stage { kUpload = 0, kDecode = 1, kRegistration = 2, kWarp = 3, kStream = 4 };
+absl::string_view StageName(Stage stage);  // "upload", "decode", ...
+
+enum class JobState {
+  kUploading = 0,
+  kQueued = 1,
+  kRunning = 2,  // see JobInfo::stage
+  kCompleted = 3,
+  kFailed = 4,
+  kCancelled = 5,
+};
+absl::string_view JobStateName(JobState state);
+inline bool IsTerminal(JobState s) {
+  return s == JobState::kCompleted || s == JobState::kFailed || s == JobState::kCancelled;
+}
+
+// Where an input image comes from.
+struct ImageSource {
+  // Server-side path, relative to (or absolute under) input_root. Empty when
+  // the image is uploaded.
+  std::string path;
+  // For uploads: the exact byte size the client will send, and a file name
+  // whose extension names the format ("scan.tif").
+  uint64_t upload_bytes = 0;
+  std::string upload_name;
+};
+
+struct JobSpec {
+  ImageSource fixed;
+  ImageSource moving;
+  JobOptions options;                   // transform, max MP, device, ...
+  std::vector<std::string> custom_parameters;  // elastix parameter texts
+  int priority = 0;                     // higher runs first; FIFO within
+  double fill_value = 0.0;
+  std::string client_label;             // free text, shown in ListJobs
+};
+
+struct StageTiming {
+  Stage stage;
+  double seconds = 0.0;
+};
+
+// A snapshot of a job, safe to copy.
+struct JobInfo {
+  std::string id;
+  std::string principal;
+  JobSpec spec;
+  JobState state = JobState::kQueued;
+  Stage stage = Stage::kUpload;      // current or last stage
+  double stage_fraction = 0.0;
+  std::string stage_detail;          // e.g. elastix progress message
+  int queue_position = 0;            // 1-based while queued, else 0
+  bool has_plan = false;
+  Plan plan;
+  absl::Status failure;              // kFailed / kCancelled: why
+  std::vector<StageTiming> timings;
+  double registration_metric = 0.0;
+  // Result (kCompleted).
+  ImageSpec output;                  // width, height, channels, type
+  std::string result_path;           // absolute path of result.tif
+  std::string transform_dir;         // absolute dir of TransformParameters.*.txt
+  std::vector<std::string> transform_files;
+  int64_t tile_size = 0;             // streamed tile edge
+  int64_t tile_count = 0;
+  int attempts = 0;
+  absl::Time created;
+  absl::Time finished;               // InfinitePast while not terminal
+};
+
+struct JobEvent {
+  enum class Kind { kAccepted, kQueued, kProgress, kTile, kCompleted, kFailed };
+  Kind kind = Kind::kProgress;
+  std::string job_id;
+  // kAccepted: info.plan holds the plan and its reasons.
+  // kCompleted / kFailed: info holds the final snapshot (failure for kFailed,
+  // which also covers cancellation with code CANCELLED).
+  JobInfo info;
+  // kQueued
+  int queue_position = 0;
+  // kProgress
+  Stage stage = Stage::kUpload;
+  double fraction = 0.0;             // of this stage, 0..1
+  std::string detail;
+  RegistrationProgress registration; // valid for Stage::kRegistration
+  // kTile: row-major over the output in tile_size squares.
+  int64_t tile_index = 0;
+  TileRect rect;
+  int channels = 0;
+  SampleType sample_type = SampleType::kUInt8;
+  std::string encoding;              // "raw": interleaved, little-endian
+  std::string data;
+};
+
+// A blocking, per-reader view of a job's events. Not thread-safe: one reader.
+class EventStream {
+ public:
+  virtual ~EventStream() = default;
+  // Waits until the next event or `deadline`. OK with *event filled;
+  // DeadlineExceeded when nothing arrived by the deadline (call again);
+  // OutOfRange after the terminal event was returned; Cancelled after Close.
+  virtual absl::Status Next(JobEvent* event, absl::Time deadline) = 0;
+  // Wakes a blocked Next (from any thread); later calls return Cancelled.
+  virtual void Close() = 0;
+};
+
+class JobManager {
+ public:
+  struct Options {
+    std::string data_dir;           // required, created if missing
+    std::string input_root;         // server-side paths must lie under it; empty = disabled
+    int max_queue = 64;             // jobs not yet terminal, uploads included
+    double default_max_registration_megapixels = 20.0;
+    DevicePreference device = DevicePreference::kAuto;
+    BudgetOverrides budget_overrides;
+    int elastix_threads = 1;
+    ElastixConfig elastix;
+    absl::Duration registration_timeout = absl::Hours(2);
+    absl::Duration retention = absl::Hours(24 * 7);
+    int max_attempts = 2;           // runs of a job interrupted by restarts
+    int64_t stream_tile_size = 512; // result tile edge (TIFF tile = stream tile)
+    uint64_t max_upload_bytes = 8ull << 30;
+    int64_t max_pixels = 1000ll * 1000 * 1000;  // per image
+    int pipeline_threads = 0;       // 0 = cpu slots + gpus + 1
+  };
+
+  // `scheduler` and `probe` are not owned and must outlive the manager.
+  // Recovers jobs found under data_dir (see header comment).
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(
+      const Options& options, ResourceScheduler* scheduler,
+      HardwareProbe* probe);
+  virtual ~JobManager() = default;
+
+  // Validates the spec (InvalidArgument naming the field), checks the queue
+  // (ResourceExhausted "queue full: N jobs"), and creates the job. Jobs whose
+  // images are all server-side are decoded (header only), planned and queued
+  // at once; the plan can refuse with ResourceExhausted and the numbers.
+  // Jobs with uploads wait in kUploading for AppendUpload/FinishUpload.
+  virtual absl::StatusOr<std::string> CreateJob(const JobSpec& spec,
+                                                const std::string& principal) = 0;
+  // Appends bytes to an upload. InvalidArgument if more than the declared
+  // size arrives; FailedPrecondition if the job is not uploading.
+  virtual absl::Status AppendUpload(const std::string& job_id, ImageRole role,
+                                    absl::Span<const uint8_t> bytes) = 0;
+  // Ends the upload: checks each uploaded image has exactly its declared size
+  // (InvalidArgument "upload truncated: got X of Y bytes"), reads headers,
+  // plans and queues. On error the job is failed and its inputs deleted.
+  virtual absl::Status FinishUpload(const std::string& job_id) = 0;
+  // For a client that vanished mid-upload: fails the job, deletes its inputs.
+  virtual void AbortUpload(const std::string& job_id, const absl::Status& why) = 0;
+
+  // NotFound unless the job exists and belongs to `principal` (an empty
+  // principal matches only jobs submitted with an empty principal).
+  virtual absl::Status Cancel(const std::string& job_id,
+                              const std::string& principal) = 0;
+  virtual absl::StatusOr<JobInfo> GetJob(const std::string& job_id,
+                                         const std::string& principal) const = 0;
+  // Newest first.
+  virtual std::vector<JobInfo> ListJobs(const std::string& principal) const = 0;
+
+  // Events from now on, for a running job; for a finished job the accepted
+  // event, then tiles from `from_tile` read from the stored result, then the
+  // terminal event. A live stream also gets tiles from `from_tile` once the
+  // result is written. OutOfRange if from_tile > tile count (known once the
+  // plan exists); NotFound as for GetJob.
+  virtual absl::StatusOr<std::unique_ptr<EventStream>> OpenEventStream(
+      const std::string& job_id, const std::string& principal,
+      int64_t from_tile) = 0;
+
+  // Stops accepting jobs (Unavailable "shutting down"), cancels waiting for
+  // resources, lets running stages finish or checkpoints them as queued for
+  // the next start, and joins the pipeline threads.
+  virtual void Shutdown() = 0;
+
+  // For GetServerInfo.
+  struct Stats {
+    int queued = 0;
+    int running = 0;
+    int uploading = 0;
+    std::vector<std::string> running_ids;
+  };
+  virtual Stats GetStats() const = 0;
+  virtual const Options& options() const = 0;
+};
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_JOBS_JOB_MANAGER_H_
