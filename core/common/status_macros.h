@@ -16,17 +16,17 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-#define REGSERVE_RETURN_IF_ERROR(expr)                  \
-  do {                                                  \
-    ::absl::Status regserve_status_ = (expr);           \
+#define REGSERVE_RETURN_IF_ERROR(expr)                   \
+  do {                                                   \
+    ::absl::Status regserve_status_ = (expr);            \
     if (!regserve_status_.ok()) return regserve_status_; \
   } while (0)
 
 #define REGSERVE_STATUS_CONCAT_INNER_(a, b) a##b
 #define REGSERVE_STATUS_CONCAT_(a, b) REGSERVE_STATUS_CONCAT_INNER_(a, b)
 
-#define REGSERVE_ASSIGN_OR_RETURN(lhs, rexpr)                                 \
-  REGSERVE_ASSIGN_OR_RETURN_IMPL_(                                           \
+#define REGSERVE_ASSIGN_OR_RETURN(lhs, rexpr) \
+  REGSERVE_ASSIGN_OR_RETURN_IMPL_(            \
       REGSERVE_STATUS_CONCAT_(regserve_statusor_, __LINE__), lhs, rexpr)
 
 #define REGSERVE_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \

@@ -28,8 +28,8 @@
 namespace regserve {
 
 struct GpuInfo {
-  int index = 0;          // CUDA device ordinal
-  std::string name;       // "NVIDIA H100 80GB HBM3"
+  int index = 0;     // CUDA device ordinal
+  std::string name;  // "NVIDIA H100 80GB HBM3"
   uint64_t vram_total_bytes = 0;
   uint64_t vram_free_bytes = 0;
 };
@@ -56,7 +56,8 @@ std::unique_ptr<HardwareProbe> NewSystemProbe();
 // For tests: returns whatever snapshot it holds; Set() changes it.
 class FakeProbe final : public HardwareProbe {
  public:
-  explicit FakeProbe(HardwareSnapshot snapshot) : snapshot_(std::move(snapshot)) {}
+  explicit FakeProbe(HardwareSnapshot snapshot)
+      : snapshot_(std::move(snapshot)) {}
   absl::StatusOr<HardwareSnapshot> Probe() override {
     absl::MutexLock lock(&mu_);
     return snapshot_;
@@ -75,7 +76,8 @@ namespace hardware_internal {
 // Parsers, exposed for unit tests. Each returns nullopt-like 0 / false on
 // malformed input rather than failing.
 // "MemTotal: 123 kB" lines -> bytes; false if either field is missing.
-bool ParseMeminfo(const std::string& text, uint64_t* total, uint64_t* available);
+bool ParseMeminfo(const std::string& text, uint64_t* total,
+                  uint64_t* available);
 // cgroup v2 memory.max: "max" -> UINT64_MAX, else the number.
 uint64_t ParseMemoryMax(const std::string& text);
 // cgroup v2 cpu.max: "max 100000" -> 0 (no limit); "200000 100000" -> 2.0.

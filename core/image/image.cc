@@ -12,7 +12,9 @@ namespace {
 
 class MallocAllocator final : public HostAllocator {
  public:
-  void* Allocate(size_t bytes) override { return std::malloc(bytes == 0 ? 1 : bytes); }
+  void* Allocate(size_t bytes) override {
+    return std::malloc(bytes == 0 ? 1 : bytes);
+  }
   void Free(void* p, size_t /*bytes*/) override { std::free(p); }
 };
 
@@ -64,7 +66,8 @@ absl::Status ValidateSpec(const ImageSpec& spec) {
   const unsigned __int128 bytes = static_cast<unsigned __int128>(spec.width) *
                                   spec.height * spec.channels *
                                   SampleSize(spec.type);
-  if (bytes > static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max())) {
+  if (bytes >
+      static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max())) {
     return absl::InvalidArgumentError(
         absl::StrCat("image ", spec.DebugString(), " is too large to address"));
   }

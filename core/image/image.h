@@ -43,7 +43,9 @@ struct ImageSpec {
   size_t bytes_per_pixel() const { return channels * SampleSize(type); }
   // Total bytes. Callers must have validated the spec (ValidateSpec) first,
   // which guarantees this does not overflow.
-  size_t bytes() const { return static_cast<size_t>(pixels()) * bytes_per_pixel(); }
+  size_t bytes() const {
+    return static_cast<size_t>(pixels()) * bytes_per_pixel();
+  }
   std::string DebugString() const;  // "640x480x3 uint8"
 };
 
@@ -82,8 +84,8 @@ class Image {
   static absl::StatusOr<Image> Allocate(const ImageSpec& spec,
                                         HostAllocator* allocator = nullptr);
   // Same, zero-filled.
-  static absl::StatusOr<Image> AllocateZeroed(const ImageSpec& spec,
-                                              HostAllocator* allocator = nullptr);
+  static absl::StatusOr<Image> AllocateZeroed(
+      const ImageSpec& spec, HostAllocator* allocator = nullptr);
 
   const ImageSpec& spec() const { return spec_; }
   int64_t width() const { return spec_.width; }
@@ -95,14 +97,24 @@ class Image {
   uint8_t* data() { return data_.get(); }
   const uint8_t* data() const { return data_.get(); }
   size_t size_bytes() const { return spec_.bytes(); }
-  size_t row_bytes() const { return static_cast<size_t>(spec_.width) * spec_.bytes_per_pixel(); }
-  uint8_t* row(int64_t y) { return data() + static_cast<size_t>(y) * row_bytes(); }
-  const uint8_t* row(int64_t y) const { return data() + static_cast<size_t>(y) * row_bytes(); }
+  size_t row_bytes() const {
+    return static_cast<size_t>(spec_.width) * spec_.bytes_per_pixel();
+  }
+  uint8_t* row(int64_t y) {
+    return data() + static_cast<size_t>(y) * row_bytes();
+  }
+  const uint8_t* row(int64_t y) const {
+    return data() + static_cast<size_t>(y) * row_bytes();
+  }
 
   template <typename T>
-  T* as() { return reinterpret_cast<T*>(data()); }
+  T* as() {
+    return reinterpret_cast<T*>(data());
+  }
   template <typename T>
-  const T* as() const { return reinterpret_cast<const T*>(data()); }
+  const T* as() const {
+    return reinterpret_cast<const T*>(data());
+  }
 
  private:
   ImageSpec spec_;

@@ -1,0 +1,82 @@
+// Copyright regserve authors.
+#include "core/hardware/hardware.h"
+
+#include <unistd.h>
+
+#include "gtest/gtest.h"
+
+namespace regserve {
+namespace {
+
+using hardware_internal::ParseCpuMax;
+using hardware_internal::ParseMeminfo;
+using hardware_internal::ParseMemoryMax;
+
+TEST(ParseMeminfo, ReadsTotalAndAvailableInBytes) {
+  const std::string text =
+      "MemTotal:       24590000 kB\n"
+      "MemFree:         1000000 kB\n"
+      "MemAvailable:   20000000 kB\n"
+      "Buffers:            1234 kB\n";
+  uint64_t total = 0, available = 0;
+  ASSERT_TRUE(ParseMeminfo(text, &total, &available));
+  EXPECT_EQ(total, 24590000ull * 1024);
+  EXPECT_EQ(available, 20000000ull * 1024);
+}
+
+TEST(ParseMeminfo, MissingFieldIsAnError) {
+  uint64_t total = 0, available = 0;
+  EXPECT_FALSE(ParseMeminfo("MemTotal: 10 kB\n", &total, &available));
+  EXPECT_FALSE(ParseMeminfo("", &total, &available));
+  EXPECT_FALSE(
+      ParseMeminfo("MemTotal: x kB\nMemAvailable: 1 kB\n", &total, &available));
+}
+
+TEST(ParseMemoryMax, MaxMeansUnlimited) {
+  EXPECT_EQ(ParseMemoryMax("max\n"), UINT64_MAX);
+  EXPECT_EQ(ParseMemoryMax("1073741824\n"), 1073741824ull);
+  EXPECT_EQ(ParseMemoryMax("garbage"), UINT64_MAX);
+}
+
+TEST(ParseCpuMax, QuotaOverPeriod) {
+  EXPECT_DOUBLE_EQ(ParseCpuMax("max 100000\n"), 0.0);
+  EXPECT_DOUBLE_EQ(ParseCpuMax("200000 100000\n"), 2.0);
+  EXPECT_DOUBLE_EQ(ParseCpuMax("50000 100000"), 0.5);
+  EXPECT_DOUBLE_EQ(ParseCpuMax(""), 0.0);
+  EXPECT_DOUBLE_EQ(ParseCpuMax("-1 100000"), 0.0);
+}
+
+TEST(SystemProbe, ReadsThisMachine) {
+  auto probe = NewSystemProbe();
+  auto hw = probe->Probe();
+  ASSERT_TRUE(hw.ok()) << hw.status();
+  EXPECT_GT(hw->ram_total_bytes, 64ull << 20);
+  EXPECT_GT(hw->ram_available_bytes, 0u);
+  EXPECT_LE(hw->ram_available_bytes, hw->ram_total_bytes);
+  EXPECT_GE(hw->cpu_cores, 1);
+  EXPECT_LE(hw->cpu_cores, sysconf(_SC_NPROCESSORS_ONLN));
+  for (const GpuInfo& g : hw->gpus) {
+    EXPECT_LE(g.vram_free_bytes, g.vram_total_bytes);
+    EXPECT_FALSE(g.name.empty());
+  }
+  EXPECT_FALSE(hw->DebugString().empty());
+}
+
+TEST(FakeProbe, ReturnsInjectedMachine) {
+  HardwareSnapshot s;
+  s.ram_total_bytes = 32ull << 30;
+  s.ram_available_bytes = 30ull << 30;
+  s.cpu_cores = 8;
+  s.gpus.push_back({0, "Fake 16GB", 16ull << 30, 15ull << 30});
+  FakeProbe fake(s);
+  auto hw = fake.Probe();
+  ASSERT_TRUE(hw.ok());
+  EXPECT_EQ(hw->gpus.size(), 1u);
+  EXPECT_EQ(hw->gpus[0].vram_free_bytes, 15ull << 30);
+  s.gpus.clear();
+  fake.Set(s);
+  EXPECT_TRUE(fake.Probe()->gpus.empty());
+}
+
+}  // namespace
+}  // namespace regserve
