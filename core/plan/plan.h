@@ -6,8 +6,9 @@
 // human-readable reasons.
 //
 //   Budgets b = BudgetsFromHardware(snapshot, BudgetOverrides{});
-//   REGSERVE_ASSIGN_OR_RETURN(Plan plan, MakePlan(fixed_spec, moving_spec, opts, b));
-//   for (const std::string& r : plan.reasons) std::cout << r << "\n";
+//   REGSERVE_ASSIGN_OR_RETURN(Plan plan, MakePlan(fixed_spec, moving_spec,
+//   opts, b)); for (const std::string& r : plan.reasons) std::cout << r <<
+//   "\n";
 //
 // Memory models (measured, not megapixel constants):
 //  - elastix with the recursive pyramid: ~75 MB + 29 bytes per registration
@@ -88,7 +89,8 @@ struct Plan {
 // Errors: InvalidArgument (bad specs/options), ResourceExhausted when even
 // the smallest registration copy / tile size cannot fit, with the numbers.
 absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
-                              const JobOptions& options, const Budgets& budgets);
+                              const JobOptions& options,
+                              const Budgets& budgets);
 
 // elastix + transformix RAM for a registration copy of `pixels` pixels.
 uint64_t RegistrationRamBytes(int64_t pixels);

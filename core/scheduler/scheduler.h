@@ -85,7 +85,7 @@ class Reservation {
 
   void Release();
   bool held() const { return scheduler_ != nullptr; }
-  int gpu() const { return gpu_; }        // index, or -1 for CPU lane
+  int gpu() const { return gpu_; }  // index, or -1 for CPU lane
   uint64_t ram_bytes() const { return ram_; }
   uint64_t vram_bytes() const { return vram_; }
 
@@ -107,7 +107,7 @@ struct SchedulerStats {
   std::vector<int> gpu_running;  // warps running per GPU
   int cpu_running = 0;
   int waiting = 0;
-  std::vector<std::string> held_labels;     // "job abc: warp (gpu 0, 1.2 GB)"
+  std::vector<std::string> held_labels;  // "job abc: warp (gpu 0, 1.2 GB)"
   std::vector<std::string> waiting_labels;
 };
 
@@ -144,6 +144,7 @@ class ResourceScheduler {
   const SchedulerConfig config_;
   HardwareProbe* const probe_;
   mutable absl::Mutex mu_;
+  absl::CondVar cv_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t ram_reserved_ ABSL_GUARDED_BY(mu_) = 0;
@@ -154,6 +155,8 @@ class ResourceScheduler {
   std::list<Held> held_ ABSL_GUARDED_BY(mu_);
   absl::Time last_live_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   uint64_t live_ram_available_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
+  std::vector<uint64_t> live_vram_free_ ABSL_GUARDED_BY(mu_);
+  void RefreshLiveLocked(bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace regserve

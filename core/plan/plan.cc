@@ -1,0 +1,324 @@
+// Copyright regserve authors.
+#include "core/plan/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/common/status_macros.h"
+#include "core/warp/warp.h"
+
+namespace regserve {
+namespace {
+
+// elastix 5.0.1 with the recursive pyramid: ~75 MB + 29 bytes per
+// registration pixel (measured from 0.25 to 30 MP, shared/notes/stack.md).
+constexpr uint64_t kElastixBaseBytes = 75ull << 20;
+constexpr double kElastixBytesPerPixel = 29.0;
+// transformix -def all: ~7.6 bytes per pixel; it runs after elastix exits.
+constexpr double kTransformixBytesPerPixel = 7.6;
+// Our own grayscale float32 copies, held while elastix runs.
+constexpr double kGrayBytesPerPixel = 4.0;
+// The field we read back: 2 float32 per registration pixel.
+constexpr double kFieldBytesPerPixel = 8.0;
+// Smallest registration copy we accept (elastix needs a few pyramid levels).
+constexpr int64_t kMinRegistrationEdge = 32;
+// Tile edges the planner tries, largest first.
+constexpr int64_t kTileCandidates[] = {16384, 12288, 8192, 6144, 4096, 3072,
+                                       2048,  1536,  1024, 768,  512,  256};
+
+std::string Mb(uint64_t bytes) {
+  return absl::StrFormat("%.0f MB", static_cast<double>(bytes) / 1e6);
+}
+std::string Mp(double pixels) {
+  return absl::StrFormat("%.1f MP", pixels / 1e6);
+}
+
+struct RegSize {
+  int64_t fw, fh, mw, mh;
+  double factor;
+};
+
+// Registration copy sizes for a common downsampling factor such that the
+// fixed copy has at most `max_pixels` pixels.
+RegSize SizeFor(const ImageSpec& fixed, const ImageSpec& moving,
+                double max_pixels) {
+  double f = std::sqrt(static_cast<double>(fixed.pixels()) / max_pixels);
+  f = std::max(1.0, f);
+  RegSize r;
+  for (;;) {
+    r.fw =
+        std::max<int64_t>(1, static_cast<int64_t>(std::floor(fixed.width / f)));
+    r.fh = std::max<int64_t>(
+        1, static_cast<int64_t>(std::floor(fixed.height / f)));
+    if (static_cast<double>(r.fw) * r.fh <= max_pixels || f > 1e6) break;
+    f *= 1.0001;
+  }
+  r.mw =
+      std::max<int64_t>(1, static_cast<int64_t>(std::floor(moving.width / f)));
+  r.mh =
+      std::max<int64_t>(1, static_cast<int64_t>(std::floor(moving.height / f)));
+  r.factor = f;
+  return r;
+}
+
+uint64_t GrayBytes(const RegSize& r) {
+  return static_cast<uint64_t>(kGrayBytesPerPixel *
+                               static_cast<double>(r.fw * r.fh + r.mw * r.mh));
+}
+
+// RAM of the registration stage: elastix/transformix (children), our gray
+// copies, and the full moving image held for the warp.
+uint64_t RegistrationStageRam(const RegSize& r, const ImageSpec& moving) {
+  const int64_t px = std::max(r.fw * r.fh, r.mw * r.mh);
+  return RegistrationRamBytes(px) + GrayBytes(r) + moving.bytes() +
+         static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
+}
+
+}  // namespace
+
+uint64_t RegistrationRamBytes(int64_t pixels) {
+  const double elastix = kElastixBaseBytes + kElastixBytesPerPixel * pixels;
+  const double transformix =
+      kElastixBaseBytes + kTransformixBytesPerPixel * pixels;
+  return static_cast<uint64_t>(std::max(elastix, transformix));
+}
+
+Budgets BudgetsFromHardware(const HardwareSnapshot& hw,
+                            const BudgetOverrides& overrides) {
+  Budgets b;
+  b.ram_bytes = overrides.ram_bytes != 0
+                    ? overrides.ram_bytes
+                    : static_cast<uint64_t>(0.8 * hw.ram_available_bytes);
+  b.cpu_threads = std::max(1, hw.cpu_cores);
+  if (!hw.gpus.empty()) {
+    const GpuInfo* best = &hw.gpus[0];
+    for (const GpuInfo& g : hw.gpus) {
+      if (g.vram_free_bytes > best->vram_free_bytes) best = &g;
+    }
+    b.has_gpu = true;
+    b.gpu_name = best->name;
+    b.vram_bytes = overrides.vram_bytes != 0
+                       ? overrides.vram_bytes
+                       : static_cast<uint64_t>(0.9 * best->vram_free_bytes);
+  }
+  return b;
+}
+
+absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
+                              const JobOptions& options,
+                              const Budgets& budgets) {
+  absl::Status s = ValidateSpec(fixed);
+  if (!s.ok())
+    return absl::InvalidArgumentError(
+        absl::StrCat("fixed image: ", s.message()));
+  s = ValidateSpec(moving);
+  if (!s.ok())
+    return absl::InvalidArgumentError(
+        absl::StrCat("moving image: ", s.message()));
+  if (!(options.max_registration_megapixels > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_registration_megapixels must be > 0, got ",
+                     options.max_registration_megapixels));
+  }
+  if (fixed.width < kMinRegistrationEdge ||
+      fixed.height < kMinRegistrationEdge ||
+      moving.width < kMinRegistrationEdge ||
+      moving.height < kMinRegistrationEdge) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "images must be at least ", kMinRegistrationEdge, "x",
+        kMinRegistrationEdge, " pixels to register; got fixed ", fixed.width,
+        "x", fixed.height, " and moving ", moving.width, "x", moving.height));
+  }
+  Plan plan;
+
+  // --- Registration size: the largest within the full size, the RAM budget
+  // and max_registration_megapixels.
+  const double full_px = static_cast<double>(fixed.pixels());
+  const double cap_px = options.max_registration_megapixels * 1e6;
+  // RAM allows: solve RegistrationStageRam(P) <= budget for P by bisection
+  // over the fixed copy's pixel count (monotone in P).
+  auto fits_ram = [&](double px) {
+    return RegistrationStageRam(SizeFor(fixed, moving, px), moving) <=
+           budgets.ram_bytes;
+  };
+  double ram_px = 0;
+  if (fits_ram(full_px)) {
+    // Report how far RAM would stretch beyond the full size.
+    const double per_px =
+        kElastixBytesPerPixel + 2 * kGrayBytesPerPixel + kFieldBytesPerPixel;
+    const double fixed_cost = kElastixBaseBytes + moving.bytes();
+    ram_px = budgets.ram_bytes > fixed_cost
+                 ? (budgets.ram_bytes - fixed_cost) / per_px
+                 : full_px;
+    ram_px = std::max(ram_px, full_px);
+  } else {
+    double lo = 0, hi = full_px;
+    for (int i = 0; i < 60; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      (fits_ram(mid) ? lo : hi) = mid;
+    }
+    ram_px = lo;
+  }
+  const double target_px = std::min({full_px, ram_px, cap_px});
+  const RegSize reg = SizeFor(fixed, moving, std::max(target_px, 1.0));
+  if (reg.fw < kMinRegistrationEdge || reg.fh < kMinRegistrationEdge ||
+      reg.mw < kMinRegistrationEdge || reg.mh < kMinRegistrationEdge ||
+      !fits_ram(static_cast<double>(reg.fw * reg.fh))) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the RAM budget of ", Mb(budgets.ram_bytes),
+        " cannot hold the registration stage even at the smallest copy (",
+        kMinRegistrationEdge, " px): it needs the moving image (",
+        Mb(moving.bytes()), ") plus elastix (", Mb(kElastixBaseBytes),
+        " + 29 B/px); raise --ram_budget or send smaller images"));
+  }
+  plan.registration_fixed_width = reg.fw;
+  plan.registration_fixed_height = reg.fh;
+  plan.registration_moving_width = reg.mw;
+  plan.registration_moving_height = reg.mh;
+  plan.registration_factor = static_cast<double>(fixed.width) / reg.fw;
+  {
+    std::string why;
+    if (target_px == full_px) {
+      why = "full resolution fits";
+    } else if (target_px == cap_px) {
+      why = absl::StrCat(
+          "capped by max_registration_megapixels=",
+          absl::StrFormat("%g", options.max_registration_megapixels));
+    } else {
+      why = absl::StrCat("capped by the RAM budget of ", Mb(budgets.ram_bytes));
+    }
+    plan.reasons.push_back(absl::StrFormat(
+        "registering at %dx%d (%s, 1/%.2f of full size): %s; RAM allows %s",
+        reg.fw, reg.fh, Mp(static_cast<double>(reg.fw) * reg.fh),
+        plan.registration_factor, why, Mp(ram_px)));
+  }
+  // Decode reads the fixed image, makes its copy and frees it, then reads
+  // the moving image (kept for the warp) and makes its copy.
+  plan.decode.ram_bytes =
+      std::max(fixed.bytes(), moving.bytes()) + GrayBytes(reg);
+  plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
+
+  // --- Output grid.
+  if (options.output_full_resolution) {
+    plan.output_width = fixed.width;
+    plan.output_height = fixed.height;
+  } else {
+    plan.output_width = reg.fw;
+    plan.output_height = reg.fh;
+    plan.reasons.push_back(
+        absl::StrFormat("output at the registration size %dx%d "
+                        "(output_resolution=registration)",
+                        reg.fw, reg.fh));
+  }
+
+  // --- Warp device and mode.
+  auto estimate = [&](int64_t tile, WarpDevice device) {
+    return EstimateWarpMemory(moving, plan.output_width, plan.output_height,
+                              reg.fw, reg.fh, tile, device);
+  };
+  auto ram_for = [&](const WarpMemoryEstimate& e) {
+    return moving.bytes() + e.host_bytes +
+           static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);
+  };
+  // Largest tile (0 = one pass) that fits both budgets on `device`.
+  auto choose_tile = [&](WarpDevice device, int64_t* tile) {
+    const WarpMemoryEstimate one = estimate(0, device);
+    if (ram_for(one) <= budgets.ram_bytes &&
+        (device == WarpDevice::kCpu ||
+         one.device_bytes <= budgets.vram_bytes)) {
+      *tile = 0;
+      return true;
+    }
+    for (int64_t t : kTileCandidates) {
+      if (t >= std::max(plan.output_width, plan.output_height)) continue;
+      const WarpMemoryEstimate e = estimate(t, device);
+      if (ram_for(e) <= budgets.ram_bytes &&
+          (device == WarpDevice::kCpu ||
+           e.device_bytes <= budgets.vram_bytes)) {
+        *tile = t;
+        return true;
+      }
+    }
+    return false;
+  };
+
+  const bool want_cuda = options.device == DevicePreference::kCuda;
+  const bool may_cuda = options.device != DevicePreference::kCpu;
+  if (want_cuda && !budgets.has_gpu) {
+    return absl::FailedPreconditionError(
+        "device=cuda was requested but this server has no usable GPU; use "
+        "device=auto or device=cpu");
+  }
+  int64_t tile = 0;
+  bool placed = false;
+  if (may_cuda && budgets.has_gpu) {
+    if (choose_tile(WarpDevice::kCuda, &tile)) {
+      plan.warp_device = WarpDevice::kCuda;
+      placed = true;
+      const WarpMemoryEstimate one = estimate(0, WarpDevice::kCuda);
+      if (tile == 0) {
+        plan.reasons.push_back(absl::StrFormat(
+            "warping %dx%d in one pass on the GPU (%s): needs %s of VRAM, "
+            "budget %s",
+            plan.output_width, plan.output_height, budgets.gpu_name,
+            Mb(one.device_bytes), Mb(budgets.vram_bytes)));
+      } else {
+        plan.reasons.push_back(absl::StrFormat(
+            "warping %dx%d on the GPU (%s) in %dx%d tiles: one pass would "
+            "need %s of VRAM, budget %s",
+            plan.output_width, plan.output_height, budgets.gpu_name, tile, tile,
+            Mb(one.device_bytes), Mb(budgets.vram_bytes)));
+      }
+    } else if (want_cuda) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the warp does not fit the VRAM budget of ", Mb(budgets.vram_bytes),
+          " even with ", kTileCandidates[std::size(kTileCandidates) - 1],
+          " px tiles; raise --vram_budget or use device=cpu"));
+    } else {
+      plan.reasons.push_back(absl::StrCat(
+          "the GPU's VRAM budget of ", Mb(budgets.vram_bytes),
+          " cannot hold even the smallest warp tile; falling back to the CPU"));
+    }
+  } else if (options.device == DevicePreference::kAuto) {
+    plan.reasons.push_back("no GPU available: warping on the CPU");
+  }
+  if (!placed) {
+    if (!choose_tile(WarpDevice::kCpu, &tile)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the RAM budget of ", Mb(budgets.ram_bytes),
+                       " cannot hold the warp: the moving image alone is ",
+                       Mb(moving.bytes()), "; raise --ram_budget"));
+    }
+    plan.warp_device = WarpDevice::kCpu;
+    plan.reasons.push_back(
+        tile == 0 ? absl::StrFormat("warping %dx%d in one pass on the CPU",
+                                    plan.output_width, plan.output_height)
+                  : absl::StrFormat(
+                        "warping %dx%d on the CPU in %dx%d tiles to fit the "
+                        "RAM budget of %s",
+                        plan.output_width, plan.output_height, tile, tile,
+                        Mb(budgets.ram_bytes)));
+  }
+  plan.tile_size = tile;
+  const WarpMemoryEstimate w = estimate(tile, plan.warp_device);
+  plan.warp.ram_bytes = ram_for(w);
+  plan.warp.vram_bytes =
+      plan.warp_device == WarpDevice::kCuda ? w.device_bytes : 0;
+  plan.reasons.push_back(absl::StrFormat(
+      "memory estimates: decode %s RAM; registration %s RAM; warp %s RAM, %s "
+      "VRAM",
+      Mb(plan.decode.ram_bytes), Mb(plan.registration.ram_bytes),
+      Mb(plan.warp.ram_bytes), Mb(plan.warp.vram_bytes)));
+  if (plan.decode.ram_bytes > budgets.ram_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "decoding needs ", Mb(plan.decode.ram_bytes),
+        " of RAM, more than the RAM budget of ", Mb(budgets.ram_bytes),
+        "; raise --ram_budget or send smaller images"));
+  }
+  return plan;
+}
+
+}  // namespace regserve

@@ -1,0 +1,201 @@
+// Copyright regserve authors.
+#include "core/plan/plan.h"
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "core/warp/warp.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace regserve {
+namespace {
+
+constexpr uint64_t kGiB = 1ull << 30;
+
+ImageSpec Rgb(int64_t w, int64_t h) { return {w, h, 3, SampleType::kUInt8}; }
+// The seed's fabric scans: 18960 x 14960 RGB, 283.6 MP.
+const ImageSpec kFabric = Rgb(18960, 14960);
+
+HardwareSnapshot Machine(uint64_t ram, uint64_t vram) {
+  HardwareSnapshot hw;
+  hw.ram_total_bytes = ram;
+  hw.ram_available_bytes = ram;
+  hw.cpu_cores = 8;
+  if (vram > 0) hw.gpus.push_back({0, "Injected GPU", vram, vram});
+  return hw;
+}
+
+std::string Reasons(const Plan& p) {
+  std::string s;
+  for (const auto& r : p.reasons) s += r + "\n";
+  return s;
+}
+
+TEST(BudgetsFromHardware, DerivesFromMeasuredMemoryUnlessOverridden) {
+  Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 16 * kGiB), {});
+  EXPECT_EQ(b.ram_bytes, static_cast<uint64_t>(0.8 * 32 * kGiB));
+  EXPECT_EQ(b.vram_bytes, static_cast<uint64_t>(0.9 * 16 * kGiB));
+  EXPECT_TRUE(b.has_gpu);
+  b = BudgetsFromHardware(Machine(32 * kGiB, 16 * kGiB), {4 * kGiB, 2 * kGiB});
+  EXPECT_EQ(b.ram_bytes, 4 * kGiB);
+  EXPECT_EQ(b.vram_bytes, 2 * kGiB);
+  b = BudgetsFromHardware(Machine(8 * kGiB, 0), {});
+  EXPECT_FALSE(b.has_gpu);
+  EXPECT_EQ(b.vram_bytes, 0u);
+}
+
+TEST(MakePlan, SixteenGigGpuAndThirtyTwoGigRam) {
+  Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 16 * kGiB), {});
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  // Capped by max_registration_megapixels = 20, not by RAM.
+  const double reg_px = static_cast<double>(plan->registration_fixed_width) *
+                        plan->registration_fixed_height;
+  EXPECT_LE(reg_px, 20e6);
+  EXPECT_GT(reg_px, 19.5e6);
+  EXPECT_NEAR(static_cast<double>(plan->registration_fixed_width) /
+                  plan->registration_fixed_height,
+              18960.0 / 14960.0, 0.01);
+  EXPECT_THAT(Reasons(*plan),
+              testing::HasSubstr("capped by max_registration_megapixels=20"));
+  EXPECT_EQ(plan->output_width, 18960);
+  EXPECT_EQ(plan->output_height, 14960);
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCuda);
+  EXPECT_LE(plan->warp.vram_bytes, b.vram_bytes);
+  EXPECT_LE(plan->warp.ram_bytes, b.ram_bytes);
+  EXPECT_LE(plan->registration.ram_bytes, b.ram_bytes);
+  // Full resolution is never downsampled for the warp.
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("18960x14960"));
+}
+
+TEST(MakePlan, EightyGigGpuWarpsInOnePass) {
+  Budgets b = BudgetsFromHardware(Machine(128 * kGiB, 80 * kGiB), {});
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCuda);
+  EXPECT_EQ(plan->tile_size, 0) << Reasons(*plan);
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("one pass on the GPU"));
+}
+
+TEST(MakePlan, TwoGigVramBudgetTiles) {
+  Budgets b =
+      BudgetsFromHardware(Machine(128 * kGiB, 80 * kGiB), {0, 2 * kGiB});
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCuda);
+  EXPECT_GT(plan->tile_size, 0);
+  EXPECT_LE(plan->warp.vram_bytes, 2 * kGiB);
+  // The chosen tile is the largest candidate that fits: the next larger
+  // one would not.
+  const auto bigger = EstimateWarpMemory(
+      kFabric, 18960, 14960, plan->registration_fixed_width,
+      plan->registration_fixed_height, plan->tile_size * 2, WarpDevice::kCuda);
+  EXPECT_GT(bigger.device_bytes, 2 * kGiB);
+}
+
+TEST(MakePlan, NoGpuWarpsOnCpu) {
+  Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCpu);
+  EXPECT_EQ(plan->warp.vram_bytes, 0u);
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("no GPU available"));
+
+  JobOptions cuda;
+  cuda.device = DevicePreference::kCuda;
+  EXPECT_EQ(MakePlan(kFabric, kFabric, cuda, b).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(MakePlan, CpuPreferenceIsHonoured) {
+  Budgets b = BudgetsFromHardware(Machine(64 * kGiB, 80 * kGiB), {});
+  JobOptions o;
+  o.device = DevicePreference::kCpu;
+  auto plan = MakePlan(kFabric, kFabric, o, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCpu);
+}
+
+TEST(MakePlan, TinyRamBudgetShrinksRegistrationCopy) {
+  // 3 GiB: the moving image (851 MB) plus elastix must fit, so the copy is
+  // limited by RAM rather than by the 20 MP cap.
+  Budgets b;
+  b.ram_bytes = 2 * kGiB;
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("capped by the RAM budget"));
+  EXPECT_LE(plan->registration.ram_bytes, b.ram_bytes);
+  EXPECT_LE(plan->warp.ram_bytes, b.ram_bytes);
+  EXPECT_LE(plan->decode.ram_bytes, b.ram_bytes);
+  const double reg_px = static_cast<double>(plan->registration_fixed_width) *
+                        plan->registration_fixed_height;
+  EXPECT_LT(reg_px, 20e6);
+  EXPECT_GT(reg_px, 1e6);
+}
+
+TEST(MakePlan, ImpossibleBudgetIsRefusedWithNumbers) {
+  Budgets b;
+  b.ram_bytes = 256ull << 20;  // less than the moving image
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(plan.status().message()),
+              testing::HasSubstr("268 MB"));
+}
+
+TEST(MakePlan, SmallImagesRegisterAtFullResolution) {
+  Budgets b = BudgetsFromHardware(Machine(8 * kGiB, 0), {});
+  auto plan = MakePlan(Rgb(640, 480), Rgb(600, 500), JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->registration_fixed_width, 640);
+  EXPECT_EQ(plan->registration_fixed_height, 480);
+  EXPECT_EQ(plan->registration_moving_width, 600);
+  EXPECT_EQ(plan->registration_moving_height, 500);
+  EXPECT_DOUBLE_EQ(plan->registration_factor, 1.0);
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("full resolution fits"));
+  EXPECT_EQ(plan->tile_size, 0);
+}
+
+TEST(MakePlan, MaxMegapixelsOptionAndRegistrationOutput) {
+  Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  JobOptions o;
+  o.max_registration_megapixels = 1;
+  o.output_full_resolution = false;
+  auto plan = MakePlan(Rgb(4000, 3000), Rgb(4000, 3000), o, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_LE(plan->registration_fixed_width * plan->registration_fixed_height,
+            1000000);
+  EXPECT_GT(plan->registration_fixed_width * plan->registration_fixed_height,
+            990000);
+  EXPECT_EQ(plan->output_width, plan->registration_fixed_width);
+  EXPECT_EQ(plan->output_height, plan->registration_fixed_height);
+}
+
+TEST(MakePlan, RejectsBadInput) {
+  Budgets b = BudgetsFromHardware(Machine(8 * kGiB, 0), {});
+  EXPECT_EQ(MakePlan(Rgb(0, 10), Rgb(10, 10), JobOptions{}, b).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakePlan(Rgb(8, 8), Rgb(100, 100), JobOptions{}, b).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  JobOptions o;
+  o.max_registration_megapixels = 0;
+  EXPECT_EQ(MakePlan(Rgb(100, 100), Rgb(100, 100), o, b).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MakePlan, FiveHundredMegapixelsUnderSmallBudgetsStillPlans) {
+  const ImageSpec big = Rgb(25000, 20000);  // 500 MP, 1.5 GB
+  Budgets b;
+  b.ram_bytes = 6 * kGiB;
+  b.has_gpu = true;
+  b.vram_bytes = 1 * kGiB;
+  auto plan = MakePlan(big, big, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCuda);
+  EXPECT_GT(plan->tile_size, 0);
+  EXPECT_LE(plan->warp.vram_bytes, b.vram_bytes);
+  EXPECT_LE(plan->warp.ram_bytes, b.ram_bytes);
+}
+
+}  // namespace
+}  // namespace regserve
