@@ -4,7 +4,11 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace regserve {
 
@@ -79,6 +83,37 @@ absl::StatusOr<DevicePreference> ParseDevicePreference(absl::string_view name) {
   static constexpr DevicePreference kAll[] = {
       DevicePreference::kAuto, DevicePreference::kCpu, DevicePreference::kCuda};
   return ParseName("device", name, kAll, &DevicePreferenceName);
+}
+
+absl::StatusOr<DeviceSelection> ParseDeviceSelection(absl::string_view text) {
+  DeviceSelection sel;
+  absl::string_view list = text;
+  if (absl::ConsumePrefix(&list, "cuda:")) {
+    sel.preference = DevicePreference::kCuda;
+    for (absl::string_view item : absl::StrSplit(list, ',')) {
+      int ordinal = -1;
+      if (!absl::SimpleAtoi(item, &ordinal) || ordinal < 0 || ordinal > 1023) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("bad GPU ordinal '", item, "' in device '", text,
+                         "'; use e.g. cuda:0 or cuda:0,2"));
+      }
+      for (int g : sel.gpus) {
+        if (g == ordinal) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "GPU ", ordinal, " is listed twice in device '", text, "'"));
+        }
+      }
+      sel.gpus.push_back(ordinal);
+    }
+    return sel;
+  }
+  absl::StatusOr<DevicePreference> pref = ParseDevicePreference(text);
+  if (!pref.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown device '", text, "'; use auto, cpu, cuda or cuda:0,2,..."));
+  }
+  sel.preference = *pref;
+  return sel;
 }
 
 }  // namespace regserve

@@ -5,6 +5,8 @@
 #ifndef REGSERVE_CORE_COMMON_TYPES_H_
 #define REGSERVE_CORE_COMMON_TYPES_H_
 
+#include <vector>
+
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -27,6 +29,14 @@ absl::string_view DevicePreferenceName(DevicePreference d);  // "auto"...
 absl::StatusOr<TransformKind> ParseTransformKind(absl::string_view name);
 absl::StatusOr<Interpolation> ParseInterpolation(absl::string_view name);
 absl::StatusOr<DevicePreference> ParseDevicePreference(absl::string_view name);
+
+// A daemon's --device flag: "auto", "cpu", "cuda" (every visible GPU) or
+// "cuda:0,2" (the listed CUDA ordinals, each once, in the given order).
+struct DeviceSelection {
+  DevicePreference preference = DevicePreference::kAuto;
+  std::vector<int> gpus;  // empty: every visible GPU
+};
+absl::StatusOr<DeviceSelection> ParseDeviceSelection(absl::string_view text);
 
 }  // namespace regserve
 
