@@ -1,0 +1,812 @@
+// Copyright regserve authors.
+//
+// OpenImageIO 2.4 glue. Every call into OIIO is wrapped so that a C++
+// exception or an OIIO error becomes an absl::Status; OIIO keeps errors per
+// thread and per ImageInput/ImageOutput, so both are drained on the thread
+// that made the failing call.
+#include "core/image/image_io.h"
+
+#include <OpenImageIO/filesystem.h>
+#include <OpenImageIO/imageio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "core/common/status_macros.h"
+
+namespace regserve {
+namespace {
+
+namespace oiio = OIIO;
+
+// Uncompressed sizes above this are written as BigTIFF. Classic TIFF offsets
+// are 32-bit; the margin covers deflate's worst-case expansion and the tile
+// offset tables.
+constexpr uint64_t kBigTiffThreshold =
+    (uint64_t{1} << 32) - (uint64_t{256} << 20);
+
+// Collects OIIO's pending messages: the object's own (if any) and the
+// thread's global one. Both must be drained so they do not leak into a later
+// call on this thread.
+template <typename T>
+std::string DrainErrors(const T* object) {
+  std::string msg;
+  if (object != nullptr) msg = object->geterror();
+  std::string global = oiio::geterror();
+  if (!global.empty()) {
+    if (!msg.empty()) msg += "; ";
+    msg += global;
+  }
+  // OIIO messages often end in a newline; keep Status messages on one line.
+  std::replace(msg.begin(), msg.end(), '\n', ' ');
+  absl::string_view trimmed = absl::StripTrailingAsciiWhitespace(msg);
+  // Callers append their own sentence; drop OIIO's final period.
+  while (!trimmed.empty() && trimmed.back() == '.') trimmed.remove_suffix(1);
+  std::string out(trimmed);
+  if (out.empty()) out = "OpenImageIO gave no error message";
+  return out;
+}
+
+oiio::TypeDesc ToTypeDesc(SampleType type) {
+  switch (type) {
+    case SampleType::kUInt8:
+      return oiio::TypeDesc::UINT8;
+    case SampleType::kUInt16:
+      return oiio::TypeDesc::UINT16;
+    case SampleType::kFloat32:
+      return oiio::TypeDesc::FLOAT;
+  }
+  return oiio::TypeDesc::UINT8;
+}
+
+// uint8 stays uint8, 16-bit unsigned stays uint16, all else becomes float32.
+SampleType DecodeType(const oiio::ImageSpec& spec) {
+  oiio::TypeDesc format = spec.format;
+  for (const oiio::TypeDesc& ch : spec.channelformats) {
+    if (ch != format) return SampleType::kFloat32;
+  }
+  if (format.basetype == oiio::TypeDesc::UINT8) return SampleType::kUInt8;
+  if (format.basetype == oiio::TypeDesc::UINT16) return SampleType::kUInt16;
+  return SampleType::kFloat32;
+}
+
+// Reading source: a path, or bytes in memory with a name hint.
+struct Source {
+  std::string name;                 // path or name hint
+  absl::Span<const uint8_t> bytes;  // memory source when in_memory
+  bool in_memory = false;
+};
+
+std::string Describe(const Source& src) {
+  if (src.in_memory) {
+    return absl::StrCat("in-memory image (", src.bytes.size(),
+                        " bytes, name hint \"", src.name, "\")");
+  }
+  return absl::StrCat("\"", src.name, "\"");
+}
+
+absl::Status CheckFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return absl::NotFoundError(
+          absl::StrCat("image file \"", path, "\" does not exist"));
+    }
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot stat image file \"", path, "\": ", std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", path, "\" is not a regular file"));
+  }
+  if (st.st_size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image file \"", path, "\" is empty (0 bytes)"));
+  }
+  if (::access(path.c_str(), R_OK) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "image file \"", path, "\" is not readable: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+// An open ImageInput plus the IOProxy it reads from (which must outlive it).
+struct OpenInput {
+  std::unique_ptr<oiio::Filesystem::IOMemReader> proxy;
+  std::unique_ptr<oiio::ImageInput> input;
+  oiio::ImageSpec spec;
+  ImageSpec ours;
+};
+
+absl::StatusOr<OpenInput> Open(const Source& src) {
+  if (src.in_memory) {
+    if (src.bytes.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot decode ", Describe(src), ": no data"));
+    }
+  } else {
+    REGSERVE_RETURN_IF_ERROR(CheckFile(src.name));
+  }
+  OpenInput result;
+  try {
+    oiio::ImageSpec config;
+    // Keep alpha as stored: no premultiplication on read.
+    config.attribute("oiio:UnassociatedAlpha", 1);
+    if (src.in_memory) {
+      result.proxy = std::make_unique<oiio::Filesystem::IOMemReader>(
+          src.bytes.data(), src.bytes.size());
+      // OIIO 2.4 readers pick the proxy up from the config in open().
+      void* proxy_ptr = result.proxy.get();
+      config.attribute("oiio:ioproxy", oiio::TypeDesc::PTR, &proxy_ptr);
+    }
+    result.input =
+        oiio::ImageInput::open(src.name, &config, result.proxy.get());
+    if (result.input == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot open ", Describe(src),
+                       " as an image: ", DrainErrors<oiio::ImageInput>(nullptr),
+                       ". Supply an intact PNG, JPEG, TIFF or EXR file"));
+    }
+    result.spec = result.input->spec();
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot open ", Describe(src), ": OpenImageIO threw: ", e.what()));
+  }
+  const oiio::ImageSpec& s = result.spec;
+  if (s.deep) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(src), " is a deep image; only flat images are supported"));
+  }
+  if (s.depth > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(src), " is a volume (depth ", s.depth,
+                     "); only 2-D images are supported"));
+  }
+  if (s.nchannels < 1 || s.nchannels > 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(src), " has ", s.nchannels,
+        " channels; 1 to 4 (gray, gray+alpha, RGB, RGBA) are supported. "
+        "Drop the extra channels first, e.g. oiiotool in --ch R,G,B -o out"));
+  }
+  result.ours.width = s.width;
+  result.ours.height = s.height;
+  result.ours.channels = s.nchannels;
+  result.ours.type = DecodeType(s);
+  absl::Status valid = ValidateSpec(result.ours);
+  if (!valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(src), " declares an impossible size: ", valid.message()));
+  }
+  return result;
+}
+
+uint64_t PhysicalMemoryBytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return std::numeric_limits<uint64_t>::max();
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+}
+
+absl::Status CheckBudget(const Source& src, const ImageSpec& spec,
+                         const ReadOptions& options) {
+  const int64_t pixels = spec.pixels();  // ValidateSpec bounded this
+  if (pixels > options.max_pixels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(src), " is ", spec.width, "x", spec.height, " = ",
+                     pixels, " pixels, above the limit of ", options.max_pixels,
+                     " pixels; downscale the image or raise the pixel limit"));
+  }
+  const uint64_t bytes = spec.bytes();
+  if (bytes > options.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "decoding ", Describe(src), " (", spec.DebugString(), ") needs ", bytes,
+        " bytes, above the memory budget of ", options.max_bytes,
+        " bytes; downscale or crop the image, or raise the budget"));
+  }
+  const uint64_t ram = PhysicalMemoryBytes();
+  if (bytes > ram) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "decoding ", Describe(src), " (", spec.DebugString(), ") needs ", bytes,
+        " bytes, more than this machine's ", ram,
+        " bytes of RAM; the header is corrupt or the image must be tiled"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Image> Read(const Source& src, const ReadOptions& options) {
+  REGSERVE_ASSIGN_OR_RETURN(OpenInput in, Open(src));
+  REGSERVE_RETURN_IF_ERROR(CheckBudget(src, in.ours, options));
+  REGSERVE_ASSIGN_OR_RETURN(Image image,
+                            Image::Allocate(in.ours, options.allocator));
+  try {
+    in.input->threads(std::max(1, options.threads));
+    const bool ok = in.input->read_image(
+        /*subimage=*/0, /*miplevel=*/0, /*chbegin=*/0,
+        /*chend=*/in.ours.channels, ToTypeDesc(in.ours.type), image.data());
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot decode the pixels of ", Describe(src), " (",
+          in.ours.DebugString(), "): ", DrainErrors(in.input.get()),
+          ". The file is truncated or corrupt; re-export it"));
+    }
+    // Some readers (libjpeg) report recoverable damage only as a pending
+    // error after returning success; treat that as corrupt data too.
+    if (in.input->has_error()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("decoding ", Describe(src),
+                       " reported damage: ", DrainErrors(in.input.get()),
+                       ". The file is truncated or corrupt; re-export it"));
+    }
+    in.input->close();
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot decode ", Describe(src), ": OpenImageIO threw: ", e.what()));
+  }
+  return image;
+}
+
+absl::StatusOr<ImageSpec> ReadSpec(const Source& src) {
+  REGSERVE_ASSIGN_OR_RETURN(OpenInput in, Open(src));
+  try {
+    in.input->close();
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("closing ", Describe(src), " threw: ", e.what()));
+  }
+  return in.ours;
+}
+
+std::string LowerExtension(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const size_t dot = path.find_last_of('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) {
+    return "";
+  }
+  return absl::AsciiStrToLower(path.substr(dot + 1));
+}
+
+bool IsTiff(const std::string& path) {
+  const std::string ext = LowerExtension(path);
+  return ext == "tif" || ext == "tiff";
+}
+
+// Output spec shared by WriteImageFile and the tiled writer.
+oiio::ImageSpec OutputSpec(const ImageSpec& spec) {
+  oiio::ImageSpec out(static_cast<int>(spec.width),
+                      static_cast<int>(spec.height), spec.channels,
+                      ToTypeDesc(spec.type));
+  // Our buffers hold unassociated alpha; do not let OIIO un-premultiply.
+  out.attribute("oiio:UnassociatedAlpha", 1);
+  if (spec.channels == 2) {
+    out.channelnames = {"Y", "A"};
+    out.alpha_channel = 1;
+  } else if (spec.channels == 1) {
+    out.channelnames = {"Y"};
+  }
+  return out;
+}
+
+absl::Status CheckWritable(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("output path is empty");
+  if (LowerExtension(path).empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output path \"", path,
+                     "\" has no extension; use .tif, .png, .jpg or .exr to "
+                     "pick the format"));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Grayscale copy.
+
+// Source range and overlap weights of each output sample along one axis.
+// Output sample j covers [j*scale, (j+1)*scale) of the source; source sample
+// i covers [i, i+1). weights[offset[j] .. offset[j+1]) belong to source
+// samples first[j], first[j]+1, ...; they are overlap lengths divided by
+// scale, so they sum to 1.
+struct AxisWeights {
+  std::vector<int64_t> first;
+  std::vector<int64_t> offset;
+  std::vector<float> weights;
+};
+
+AxisWeights MakeAxisWeights(int64_t source, int64_t target) {
+  AxisWeights w;
+  const double scale =
+      static_cast<double>(source) / static_cast<double>(target);
+  w.first.resize(target);
+  w.offset.resize(target + 1);
+  w.weights.reserve(static_cast<size_t>(target) *
+                    (static_cast<size_t>(std::ceil(scale)) + 1));
+  for (int64_t j = 0; j < target; ++j) {
+    const double a = static_cast<double>(j) * scale;
+    const double b = j + 1 == target ? static_cast<double>(source)
+                                     : static_cast<double>(j + 1) * scale;
+    const int64_t i0 = static_cast<int64_t>(std::floor(a));
+    const int64_t i1 =
+        std::min<int64_t>(source, static_cast<int64_t>(std::ceil(b)));
+    w.first[j] = i0;
+    w.offset[j] = static_cast<int64_t>(w.weights.size());
+    for (int64_t i = i0; i < i1; ++i) {
+      const double overlap =
+          std::min<double>(i + 1, b) - std::max<double>(i, a);
+      w.weights.push_back(static_cast<float>(overlap / scale));
+    }
+  }
+  w.offset[target] = static_cast<int64_t>(w.weights.size());
+  return w;
+}
+
+// Luma (or gray) of one source row, in source units (not normalised).
+template <typename T, int C>
+void LumaRow(const T* in, int64_t width, float* out) {
+  if constexpr (C >= 3) {
+    for (int64_t x = 0; x < width; ++x) {
+      const T* p = in + x * C;
+      out[x] = 0.299f * static_cast<float>(p[0]) +
+               0.587f * static_cast<float>(p[1]) +
+               0.114f * static_cast<float>(p[2]);
+    }
+  } else {
+    for (int64_t x = 0; x < width; ++x) out[x] = static_cast<float>(in[x * C]);
+  }
+}
+
+template <typename T, int C>
+void GrayscaleRows(const Image& src, const AxisWeights& wx,
+                   const AxisWeights& wy, float norm, int64_t row_begin,
+                   int64_t row_end, Image* dst) {
+  const int64_t width = src.width();
+  const int64_t tw = dst->width();
+  std::vector<float> luma(width);
+  std::vector<float> reduced(tw);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    float* out = reinterpret_cast<float*>(dst->row(r));
+    std::fill(out, out + tw, 0.0f);
+  }
+  // Source rows touching this band of output rows, each read once.
+  const int64_t k_begin = wy.first[row_begin];
+  const int64_t k_end =
+      wy.first[row_end - 1] + (wy.offset[row_end] - wy.offset[row_end - 1]);
+  int64_t r = row_begin;
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    LumaRow<T, C>(reinterpret_cast<const T*>(src.row(k)), width, luma.data());
+    for (int64_t j = 0; j < tw; ++j) {
+      const float* w = wx.weights.data() + wx.offset[j];
+      const int64_t n = wx.offset[j + 1] - wx.offset[j];
+      const float* l = luma.data() + wx.first[j];
+      float sum = 0.0f;
+      for (int64_t i = 0; i < n; ++i) sum += w[i] * l[i];
+      reduced[j] = sum;
+    }
+    // Output rows whose footprint contains source row k: r (advancing) and
+    // possibly the next one when k straddles their boundary.
+    while (r < row_end && wy.first[r] + (wy.offset[r + 1] - wy.offset[r]) <= k)
+      ++r;
+    for (int64_t rr = r; rr < row_end && wy.first[rr] <= k; ++rr) {
+      const float weight = wy.weights[wy.offset[rr] + (k - wy.first[rr])];
+      float* out = reinterpret_cast<float*>(dst->row(rr));
+      for (int64_t j = 0; j < tw; ++j) out[j] += weight * reduced[j];
+    }
+  }
+  if (norm != 1.0f) {
+    for (int64_t rr = row_begin; rr < row_end; ++rr) {
+      float* out = reinterpret_cast<float*>(dst->row(rr));
+      for (int64_t j = 0; j < tw; ++j) out[j] *= norm;
+    }
+  }
+}
+
+template <typename T>
+void GrayscaleRowsByChannels(const Image& src, const AxisWeights& wx,
+                             const AxisWeights& wy, float norm, int64_t b,
+                             int64_t e, Image* dst) {
+  switch (src.channels()) {
+    case 1:
+      return GrayscaleRows<T, 1>(src, wx, wy, norm, b, e, dst);
+    case 2:
+      return GrayscaleRows<T, 2>(src, wx, wy, norm, b, e, dst);
+    case 3:
+      return GrayscaleRows<T, 3>(src, wx, wy, norm, b, e, dst);
+    default:
+      return GrayscaleRows<T, 4>(src, wx, wy, norm, b, e, dst);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tiled TIFF writer.
+
+class TiledTiffWriterImpl final : public TiledTiffWriter {
+ public:
+  TiledTiffWriterImpl(std::string path, const ImageSpec& spec, int tile,
+                      std::unique_ptr<oiio::ImageOutput> out)
+      : path_(std::move(path)),
+        spec_(spec),
+        tile_(tile),
+        tiles_x_((spec.width + tile - 1) / tile),
+        tiles_y_((spec.height + tile - 1) / tile),
+        out_(std::move(out)),
+        done_(static_cast<size_t>(tiles_x_ * tiles_y_), 0) {}
+
+  absl::Status WriteRegion(int64_t x, int64_t y, const Image& region) override {
+    if (closed_) return absl::FailedPreconditionError("tiled writer is closed");
+    if (!error_.ok()) return error_;
+    if (region.empty()) {
+      return absl::InvalidArgumentError("WriteRegion got an empty image");
+    }
+    if (region.channels() != spec_.channels || region.type() != spec_.type) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "region is ", region.spec().DebugString(), " but the output is ",
+          spec_.DebugString(), "; channels and sample type must match"));
+    }
+    if (x < 0 || y < 0 || x > spec_.width - region.width() ||
+        y > spec_.height - region.height()) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "region ", region.width(), "x", region.height(), " at (", x, ", ", y,
+          ") does not fit in the ", spec_.width, "x", spec_.height, " output"));
+    }
+    const int64_t tx0 = x / tile_, tx1 = (x + region.width() - 1) / tile_;
+    const int64_t ty0 = y / tile_, ty1 = (y + region.height() - 1) / tile_;
+    for (int64_t ty = ty0; ty <= ty1; ++ty) {
+      for (int64_t tx = tx0; tx <= tx1; ++tx) {
+        if (done_[ty * tiles_x_ + tx]) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "region at (", x, ", ", y, ") overlaps tile (", tx * tile_, ", ",
+              ty * tile_,
+              ") which is complete and already written; each pixel "
+              "may be supplied only until its tile is complete"));
+        }
+      }
+    }
+    for (int64_t ty = ty0; ty <= ty1; ++ty) {
+      for (int64_t tx = tx0; tx <= tx1; ++tx) {
+        absl::Status s = CopyIntoTile(tx, ty, x, y, region);
+        if (!s.ok()) {
+          error_ = s;
+          return s;
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Close() override {
+    if (closed_)
+      return absl::FailedPreconditionError("tiled writer already closed");
+    closed_ = true;
+    int64_t missing = 0;
+    int64_t first_tx = -1, first_ty = -1;
+    for (int64_t ty = 0; ty < tiles_y_; ++ty) {
+      for (int64_t tx = 0; tx < tiles_x_; ++tx) {
+        if (done_[ty * tiles_x_ + tx]) continue;
+        const int64_t area = TileWidth(tx) * TileHeight(ty);
+        auto it = partial_.find(ty * tiles_x_ + tx);
+        missing += area - (it == partial_.end() ? 0 : it->second.covered);
+        if (first_tx < 0) {
+          first_tx = tx;
+          first_ty = ty;
+        }
+      }
+    }
+    absl::Status close_status;
+    try {
+      if (!out_->close()) {
+        close_status = absl::InternalError(
+            absl::StrCat("closing tiled TIFF \"", path_,
+                         "\" failed: ", DrainErrors(out_.get())));
+      }
+    } catch (const std::exception& e) {
+      close_status = absl::InternalError(
+          absl::StrCat("closing tiled TIFF \"", path_, "\" threw: ", e.what()));
+    }
+    out_.reset();
+    partial_.clear();
+    if (!error_.ok() || missing > 0) {
+      std::remove(path_.c_str());
+      if (!error_.ok()) {
+        return absl::Status(
+            error_.code(),
+            absl::StrCat(error_.message(), "; \"", path_, "\" was removed"));
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat(missing, " of ", spec_.pixels(), " pixels of \"", path_,
+                       "\" were never written (first incomplete tile at x=",
+                       first_tx * tile_, ", y=", first_ty * tile_,
+                       "); the incomplete file was removed"));
+    }
+    return close_status;
+  }
+
+ private:
+  struct Partial {
+    std::vector<uint8_t> data;  // tile_ x tile_ pixels
+    std::vector<uint8_t> mask;  // 1 where supplied
+    int64_t covered = 0;
+  };
+
+  int64_t TileWidth(int64_t tx) const {
+    return std::min<int64_t>(tile_, spec_.width - tx * tile_);
+  }
+  int64_t TileHeight(int64_t ty) const {
+    return std::min<int64_t>(tile_, spec_.height - ty * tile_);
+  }
+
+  absl::Status CopyIntoTile(int64_t tx, int64_t ty, int64_t x, int64_t y,
+                            const Image& region) {
+    const int64_t bx = tx * tile_, by = ty * tile_;
+    const int64_t vw = TileWidth(tx), vh = TileHeight(ty);
+    // Intersection of the region with the tile, in output coordinates.
+    const int64_t x0 = std::max(x, bx),
+                  x1 = std::min(x + region.width(), bx + vw);
+    const int64_t y0 = std::max(y, by),
+                  y1 = std::min(y + region.height(), by + vh);
+    const size_t bpp = spec_.bytes_per_pixel();
+    const size_t tile_row = static_cast<size_t>(tile_) * bpp;
+    const size_t span = static_cast<size_t>(x1 - x0) * bpp;
+    const int64_t key = ty * tiles_x_ + tx;
+    auto it = partial_.find(key);
+    if (it == partial_.end() && x0 == bx && y0 == by && x1 - x0 == vw &&
+        y1 - y0 == vh) {
+      // The region covers the whole tile: write it without buffering.
+      scratch_.resize(static_cast<size_t>(tile_) * tile_row);
+      for (int64_t yy = y0; yy < y1; ++yy) {
+        std::memcpy(scratch_.data() + (yy - by) * tile_row,
+                    region.row(yy - y) + (x0 - x) * bpp, span);
+      }
+      return WriteTile(tx, ty, scratch_.data());
+    }
+    if (it == partial_.end()) {
+      Partial p;
+      p.data.assign(static_cast<size_t>(tile_) * tile_row, 0);
+      p.mask.assign(static_cast<size_t>(tile_) * tile_, 0);
+      it = partial_.emplace(key, std::move(p)).first;
+    }
+    Partial& p = it->second;
+    for (int64_t yy = y0; yy < y1; ++yy) {
+      std::memcpy(p.data.data() + (yy - by) * tile_row + (x0 - bx) * bpp,
+                  region.row(yy - y) + (x0 - x) * bpp, span);
+      uint8_t* m = p.mask.data() + (yy - by) * tile_ + (x0 - bx);
+      for (int64_t xx = 0; xx < x1 - x0; ++xx) {
+        p.covered += 1 - m[xx];
+        m[xx] = 1;
+      }
+    }
+    if (p.covered == vw * vh) {
+      absl::Status s = WriteTile(tx, ty, p.data.data());
+      partial_.erase(it);
+      return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteTile(int64_t tx, int64_t ty, const uint8_t* data) {
+    bool ok = false;
+    std::string why;
+    try {
+      ok = out_->write_tile(static_cast<int>(tx * tile_),
+                            static_cast<int>(ty * tile_), 0,
+                            ToTypeDesc(spec_.type), data);
+      if (!ok) why = DrainErrors(out_.get());
+    } catch (const std::exception& e) {
+      why = absl::StrCat("OpenImageIO threw: ", e.what());
+    }
+    if (!ok) {
+      return absl::InternalError(absl::StrCat(
+          "writing tile at (", tx * tile_, ", ", ty * tile_, ") of \"", path_,
+          "\" failed: ", why, ". Check free disk space and permissions"));
+    }
+    done_[ty * tiles_x_ + tx] = 1;
+    return absl::OkStatus();
+  }
+
+  const std::string path_;
+  const ImageSpec spec_;
+  const int tile_;
+  const int64_t tiles_x_;
+  const int64_t tiles_y_;
+  std::unique_ptr<oiio::ImageOutput> out_;
+  std::vector<uint8_t> done_;  // per tile: written to the file
+  std::unordered_map<int64_t, Partial> partial_;
+  std::vector<uint8_t> scratch_;
+  absl::Status error_;
+  bool closed_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<ImageSpec> ReadImageSpecFile(const std::string& path) {
+  Source src;
+  src.name = path;
+  return ReadSpec(src);
+}
+
+absl::StatusOr<ImageSpec> ReadImageSpecMemory(absl::Span<const uint8_t> bytes,
+                                              const std::string& name_hint) {
+  Source src;
+  src.name = name_hint;
+  src.bytes = bytes;
+  src.in_memory = true;
+  return ReadSpec(src);
+}
+
+absl::StatusOr<Image> ReadImageFile(const std::string& path,
+                                    const ReadOptions& options) {
+  Source src;
+  src.name = path;
+  return Read(src, options);
+}
+
+absl::StatusOr<Image> ReadImageMemory(absl::Span<const uint8_t> bytes,
+                                      const std::string& name_hint,
+                                      const ReadOptions& options) {
+  Source src;
+  src.name = name_hint;
+  src.bytes = bytes;
+  src.in_memory = true;
+  return Read(src, options);
+}
+
+absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
+                                        int64_t target_width,
+                                        int64_t target_height, int threads) {
+  if (image.empty()) {
+    return absl::InvalidArgumentError("MakeGrayscaleCopy got an empty image");
+  }
+  if (target_width < 1 || target_height < 1 || target_width > image.width() ||
+      target_height > image.height()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grayscale copy size ", target_width, "x", target_height,
+                     " must be at least 1x1 and at most the source size ",
+                     image.width(), "x", image.height()));
+  }
+  ImageSpec spec;
+  spec.width = target_width;
+  spec.height = target_height;
+  spec.channels = 1;
+  spec.type = SampleType::kFloat32;
+  REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(spec));
+  const AxisWeights wx = MakeAxisWeights(image.width(), target_width);
+  const AxisWeights wy = MakeAxisWeights(image.height(), target_height);
+  float norm = 1.0f;
+  if (image.type() == SampleType::kUInt8) norm = 1.0f / 255.0f;
+  if (image.type() == SampleType::kUInt16) norm = 1.0f / 65535.0f;
+
+  auto run = [&](int64_t b, int64_t e) {
+    switch (image.type()) {
+      case SampleType::kUInt8:
+        return GrayscaleRowsByChannels<uint8_t>(image, wx, wy, norm, b, e,
+                                                &out);
+      case SampleType::kUInt16:
+        return GrayscaleRowsByChannels<uint16_t>(image, wx, wy, norm, b, e,
+                                                 &out);
+      case SampleType::kFloat32:
+        return GrayscaleRowsByChannels<float>(image, wx, wy, norm, b, e, &out);
+    }
+  };
+  const int64_t n =
+      std::max<int64_t>(1, std::min<int64_t>(threads, target_height));
+  if (n == 1) {
+    run(0, target_height);
+    return out;
+  }
+  std::vector<std::thread> workers;
+  try {
+    workers.reserve(n - 1);
+    for (int64_t t = 1; t < n; ++t) {
+      workers.emplace_back(run, target_height * t / n,
+                           target_height * (t + 1) / n);
+    }
+  } catch (const std::exception& e) {
+    for (std::thread& w : workers) w.join();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot start grayscale worker threads: ", e.what()));
+  }
+  run(0, target_height / n);
+  for (std::thread& w : workers) w.join();
+  return out;
+}
+
+absl::Status WriteImageFile(const std::string& path, const Image& image) {
+  if (image.empty())
+    return absl::InvalidArgumentError("cannot write an empty image");
+  REGSERVE_RETURN_IF_ERROR(CheckWritable(path));
+  try {
+    std::unique_ptr<oiio::ImageOutput> out = oiio::ImageOutput::create(path);
+    if (out == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no image writer for \"", path,
+                       "\": ", DrainErrors<oiio::ImageOutput>(nullptr),
+                       ". Use .tif, .png, .jpg or .exr"));
+    }
+    oiio::ImageSpec spec = OutputSpec(image.spec());
+    if (IsTiff(path)) {
+      spec.attribute("compression", "zip");
+      if (image.size_bytes() > kBigTiffThreshold)
+        spec.attribute("tiff:bigtiff", 1);
+    }
+    if (!out->open(path, spec)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot write ", image.spec().DebugString(), " as \"",
+                       path, "\": ", DrainErrors(out.get())));
+    }
+    if (!out->write_image(ToTypeDesc(image.type()), image.data())) {
+      std::string why = DrainErrors(out.get());
+      out->close();
+      DrainErrors(out.get());
+      return absl::InternalError(absl::StrCat(
+          "writing \"", path, "\" failed: ", why, ". Check free disk space"));
+    }
+    if (!out->close()) {
+      return absl::InternalError(absl::StrCat(
+          "closing \"", path, "\" failed: ", DrainErrors(out.get())));
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("writing \"", path, "\": OpenImageIO threw: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<TiledTiffWriter>> OpenTiledTiffWriter(
+    const std::string& path, const ImageSpec& spec, int tile_size) {
+  REGSERVE_RETURN_IF_ERROR(ValidateSpec(spec));
+  if (!IsTiff(path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tiled output \"", path, "\" must have a .tif or .tiff extension"));
+  }
+  // TIFF requires tile sides that are multiples of 16.
+  if (tile_size < 16 || tile_size > 8192 || tile_size % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tile size ", tile_size,
+                     " must be a multiple of 16 between 16 and 8192"));
+  }
+  try {
+    std::unique_ptr<oiio::ImageOutput> out = oiio::ImageOutput::create(path);
+    if (out == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("no TIFF writer available: ",
+                       DrainErrors<oiio::ImageOutput>(nullptr)));
+    }
+    // OIIO's TIFF writer does not advertise "random_access", but each
+    // write_tile goes straight to TIFFWriteTile, and libtiff accepts tiles in
+    // any order (it appends the data and records the offset per tile).
+    if (!out->supports("tiles")) {
+      return absl::InternalError(
+          "this OpenImageIO TIFF writer cannot write tiles");
+    }
+    oiio::ImageSpec ospec = OutputSpec(spec);
+    ospec.tile_width = tile_size;
+    ospec.tile_height = tile_size;
+    ospec.tile_depth = 1;
+    ospec.attribute("compression", "zip");
+    if (spec.bytes() > kBigTiffThreshold) ospec.attribute("tiff:bigtiff", 1);
+    if (!out->open(path, ospec)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot create tiled TIFF \"", path, "\" for ",
+                       spec.DebugString(), ": ", DrainErrors(out.get())));
+    }
+    return std::unique_ptr<TiledTiffWriter>(
+        new TiledTiffWriterImpl(path, spec, tile_size, std::move(out)));
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("creating \"", path, "\": OpenImageIO threw: ", e.what()));
+  }
+}
+
+}  // namespace regserve
