@@ -3,9 +3,8 @@
 // Full-resolution warp of the moving image into the fixed frame through a
 // DisplacementField, with LibTorch on CUDA or on the CPU.
 //
-//   REGSERVE_ASSIGN_OR_RETURN(auto warper, Warper::Create(WarpDevice::kCuda, 0));
-//   WarpOptions opts;
-//   opts.tile_size = plan.tile_size;   // 0: one pass
+//   REGSERVE_ASSIGN_OR_RETURN(auto warper, Warper::Create(WarpDevice::kCuda,
+//   0)); WarpOptions opts; opts.tile_size = plan.tile_size;   // 0: one pass
 //   REGSERVE_ASSIGN_OR_RETURN(WarpStats stats,
 //       warper->Warp(moving, field, out_w, out_h, opts,
 //                    [&](const TileRect& r, const Image& tile) {
@@ -13,11 +12,11 @@
 //                    }));
 //
 // Output pixel (i, j) samples the fixed-frame position
-// p = (output_origin_x + i * output_spacing_x, output_origin_y + j * output_spacing_y)
-// (full-resolution fixed pixels; default origin 0, spacing 1), looks up d(p)
-// in the field (bilinear, border-clamped), and samples the moving image at
-// p + d(p) with the chosen interpolation; positions outside the moving image
-// get fill_value. Coordinates are computed in fp32.
+// p = (output_origin_x + i * output_spacing_x, output_origin_y + j *
+// output_spacing_y) (full-resolution fixed pixels; default origin 0, spacing
+// 1), looks up d(p) in the field (bilinear, border-clamped), and samples the
+// moving image at p + d(p) with the chosen interpolation; positions outside the
+// moving image get fill_value. Coordinates are computed in fp32.
 //
 // Tiled output is bit-identical to one-pass output: each output pixel's
 // arithmetic does not depend on the tiling.
@@ -69,8 +68,9 @@ struct WarpOptions {
 struct WarpStats {
   int64_t tiles = 0;
   double seconds = 0.0;
-  uint64_t peak_device_bytes = 0;  // measured (CUDA caching allocator), 0 on CPU
-  std::string device;              // "cpu" or "cuda:0 (NVIDIA H100 ...)"
+  uint64_t peak_device_bytes =
+      0;               // measured (CUDA caching allocator), 0 on CPU
+  std::string device;  // "cpu" or "cuda:0 (NVIDIA H100 ...)"
 };
 
 // Called once per finished output tile, in row-major tile order, from the
@@ -100,6 +100,13 @@ class Warper {
 
   virtual WarpDevice device() const = 0;
 };
+
+// Process-wide allocator of page-locked (pinned) host memory. Images the
+// CUDA warper reads from pinned memory are uploaded asynchronously at full
+// PCIe speed (about 52 GB/s against 14 GB/s for pageable memory on the H100
+// machine). Thread-safe; never freed. Returns nullptr when regserve was built
+// without CUDA or no CUDA device is usable (use HostAllocator::Default()).
+HostAllocator* PinnedHostAllocator();
 
 // Memory model of this implementation (measured; see warp_memory.cc for the
 // numbers and how they were measured). Estimates for warping an output of

@@ -1,0 +1,98 @@
+// Copyright regserve authors.
+//
+// Internal helpers shared by the CPU and CUDA warpers: input validation,
+// launch parameters, tiling, and the conservative source region of an output
+// rectangle (from per-block min/max of the field). Not part of the API.
+#ifndef REGSERVE_CORE_WARP_WARP_INTERNAL_H_
+#define REGSERVE_CORE_WARP_WARP_INTERNAL_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/image/displacement_field.h"
+#include "core/image/image.h"
+#include "core/warp/warp.h"
+#include "core/warp/warp_kernel.h"
+
+namespace regserve {
+namespace warp_internal {
+
+// InvalidArgument for empty/mismatched fields, bad sizes or options.
+absl::Status ValidateWarpInputs(const Image& moving,
+                                const DisplacementField& field,
+                                int64_t out_width, int64_t out_height,
+                                const WarpOptions& options);
+
+// Launch parameters with everything but the rectangle, the output buffer and
+// the source buffer filled in. field_dx/field_dy point at `field`'s host data.
+WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
+                          const WarpOptions& options);
+
+// Output tiles in row-major order. tile_size 0 (or >= both dimensions) gives
+// one tile covering the whole output.
+std::vector<TileRect> MakeTiles(int64_t out_width, int64_t out_height,
+                                int64_t tile_size);
+
+// Per-block min/max of the field's finite values, used to bound the source
+// region an output rectangle reads. Non-finite nodes are ignored: every
+// pixel interpolating one gets a non-finite position, hence the fill value.
+class FieldBounds {
+ public:
+  // `threads` > 1 computes the blocks in parallel.
+  FieldBounds(const DisplacementField& field, int threads);
+
+  // Source rectangle (absolute moving pixels, clamped to the image) holding
+  // every tap read by the output pixels of `rect`; w or h is 0 when no pixel
+  // of `rect` samples inside the image. Conservative by construction.
+  TileRect SourceRegion(const WarpParams& params, const TileRect& rect) const;
+
+ private:
+  static constexpr int64_t kBlock = 16;
+  int64_t field_w_ = 0, field_h_ = 0;
+  int64_t blocks_x_ = 0, blocks_y_ = 0;
+  // 4 floats per block: min dx, max dx, min dy, max dy (+inf/-inf if none).
+  std::vector<float> stats_;
+};
+
+// Exact source rectangle of `rect` from the per-pixel positions (same
+// arithmetic as the kernel). Cost: one field lookup per pixel; used for small
+// rectangles only.
+TileRect ExactSourceRegion(const WarpParams& params, const TileRect& rect);
+
+// One unit of device work: an output rectangle and the source region it
+// reads.
+struct RegionItem {
+  TileRect out;
+  TileRect src;
+};
+
+// Splits `rect` into items whose source region holds at most
+// `capacity_pixels` pixels (quadtree split; small rectangles use the exact
+// region, so a 1x1 rectangle always fits when capacity >= 16).
+void PlanRegions(const FieldBounds& bounds, const WarpParams& params,
+                 const TileRect& rect, int64_t capacity_pixels,
+                 std::vector<RegionItem>* items);
+
+// The LibTorch CPU warper (always available).
+std::unique_ptr<Warper> CreateCpuWarper();
+
+#if REGSERVE_HAVE_CUDA
+// The CUDA warper; Unavailable if the device cannot be used.
+absl::StatusOr<std::unique_ptr<Warper>> CreateCudaWarper(int cuda_device);
+#endif
+
+// Memory-model constants (see warp_memory.cc).
+inline constexpr int64_t kCudaBandRows = 512;  // one-pass output band
+inline constexpr int kCudaBandSlots = 3;       // one-pass band ring
+inline constexpr int64_t kCudaSourceChunkRows = 256;
+inline constexpr int64_t kCudaRegionMargin = 256;  // per side, tiled source
+// Source-region capacity (pixels) of one tiled slot for tile edge T.
+int64_t RegionCapacityPixels(int64_t src_w, int64_t src_h, int64_t tile);
+
+}  // namespace warp_internal
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_WARP_WARP_INTERNAL_H_
