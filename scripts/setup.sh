@@ -27,7 +27,23 @@ PACKAGES=(
   prometheus-cpp-dev libabsl-dev
   # tests
   libgtest-dev libgmock-dev python3 python3-grpcio
+  # deployment tests (tests/deploy): Prometheus server and promtool, YAML lint
+  prometheus yamllint
 )
+
+# REGSERVE_SETUP_SKIP="pkg ..." leaves packages out (the Dockerfile skips
+# the CPU-only libtorch-dev, which it replaces with LibTorch for CUDA, and
+# the test-only packages).
+if [ -n "${REGSERVE_SETUP_SKIP:-}" ]; then
+  kept=()
+  for p in "${PACKAGES[@]}"; do
+    case " ${REGSERVE_SETUP_SKIP} " in
+      *" $p "*) ;;
+      *) kept+=("$p") ;;
+    esac
+  done
+  PACKAGES=("${kept[@]}")
+fi
 
 need=()
 for p in "${PACKAGES[@]}"; do
