@@ -78,20 +78,34 @@ TEST(MakePlan, EightyGigGpuWarpsInOnePass) {
   EXPECT_THAT(Reasons(*plan), testing::HasSubstr("one pass on the GPU"));
 }
 
-TEST(MakePlan, TwoGigVramBudgetTiles) {
+TEST(MakePlan, TwoGigVramBudgetStillFitsOnePassBecauseTheWarpStreamsBands) {
+  // The one-pass CUDA warp keeps the moving image resident and streams the
+  // output in bands, so 283.6 MP RGB needs about 1.1 GB of VRAM.
   Budgets b =
       BudgetsFromHardware(Machine(128 * kGiB, 80 * kGiB), {0, 2 * kGiB});
   auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(plan->warp_device, WarpDevice::kCuda);
-  EXPECT_GT(plan->tile_size, 0);
+  EXPECT_EQ(plan->tile_size, 0) << Reasons(*plan);
   EXPECT_LE(plan->warp.vram_bytes, 2 * kGiB);
-  // The chosen tile is the largest candidate that fits: the next larger
-  // one would not.
-  const auto bigger = EstimateWarpMemory(
-      kFabric, 18960, 14960, plan->registration_fixed_width,
-      plan->registration_fixed_height, plan->tile_size * 2, WarpDevice::kCuda);
-  EXPECT_GT(bigger.device_bytes, 2 * kGiB);
+  EXPECT_GT(plan->warp.vram_bytes, kFabric.bytes());
+}
+
+TEST(MakePlan, SmallVramBudgetTilesWithTheLargestTileThatFits) {
+  const uint64_t budget = 512ull << 20;
+  Budgets b = BudgetsFromHardware(Machine(128 * kGiB, 80 * kGiB), {0, budget});
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->warp_device, WarpDevice::kCuda);
+  EXPECT_GT(plan->tile_size, 0) << Reasons(*plan);
+  EXPECT_LE(plan->warp.vram_bytes, budget);
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("tiles"));
+  // The next larger candidate would not fit.
+  const auto bigger =
+      EstimateWarpMemory(kFabric, 18960, 14960, plan->registration_fixed_width,
+                         plan->registration_fixed_height,
+                         plan->tile_size * 4 / 3, WarpDevice::kCuda);
+  EXPECT_GT(bigger.device_bytes, budget);
 }
 
 TEST(MakePlan, NoGpuWarpsOnCpu) {
@@ -118,10 +132,10 @@ TEST(MakePlan, CpuPreferenceIsHonoured) {
 }
 
 TEST(MakePlan, TinyRamBudgetShrinksRegistrationCopy) {
-  // 3 GiB: the moving image (851 MB) plus elastix must fit, so the copy is
-  // limited by RAM rather than by the 20 MP cap.
+  // 1.5 GiB: the moving image (851 MB) plus elastix must fit, so the copy
+  // is limited by RAM rather than by the 20 MP cap, and the CPU warp tiles.
   Budgets b;
-  b.ram_bytes = 2 * kGiB;
+  b.ram_bytes = 3 * kGiB / 2;
   auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_THAT(Reasons(*plan), testing::HasSubstr("capped by the RAM budget"));
