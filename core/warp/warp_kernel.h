@@ -239,6 +239,11 @@ inline void WarpRow(const WarpParams& p, int64_t j) {
   }
 }
 
+// Launches WarpPixel over p.rect on `stream` (a cudaStream_t). Defined in
+// warp_cuda_kernel.cu (CUDA builds only). Returns the cudaError_t of the
+// launch (0 = success).
+int LaunchWarpKernel(const WarpParams& p, void* stream);
+
 }  // namespace warp_internal
 }  // namespace regserve
 

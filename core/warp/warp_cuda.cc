@@ -1,0 +1,570 @@
+// Copyright regserve authors.
+//
+// The CUDA warper (built only against a CUDA LibTorch).
+//
+// One pass (the tile covers the output): the whole moving image is uploaded
+// in 256-row chunks on the H2D stream (asynchronously when it lives in pinned
+// memory, see PinnedHostAllocator), and the output is computed in 512-row
+// bands on the compute stream, each band waiting (on the GPU, via events)
+// only for the chunks its source rows need; each band is downloaded on the
+// D2H stream into the Warper's pinned output buffer while the next band
+// computes. The host synchronises once, at the end.
+//
+// Tiled: per output tile, the source region the field points to (plus the
+// interpolation halo) is uploaded with cudaMemcpy2DAsync into one of two
+// region slots, the tile is computed into one of two device tile slots and
+// downloaded into one of two pinned host slots; tile k-1 is handed to the
+// callback while tile k is in flight. Regions larger than a slot (strongly
+// varying fields) are split into smaller output rectangles.
+//
+// Ownership: the Warper owns its three CUDA streams, its events, its pinned
+// host buffers (cudaHostAlloc) and its device buffers (LibTorch caching
+// allocator tensors); buffers are reused across calls, resized when a call
+// needs a different size, and all are released in the destructor.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/common/status_macros.h"
+#include "core/warp/warp.h"
+#include "core/warp/warp_internal.h"
+
+namespace regserve {
+namespace warp_internal {
+namespace {
+
+absl::Status CudaStatus(cudaError_t e, absl::string_view what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": out of memory (", cudaGetErrorString(e), ")"));
+  }
+  return absl::InternalError(
+      absl::StrCat(what, " failed: ", cudaGetErrorString(e)));
+}
+
+#define REGSERVE_CUDA_RETURN(expr, what) \
+  REGSERVE_RETURN_IF_ERROR(CudaStatus((expr), (what)))
+
+class PinnedAllocatorImpl final : public HostAllocator {
+ public:
+  void* Allocate(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, bytes == 0 ? 1 : bytes, cudaHostAllocDefault) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    return p;
+  }
+  void Free(void* p, size_t /*bytes*/) override { cudaFreeHost(p); }
+};
+
+// Hands out one pre-allocated buffer; Free does nothing. Lets an Image view
+// the Warper's pinned staging memory for the duration of a callback.
+class BorrowedAllocator final : public HostAllocator {
+ public:
+  explicit BorrowedAllocator(void* p) : p_(p) {}
+  void* Allocate(size_t /*bytes*/) override { return p_; }
+  void Free(void* /*p*/, size_t /*bytes*/) override {}
+
+ private:
+  void* p_;
+};
+
+bool IsPinned(const void* p) {
+  cudaPointerAttributes attr;
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeHost;
+}
+
+constexpr int kEventSlots = 3;
+
+class CudaWarper final : public Warper {
+ public:
+  explicit CudaWarper(int device) : device_(device) {}
+
+  absl::Status Init() {
+    REGSERVE_CUDA_RETURN(cudaSetDevice(device_), "cudaSetDevice");
+    cudaDeviceProp prop;
+    REGSERVE_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_),
+                         "cudaGetDeviceProperties");
+    name_ = absl::StrCat("cuda:", device_, " (", prop.name, ")");
+    for (cudaStream_t* s : {&h2d_, &compute_, &d2h_}) {
+      REGSERVE_CUDA_RETURN(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking),
+                           "cudaStreamCreate");
+    }
+    for (int k = 0; k < kEventSlots; ++k) {
+      for (cudaEvent_t* e :
+           {&comp_ev_[k], &d2h_ev_[k], &h2d_ev_[k], &kern_ev_[k]}) {
+        REGSERVE_CUDA_RETURN(
+            cudaEventCreateWithFlags(e, cudaEventDisableTiming),
+            "cudaEventCreate");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  ~CudaWarper() override {
+    cudaSetDevice(device_);
+    SyncQuietly().IgnoreError();
+    for (cudaEvent_t e : chunk_ev_) cudaEventDestroy(e);
+    for (int k = 0; k < kEventSlots; ++k) {
+      for (cudaEvent_t e : {comp_ev_[k], d2h_ev_[k], h2d_ev_[k], kern_ev_[k]}) {
+        if (e != nullptr) cudaEventDestroy(e);
+      }
+    }
+    for (cudaStream_t s : {h2d_, compute_, d2h_}) {
+      if (s != nullptr) cudaStreamDestroy(s);
+    }
+    if (out_host_ != nullptr) cudaFreeHost(out_host_);
+    try {
+      src_dev_ = at::Tensor();
+      out_dev_ = at::Tensor();
+      field_dev_ = at::Tensor();
+      c10::cuda::CUDACachingAllocator::emptyCache();
+    } catch (...) {
+      // Destructors must not throw; the memory goes back with the context.
+    }
+  }
+
+  WarpDevice device() const override { return WarpDevice::kCuda; }
+
+  absl::StatusOr<WarpStats> Warp(const Image& moving,
+                                 const DisplacementField& field,
+                                 int64_t out_width, int64_t out_height,
+                                 const WarpOptions& options,
+                                 const TileCallback& on_tile) override {
+    const absl::Time start = absl::Now();
+    REGSERVE_RETURN_IF_ERROR(
+        ValidateWarpInputs(moving, field, out_width, out_height, options));
+    WarpStats stats;
+    absl::Status status;
+    try {
+      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
+      status = WarpImpl(moving, field, out_width, out_height, options, on_tile,
+                        &stats);
+    } catch (const c10::OutOfMemoryError& e) {
+      status = absl::ResourceExhaustedError(
+          OomMessage(moving, field, out_width, out_height, options,
+                     e.what_without_backtrace()));
+    } catch (const c10::Error& e) {
+      status = absl::InternalError(absl::StrCat("LibTorch CUDA error in warp: ",
+                                                e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      status =
+          absl::InternalError(absl::StrCat("CUDA warp failed: ", e.what()));
+    }
+    // Whatever happened, nothing may still be reading the caller's image or
+    // writing our buffers when we return.
+    const absl::Status synced = SyncQuietly();
+    if (status.ok()) status = synced;
+    if (absl::IsResourceExhausted(status) &&
+        status.message().find("tile_size") == absl::string_view::npos) {
+      status = absl::ResourceExhaustedError(OomMessage(
+          moving, field, out_width, out_height, options, status.message()));
+    }
+    if (!status.ok()) return status;
+    stats.peak_device_bytes = static_cast<uint64_t>(
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device_)
+            .allocated_bytes[0]  // StatType::AGGREGATE
+            .peak);
+    stats.device = name_;
+    stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    return stats;
+  }
+
+ private:
+  absl::Status SyncQuietly() {
+    absl::Status s;
+    for (cudaStream_t st : {h2d_, compute_, d2h_}) {
+      if (st == nullptr) continue;
+      const cudaError_t e = cudaStreamSynchronize(st);
+      if (e != cudaSuccess && s.ok())
+        s = CudaStatus(e, "cudaStreamSynchronize");
+    }
+    return s;
+  }
+
+  std::string OomMessage(const Image& moving, const DisplacementField& field,
+                         int64_t out_w, int64_t out_h, const WarpOptions& o,
+                         absl::string_view detail) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) cudaGetLastError();
+    int64_t suggest = 256;
+    for (int64_t t = 16384; t >= 256; t /= 2) {
+      if (o.tile_size > 0 && t >= o.tile_size) continue;
+      const uint64_t need =
+          EstimateWarpMemory(moving.spec(), out_w, out_h, field.width,
+                             field.height, t, WarpDevice::kCuda)
+              .device_bytes;
+      if (need <= free_b * 8 / 10) {
+        suggest = t;
+        break;
+      }
+    }
+    return absl::StrCat("out of CUDA memory on ", name_, " warping ", out_w,
+                        "x", out_h, " with tile_size ", o.tile_size, " (",
+                        free_b >> 20, " MiB free): retry with tile_size ",
+                        suggest, " or smaller; ", detail);
+  }
+
+  // Device buffer management: first release every buffer whose size is
+  // wrong, reset the allocator's peak counter, then allocate, so that the
+  // peak reflects this call only.
+  void PrepareDevice(int64_t src_bytes, int64_t out_bytes,
+                     int64_t field_bytes) {
+    auto fits = [](const at::Tensor& t, int64_t need) {
+      return t.defined() && t.numel() >= need &&
+             t.numel() <= need + need / 4 + (int64_t{64} << 20);
+    };
+    bool released = false;
+    for (auto [t, need] :
+         {std::pair<at::Tensor*, int64_t>{&src_dev_, src_bytes},
+          {&out_dev_, out_bytes},
+          {&field_dev_, field_bytes}}) {
+      if (t->defined() && !fits(*t, need)) {
+        *t = at::Tensor();
+        released = true;
+      }
+    }
+    if (released) c10::cuda::CUDACachingAllocator::emptyCache();
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device_);
+    const auto opts =
+        at::TensorOptions().dtype(at::kByte).device(at::kCUDA, device_);
+    for (auto [t, need] :
+         {std::pair<at::Tensor*, int64_t>{&src_dev_, src_bytes},
+          {&out_dev_, out_bytes},
+          {&field_dev_, field_bytes}}) {
+      if (!t->defined()) *t = at::empty({std::max<int64_t>(need, 1)}, opts);
+    }
+  }
+
+  absl::Status PreparePinned(size_t bytes) {
+    if (out_host_ != nullptr && out_host_bytes_ >= bytes &&
+        out_host_bytes_ <= 2 * bytes + (size_t{64} << 20)) {
+      return absl::OkStatus();
+    }
+    if (out_host_ != nullptr) cudaFreeHost(out_host_);
+    out_host_ = nullptr;
+    out_host_bytes_ = 0;
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot pin ", bytes >> 20,
+          " MiB of host memory for the warp output; use a smaller tile_size"));
+    }
+    out_host_ = static_cast<uint8_t*>(p);
+    out_host_bytes_ = bytes;
+    return absl::OkStatus();
+  }
+
+  absl::Status EnsureChunkEvents(size_t n) {
+    while (chunk_ev_.size() < n) {
+      cudaEvent_t e;
+      REGSERVE_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+                           "cudaEventCreate");
+      chunk_ev_.push_back(e);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status UploadField(const DisplacementField& field, WarpParams* base) {
+    const size_t n = field.dx.size();
+    float* fdx = reinterpret_cast<float*>(field_dev_.data_ptr<uint8_t>());
+    float* fdy = fdx + n;
+    REGSERVE_CUDA_RETURN(
+        cudaMemcpyAsync(fdx, field.dx.data(), n * sizeof(float),
+                        cudaMemcpyHostToDevice, compute_),
+        "field upload");
+    REGSERVE_CUDA_RETURN(
+        cudaMemcpyAsync(fdy, field.dy.data(), n * sizeof(float),
+                        cudaMemcpyHostToDevice, compute_),
+        "field upload");
+    base->field_dx = fdx;
+    base->field_dy = fdy;
+    return absl::OkStatus();
+  }
+
+  absl::Status Launch(const WarpParams& p) {
+    return CudaStatus(static_cast<cudaError_t>(LaunchWarpKernel(p, compute_)),
+                      "warp kernel launch");
+  }
+
+  absl::Status WarpImpl(const Image& moving, const DisplacementField& field,
+                        int64_t out_w, int64_t out_h,
+                        const WarpOptions& options, const TileCallback& on_tile,
+                        WarpStats* stats) {
+    WarpParams base = MakeBaseParams(moving, field, options);
+    const int64_t bpp = static_cast<int64_t>(moving.spec().bytes_per_pixel());
+    const int64_t field_bytes =
+        static_cast<int64_t>(field.dx.size()) * 2 * sizeof(float);
+    const std::vector<TileRect> tiles =
+        MakeTiles(out_w, out_h, options.tile_size);
+    const int bound_threads = static_cast<int>(
+        std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    ImageSpec out_spec = moving.spec();
+
+    if (tiles.size() == 1) {
+      // ---- One pass, output in bands. ----
+      const int64_t band_rows = std::min(kCudaBandRows, out_h);
+      const int64_t band_bytes = band_rows * out_w * bpp;
+      PrepareDevice(static_cast<int64_t>(moving.size_bytes()),
+                    kCudaBandSlots * band_bytes, field_bytes);
+      REGSERVE_RETURN_IF_ERROR(
+          PreparePinned(static_cast<size_t>(out_w * out_h * bpp)));
+      uint8_t* src_dev = src_dev_.data_ptr<uint8_t>();
+      uint8_t* out_dev = out_dev_.data_ptr<uint8_t>();
+      const int64_t H = moving.height();
+      const int64_t chunks =
+          (H + kCudaSourceChunkRows - 1) / kCudaSourceChunkRows;
+      REGSERVE_RETURN_IF_ERROR(EnsureChunkEvents(static_cast<size_t>(chunks)));
+      int64_t issued = 0;
+      auto issue_chunk = [&](int64_t c) -> absl::Status {
+        const int64_t y0 = c * kCudaSourceChunkRows;
+        const int64_t rows = std::min(kCudaSourceChunkRows, H - y0);
+        const size_t off = static_cast<size_t>(y0) * moving.row_bytes();
+        REGSERVE_CUDA_RETURN(
+            cudaMemcpyAsync(src_dev + off, moving.data() + off,
+                            static_cast<size_t>(rows) * moving.row_bytes(),
+                            cudaMemcpyHostToDevice, h2d_),
+            "source upload");
+        REGSERVE_CUDA_RETURN(cudaEventRecord(chunk_ev_[c], h2d_),
+                             "cudaEventRecord");
+        return absl::OkStatus();
+      };
+      // Pinned source: queue the whole upload now (it does not block the
+      // host). Pageable: copies block the host, so they are interleaved with
+      // the bands below, chunk by chunk as the bands need them.
+      if (IsPinned(moving.data())) {
+        for (; issued < chunks; ++issued)
+          REGSERVE_RETURN_IF_ERROR(issue_chunk(issued));
+      }
+      REGSERVE_RETURN_IF_ERROR(UploadField(field, &base));
+      const FieldBounds bounds(field, bound_threads);
+      base.src = src_dev;
+      base.src_stride = moving.width();
+      const int64_t bands = (out_h + band_rows - 1) / band_rows;
+      for (int64_t b = 0; b < bands; ++b) {
+        if (options.cancel != nullptr)
+          REGSERVE_RETURN_IF_ERROR(options.cancel->Check());
+        const TileRect rect{0, b * band_rows, out_w,
+                            std::min(band_rows, out_h - b * band_rows)};
+        const TileRect need = bounds.SourceRegion(base, rect);
+        if (need.h > 0) {
+          const int64_t last_chunk =
+              (need.y + need.h - 1) / kCudaSourceChunkRows;
+          while (issued <= last_chunk)
+            REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
+          REGSERVE_CUDA_RETURN(
+              cudaStreamWaitEvent(compute_, chunk_ev_[last_chunk], 0),
+              "cudaStreamWaitEvent");
+        }
+        const int slot = static_cast<int>(b % kCudaBandSlots);
+        if (b >= kCudaBandSlots) {
+          REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, d2h_ev_[slot], 0),
+                               "cudaStreamWaitEvent");
+        }
+        WarpParams p = base;
+        p.rect_x0 = rect.x;
+        p.rect_y0 = rect.y;
+        p.rect_w = rect.w;
+        p.rect_h = rect.h;
+        p.out = out_dev + slot * band_bytes;
+        p.out_x0 = 0;
+        p.out_y0 = rect.y;
+        p.out_stride = out_w;
+        REGSERVE_RETURN_IF_ERROR(Launch(p));
+        REGSERVE_CUDA_RETURN(cudaEventRecord(comp_ev_[slot], compute_),
+                             "cudaEventRecord");
+        REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(d2h_, comp_ev_[slot], 0),
+                             "cudaStreamWaitEvent");
+        REGSERVE_CUDA_RETURN(
+            cudaMemcpyAsync(out_host_ + rect.y * out_w * bpp,
+                            out_dev + slot * band_bytes,
+                            static_cast<size_t>(rect.h * out_w * bpp),
+                            cudaMemcpyDeviceToHost, d2h_),
+            "output download");
+        REGSERVE_CUDA_RETURN(cudaEventRecord(d2h_ev_[slot], d2h_),
+                             "cudaEventRecord");
+      }
+      REGSERVE_CUDA_RETURN(cudaStreamSynchronize(d2h_),
+                           "cudaStreamSynchronize");
+      REGSERVE_RETURN_IF_ERROR(SyncQuietly());
+      out_spec.width = out_w;
+      out_spec.height = out_h;
+      BorrowedAllocator borrowed(out_host_);
+      REGSERVE_ASSIGN_OR_RETURN(Image out,
+                                Image::Allocate(out_spec, &borrowed));
+      REGSERVE_RETURN_IF_ERROR(on_tile(tiles[0], out));
+      stats->tiles = 1;
+      return absl::OkStatus();
+    }
+
+    // ---- Tiled. ----
+    const int64_t T = options.tile_size;
+    const int64_t cap =
+        RegionCapacityPixels(moving.width(), moving.height(), T);
+    const int64_t tile_bytes = T * T * bpp;
+    PrepareDevice(2 * cap * bpp, 2 * tile_bytes, field_bytes);
+    REGSERVE_RETURN_IF_ERROR(
+        PreparePinned(static_cast<size_t>(2 * tile_bytes)));
+    uint8_t* src_dev = src_dev_.data_ptr<uint8_t>();
+    uint8_t* out_dev = out_dev_.data_ptr<uint8_t>();
+    REGSERVE_RETURN_IF_ERROR(UploadField(field, &base));
+    const FieldBounds bounds(field, bound_threads);
+
+    auto deliver = [&](size_t k) -> absl::Status {
+      const int slot = static_cast<int>(k % 2);
+      REGSERVE_CUDA_RETURN(cudaEventSynchronize(d2h_ev_[slot]),
+                           "cudaEventSynchronize");
+      ImageSpec spec = moving.spec();
+      spec.width = tiles[k].w;
+      spec.height = tiles[k].h;
+      BorrowedAllocator borrowed(out_host_ + slot * tile_bytes);
+      REGSERVE_ASSIGN_OR_RETURN(Image img, Image::Allocate(spec, &borrowed));
+      REGSERVE_RETURN_IF_ERROR(on_tile(tiles[k], img));
+      ++stats->tiles;
+      return absl::OkStatus();
+    };
+
+    std::vector<RegionItem> items;
+    int64_t item_counter = 0;
+    for (size_t k = 0; k < tiles.size(); ++k) {
+      if (options.cancel != nullptr)
+        REGSERVE_RETURN_IF_ERROR(options.cancel->Check());
+      const TileRect& tile = tiles[k];
+      const int slot = static_cast<int>(k % 2);
+      if (k >= 2) {
+        REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, d2h_ev_[slot], 0),
+                             "cudaStreamWaitEvent");
+      }
+      items.clear();
+      PlanRegions(bounds, base, tile, cap, &items);
+      for (const RegionItem& item : items) {
+        const int s = static_cast<int>(item_counter % 2);
+        if (item_counter >= 2) {
+          REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(h2d_, kern_ev_[s], 0),
+                               "cudaStreamWaitEvent");
+        }
+        ++item_counter;
+        uint8_t* region = src_dev + s * cap * bpp;
+        if (item.src.w > 0 && item.src.h > 0) {
+          REGSERVE_CUDA_RETURN(
+              cudaMemcpy2DAsync(region, static_cast<size_t>(item.src.w * bpp),
+                                moving.row(item.src.y) + item.src.x * bpp,
+                                moving.row_bytes(),
+                                static_cast<size_t>(item.src.w * bpp),
+                                static_cast<size_t>(item.src.h),
+                                cudaMemcpyHostToDevice, h2d_),
+              "source region upload");
+          REGSERVE_CUDA_RETURN(cudaEventRecord(h2d_ev_[s], h2d_),
+                               "cudaEventRecord");
+          REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, h2d_ev_[s], 0),
+                               "cudaStreamWaitEvent");
+        }
+        WarpParams p = base;
+        p.rect_x0 = item.out.x;
+        p.rect_y0 = item.out.y;
+        p.rect_w = item.out.w;
+        p.rect_h = item.out.h;
+        p.out = out_dev + slot * tile_bytes;
+        p.out_x0 = tile.x;
+        p.out_y0 = tile.y;
+        p.out_stride = tile.w;
+        p.src = region;
+        p.src_x0 = item.src.x;
+        p.src_y0 = item.src.y;
+        p.src_stride = item.src.w;
+        REGSERVE_RETURN_IF_ERROR(Launch(p));
+        REGSERVE_CUDA_RETURN(cudaEventRecord(kern_ev_[s], compute_),
+                             "cudaEventRecord");
+      }
+      REGSERVE_CUDA_RETURN(cudaEventRecord(comp_ev_[slot], compute_),
+                           "cudaEventRecord");
+      REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(d2h_, comp_ev_[slot], 0),
+                           "cudaStreamWaitEvent");
+      REGSERVE_CUDA_RETURN(
+          cudaMemcpyAsync(out_host_ + slot * tile_bytes,
+                          out_dev + slot * tile_bytes,
+                          static_cast<size_t>(tile.w * tile.h * bpp),
+                          cudaMemcpyDeviceToHost, d2h_),
+          "tile download");
+      REGSERVE_CUDA_RETURN(cudaEventRecord(d2h_ev_[slot], d2h_),
+                           "cudaEventRecord");
+      if (k >= 1) REGSERVE_RETURN_IF_ERROR(deliver(k - 1));
+    }
+    return deliver(tiles.size() - 1);
+  }
+
+  const int device_;
+  std::string name_;
+  cudaStream_t h2d_ = nullptr;
+  cudaStream_t compute_ = nullptr;
+  cudaStream_t d2h_ = nullptr;
+  cudaEvent_t comp_ev_[kEventSlots] = {};
+  cudaEvent_t d2h_ev_[kEventSlots] = {};
+  cudaEvent_t h2d_ev_[kEventSlots] = {};
+  cudaEvent_t kern_ev_[kEventSlots] = {};
+  std::vector<cudaEvent_t> chunk_ev_;
+  // Device buffers (caching allocator): source (whole image or 2 region
+  // slots), output (band ring or 2 tile slots), field (dx then dy).
+  at::Tensor src_dev_;
+  at::Tensor out_dev_;
+  at::Tensor field_dev_;
+  // Pinned host output staging (whole output or 2 tile slots).
+  uint8_t* out_host_ = nullptr;
+  size_t out_host_bytes_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Warper>> CreateCudaWarper(int cuda_device) {
+  const int count = static_cast<int>(c10::cuda::device_count());
+  if (count == 0) {
+    return absl::UnavailableError(
+        "CUDA warp requested but no CUDA device is visible (no driver, or "
+        "CUDA_VISIBLE_DEVICES hides them); use the CPU warp");
+  }
+  if (cuda_device < 0 || cuda_device >= count) {
+    return absl::UnavailableError(absl::StrCat("CUDA device ", cuda_device,
+                                               " requested but only ", count,
+                                               " visible"));
+  }
+  auto warper = std::make_unique<CudaWarper>(cuda_device);
+  absl::Status s = warper->Init();
+  if (!s.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot set up CUDA device ",
+                                               cuda_device, ": ", s.message()));
+  }
+  return std::unique_ptr<Warper>(std::move(warper));
+}
+
+}  // namespace warp_internal
+
+HostAllocator* PinnedHostAllocator() {
+  static HostAllocator* const allocator =
+      new warp_internal::PinnedAllocatorImpl();
+  return c10::cuda::device_count() > 0 ? allocator : nullptr;
+}
+
+}  // namespace regserve
