@@ -6,10 +6,11 @@
 //
 //   RegistrationRequest req;
 //   req.work_dir = "/var/lib/regserve/jobs/ab12/registration";  // absolute
-//   req.fixed = &fixed_gray;   req.moving = &moving_gray;  // float32, 1 channel
-//   req.fixed_full_width = 18960; ...                       // full-res sizes
-//   req.transform = TransformKind::kBSpline;
-//   REGSERVE_ASSIGN_OR_RETURN(RegistrationResult r, Register(req, ElastixConfig{}));
+//   req.fixed = &fixed_gray;   req.moving = &moving_gray;  // float32, 1
+//   channel req.fixed_full_width = 18960; ...                       // full-res
+//   sizes req.transform = TransformKind::kBSpline;
+//   REGSERVE_ASSIGN_OR_RETURN(RegistrationResult r, Register(req,
+//   ElastixConfig{}));
 //   // r.field is in full-resolution pixels (see displacement_field.h).
 //
 // The registration copies are written as MetaImages whose spacing is the
@@ -38,24 +39,25 @@
 namespace regserve {
 
 struct ElastixConfig {
-  std::string elastix_path = "elastix";        // looked up in PATH if relative
+  std::string elastix_path = "elastix";  // looked up in PATH if relative
   std::string transformix_path = "transformix";
 };
 
 struct RegistrationProgress {
-  int stage = 0;           // 0-based parameter file index
+  int stage = 0;  // 0-based parameter file index
   int num_stages = 1;
-  int resolution = 0;      // 0-based
+  int resolution = 0;  // 0-based
   int num_resolutions = 1;
-  int iteration = 0;       // within the resolution
+  int iteration = 0;  // within the resolution
   int max_iterations = 0;
   double metric = 0.0;
-  double fraction = 0.0;   // overall 0..1
-  std::string message;     // e.g. "stage 2/2 (bspline), resolution 3/4, iteration 120/500, metric -0.81"
+  double fraction = 0.0;  // overall 0..1
+  std::string message;  // e.g. "stage 2/2 (bspline), resolution 3/4, iteration
+                        // 120/500, metric -0.81"
 };
 
 struct RegistrationRequest {
-  std::string work_dir;          // absolute; created if missing
+  std::string work_dir;           // absolute; created if missing
   const Image* fixed = nullptr;   // float32, 1 channel registration copy
   const Image* moving = nullptr;  // float32, 1 channel registration copy
   int64_t fixed_full_width = 0;   // full-resolution sizes, for the spacing
@@ -66,20 +68,23 @@ struct RegistrationRequest {
   // Custom elastix parameter files (their text). When non-empty they replace
   // the preset, run in order. Validated with ValidateParameterText.
   std::vector<std::string> custom_parameters;
-  int threads = 1;                            // elastix -threads
-  absl::Duration timeout = absl::Hours(2);    // whole registration
-  const CancelToken* cancel = nullptr;        // may be null
+  int threads = 1;                          // elastix -threads
+  absl::Duration timeout = absl::Hours(2);  // whole registration
+  const CancelToken* cancel = nullptr;      // may be null
   std::function<void(const RegistrationProgress&)> on_progress;  // may be null
 };
 
 struct RegistrationResult {
   // Absolute paths of TransformParameters.<i>.txt in the work directory.
   std::vector<std::string> transform_parameter_files;
-  DisplacementField field;   // on the fixed registration grid
+  DisplacementField field;  // on the fixed registration grid
   double final_metric = 0.0;
-  int64_t iterations = 0;    // total over stages and resolutions
+  int64_t iterations = 0;  // total over stages and resolutions
   double elastix_seconds = 0.0;
   double transformix_seconds = 0.0;
+  // Peak resident memory of the elastix / transformix child (wait4 maxrss).
+  int64_t elastix_peak_rss_bytes = 0;
+  int64_t transformix_peak_rss_bytes = 0;
 };
 
 // Errors: InvalidArgument (bad request or parameters), FailedPrecondition
@@ -88,6 +93,12 @@ struct RegistrationResult {
 // killed), Unavailable (elastix program missing).
 absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
                                             const ElastixConfig& config);
+
+class ProcessRunner;  // core/registration/process.h
+// Same, running the programs through `runner` (not owned; tests pass a fake).
+absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
+                                            const ElastixConfig& config,
+                                            ProcessRunner* runner);
 
 // The preset parameter files for `kind`, scaled to a registration copy of
 // width x height (B-spline grid spacing, sample counts). kBSpline gives two

@@ -1,0 +1,62 @@
+// Copyright regserve authors.
+//
+// Minimal 2-D MetaImage (.mhd header + .raw data) reading and writing, for
+// exchanging images and deformation fields with elastix/transformix.
+//
+//   REGSERVE_RETURN_IF_ERROR(WriteMetaImage("/w/fixed.mhd", gray, {4, 4},
+//                                           {1.5, 1.5}));
+//   REGSERVE_ASSIGN_OR_RETURN(DisplacementField f,
+//                             ReadDisplacementField("/w/deformationField.mhd"));
+//
+// Supported on read: NDims 2, uncompressed little-endian data in a separate
+// file next to the header (or ElementDataFile = LOCAL), element types
+// MET_UCHAR/CHAR/USHORT/SHORT/UINT/INT/FLOAT/DOUBLE, 1 or 2 channels, an
+// identity TransformMatrix. Anything else gives InvalidArgument naming the
+// header field.
+//
+// Thread safety: all functions are thread-safe (no shared state).
+#ifndef REGSERVE_CORE_REGISTRATION_METAIMAGE_H_
+#define REGSERVE_CORE_REGISTRATION_METAIMAGE_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/image/displacement_field.h"
+#include "core/image/image.h"
+
+namespace regserve {
+
+struct MetaImage {
+  int64_t width = 0;
+  int64_t height = 0;
+  int channels = 1;
+  std::array<double, 2> spacing = {1.0, 1.0};
+  std::array<double, 2> origin = {0.0, 0.0};  // "Offset" of the header
+  // Interleaved samples converted to float, width * height * channels.
+  std::vector<float> data;
+};
+
+// Writes a 1-channel float32 image as `mhd_path` plus a .raw file beside it
+// (same name, extension replaced). Errors: InvalidArgument (not 1-channel
+// float32, or path not ending in .mhd), Internal (I/O, with errno text).
+absl::Status WriteMetaImage(const std::string& mhd_path, const Image& image,
+                            std::array<double, 2> spacing,
+                            std::array<double, 2> origin);
+
+// Reads a 2-D MetaImage. Errors: NotFound (missing header or data file),
+// InvalidArgument (unsupported or inconsistent header, short data file).
+absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path);
+
+// Reads transformix's deformationField.mhd (2 channels) into a field with
+// the header's origin and spacing. Errors as ReadMetaImage, plus
+// InvalidArgument when the image does not have 2 channels.
+absl::StatusOr<DisplacementField> ReadDisplacementField(
+    const std::string& mhd_path);
+
+}  // namespace regserve
+
+#endif  // REGSERVE_CORE_REGISTRATION_METAIMAGE_H_

@@ -1,0 +1,304 @@
+// Copyright regserve authors.
+#include "core/registration/process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+
+extern char** environ;
+
+namespace regserve {
+namespace {
+
+std::string ErrnoText(int err) { return std::strerror(err); }
+
+bool IsExecutableFile(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         access(path.c_str(), X_OK) == 0;
+}
+
+// Resolves argv[0] the way execvp would, in the parent, so that a missing
+// program is reported before anything is spawned.
+absl::StatusOr<std::string> ResolveProgram(const std::string& program) {
+  if (program.find('/') != std::string::npos) {
+    if (IsExecutableFile(program)) return program;
+    return absl::UnavailableError(absl::StrCat("program '", program,
+                                               "' does not exist or is not "
+                                               "executable"));
+  }
+  const char* path_env = std::getenv("PATH");
+  std::string path = path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
+  for (absl::string_view dir : absl::StrSplit(path, ':')) {
+    std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", program);
+    if (IsExecutableFile(candidate)) return candidate;
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "program '", program, "' was not found in PATH (", path,
+      "); install it (Debian: apt-get install elastix) or configure its "
+      "absolute path"));
+}
+
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  ~FdCloser() { Reset(); }
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  int get() const { return fd_; }
+  void Reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+// Reads the child's output until EOF (or until told to give up after the
+// child is gone), splitting into lines on '\n' and '\r'.
+class OutputReader {
+ public:
+  OutputReader(int fd, std::function<void(absl::string_view)> on_line,
+               size_t tail_lines)
+      : fd_(fd), on_line_(std::move(on_line)), tail_lines_(tail_lines) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~OutputReader() { Finish(); }
+
+  // Waits for EOF, at most `drain` after the call.
+  void Finish(absl::Duration drain = absl::Seconds(2)) {
+    if (!thread_.joinable()) return;
+    give_up_at_ns_.store(absl::ToUnixNanos(absl::Now() + drain));
+    thread_.join();
+  }
+  std::vector<std::string> TakeTail() {
+    return std::vector<std::string>(tail_.begin(), tail_.end());
+  }
+
+ private:
+  void Emit(absl::string_view line) {
+    if (line.empty()) return;
+    if (on_line_) on_line_(line);
+    if (tail_lines_ > 0) {
+      tail_.emplace_back(line);
+      if (tail_.size() > tail_lines_) tail_.pop_front();
+    }
+  }
+
+  void Loop() {
+    std::string pending;
+    char buf[8192];
+    while (true) {
+      if (absl::ToUnixNanos(absl::Now()) > give_up_at_ns_.load()) break;
+      struct pollfd pfd = {fd_, POLLIN, 0};
+      int pr = poll(&pfd, 1, 50);
+      if (pr < 0) {
+        if (errno == EINTR) continue;
+        break;
+      }
+      if (pr == 0) continue;
+      ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        break;
+      }
+      if (n == 0) break;  // EOF: every writer is gone
+      for (ssize_t i = 0; i < n; ++i) {
+        char c = buf[i];
+        if (c == '\n' || c == '\r') {
+          Emit(pending);
+          pending.clear();
+        } else if (pending.size() < 64 * 1024) {
+          pending.push_back(c);
+        }
+      }
+    }
+    Emit(pending);
+  }
+
+  int fd_;
+  std::function<void(absl::string_view)> on_line_;
+  size_t tail_lines_;
+  std::deque<std::string> tail_;  // only touched by the thread until joined
+  std::atomic<int64_t> give_up_at_ns_{INT64_MAX};
+  std::thread thread_;
+};
+
+// Kills the process group led by `pid` (SIGTERM, then SIGKILL after `grace`)
+// and reaps `pid`. Returns its wait status.
+int KillAndReap(pid_t pid, absl::Duration grace, struct rusage* ru) {
+  kill(-pid, SIGTERM);
+  int status = 0;
+  absl::Time give_up = absl::Now() + grace;
+  while (absl::Now() < give_up) {
+    pid_t r = wait4(pid, &status, WNOHANG, ru);
+    if (r == pid) {
+      kill(-pid, SIGKILL);  // stragglers in the group, if any
+      return status;
+    }
+    if (r < 0 && errno != EINTR) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  kill(-pid, SIGKILL);
+  while (wait4(pid, &status, 0, ru) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+class PosixProcessRunner final : public ProcessRunner {
+ public:
+  absl::StatusOr<ProcessResult> Run(const ProcessOptions& options) override {
+    if (options.argv.empty()) {
+      return absl::InvalidArgumentError("ProcessOptions.argv is empty");
+    }
+    auto program = ResolveProgram(options.argv[0]);
+    if (!program.ok()) return program.status();
+
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      return absl::InternalError(absl::StrCat("pipe2: ", ErrnoText(errno)));
+    }
+    FdCloser read_end(fds[0]);
+    FdCloser write_end(fds[1]);
+    FdCloser devnull(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (devnull.get() < 0) {
+      return absl::InternalError(
+          absl::StrCat("open /dev/null: ", ErrnoText(errno)));
+    }
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, devnull.get(), 0);
+    posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
+    posix_spawn_file_actions_adddup2(&actions, write_end.get(), 2);
+    if (!options.working_dir.empty()) {
+      posix_spawn_file_actions_addchdir_np(&actions,
+                                           options.working_dir.c_str());
+    }
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    // New process group; clean signal state even if the server blocks
+    // signals in its threads (it waits for them with sigwait).
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
+                                        POSIX_SPAWN_SETSIGMASK |
+                                        POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    sigset_t empty_mask;
+    sigemptyset(&empty_mask);
+    posix_spawnattr_setsigmask(&attr, &empty_mask);
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    for (int sig : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGPIPE, SIGCHLD, SIGUSR1,
+                    SIGUSR2, SIGALRM}) {
+      sigaddset(&defaults, sig);
+    }
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+
+    std::vector<char*> argv;
+    for (const std::string& a : options.argv) {
+      argv.push_back(const_cast<char*>(a.c_str()));
+    }
+    argv.push_back(nullptr);
+
+    absl::Time start = absl::Now();
+    pid_t pid = -1;
+    int rc = posix_spawn(&pid, program->c_str(), &actions, &attr, argv.data(),
+                         environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    write_end.Reset();
+    devnull.Reset();
+    if (rc != 0) {
+      if (rc == ENOENT || rc == EACCES || rc == ENOEXEC) {
+        return absl::UnavailableError(
+            absl::StrCat("cannot run '", *program, "': ", ErrnoText(rc)));
+      }
+      if (!options.working_dir.empty() && rc == ENOTDIR) {
+        return absl::InternalError(absl::StrCat("cannot run '", *program,
+                                                "' in '", options.working_dir,
+                                                "': ", ErrnoText(rc)));
+      }
+      return absl::InternalError(
+          absl::StrCat("posix_spawn '", *program, "': ", ErrnoText(rc)));
+    }
+    setpgid(pid, pid);  // already done by the child; harmless if so
+    if (options.on_start) options.on_start(pid);
+
+    OutputReader reader(read_end.get(), options.on_line, options.tail_lines);
+    ProcessResult result;
+    result.pid = pid;
+    struct rusage ru;
+    std::memset(&ru, 0, sizeof(ru));
+    int status = 0;
+    absl::Status outcome = absl::OkStatus();
+    absl::Duration step =
+        std::min(options.poll_interval, absl::Milliseconds(20));
+    if (step <= absl::ZeroDuration()) step = absl::Milliseconds(1);
+    while (true) {
+      pid_t r = wait4(pid, &status, WNOHANG, &ru);
+      if (r == pid) {
+        kill(-pid, SIGKILL);  // anything the child left in its group
+        break;
+      }
+      if (r < 0 && errno != EINTR) {
+        outcome =
+            absl::InternalError(absl::StrCat("wait4: ", ErrnoText(errno)));
+        status = KillAndReap(pid, options.kill_grace, &ru);
+        break;
+      }
+      absl::Status check = absl::OkStatus();
+      if (options.cancel != nullptr) check = options.cancel->Check();
+      if (check.ok() && absl::Now() >= options.deadline) {
+        check = absl::DeadlineExceededError(absl::StrCat(
+            "'", options.argv[0], "' did not finish before its deadline (ran ",
+            absl::FormatDuration(absl::Now() - start), ")"));
+      }
+      if (!check.ok()) {
+        outcome = check;
+        status = KillAndReap(pid, options.kill_grace, &ru);
+        break;
+      }
+      absl::SleepFor(step);
+    }
+    reader.Finish();
+    result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    result.tail = reader.TakeTail();
+    result.peak_rss_bytes = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+    if (WIFEXITED(status)) {
+      result.exit_code = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+      result.term_signal = WTERMSIG(status);
+    }
+    if (!outcome.ok()) return outcome;
+    return result;
+  }
+};
+
+}  // namespace
+
+ProcessRunner* ProcessRunner::Default() {
+  static auto* const kRunner = new PosixProcessRunner();
+  return kRunner;
+}
+
+}  // namespace regserve

@@ -1,0 +1,233 @@
+// Copyright regserve authors.
+//
+// The posix process runner against /bin/sh: line splitting, exit codes,
+// cancellation and deadlines killing the whole process group, no zombies and
+// no leaked file descriptors.
+#include "core/registration/process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace regserve {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::set<int> OpenFds(const std::string& dir = "/proc/self/fd") {
+  std::set<int> fds;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return fds;
+  int self = dirfd(d);
+  while (dirent* e = readdir(d)) {
+    int fd;
+    if (absl::SimpleAtoi(e->d_name, &fd) && fd != self) fds.insert(fd);
+  }
+  closedir(d);
+  return fds;
+}
+
+bool ProcessGone(pid_t pid) {
+  // Reaped (not even a zombie): kill fails with ESRCH.
+  return kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+// True when `pid` is gone or a zombie. A grandchild is re-parented to PID 1
+// when its parent dies, and reaping it is PID 1's job (which may be slow in
+// containers), so a zombie there is dead, not leaked.
+bool DeadOrZombie(pid_t pid) {
+  if (ProcessGone(pid)) return true;
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() &&
+         line[paren + 2] == 'Z';
+}
+
+// Waits up to `limit` for `pid` to die (signals are delivered asynchronously).
+bool EventuallyDead(pid_t pid, absl::Duration limit = absl::Seconds(1)) {
+  absl::Time end = absl::Now() + limit;
+  while (absl::Now() < end) {
+    if (DeadOrZombie(pid)) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return DeadOrZombie(pid);
+}
+
+ProcessOptions Sh(const std::string& script) {
+  ProcessOptions o;
+  o.argv = {"/bin/sh", "-c", script};
+  return o;
+}
+
+TEST(ProcessRunner, SplitsOutputOnNewlineAndCarriageReturn) {
+  std::vector<std::string> lines;
+  // stderr first: both share one pipe, and "d" (unterminated) must still
+  // come out as a line at EOF.
+  ProcessOptions o = Sh("printf 'err\\n' >&2; printf 'a\\rb\\nc\\r\\nd'");
+  o.on_line = [&](absl::string_view l) { lines.emplace_back(l); };
+  auto r = ProcessRunner::Default()->Run(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 0);
+  EXPECT_THAT(lines, ElementsAre("err", "a", "b", "c", "d"));
+  EXPECT_THAT(r->tail, ElementsAre("err", "a", "b", "c", "d"));
+  EXPECT_GT(r->peak_rss_bytes, 0);
+  EXPECT_TRUE(ProcessGone(r->pid));
+}
+
+TEST(ProcessRunner, KeepsOnlyTheTail) {
+  ProcessOptions o = Sh("for i in 1 2 3 4 5 6; do echo $i; done");
+  o.tail_lines = 2;
+  auto r = ProcessRunner::Default()->Run(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(r->tail, ElementsAre("5", "6"));
+}
+
+TEST(ProcessRunner, ReportsExitCodesAndSignals) {
+  auto r = ProcessRunner::Default()->Run(Sh("exit 3"));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->exit_code, 3);
+  EXPECT_EQ(r->term_signal, 0);
+  r = ProcessRunner::Default()->Run(Sh("kill -9 $$"));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->term_signal, SIGKILL);
+}
+
+TEST(ProcessRunner, RunsInTheWorkingDirectory) {
+  std::vector<std::string> lines;
+  ProcessOptions o = Sh("pwd");
+  o.working_dir = "/usr";
+  o.on_line = [&](absl::string_view l) { lines.emplace_back(l); };
+  ASSERT_TRUE(ProcessRunner::Default()->Run(o).ok());
+  EXPECT_THAT(lines, ElementsAre("/usr"));
+}
+
+TEST(ProcessRunner, MissingProgramIsUnavailable) {
+  ProcessOptions o;
+  o.argv = {"regserve-no-such-program-xyz"};
+  auto r = ProcessRunner::Default()->Run(o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("PATH"));
+  o.argv = {"/nonexistent/elastix"};
+  EXPECT_EQ(ProcessRunner::Default()->Run(o).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ProcessRunner::Default()->Run(ProcessOptions{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ProcessRunner, CancelKillsTheWholeGroupQuickly) {
+  CancelToken token;
+  pid_t child = -1;
+  pid_t grandchild = -1;
+  ProcessOptions o = Sh("sleep 30 & echo $!; wait");
+  o.cancel = &token;
+  o.on_start = [&](pid_t p) { child = p; };
+  o.on_line = [&](absl::string_view l) {
+    int v;
+    if (absl::SimpleAtoi(l, &v)) {
+      grandchild = v;
+      token.Cancel("client went away");
+    }
+  };
+  absl::Time start = absl::Now();
+  auto r = ProcessRunner::Default()->Run(o);
+  absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("client went away"));
+  EXPECT_LT(took, absl::Seconds(1.5));
+  ASSERT_GT(child, 0);
+  ASSERT_GT(grandchild, 0);
+  EXPECT_TRUE(ProcessGone(child));
+  EXPECT_TRUE(EventuallyDead(grandchild));
+}
+
+TEST(ProcessRunner, EscalatesToSigkillWhenSigtermIsIgnored) {
+  CancelToken token;
+  pid_t child = -1;
+  ProcessOptions o = Sh("trap '' TERM; echo ready; while :; do :; done");
+  o.cancel = &token;
+  o.kill_grace = absl::Milliseconds(200);
+  o.on_start = [&](pid_t p) { child = p; };
+  o.on_line = [&](absl::string_view) { token.Cancel("stop"); };
+  absl::Time start = absl::Now();
+  auto r = ProcessRunner::Default()->Run(o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1.5));
+  EXPECT_TRUE(ProcessGone(child));
+}
+
+TEST(ProcessRunner, DeadlineKillsTheChild) {
+  pid_t child = -1;
+  ProcessOptions o = Sh("sleep 30");
+  o.deadline = absl::Now() + absl::Milliseconds(300);
+  o.on_start = [&](pid_t p) { child = p; };
+  absl::Time start = absl::Now();
+  auto r = ProcessRunner::Default()->Run(o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1.5));
+  EXPECT_TRUE(ProcessGone(child));
+
+  // The token's own deadline counts too.
+  CancelToken token;
+  token.set_deadline(absl::Now() + absl::Milliseconds(200));
+  ProcessOptions o2 = Sh("sleep 30");
+  o2.cancel = &token;
+  EXPECT_EQ(ProcessRunner::Default()->Run(o2).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(ProcessRunner, LeaksNoFileDescriptors) {
+  // Descriptors of this process that a child would inherit anyway.
+  std::set<int> inheritable;
+  for (int fd : OpenFds()) {
+    int flags = fcntl(fd, F_GETFD);
+    if (fd > 2 && flags >= 0 && !(flags & FD_CLOEXEC)) inheritable.insert(fd);
+  }
+  std::set<int> before = OpenFds();
+  std::set<int> child_fds;
+  for (int i = 0; i < 20; ++i) {
+    child_fds.clear();
+    ProcessOptions o = Sh("ls /proc/$$/fd; true");
+    o.on_line = [&](absl::string_view l) {
+      int fd;
+      if (absl::SimpleAtoi(l, &fd)) child_fds.insert(fd);
+    };
+    ASSERT_TRUE(ProcessRunner::Default()->Run(o).ok());
+  }
+  EXPECT_EQ(OpenFds(), before);
+  std::set<int> expected = {0, 1, 2};
+  expected.insert(inheritable.begin(), inheritable.end());
+  EXPECT_EQ(child_fds, expected);
+}
+
+TEST(ProcessRunner, ConcurrentRunsAreIndependent) {
+  std::vector<std::thread> threads;
+  std::vector<int> codes(4, -1);
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([i, &codes] {
+      auto r = ProcessRunner::Default()->Run(
+          Sh(absl::StrCat("sleep 0.1; exit ", i + 10)));
+      if (r.ok()) codes[i] = r->exit_code;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_THAT(codes, ElementsAre(10, 11, 12, 13));
+}
+
+}  // namespace
+}  // namespace regserve
