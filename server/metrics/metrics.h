@@ -156,8 +156,10 @@ class Metrics {
   // Running stages: StageStarted/StageEnded must pair up per stage.
   void StageStarted(Stage stage);
   void StageEnded(Stage stage);
-  // Wall time of one finished stage / of a whole job (submission to
-  // terminal event). Negative or non-finite values are ignored.
+  // Wall time of one stage that ran to its end (not one cut short by a
+  // cancellation or failure), and of a whole job, from submission to its
+  // terminal event, for every job that existed (completed, failed or
+  // cancelled; not rejected). Negative or non-finite values are ignored.
   void OnStageDone(Stage stage, double seconds);
   void OnJobDone(double seconds);
 
@@ -169,8 +171,9 @@ class Metrics {
   // Payload bytes received from clients (uploads) and sent (result tiles).
   void AddBytesReceived(uint64_t bytes);
   void AddBytesSent(uint64_t bytes);
-  // One finished elastix run: iterations over all resolutions and stages,
-  // and the final metric value (Mattes MI: about -2..0).
+  // Once per finished registration (job): the elastix iterations over all
+  // parameter files and resolutions, and the final metric value of the
+  // last parameter file (Mattes MI: about -2..0).
   void OnRegistration(int64_t iterations, double final_metric);
 
   // --- Resources ---
