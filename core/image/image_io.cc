@@ -154,8 +154,11 @@ absl::StatusOr<OpenInput> Open(const Source& src) {
       void* proxy_ptr = result.proxy.get();
       config.attribute("oiio:ioproxy", oiio::TypeDesc::PTR, &proxy_ptr);
     }
-    result.input =
-        oiio::ImageInput::open(src.name, &config, result.proxy.get());
+    // OIIO needs some name; one with an unknown extension makes it try
+    // every reader on the bytes.
+    const std::string name =
+        src.in_memory && src.name.empty() ? std::string("memory") : src.name;
+    result.input = oiio::ImageInput::open(name, &config, result.proxy.get());
     if (result.input == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("cannot open ", Describe(src),

@@ -68,6 +68,10 @@ def chunk(kind, body):
 ihdr = struct.pack('>IIBBBBB', 200000, 200000, 8, 2, 0, 0, 0)
 png = b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', tiny) + chunk(b'IEND', b'')
 open('bomb_200000x200000.png', 'wb').write(png)
+# And 10^6 x 10^6 16-bit RGBA (8 TB; libpng's default user limit is 10^6).
+ihdr = struct.pack('>IIBBBBB', 1000000, 1000000, 16, 6, 0, 0, 0)
+png = b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', tiny) + chunk(b'IEND', b'')
+open('bomb_1000000x1000000.png', 'wb').write(png)
 
 # Truncated / corrupt PNG and JPEG from the valid encodings.
 png = open('valid_64x48.png', 'rb').read()
