@@ -110,7 +110,9 @@ start_daemon() {
   [ -x "${REGSERVED}" ] ||
     die "regserved not built at '${REGSERVED}' (the daemon target needs core/jobs)"
   [ -x "${REGCTL}" ] || die "regctl not built at '${REGCTL}'"
-  "${REGSERVED}" --helpfull 2>&1 | grep -q -- '-metrics_listen' ||
+  local help
+  help="$("${REGSERVED}" --helpfull 2>&1 || true)"  # absl exits 1 after help
+  grep -q -- '-metrics_listen' <<<"${help}" ||
     die "regserved has no --metrics_listen flag: wire server/metrics into server/regserved.cc (see server/metrics/metrics.h)"
   mkdir -p "${WORK}/data"
   "${REGSERVED}" --listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 \
