@@ -1,0 +1,396 @@
+// Copyright regserve authors.
+#include "server/convert.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/status_util.h"
+
+namespace regserve {
+namespace {
+
+absl::Status UnknownEnum(absl::string_view field, int value,
+                         absl::string_view choices) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "spec.", field, ": unknown value ", value, "; use one of ", choices,
+      " (or leave it UNSPECIFIED for the server default)"));
+}
+
+ImageSource SourceFromProto(const v1::ImageSource& proto) {
+  ImageSource source;
+  switch (proto.source_case()) {
+    case v1::ImageSource::kUpload:
+      source.upload_bytes = proto.upload().byte_size();
+      source.upload_name = proto.upload().file_name();
+      break;
+    case v1::ImageSource::kServerPath:
+      source.path = proto.server_path();
+      break;
+    case v1::ImageSource::SOURCE_NOT_SET:
+      break;
+  }
+  return source;
+}
+
+int64_t UnixMillisOrZero(absl::Time t) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return 0;
+  return absl::ToUnixMillis(t);
+}
+
+void ImageSpecToProto(const ImageSpec& spec, v1::ImageInfo* out) {
+  out->set_width(spec.width);
+  out->set_height(spec.height);
+  out->set_channels(spec.channels);
+  out->set_sample_type(spec.channels > 0 ? SampleTypeToProto(spec.type)
+                                         : v1::SAMPLE_TYPE_UNSPECIFIED);
+}
+
+void MemoryToProto(const StageMemory& m, v1::StageMemory* out) {
+  out->set_ram_bytes(m.ram_bytes);
+  out->set_vram_bytes(m.vram_bytes);
+}
+
+void TimingsToProto(const std::vector<StageTiming>& timings,
+                    google::protobuf::RepeatedPtrField<v1::StageTiming>* out) {
+  for (const StageTiming& t : timings) {
+    v1::StageTiming* p = out->Add();
+    p->set_stage(StageToProto(t.stage));
+    p->set_seconds(t.seconds);
+  }
+}
+
+void FilesToProto(const std::vector<TransformFileText>& files,
+                  google::protobuf::RepeatedPtrField<v1::TransformFile>* out) {
+  for (const TransformFileText& f : files) {
+    v1::TransformFile* p = out->Add();
+    p->set_name(f.first);
+    p->set_content(f.second);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto,
+                                      const JobManager::Options& defaults) {
+  JobSpec spec;
+  spec.fixed = SourceFromProto(proto.fixed());
+  spec.moving = SourceFromProto(proto.moving());
+
+  switch (static_cast<int>(proto.transform())) {
+    case v1::TRANSFORM_KIND_UNSPECIFIED:
+    case v1::TRANSFORM_KIND_BSPLINE:
+      spec.options.transform = TransformKind::kBSpline;
+      break;
+    case v1::TRANSFORM_KIND_RIGID:
+      spec.options.transform = TransformKind::kRigid;
+      break;
+    case v1::TRANSFORM_KIND_AFFINE:
+      spec.options.transform = TransformKind::kAffine;
+      break;
+    default:
+      return UnknownEnum("transform", proto.transform(),
+                         "RIGID, AFFINE, BSPLINE");
+  }
+  switch (static_cast<int>(proto.output_resolution())) {
+    case v1::OUTPUT_RESOLUTION_UNSPECIFIED:
+    case v1::OUTPUT_RESOLUTION_FULL:
+      spec.options.output_full_resolution = true;
+      break;
+    case v1::OUTPUT_RESOLUTION_REGISTRATION:
+      spec.options.output_full_resolution = false;
+      break;
+    default:
+      return UnknownEnum("output_resolution", proto.output_resolution(),
+                         "FULL, REGISTRATION");
+  }
+  switch (static_cast<int>(proto.interpolation())) {
+    case v1::INTERPOLATION_UNSPECIFIED:
+    case v1::INTERPOLATION_LINEAR:
+      spec.options.interpolation = Interpolation::kLinear;
+      break;
+    case v1::INTERPOLATION_CUBIC:
+      spec.options.interpolation = Interpolation::kCubic;
+      break;
+    case v1::INTERPOLATION_NEAREST:
+      spec.options.interpolation = Interpolation::kNearest;
+      break;
+    default:
+      return UnknownEnum("interpolation", proto.interpolation(),
+                         "LINEAR, CUBIC, NEAREST");
+  }
+  switch (static_cast<int>(proto.device())) {
+    case v1::DEVICE_UNSPECIFIED:
+      spec.options.device = defaults.device;
+      break;
+    case v1::DEVICE_AUTO:
+      spec.options.device = DevicePreference::kAuto;
+      break;
+    case v1::DEVICE_CPU:
+      spec.options.device = DevicePreference::kCpu;
+      break;
+    case v1::DEVICE_CUDA:
+      spec.options.device = DevicePreference::kCuda;
+      break;
+    default:
+      return UnknownEnum("device", proto.device(), "AUTO, CPU, CUDA");
+  }
+  spec.options.max_registration_megapixels =
+      proto.max_registration_megapixels() == 0.0
+          ? defaults.default_max_registration_megapixels
+          : proto.max_registration_megapixels();
+  spec.custom_parameters.assign(proto.elastix_parameters().begin(),
+                                proto.elastix_parameters().end());
+  spec.priority = proto.priority();
+  spec.fill_value = proto.fill_value();
+  spec.client_label = proto.client_label();
+  return spec;
+}
+
+absl::StatusOr<ImageRole> RoleFromProto(int role) {
+  switch (role) {
+    case v1::IMAGE_ROLE_FIXED:
+      return ImageRole::kFixed;
+    case v1::IMAGE_ROLE_MOVING:
+      return ImageRole::kMoving;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk.role: ", role == 0 ? "UNSPECIFIED" : absl::StrCat(role),
+          " is not an image role; tag each chunk IMAGE_ROLE_FIXED or "
+          "IMAGE_ROLE_MOVING"));
+  }
+}
+
+v1::Stage StageToProto(Stage stage) {
+  switch (stage) {
+    case Stage::kUpload:
+      return v1::STAGE_UPLOAD;
+    case Stage::kDecode:
+      return v1::STAGE_DECODE;
+    case Stage::kRegistration:
+      return v1::STAGE_REGISTRATION;
+    case Stage::kWarp:
+      return v1::STAGE_WARP;
+    case Stage::kStream:
+      return v1::STAGE_STREAM;
+  }
+  return v1::STAGE_UNSPECIFIED;
+}
+
+v1::JobState JobStateToProto(JobState state) {
+  switch (state) {
+    case JobState::kUploading:
+      return v1::JOB_STATE_UPLOADING;
+    case JobState::kQueued:
+      return v1::JOB_STATE_QUEUED;
+    case JobState::kRunning:
+      return v1::JOB_STATE_RUNNING;
+    case JobState::kCompleted:
+      return v1::JOB_STATE_COMPLETED;
+    case JobState::kFailed:
+      return v1::JOB_STATE_FAILED;
+    case JobState::kCancelled:
+      return v1::JOB_STATE_CANCELLED;
+  }
+  return v1::JOB_STATE_UNSPECIFIED;
+}
+
+v1::SampleType SampleTypeToProto(SampleType type) {
+  switch (type) {
+    case SampleType::kUInt8:
+      return v1::SAMPLE_TYPE_UINT8;
+    case SampleType::kUInt16:
+      return v1::SAMPLE_TYPE_UINT16;
+    case SampleType::kFloat32:
+      return v1::SAMPLE_TYPE_FLOAT32;
+  }
+  return v1::SAMPLE_TYPE_UNSPECIFIED;
+}
+
+v1::TransformKind TransformToProto(TransformKind kind) {
+  switch (kind) {
+    case TransformKind::kRigid:
+      return v1::TRANSFORM_KIND_RIGID;
+    case TransformKind::kAffine:
+      return v1::TRANSFORM_KIND_AFFINE;
+    case TransformKind::kBSpline:
+      return v1::TRANSFORM_KIND_BSPLINE;
+  }
+  return v1::TRANSFORM_KIND_UNSPECIFIED;
+}
+
+void PlanToProto(const Plan& plan, v1::Plan* out) {
+  out->set_registration_fixed_width(plan.registration_fixed_width);
+  out->set_registration_fixed_height(plan.registration_fixed_height);
+  out->set_registration_moving_width(plan.registration_moving_width);
+  out->set_registration_moving_height(plan.registration_moving_height);
+  out->set_registration_factor(plan.registration_factor);
+  out->set_output_width(plan.output_width);
+  out->set_output_height(plan.output_height);
+  out->set_warp_device(std::string(WarpDeviceName(plan.warp_device)));
+  out->set_warp_tile_size(plan.tile_size);
+  MemoryToProto(plan.decode, out->mutable_decode_memory());
+  MemoryToProto(plan.registration, out->mutable_registration_memory());
+  MemoryToProto(plan.warp, out->mutable_warp_memory());
+  for (const std::string& r : plan.reasons) out->add_reasons(r);
+}
+
+void FailureToProto(const absl::Status& status, v1::Failed* out) {
+  grpc::Status g = ToGrpcStatus(status);
+  out->set_code(static_cast<int>(g.error_code()));
+  out->set_code_name(std::string(GrpcCodeName(g.error_code())));
+  out->set_message(g.error_message());
+}
+
+void JobInfoToProto(const JobInfo& info,
+                    const std::vector<TransformFileText>& transform_files,
+                    v1::JobStatus* out) {
+  out->set_job_id(info.id);
+  out->set_state(JobStateToProto(info.state));
+  out->set_stage(StageToProto(info.stage));
+  out->set_stage_fraction(info.stage_fraction);
+  out->set_stage_detail(info.stage_detail);
+  out->set_queue_position(info.queue_position);
+  if (info.has_plan) PlanToProto(info.plan, out->mutable_plan());
+  if (!info.failure.ok()) FailureToProto(info.failure, out->mutable_failure());
+  TimingsToProto(info.timings, out->mutable_timings());
+  out->set_registration_metric(info.registration_metric);
+  if (info.state == JobState::kCompleted) {
+    ImageSpecToProto(info.output, out->mutable_output());
+  }
+  out->set_result_path(info.result_path);
+  out->set_transform_dir(info.transform_dir);
+  FilesToProto(transform_files, out->mutable_transform_files());
+  out->set_tile_size(info.tile_size);
+  out->set_tile_count(info.tile_count);
+  out->set_attempts(info.attempts);
+  out->set_created_unix_ms(UnixMillisOrZero(info.created));
+  out->set_finished_unix_ms(UnixMillisOrZero(info.finished));
+  out->set_client_label(info.spec.client_label);
+  out->set_priority(info.spec.priority);
+  out->set_transform(TransformToProto(info.spec.options.transform));
+}
+
+void EventToProto(const JobEvent& event, const TileContext& tiles,
+                  const std::vector<TransformFileText>& transform_files,
+                  v1::JobEvent* out) {
+  out->Clear();
+  out->set_job_id(event.job_id);
+  switch (event.kind) {
+    case JobEvent::Kind::kAccepted:
+      PlanToProto(event.info.plan, out->mutable_accepted()->mutable_plan());
+      break;
+    case JobEvent::Kind::kQueued:
+      out->mutable_queued()->set_position(event.queue_position);
+      break;
+    case JobEvent::Kind::kProgress: {
+      v1::Progress* p = out->mutable_progress();
+      p->set_stage(StageToProto(event.stage));
+      p->set_fraction(event.fraction);
+      p->set_detail(event.detail);
+      if (event.stage == Stage::kRegistration) {
+        const RegistrationProgress& r = event.registration;
+        v1::RegistrationProgress* rp = p->mutable_registration();
+        rp->set_elastix_stage(r.stage);
+        rp->set_elastix_stages(r.num_stages);
+        rp->set_resolution(r.resolution);
+        rp->set_resolutions(r.num_resolutions);
+        rp->set_iteration(r.iteration);
+        rp->set_max_iterations(r.max_iterations);
+        rp->set_metric(r.metric);
+        if (p->detail().empty()) p->set_detail(r.message);
+      }
+      break;
+    }
+    case JobEvent::Kind::kTile: {
+      v1::Tile* t = out->mutable_tile();
+      t->set_index(event.tile_index);
+      t->set_x(event.rect.x);
+      t->set_y(event.rect.y);
+      t->set_width(event.rect.w);
+      t->set_height(event.rect.h);
+      t->set_channels(event.channels);
+      t->set_sample_type(SampleTypeToProto(event.sample_type));
+      t->set_encoding(event.encoding.empty() ? "raw" : event.encoding);
+      t->set_data(event.data);
+      t->set_image_width(tiles.image_width);
+      t->set_image_height(tiles.image_height);
+      t->set_tile_size(tiles.tile_size);
+      t->set_tile_count(tiles.tile_count);
+      break;
+    }
+    case JobEvent::Kind::kCompleted: {
+      v1::Completed* c = out->mutable_completed();
+      const JobInfo& info = event.info;
+      TimingsToProto(info.timings, c->mutable_timings());
+      c->set_registration_metric(info.registration_metric);
+      ImageSpecToProto(info.output, c->mutable_output());
+      c->set_result_path(info.result_path);
+      c->set_transform_dir(info.transform_dir);
+      FilesToProto(transform_files, c->mutable_transform_files());
+      c->set_tile_size(info.tile_size);
+      c->set_tile_count(info.tile_count);
+      break;
+    }
+    case JobEvent::Kind::kFailed: {
+      absl::Status why = event.info.failure;
+      if (why.ok()) why = absl::UnknownError("job failed without a reason");
+      FailureToProto(why, out->mutable_failed());
+      break;
+    }
+  }
+}
+
+void ServerInfoToProto(const absl::StatusOr<HardwareSnapshot>& hardware,
+                       const SchedulerStats& scheduler,
+                       const SchedulerConfig& scheduler_config,
+                       const JobManager::Stats& jobs,
+                       const JobManager::Options& options,
+                       int64_t max_message_bytes, v1::ServerInfo* out) {
+  out->set_protocol("regserve.v1");
+  if (hardware.ok()) {
+    out->set_ram_total_bytes(hardware->ram_total_bytes);
+    out->set_ram_available_bytes(hardware->ram_available_bytes);
+    out->set_cpu_cores(hardware->cpu_cores);
+  }
+  const size_t gpu_count = scheduler.vram_budget_bytes.size();
+  for (size_t i = 0; i < gpu_count; ++i) {
+    v1::Gpu* g = out->add_gpus();
+    const int ordinal = i < scheduler_config.gpu_ordinals.size()
+                            ? scheduler_config.gpu_ordinals[i]
+                            : static_cast<int>(i);
+    g->set_index(ordinal);
+    if (hardware.ok()) {
+      for (const GpuInfo& info : hardware->gpus) {
+        if (info.index != ordinal) continue;
+        g->set_name(info.name);
+        g->set_vram_total_bytes(info.vram_total_bytes);
+        g->set_vram_free_bytes(info.vram_free_bytes);
+      }
+    }
+    g->set_vram_budget_bytes(scheduler.vram_budget_bytes[i]);
+    if (i < scheduler.vram_reserved_bytes.size()) {
+      g->set_vram_reserved_bytes(scheduler.vram_reserved_bytes[i]);
+    }
+    if (i < scheduler.gpu_running.size()) {
+      g->set_warps_running(scheduler.gpu_running[i]);
+    }
+  }
+  out->set_ram_budget_bytes(scheduler.ram_budget_bytes);
+  out->set_ram_reserved_bytes(scheduler.ram_reserved_bytes);
+  out->set_cpu_running(scheduler.cpu_running);
+  out->set_cpu_slots(scheduler_config.cpu_slots);
+  out->set_waiting(scheduler.waiting);
+  for (const std::string& s : scheduler.held_labels) out->add_held(s);
+  for (const std::string& s : scheduler.waiting_labels) out->add_waiting_for(s);
+  out->set_jobs_queued(jobs.queued);
+  out->set_jobs_running(jobs.running);
+  out->set_jobs_uploading(jobs.uploading);
+  for (const std::string& id : jobs.running_ids) out->add_running_job_ids(id);
+  out->set_max_queue(options.max_queue);
+  out->set_default_max_registration_megapixels(
+      options.default_max_registration_megapixels);
+  out->set_default_device(std::string(DevicePreferenceName(options.device)));
+  out->set_input_root_enabled(!options.input_root.empty());
+  out->set_max_message_bytes(max_message_bytes);
+}
+
+}  // namespace regserve

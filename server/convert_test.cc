@@ -1,0 +1,209 @@
+// Copyright regserve authors.
+#include "server/convert.h"
+
+#include "gtest/gtest.h"
+
+namespace regserve {
+namespace {
+
+JobManager::Options Defaults() {
+  JobManager::Options d;
+  d.default_max_registration_megapixels = 7.5;
+  d.device = DevicePreference::kCpu;
+  return d;
+}
+
+TEST(SpecFromProtoTest, UnspecifiedTakesDefaults) {
+  v1::JobSpec p;
+  p.mutable_fixed()->mutable_upload()->set_byte_size(100);
+  p.mutable_fixed()->mutable_upload()->set_file_name("f.png");
+  p.mutable_moving()->set_server_path("m.tif");
+  auto spec = SpecFromProto(p, Defaults());
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->fixed.upload_bytes, 100u);
+  EXPECT_EQ(spec->fixed.upload_name, "f.png");
+  EXPECT_TRUE(spec->fixed.path.empty());
+  EXPECT_EQ(spec->moving.path, "m.tif");
+  EXPECT_EQ(spec->moving.upload_bytes, 0u);
+  EXPECT_EQ(spec->options.transform, TransformKind::kBSpline);
+  EXPECT_TRUE(spec->options.output_full_resolution);
+  EXPECT_EQ(spec->options.interpolation, Interpolation::kLinear);
+  EXPECT_EQ(spec->options.device, DevicePreference::kCpu);
+  EXPECT_DOUBLE_EQ(spec->options.max_registration_megapixels, 7.5);
+}
+
+TEST(SpecFromProtoTest, ExplicitValues) {
+  v1::JobSpec p;
+  p.set_transform(v1::TRANSFORM_KIND_AFFINE);
+  p.set_output_resolution(v1::OUTPUT_RESOLUTION_REGISTRATION);
+  p.set_interpolation(v1::INTERPOLATION_NEAREST);
+  p.set_device(v1::DEVICE_CUDA);
+  p.set_max_registration_megapixels(2.0);
+  p.set_priority(-3);
+  p.set_fill_value(255.0);
+  p.set_client_label("lab");
+  p.add_elastix_parameters("(Transform \"EulerTransform\")");
+  auto spec = SpecFromProto(p, Defaults());
+  ASSERT_TRUE(spec.ok());
+  EXPECT_EQ(spec->options.transform, TransformKind::kAffine);
+  EXPECT_FALSE(spec->options.output_full_resolution);
+  EXPECT_EQ(spec->options.interpolation, Interpolation::kNearest);
+  EXPECT_EQ(spec->options.device, DevicePreference::kCuda);
+  EXPECT_DOUBLE_EQ(spec->options.max_registration_megapixels, 2.0);
+  EXPECT_EQ(spec->priority, -3);
+  EXPECT_DOUBLE_EQ(spec->fill_value, 255.0);
+  EXPECT_EQ(spec->client_label, "lab");
+  ASSERT_EQ(spec->custom_parameters.size(), 1u);
+}
+
+TEST(SpecFromProtoTest, UnknownEnumValuesAreInvalidArgument) {
+  struct Case {
+    const char* field;
+    void (*set)(v1::JobSpec*);
+  };
+  const Case cases[] = {
+      {"transform",
+       [](v1::JobSpec* p) {
+         p->set_transform(static_cast<v1::TransformKind>(42));
+       }},
+      {"output_resolution",
+       [](v1::JobSpec* p) {
+         p->set_output_resolution(static_cast<v1::OutputResolution>(9));
+       }},
+      {"interpolation",
+       [](v1::JobSpec* p) {
+         p->set_interpolation(static_cast<v1::Interpolation>(-1));
+       }},
+      {"device",
+       [](v1::JobSpec* p) { p->set_device(static_cast<v1::Device>(17)); }},
+  };
+  for (const Case& c : cases) {
+    v1::JobSpec p;
+    c.set(&p);
+    auto spec = SpecFromProto(p, Defaults());
+    ASSERT_FALSE(spec.ok()) << c.field;
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(spec.status().message().find(c.field), absl::string_view::npos)
+        << spec.status();
+  }
+}
+
+TEST(SpecFromProtoTest, UnknownEnumSurvivesTheWire) {
+  // A client with a newer proto sends an enum value we do not know.
+  v1::JobSpec p;
+  p.set_transform(static_cast<v1::TransformKind>(1000));
+  v1::JobSpec parsed;
+  ASSERT_TRUE(parsed.ParseFromString(p.SerializeAsString()));
+  EXPECT_EQ(SpecFromProto(parsed, Defaults()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RoleFromProtoTest, Roles) {
+  EXPECT_EQ(*RoleFromProto(v1::IMAGE_ROLE_FIXED), ImageRole::kFixed);
+  EXPECT_EQ(*RoleFromProto(v1::IMAGE_ROLE_MOVING), ImageRole::kMoving);
+  EXPECT_EQ(RoleFromProto(0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RoleFromProto(7).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EventToProtoTest, Tile) {
+  JobEvent ev;
+  ev.kind = JobEvent::Kind::kTile;
+  ev.job_id = "j1";
+  ev.tile_index = 5;
+  ev.rect = TileRect{512, 1024, 100, 37};
+  ev.channels = 3;
+  ev.sample_type = SampleType::kUInt16;
+  ev.encoding = "raw";
+  ev.data = std::string(100 * 37 * 3 * 2, '\x7f');
+  TileContext ctx{612, 1061, 512, 9};
+  v1::JobEvent out;
+  EventToProto(ev, ctx, {}, &out);
+  ASSERT_TRUE(out.has_tile());
+  EXPECT_EQ(out.job_id(), "j1");
+  EXPECT_EQ(out.tile().index(), 5);
+  EXPECT_EQ(out.tile().x(), 512);
+  EXPECT_EQ(out.tile().y(), 1024);
+  EXPECT_EQ(out.tile().width(), 100);
+  EXPECT_EQ(out.tile().height(), 37);
+  EXPECT_EQ(out.tile().sample_type(), v1::SAMPLE_TYPE_UINT16);
+  EXPECT_EQ(out.tile().data().size(), ev.data.size());
+  EXPECT_EQ(out.tile().image_width(), 612);
+  EXPECT_EQ(out.tile().tile_count(), 9);
+}
+
+TEST(EventToProtoTest, FailedCarriesCodeAndMessage) {
+  JobEvent ev;
+  ev.kind = JobEvent::Kind::kFailed;
+  ev.job_id = "j2";
+  ev.info.failure = absl::FailedPreconditionError("images do not overlap");
+  v1::JobEvent out;
+  EventToProto(ev, {}, {}, &out);
+  ASSERT_TRUE(out.has_failed());
+  EXPECT_EQ(out.failed().code(), 9);
+  EXPECT_EQ(out.failed().code_name(), "FAILED_PRECONDITION");
+  EXPECT_EQ(out.failed().message(), "images do not overlap");
+}
+
+TEST(EventToProtoTest, CompletedAndProgress) {
+  JobEvent ev;
+  ev.kind = JobEvent::Kind::kCompleted;
+  ev.info.output = ImageSpec{221, 257, 1, SampleType::kUInt8};
+  ev.info.timings = {{Stage::kRegistration, 1.5}, {Stage::kWarp, 0.25}};
+  ev.info.registration_metric = -0.8;
+  v1::JobEvent out;
+  EventToProto(ev, {}, {{"TransformParameters.0.txt", "(Transform \"x\")"}},
+               &out);
+  ASSERT_TRUE(out.has_completed());
+  EXPECT_EQ(out.completed().output().width(), 221);
+  EXPECT_EQ(out.completed().output().sample_type(), v1::SAMPLE_TYPE_UINT8);
+  ASSERT_EQ(out.completed().timings_size(), 2);
+  EXPECT_EQ(out.completed().timings(0).stage(), v1::STAGE_REGISTRATION);
+  ASSERT_EQ(out.completed().transform_files_size(), 1);
+  EXPECT_EQ(out.completed().transform_files(0).name(),
+            "TransformParameters.0.txt");
+
+  JobEvent prog;
+  prog.kind = JobEvent::Kind::kProgress;
+  prog.stage = Stage::kRegistration;
+  prog.fraction = 0.5;
+  prog.registration.resolution = 2;
+  prog.registration.num_resolutions = 4;
+  prog.registration.iteration = 100;
+  prog.registration.message = "resolution 3/4";
+  EventToProto(prog, {}, {}, &out);
+  ASSERT_TRUE(out.has_progress());
+  EXPECT_FALSE(out.has_completed());
+  EXPECT_EQ(out.progress().stage(), v1::STAGE_REGISTRATION);
+  EXPECT_EQ(out.progress().registration().resolution(), 2);
+  EXPECT_EQ(out.progress().registration().resolutions(), 4);
+  EXPECT_EQ(out.progress().detail(), "resolution 3/4");
+}
+
+TEST(JobInfoToProtoTest, Snapshot) {
+  JobInfo info;
+  info.id = "abc";
+  info.state = JobState::kQueued;
+  info.queue_position = 2;
+  info.has_plan = true;
+  info.plan.output_width = 10;
+  info.plan.reasons = {"because"};
+  info.spec.priority = 4;
+  info.created = absl::FromUnixMillis(1234);
+  info.finished = absl::InfinitePast();
+  v1::JobStatus out;
+  JobInfoToProto(info, {}, &out);
+  EXPECT_EQ(out.job_id(), "abc");
+  EXPECT_EQ(out.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(out.queue_position(), 2);
+  EXPECT_EQ(out.plan().output_width(), 10);
+  EXPECT_EQ(out.plan().reasons(0), "because");
+  EXPECT_EQ(out.priority(), 4);
+  EXPECT_EQ(out.created_unix_ms(), 1234);
+  EXPECT_EQ(out.finished_unix_ms(), 0);
+  EXPECT_FALSE(out.has_failure());
+}
+
+}  // namespace
+}  // namespace regserve

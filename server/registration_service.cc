@@ -1,0 +1,569 @@
+// Copyright regserve authors.
+#include "server/registration_service.h"
+
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/convert.h"
+#include "server/status_util.h"
+
+namespace regserve {
+namespace {
+
+constexpr absl::Duration kPollPeriod = absl::Milliseconds(500);
+
+// Reads the TransformParameters files of a finished job (worker thread only:
+// this is disk I/O). Files that cannot be read are skipped; the paths are
+// still in the result.
+std::vector<TransformFileText> ReadTransformFiles(const JobInfo& info) {
+  std::vector<TransformFileText> files;
+  for (const std::string& file : info.transform_files) {
+    std::string path = file;
+    if (!path.empty() && path[0] != '/' && !info.transform_dir.empty()) {
+      path = absl::StrCat(info.transform_dir, "/", file);
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) continue;
+    std::ostringstream text;
+    text << in.rdbuf();
+    const size_t slash = path.find_last_of('/');
+    files.emplace_back(
+        slash == std::string::npos ? path : path.substr(slash + 1), text.str());
+  }
+  return files;
+}
+
+TileContext TileContextOf(const JobInfo& info, int64_t default_tile_size) {
+  TileContext ctx;
+  if (info.state == JobState::kCompleted && info.output.width > 0) {
+    ctx.image_width = info.output.width;
+    ctx.image_height = info.output.height;
+  } else if (info.has_plan) {
+    ctx.image_width = info.plan.output_width;
+    ctx.image_height = info.plan.output_height;
+  }
+  ctx.tile_size = info.tile_size > 0 ? info.tile_size : default_tile_size;
+  ctx.tile_count = info.tile_count;
+  if (ctx.tile_count == 0 && ctx.tile_size > 0 && ctx.image_width > 0) {
+    ctx.tile_count = ((ctx.image_width + ctx.tile_size - 1) / ctx.tile_size) *
+                     ((ctx.image_height + ctx.tile_size - 1) / ctx.tile_size);
+  }
+  return ctx;
+}
+
+// What the event pump needs from a streaming reactor.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  // Sends one message and waits until gRPC is done with it. False when the
+  // client has gone away.
+  virtual bool Write(const v1::JobEvent& event) = 0;
+  virtual bool cancelled() = 0;
+};
+
+// Follows `stream` to the terminal event, sending each event to `sink`.
+// Sends the job's Accepted event first when the job already has a plan (so a
+// re-attaching client learns the output size), and never twice. Returns the
+// status the RPC ends with.
+grpc::Status PumpEvents(JobManager* manager, const std::string& job_id,
+                        const std::string& principal, EventStream* stream,
+                        EventSink* sink) {
+  const int64_t default_tile = manager->options().stream_tile_size;
+  bool accepted_sent = false;
+  TileContext tiles;
+  {
+    absl::StatusOr<JobInfo> info = manager->GetJob(job_id, principal);
+    if (!info.ok()) return ToGrpcStatus(info.status());
+    tiles = TileContextOf(*info, default_tile);
+    if (info->has_plan) {
+      JobEvent accepted;
+      accepted.kind = JobEvent::Kind::kAccepted;
+      accepted.job_id = job_id;
+      accepted.info = *info;
+      v1::JobEvent out;
+      EventToProto(accepted, tiles, {}, &out);
+      if (!sink->Write(out)) {
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      }
+      accepted_sent = true;
+    }
+  }
+  v1::JobEvent out;
+  JobEvent event;
+  while (true) {
+    const absl::Status next = stream->Next(&event, absl::Now() + kPollPeriod);
+    if (absl::IsDeadlineExceeded(next)) {
+      if (sink->cancelled()) break;
+      continue;
+    }
+    if (absl::IsCancelled(next)) break;  // closed: the client went away
+    if (absl::IsOutOfRange(next)) return grpc::Status::OK;
+    if (!next.ok()) return ToGrpcStatus(next);
+
+    std::vector<TransformFileText> files;
+    switch (event.kind) {
+      case JobEvent::Kind::kAccepted:
+        tiles = TileContextOf(event.info, default_tile);
+        if (accepted_sent) continue;
+        accepted_sent = true;
+        break;
+      case JobEvent::Kind::kTile:
+        if (tiles.image_width == 0 || tiles.tile_count == 0) {
+          absl::StatusOr<JobInfo> info = manager->GetJob(job_id, principal);
+          if (info.ok()) tiles = TileContextOf(*info, default_tile);
+        }
+        break;
+      case JobEvent::Kind::kCompleted:
+        files = ReadTransformFiles(event.info);
+        break;
+      default:
+        break;
+    }
+    EventToProto(event, tiles, files, &out);
+    if (!sink->Write(out)) break;
+    if (event.kind == JobEvent::Kind::kCompleted) return grpc::Status::OK;
+    if (event.kind == JobEvent::Kind::kFailed) {
+      absl::Status why = event.info.failure;
+      if (why.ok()) why = absl::UnknownError("job failed without a reason");
+      return ToGrpcStatus(why);
+    }
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED,
+                      "the client went away; the job goes on (use Watch)");
+}
+
+// Bidirectional Submit call. See the class comment of RegistrationService.
+class SubmitReactor final
+    : public grpc::ServerBidiReactor<v1::SubmitRequest, v1::JobEvent>,
+      public EventSink {
+ public:
+  SubmitReactor(RegistrationService* service,
+                grpc::CallbackServerContext* context)
+      : service_(service), principal_(PrincipalOf(*context)) {
+    service_->SpawnCallThread([this] { Run(); });
+  }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    read_pending_ = false;
+    read_ok_ = ok;
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    write_pending_ = false;
+    write_ok_ = ok;
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (stream_ != nullptr) stream_->Close();
+  }
+  void OnDone() override { delete this; }
+
+  bool Write(const v1::JobEvent& event) override {
+    {
+      absl::MutexLock lock(&mu_);
+      write_pending_ = true;
+    }
+    // Not under mu_: gRPC may run OnWriteDone on this thread.
+    StartWrite(&event);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* pending) { return !*pending; }, &write_pending_));
+    return write_ok_;
+  }
+  bool cancelled() override {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+ private:
+  bool Read() {
+    request_.Clear();
+    {
+      absl::MutexLock lock(&mu_);
+      read_pending_ = true;
+    }
+    StartRead(&request_);  // not under mu_, as in Write
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* pending) { return !*pending; }, &read_pending_));
+    return read_ok_;
+  }
+
+  // The last thing the worker does: nothing may touch `this` afterwards.
+  void End(const grpc::Status& status) { Finish(status); }
+
+  void Fail(const std::string& job_id, const absl::Status& why) {
+    if (!job_id.empty()) {
+      v1::JobEvent event;
+      event.set_job_id(job_id);
+      FailureToProto(why, event.mutable_failed());
+      Write(event);
+    }
+    End(ToGrpcStatus(why));
+  }
+
+  void Run() {
+    JobManager* manager = service_->manager();
+    if (!service_->accepting()) {
+      End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                       "the server is shutting down; submit again later"));
+      return;
+    }
+    if (!Read()) {
+      End(cancelled() ? grpc::Status(grpc::StatusCode::CANCELLED,
+                                     "the client cancelled the call")
+                      : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                     "the request stream ended before a "
+                                     "JobSpec: send SubmitRequest.spec first"));
+      return;
+    }
+    if (!request_.has_spec()) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "the first SubmitRequest must carry the JobSpec "
+                       "(spec), before any chunk"));
+      return;
+    }
+    absl::StatusOr<JobSpec> spec =
+        SpecFromProto(request_.spec(), manager->options());
+    if (!spec.ok()) {
+      End(ToGrpcStatus(spec.status()));
+      return;
+    }
+    absl::StatusOr<std::string> created = manager->CreateJob(*spec, principal_);
+    if (!created.ok()) {
+      End(ToGrpcStatus(created.status()));
+      return;
+    }
+    const std::string job_id = *created;
+
+    // Open the stream before the upload ends so no event is missed.
+    absl::StatusOr<std::unique_ptr<EventStream>> stream =
+        manager->OpenEventStream(job_id, principal_, /*from_tile=*/0);
+    if (!stream.ok()) {
+      if (spec->fixed.path.empty() || spec->moving.path.empty()) {
+        manager->AbortUpload(job_id, stream.status());
+      }
+      End(ToGrpcStatus(stream.status()));
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      owned_stream_ = std::move(*stream);
+      stream_ = owned_stream_.get();
+      if (cancelled_) stream_->Close();
+    }
+
+    if (spec->fixed.path.empty() || spec->moving.path.empty()) {
+      const absl::Status uploaded = Upload(job_id);
+      if (!uploaded.ok()) {
+        Fail(job_id, uploaded);
+        return;
+      }
+    }
+    End(PumpEvents(manager, job_id, principal_, stream_, this));
+  }
+
+  // Receives chunks until the client half-closes, then finishes the upload.
+  // On any error the upload is aborted (the job fails, its inputs go).
+  absl::Status Upload(const std::string& job_id) {
+    JobManager* manager = service_->manager();
+    uint64_t received[2] = {0, 0};
+    absl::Status status;
+    while (status.ok()) {
+      if (!Read()) {
+        if (cancelled()) {
+          status = absl::CancelledError(
+              "the client disconnected during the upload; submit again");
+          break;
+        }
+        status = manager->FinishUpload(job_id);
+        // FinishUpload fails the job itself on error.
+        return status;
+      }
+      if (request_.has_spec()) {
+        status = absl::InvalidArgumentError(
+            "a second JobSpec arrived: send the spec once, as the first "
+            "message, then only chunks");
+        break;
+      }
+      if (!request_.has_chunk()) {
+        status = absl::InvalidArgumentError(
+            "an empty SubmitRequest arrived: set spec or chunk");
+        break;
+      }
+      const v1::ImageChunk& chunk = request_.chunk();
+      absl::StatusOr<ImageRole> role = RoleFromProto(chunk.role());
+      if (!role.ok()) {
+        status = role.status();
+        break;
+      }
+      uint64_t& done = received[static_cast<int>(*role)];
+      if (chunk.offset() != done) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "chunk.offset is ", chunk.offset(), " but ", done, " bytes of the ",
+            *role == ImageRole::kFixed ? "fixed" : "moving",
+            " image came before it: send the chunks of each image in order"));
+        break;
+      }
+      const auto* bytes = reinterpret_cast<const uint8_t*>(chunk.data().data());
+      status = manager->AppendUpload(
+          job_id, *role, absl::MakeConstSpan(bytes, chunk.data().size()));
+      done += chunk.data().size();
+    }
+    manager->AbortUpload(job_id, status);
+    return status;
+  }
+
+  RegistrationService* const service_;
+  const std::string principal_;
+  v1::SubmitRequest request_;  // the read buffer; touched by one read at a time
+
+  absl::Mutex mu_;
+  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_ok_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_ok_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<EventStream> owned_stream_ ABSL_GUARDED_BY(mu_);
+  EventStream* stream_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+// Server-streaming Watch call.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
+                           public EventSink {
+ public:
+  WatchReactor(RegistrationService* service,
+               grpc::CallbackServerContext* context,
+               const v1::WatchRequest* request)
+      : service_(service),
+        principal_(PrincipalOf(*context)),
+        job_id_(request->job_id()),
+        from_tile_(request->from_tile()) {
+    service_->SpawnCallThread([this] { Run(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    write_pending_ = false;
+    write_ok_ = ok;
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (stream_ != nullptr) stream_->Close();
+  }
+  void OnDone() override { delete this; }
+
+  bool Write(const v1::JobEvent& event) override {
+    {
+      absl::MutexLock lock(&mu_);
+      write_pending_ = true;
+    }
+    // Not under mu_: gRPC may run OnWriteDone on this thread.
+    StartWrite(&event);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* pending) { return !*pending; }, &write_pending_));
+    return write_ok_;
+  }
+  bool cancelled() override {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+ private:
+  void Run() {
+    JobManager* manager = service_->manager();
+    if (from_tile_ < 0) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "from_tile must be >= 0"));
+      return;
+    }
+    absl::StatusOr<std::unique_ptr<EventStream>> stream =
+        manager->OpenEventStream(job_id_, principal_, from_tile_);
+    if (!stream.ok()) {
+      Finish(ToGrpcStatus(stream.status()));
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      owned_stream_ = std::move(*stream);
+      stream_ = owned_stream_.get();
+      if (cancelled_) stream_->Close();
+    }
+    Finish(PumpEvents(manager, job_id_, principal_, stream_, this));
+  }
+
+  RegistrationService* const service_;
+  const std::string principal_;
+  const std::string job_id_;
+  const int64_t from_tile_;
+
+  absl::Mutex mu_;
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_ok_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<EventStream> owned_stream_ ABSL_GUARDED_BY(mu_);
+  EventStream* stream_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+}  // namespace
+
+std::string PrincipalOf(const grpc::CallbackServerContext& context) {
+  const auto& md = context.client_metadata();
+  auto it = md.find("regserve-principal");
+  if (it == md.end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+RegistrationService::RegistrationService(JobManager* manager,
+                                         ResourceScheduler* scheduler,
+                                         HardwareProbe* probe, Options options)
+    : manager_(manager),
+      scheduler_(scheduler),
+      probe_(probe),
+      options_(std::move(options)) {
+  const int n = options_.unary_threads > 0 ? options_.unary_threads : 1;
+  for (int i = 0; i < n; ++i) {
+    unary_threads_.emplace_back([this] { UnaryWorker(); });
+  }
+}
+
+RegistrationService::~RegistrationService() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : unary_threads_) t.join();
+  WaitForCalls();
+}
+
+void RegistrationService::StopAccepting() { accepting_.store(false); }
+
+void RegistrationService::WaitForCalls() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* n) { return *n == 0; }, &call_threads_));
+}
+
+void RegistrationService::SpawnCallThread(std::function<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++call_threads_;
+  }
+  std::thread([this, fn = std::move(fn)] {
+    fn();
+    absl::MutexLock lock(&mu_);
+    --call_threads_;
+  }).detach();
+}
+
+void RegistrationService::RunUnary(std::function<void()> fn) {
+  absl::MutexLock lock(&mu_);
+  unary_queue_.push_back(std::move(fn));
+}
+
+void RegistrationService::UnaryWorker() {
+  while (true) {
+    std::function<void()> fn;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](RegistrationService* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return s->stopping_ || !s->unary_queue_.empty();
+          },
+          this));
+      if (unary_queue_.empty()) return;  // stopping and drained
+      fn = std::move(unary_queue_.front());
+      unary_queue_.pop_front();
+    }
+    fn();
+  }
+}
+
+grpc::ServerBidiReactor<v1::SubmitRequest, v1::JobEvent>*
+RegistrationService::Submit(grpc::CallbackServerContext* context) {
+  return new SubmitReactor(this, context);
+}
+
+grpc::ServerWriteReactor<v1::JobEvent>* RegistrationService::Watch(
+    grpc::CallbackServerContext* context, const v1::WatchRequest* request) {
+  return new WatchReactor(this, context, request);
+}
+
+grpc::ServerUnaryReactor* RegistrationService::Cancel(
+    grpc::CallbackServerContext* context, const v1::CancelRequest* request,
+    v1::CancelResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const std::string principal = PrincipalOf(*context);
+  RunUnary([this, reactor, request, response, principal] {
+    const absl::Status cancelled =
+        manager_->Cancel(request->job_id(), principal);
+    if (!cancelled.ok()) {
+      reactor->Finish(ToGrpcStatus(cancelled));
+      return;
+    }
+    absl::StatusOr<JobInfo> info =
+        manager_->GetJob(request->job_id(), principal);
+    if (info.ok()) response->set_state(JobStateToProto(info->state));
+    reactor->Finish(ToGrpcStatus(info.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RegistrationService::GetJob(
+    grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
+    v1::JobStatus* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const std::string principal = PrincipalOf(*context);
+  RunUnary([this, reactor, request, response, principal] {
+    absl::StatusOr<JobInfo> info =
+        manager_->GetJob(request->job_id(), principal);
+    if (info.ok()) {
+      JobInfoToProto(*info, ReadTransformFiles(*info), response);
+    }
+    reactor->Finish(ToGrpcStatus(info.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RegistrationService::ListJobs(
+    grpc::CallbackServerContext* context,
+    const v1::ListJobsRequest* /*request*/, v1::ListJobsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const std::string principal = PrincipalOf(*context);
+  RunUnary([this, reactor, response, principal] {
+    for (const JobInfo& info : manager_->ListJobs(principal)) {
+      JobInfoToProto(info, {}, response->add_jobs());
+    }
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RegistrationService::GetServerInfo(
+    grpc::CallbackServerContext* context,
+    const v1::GetServerInfoRequest* /*request*/, v1::ServerInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  RunUnary([this, reactor, response] {
+    absl::StatusOr<HardwareSnapshot> hw =
+        probe_ != nullptr ? probe_->Probe()
+                          : absl::StatusOr<HardwareSnapshot>(
+                                absl::UnavailableError("no hardware probe"));
+    ServerInfoToProto(hw, scheduler_->Stats(), scheduler_->config(),
+                      manager_->GetStats(), manager_->options(),
+                      options_.max_message_bytes, response);
+    response->set_version(options_.version);
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+}  // namespace regserve

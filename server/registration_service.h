@@ -1,0 +1,119 @@
+// Copyright regserve authors.
+//
+// RegistrationService: the gRPC endpoint of regserve.v1.Registration, a thin
+// layer over JobManager (jobs), ResourceScheduler (reservations) and
+// HardwareProbe (GetServerInfo). Each handler converts the request, calls the
+// core and converts the result; errors go through ToGrpcStatus.
+//
+//   RegistrationService service(manager.get(), &scheduler, probe.get(), {});
+//   grpc::ServerBuilder builder;
+//   builder.RegisterService(&service);
+//   ... on SIGTERM: service.StopAccepting(); manager->Shutdown();
+//   server->Shutdown(deadline); service.WaitForCalls();
+//
+// Threading (gRPC callback API): reactor callbacks only record what
+// happened and wake a worker. Blocking work — upload chunk writes (disk I/O)
+// and EventStream::Next loops — runs on one thread per streaming call that
+// this class owns; unary calls run on a small pool. A worker writes one
+// message at a time and waits for OnWriteDone, so a slow client holds back
+// the stream instead of growing a queue.
+//
+// Client behaviour: a client that disconnects during the upload aborts the
+// job (JobManager::AbortUpload); one that disconnects later only stops its
+// own stream: the job keeps running and can be watched again.
+//
+// Ownership: the core objects are not owned and must outlive the service.
+// Thread safety: all public methods are thread-safe. The destructor waits
+// for the call threads; shut the grpc::Server down first.
+#ifndef REGSERVE_SERVER_REGISTRATION_SERVICE_H_
+#define REGSERVE_SERVER_REGISTRATION_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "core/hardware/hardware.h"
+#include "core/jobs/job_manager.h"
+#include "core/scheduler/scheduler.h"
+#include "regserve/v1/regserve.grpc.pb.h"
+
+namespace regserve {
+
+class RegistrationService final
+    : public ::regserve::v1::Registration::CallbackService {
+ public:
+  struct Options {
+    // Reported by GetServerInfo; should match the server's limit.
+    int64_t max_message_bytes = 16 << 20;
+    // Threads for unary calls.
+    int unary_threads = 2;
+    // Reported as ServerInfo.version.
+    std::string version;
+  };
+
+  RegistrationService(JobManager* manager, ResourceScheduler* scheduler,
+                      HardwareProbe* probe, Options options);
+  ~RegistrationService() override;
+  RegistrationService(const RegistrationService&) = delete;
+  RegistrationService& operator=(const RegistrationService&) = delete;
+
+  // New Submit calls fail with UNAVAILABLE from now on; running calls go on.
+  void StopAccepting();
+  // Waits until every call thread has returned (after server Shutdown).
+  void WaitForCalls();
+
+  grpc::ServerBidiReactor<v1::SubmitRequest, v1::JobEvent>* Submit(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<v1::JobEvent>* Watch(
+      grpc::CallbackServerContext* context,
+      const v1::WatchRequest* request) override;
+  grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* context,
+                                   const v1::CancelRequest* request,
+                                   v1::CancelResponse* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const v1::GetJobRequest* request,
+                                   v1::JobStatus* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const v1::ListJobsRequest* request,
+                                     v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(
+      grpc::CallbackServerContext* context,
+      const v1::GetServerInfoRequest* request,
+      v1::ServerInfo* response) override;
+
+  // Internal, used by the reactors in registration_service.cc.
+  JobManager* manager() const { return manager_; }
+  bool accepting() const { return accepting_.load(); }
+  // Runs `fn` on a new thread counted by WaitForCalls.
+  void SpawnCallThread(std::function<void()> fn);
+
+ private:
+  // Runs `fn` on the unary pool.
+  void RunUnary(std::function<void()> fn);
+  void UnaryWorker();
+
+  JobManager* const manager_;
+  ResourceScheduler* const scheduler_;
+  HardwareProbe* const probe_;
+  const Options options_;
+  std::atomic<bool> accepting_{true};
+
+  absl::Mutex mu_;
+  int call_threads_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::function<void()>> unary_queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> unary_threads_;
+};
+
+// The principal of a call: metadata "regserve-principal", or "".
+std::string PrincipalOf(const grpc::CallbackServerContext& context);
+
+}  // namespace regserve
+
+#endif  // REGSERVE_SERVER_REGISTRATION_SERVICE_H_

@@ -1,0 +1,265 @@
+// Copyright regserve authors.
+//
+// regserved: the regserve daemon. Wires the hardware probe, the resource
+// scheduler and the job manager to the gRPC service, then waits for SIGTERM
+// or SIGINT (blocked in every thread and taken by sigwait in a dedicated
+// one). On a signal it stops taking jobs, shuts the job manager down (running
+// stages finish or are checkpointed for the next start), shuts the gRPC
+// server down with a deadline, and exits 0.
+//
+// Exit codes: 0 after a clean shutdown, 1 when it cannot start (data_dir,
+// address in use, ...), 2 for bad flags.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/common/types.h"
+#include "core/hardware/hardware.h"
+#include "core/jobs/job_manager.h"
+#include "core/plan/plan.h"
+#include "core/scheduler/scheduler.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/flag_util.h"
+#include "server/registration_service.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "Address to listen on, HOST:PORT. Port 0 picks a free port; the "
+          "chosen one is printed as \"regserved listening on HOST:PORT\".");
+ABSL_FLAG(std::string, data_dir, "",
+          "Directory for jobs, inputs and results (required; created if "
+          "missing). Jobs found there are recovered at start.");
+ABSL_FLAG(std::string, ram_budget, "",
+          "RAM the jobs may reserve, in bytes with an optional K/M/G/T "
+          "suffix (e.g. 8G). Empty or 0: 80% of the available RAM.");
+ABSL_FLAG(std::string, vram_budget, "",
+          "VRAM per GPU the warps may reserve (e.g. 60G). Empty or 0: 90% of "
+          "each GPU's free VRAM.");
+ABSL_FLAG(std::string, device, "auto",
+          "Default warp device: auto (CUDA when available and the plan fits), "
+          "cpu, or cuda. Jobs may ask for another.");
+ABSL_FLAG(double, max_registration_megapixels, 20.0,
+          "Default upper bound for the registration copy in megapixels; the "
+          "plan may pick less to fit the budgets.");
+ABSL_FLAG(int, max_queue, 64,
+          "Jobs not yet finished (uploading, queued, running) before Submit "
+          "answers RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, input_root, "",
+          "Directory server-side input paths must lie under. Empty: clients "
+          "can only upload images.");
+ABSL_FLAG(int, elastix_threads, 0,
+          "Threads per elastix process. 0: min(4, CPU cores).");
+ABSL_FLAG(int, cpu_slots, 0,
+          "Concurrent CPU stages (decode, registration). 0: CPU cores / "
+          "elastix_threads, at least 1.");
+ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7),
+          "How long finished jobs and their results are kept (e.g. 168h).");
+ABSL_FLAG(absl::Duration, registration_timeout, absl::Hours(2),
+          "Longest time one registration may take before it fails with "
+          "DEADLINE_EXCEEDED.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "On SIGTERM, how long open calls get to finish after the job "
+          "manager has stopped, before they are cancelled.");
+ABSL_FLAG(std::string, max_upload, "8G",
+          "Largest accepted upload per image, in bytes (K/M/G/T suffixes).");
+ABSL_FLAG(int64_t, stream_tile_size, 512,
+          "Edge of the result tiles streamed to clients (and of the stored "
+          "TIFF's tiles), in pixels.");
+ABSL_FLAG(std::string, elastix, "elastix", "The elastix program.");
+ABSL_FLAG(std::string, transformix, "transformix", "The transformix program.");
+
+namespace regserve {
+namespace {
+
+constexpr int kExitStartFailure = 1;
+constexpr int kExitBadFlags = 2;
+
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "regserved: %s\n", message.c_str());
+  return code;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "regserved: the regserve image-registration daemon.\n"
+      "  regserved --data_dir=/var/lib/regserve [--listen=127.0.0.1:50051] "
+      "[flags]\nSee the README, \"Running the daemon\".");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the shutdown signals before any thread starts, so that every
+  // thread inherits the mask and only the sigwait thread takes them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (data_dir.empty()) {
+    return Fail(kExitBadFlags, "--data_dir is required (a writable directory)");
+  }
+  absl::StatusOr<HostPort> listen = SplitHostPort(absl::GetFlag(FLAGS_listen));
+  if (!listen.ok())
+    return Fail(kExitBadFlags, std::string(listen.status().message()));
+  absl::StatusOr<uint64_t> ram_budget =
+      ParseByteSize(absl::GetFlag(FLAGS_ram_budget));
+  if (!ram_budget.ok()) {
+    return Fail(kExitBadFlags,
+                absl::StrCat("--ram_budget: ", ram_budget.status().message()));
+  }
+  absl::StatusOr<uint64_t> vram_budget =
+      ParseByteSize(absl::GetFlag(FLAGS_vram_budget));
+  if (!vram_budget.ok()) {
+    return Fail(kExitBadFlags, absl::StrCat("--vram_budget: ",
+                                            vram_budget.status().message()));
+  }
+  absl::StatusOr<uint64_t> max_upload =
+      ParseByteSize(absl::GetFlag(FLAGS_max_upload));
+  if (!max_upload.ok() || *max_upload == 0) {
+    return Fail(kExitBadFlags, "--max_upload: give a positive size such as 8G");
+  }
+  absl::StatusOr<DevicePreference> device =
+      ParseDevicePreference(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    return Fail(kExitBadFlags,
+                absl::StrCat("--device: ", device.status().message()));
+  }
+  const int64_t tile = absl::GetFlag(FLAGS_stream_tile_size);
+  if (tile < 16 || tile > 2048 || tile % 16 != 0) {
+    return Fail(kExitBadFlags,
+                "--stream_tile_size must be a multiple of 16 in [16, 2048]");
+  }
+  if (absl::GetFlag(FLAGS_max_queue) < 1) {
+    return Fail(kExitBadFlags, "--max_queue must be at least 1");
+  }
+
+  std::unique_ptr<HardwareProbe> probe = NewSystemProbe();
+  absl::StatusOr<HardwareSnapshot> hw = probe->Probe();
+  if (!hw.ok()) {
+    return Fail(kExitStartFailure, absl::StrCat("cannot read the hardware: ",
+                                                hw.status().message()));
+  }
+  BudgetOverrides overrides;
+  overrides.ram_bytes = *ram_budget;
+  overrides.vram_bytes = *vram_budget;
+  const Budgets budgets = BudgetsFromHardware(*hw, overrides);
+
+  const int cores = std::max(1, hw->cpu_cores);
+  int elastix_threads = absl::GetFlag(FLAGS_elastix_threads);
+  if (elastix_threads <= 0) elastix_threads = std::min(4, cores);
+  int cpu_slots = absl::GetFlag(FLAGS_cpu_slots);
+  if (cpu_slots <= 0) cpu_slots = std::max(1, cores / elastix_threads);
+
+  SchedulerConfig sched;
+  sched.ram_budget_bytes = budgets.ram_bytes;
+  sched.cpu_slots = cpu_slots;
+  if (*device != DevicePreference::kCpu) {
+    for (const GpuInfo& gpu : hw->gpus) {
+      sched.gpu_ordinals.push_back(gpu.index);
+      sched.vram_budget_bytes.push_back(
+          *vram_budget > 0 ? *vram_budget
+                           : static_cast<uint64_t>(gpu.vram_free_bytes * 0.9));
+    }
+  }
+  ResourceScheduler scheduler(sched, probe.get());
+
+  JobManager::Options opts;
+  opts.data_dir = data_dir;
+  opts.input_root = absl::GetFlag(FLAGS_input_root);
+  opts.max_queue = absl::GetFlag(FLAGS_max_queue);
+  opts.default_max_registration_megapixels =
+      absl::GetFlag(FLAGS_max_registration_megapixels);
+  opts.device = *device;
+  opts.budget_overrides = overrides;
+  opts.elastix_threads = elastix_threads;
+  opts.elastix.elastix_path = absl::GetFlag(FLAGS_elastix);
+  opts.elastix.transformix_path = absl::GetFlag(FLAGS_transformix);
+  opts.registration_timeout = absl::GetFlag(FLAGS_registration_timeout);
+  opts.retention = absl::GetFlag(FLAGS_retention);
+  opts.stream_tile_size = tile;
+  opts.max_upload_bytes = *max_upload;
+  absl::StatusOr<std::unique_ptr<JobManager>> manager =
+      JobManager::Create(opts, &scheduler, probe.get());
+  if (!manager.ok()) {
+    return Fail(kExitStartFailure,
+                absl::StrCat("cannot start the job manager: ",
+                             manager.status().message()));
+  }
+
+  // A tile of float32 RGBA at the stream tile size, plus headroom.
+  const int64_t max_send =
+      std::max<int64_t>(16 << 20, tile * tile * 16 + (1 << 20));
+  const int max_receive = 8 << 20;  // chunks up to 4 MiB, plus headroom
+  RegistrationService::Options service_opts;
+  service_opts.max_message_bytes = max_receive;
+  service_opts.version = REGSERVE_VERSION;
+  RegistrationService service(manager->get(), &scheduler, probe.get(),
+                              service_opts);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
+                           grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(max_receive);
+  builder.SetMaxSendMessageSize(static_cast<int>(max_send));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    (*manager)->Shutdown();
+    return Fail(kExitStartFailure,
+                absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen),
+                             " (address in use or not local?)"));
+  }
+  std::fprintf(stderr,
+               "regserved: data_dir %s; RAM budget %s; %zu GPU(s); %d CPU "
+               "slot(s) x %d elastix thread(s); default device %s\n",
+               data_dir.c_str(), FormatBytes(budgets.ram_bytes).c_str(),
+               sched.vram_budget_bytes.size(), cpu_slots, elastix_threads,
+               std::string(DevicePreferenceName(*device)).c_str());
+  const bool v6 = listen->host.find(':') != std::string::npos;
+  std::printf("regserved listening on %s%s%s:%d\n", v6 ? "[" : "",
+              listen->host.c_str(), v6 ? "]" : "", port);
+  std::fflush(stdout);
+
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "regserved: %s received; shutting down\n",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM");
+    service.StopAccepting();
+    server->GetHealthCheckService()->Shutdown();
+    (*manager)->Shutdown();
+    server->Shutdown(std::chrono::system_clock::now() +
+                     absl::ToChronoSeconds(grace));
+  });
+  server->Wait();
+  signal_thread.join();
+  service.WaitForCalls();
+  scheduler.Shutdown();
+  std::fprintf(stderr, "regserved: stopped\n");
+  return 0;
+}
+
+}  // namespace
+}  // namespace regserve
+
+int main(int argc, char** argv) { return regserve::Main(argc, argv); }
