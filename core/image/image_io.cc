@@ -18,6 +18,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <new>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -374,11 +375,11 @@ void LumaRow(const T* in, int64_t width, float* out) {
 template <typename T, int C>
 void GrayscaleRows(const Image& src, const AxisWeights& wx,
                    const AxisWeights& wy, float norm, int64_t row_begin,
-                   int64_t row_end, Image* dst) {
+                   int64_t row_end, float* scratch, Image* dst) {
   const int64_t width = src.width();
   const int64_t tw = dst->width();
-  std::vector<float> luma(width);
-  std::vector<float> reduced(tw);
+  float* luma = scratch;             // width floats
+  float* reduced = scratch + width;  // tw floats
   for (int64_t r = row_begin; r < row_end; ++r) {
     float* out = reinterpret_cast<float*>(dst->row(r));
     std::fill(out, out + tw, 0.0f);
@@ -389,11 +390,11 @@ void GrayscaleRows(const Image& src, const AxisWeights& wx,
       wy.first[row_end - 1] + (wy.offset[row_end] - wy.offset[row_end - 1]);
   int64_t r = row_begin;
   for (int64_t k = k_begin; k < k_end; ++k) {
-    LumaRow<T, C>(reinterpret_cast<const T*>(src.row(k)), width, luma.data());
+    LumaRow<T, C>(reinterpret_cast<const T*>(src.row(k)), width, luma);
     for (int64_t j = 0; j < tw; ++j) {
       const float* w = wx.weights.data() + wx.offset[j];
       const int64_t n = wx.offset[j + 1] - wx.offset[j];
-      const float* l = luma.data() + wx.first[j];
+      const float* l = luma + wx.first[j];
       float sum = 0.0f;
       for (int64_t i = 0; i < n; ++i) sum += w[i] * l[i];
       reduced[j] = sum;
@@ -419,16 +420,16 @@ void GrayscaleRows(const Image& src, const AxisWeights& wx,
 template <typename T>
 void GrayscaleRowsByChannels(const Image& src, const AxisWeights& wx,
                              const AxisWeights& wy, float norm, int64_t b,
-                             int64_t e, Image* dst) {
+                             int64_t e, float* scratch, Image* dst) {
   switch (src.channels()) {
     case 1:
-      return GrayscaleRows<T, 1>(src, wx, wy, norm, b, e, dst);
+      return GrayscaleRows<T, 1>(src, wx, wy, norm, b, e, scratch, dst);
     case 2:
-      return GrayscaleRows<T, 2>(src, wx, wy, norm, b, e, dst);
+      return GrayscaleRows<T, 2>(src, wx, wy, norm, b, e, scratch, dst);
     case 3:
-      return GrayscaleRows<T, 3>(src, wx, wy, norm, b, e, dst);
+      return GrayscaleRows<T, 3>(src, wx, wy, norm, b, e, scratch, dst);
     default:
-      return GrayscaleRows<T, 4>(src, wx, wy, norm, b, e, dst);
+      return GrayscaleRows<T, 4>(src, wx, wy, norm, b, e, scratch, dst);
   }
 }
 
@@ -479,7 +480,14 @@ class TiledTiffWriterImpl final : public TiledTiffWriter {
     }
     for (int64_t ty = ty0; ty <= ty1; ++ty) {
       for (int64_t tx = tx0; tx <= tx1; ++tx) {
-        absl::Status s = CopyIntoTile(tx, ty, x, y, region);
+        absl::Status s;
+        try {
+          s = CopyIntoTile(tx, ty, x, y, region);
+        } catch (const std::bad_alloc&) {
+          s = absl::ResourceExhaustedError(absl::StrCat(
+              "cannot allocate a ", tile_, "x", tile_, " tile buffer for \"",
+              path_, "\"; use a smaller tile size"));
+        }
         if (!s.ok()) {
           error_ = s;
           return s;
@@ -684,43 +692,50 @@ absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
   spec.channels = 1;
   spec.type = SampleType::kFloat32;
   REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(spec));
-  const AxisWeights wx = MakeAxisWeights(image.width(), target_width);
-  const AxisWeights wy = MakeAxisWeights(image.height(), target_height);
   float norm = 1.0f;
   if (image.type() == SampleType::kUInt8) norm = 1.0f / 255.0f;
   if (image.type() == SampleType::kUInt16) norm = 1.0f / 65535.0f;
-
-  auto run = [&](int64_t b, int64_t e) {
-    switch (image.type()) {
-      case SampleType::kUInt8:
-        return GrayscaleRowsByChannels<uint8_t>(image, wx, wy, norm, b, e,
-                                                &out);
-      case SampleType::kUInt16:
-        return GrayscaleRowsByChannels<uint16_t>(image, wx, wy, norm, b, e,
-                                                 &out);
-      case SampleType::kFloat32:
-        return GrayscaleRowsByChannels<float>(image, wx, wy, norm, b, e, &out);
-    }
-  };
   const int64_t n =
       std::max<int64_t>(1, std::min<int64_t>(threads, target_height));
-  if (n == 1) {
-    run(0, target_height);
-    return out;
+  // Everything that can fail is allocated here, before any thread starts:
+  // the axis tables and one row of scratch (source width + target width
+  // floats) per thread. Extra memory: O(target + threads x row).
+  AxisWeights wx, wy;
+  std::vector<std::vector<float>> scratch(n);
+  try {
+    wx = MakeAxisWeights(image.width(), target_width);
+    wy = MakeAxisWeights(image.height(), target_height);
+    for (std::vector<float>& v : scratch)
+      v.resize(image.width() + target_width);
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate grayscale copy tables: ", e.what()));
   }
+  auto run = [&](int64_t t) {
+    const int64_t b = target_height * t / n, e = target_height * (t + 1) / n;
+    float* tmp = scratch[t].data();
+    switch (image.type()) {
+      case SampleType::kUInt8:
+        return GrayscaleRowsByChannels<uint8_t>(image, wx, wy, norm, b, e, tmp,
+                                                &out);
+      case SampleType::kUInt16:
+        return GrayscaleRowsByChannels<uint16_t>(image, wx, wy, norm, b, e, tmp,
+                                                 &out);
+      case SampleType::kFloat32:
+        return GrayscaleRowsByChannels<float>(image, wx, wy, norm, b, e, tmp,
+                                              &out);
+    }
+  };
   std::vector<std::thread> workers;
   try {
     workers.reserve(n - 1);
-    for (int64_t t = 1; t < n; ++t) {
-      workers.emplace_back(run, target_height * t / n,
-                           target_height * (t + 1) / n);
-    }
+    for (int64_t t = 1; t < n; ++t) workers.emplace_back(run, t);
   } catch (const std::exception& e) {
     for (std::thread& w : workers) w.join();
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot start grayscale worker threads: ", e.what()));
   }
-  run(0, target_height / n);
+  run(0);
   for (std::thread& w : workers) w.join();
   return out;
 }

@@ -48,9 +48,17 @@ absl::StatusOr<ImageSpec> ReadImageSpecMemory(absl::Span<const uint8_t> bytes,
 // Decodes the first subimage at full resolution. Truncated or corrupt pixel
 // data gives InvalidArgument with OIIO's message; a declared size above the
 // limits gives ResourceExhausted/InvalidArgument before allocation.
+// Also refused before allocation: a decoded size above the machine's physical
+// RAM (ResourceExhausted) and, by OIIO 2.4 itself, above 32 GiB
+// (InvalidArgument). Pixels are returned as stored: alpha is not
+// premultiplied, EXIF orientation is not applied, and for EXR the data window
+// is returned. Note that OIIO's PNG reader holds a second full-size copy
+// while decoding, which max_bytes does not count.
 absl::StatusOr<Image> ReadImageFile(const std::string& path,
                                     const ReadOptions& options = {});
-// name_hint: a file name whose extension helps OIIO pick the format.
+// name_hint: a file name whose extension helps OIIO pick the format; if that
+// reader refuses the bytes (or the hint is empty or unknown), every reader is
+// tried, so e.g. PNG bytes named "x.jpg" decode as PNG.
 absl::StatusOr<Image> ReadImageMemory(absl::Span<const uint8_t> bytes,
                                       const std::string& name_hint,
                                       const ReadOptions& options = {});
@@ -65,7 +73,11 @@ absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
                                         int threads = 1);
 
 // Writes a whole image; the format follows the extension. Files above 4 GiB
-// written as .tif use BigTIFF.
+// written as .tif use BigTIFF. TIFF is deflate ("zip") compressed; alpha
+// (channel 2 of 2, or 4 of 4) is written unassociated. Errors:
+// InvalidArgument (no or unknown extension, or OIIO cannot create the file
+// for this spec, e.g. a missing directory),
+// Internal (I/O failure, with OIIO's message).
 absl::Status WriteImageFile(const std::string& path, const Image& image);
 
 // Writes a tiled (Big)TIFF incrementally, tile by tile, so that the whole
@@ -74,6 +86,14 @@ absl::Status WriteImageFile(const std::string& path, const Image& image);
 // supplied (WriteRegion may be called with any rectangle; partially covered
 // tiles are buffered). Close() fails if any pixel was never written.
 // Not thread-safe: one writer per thread, or external locking.
+//
+// Details: deflate ("zip") compression; BigTIFF when the uncompressed size
+// exceeds 4 GiB - 256 MiB, classic TIFF otherwise. Memory is the partially
+// covered tiles only (writing in horizontal bands: about one band of tile
+// rows). A pixel may be supplied again while its tile is incomplete (last
+// write wins); touching a tile already written gives FailedPrecondition.
+// After any error, or if Close() finds unwritten pixels, Close() removes the
+// file and returns the error.
 class TiledTiffWriter {
  public:
   virtual ~TiledTiffWriter() = default;
@@ -85,6 +105,8 @@ class TiledTiffWriter {
   virtual absl::Status Close() = 0;
 };
 
+// tile_size must be a multiple of 16 in [16, 8192] (TIFF rule); the path must
+// end in .tif or .tiff.
 absl::StatusOr<std::unique_ptr<TiledTiffWriter>> OpenTiledTiffWriter(
     const std::string& path, const ImageSpec& spec, int tile_size = 512);
 
