@@ -11,12 +11,12 @@
 // RPCs to these calls and JobEvents to protocol messages, nothing more.
 //
 //   JobManager::Options opts;  opts.data_dir = "/var/lib/regserve"; ...
-//   REGSERVE_ASSIGN_OR_RETURN(auto manager, JobManager::Create(opts, &scheduler, probe));
-//   REGSERVE_ASSIGN_OR_RETURN(std::string id, manager->CreateJob(spec, "alice"));
-//   manager->AppendUpload(id, ImageRole::kFixed, bytes) ... FinishUpload(id);
-//   auto stream = manager->OpenEventStream(id, "alice", /*from_tile=*/0);
-//   JobEvent ev;
-//   while ((*stream)->Next(&ev, absl::Now() + absl::Seconds(1)).ok()) {...}
+//   REGSERVE_ASSIGN_OR_RETURN(auto manager, JobManager::Create(opts,
+//   &scheduler, probe)); REGSERVE_ASSIGN_OR_RETURN(std::string id,
+//   manager->CreateJob(spec, "alice")); manager->AppendUpload(id,
+//   ImageRole::kFixed, bytes) ... FinishUpload(id); auto stream =
+//   manager->OpenEventStream(id, "alice", /*from_tile=*/0); JobEvent ev; while
+//   ((*stream)->Next(&ev, absl::Now() + absl::Seconds(1)).ok()) {...}
 //
 // Durability: each job lives in data_dir/jobs/<id>/ with its spec, its
 // inputs, its state (rewritten atomically: write temp, fsync, rename) and its
@@ -53,7 +53,13 @@ namespace regserve {
 
 enum class ImageRole { kFixed = 0, kMoving = 1 };
 
-enum class Stage { kUpload = 0, kDecode = 1, kRegistration = 2, kWarp = 3, kStream = 4 };
+enum class Stage {
+  kUpload = 0,
+  kDecode = 1,
+  kRegistration = 2,
+  kWarp = 3,
+  kStream = 4
+};
 absl::string_view StageName(Stage stage);  // "upload", "decode", ...
 
 enum class JobState {
@@ -66,7 +72,8 @@ enum class JobState {
 };
 absl::string_view JobStateName(JobState state);
 inline bool IsTerminal(JobState s) {
-  return s == JobState::kCompleted || s == JobState::kFailed || s == JobState::kCancelled;
+  return s == JobState::kCompleted || s == JobState::kFailed ||
+         s == JobState::kCancelled;
 }
 
 // Where an input image comes from.
@@ -83,11 +90,11 @@ struct ImageSource {
 struct JobSpec {
   ImageSource fixed;
   ImageSource moving;
-  JobOptions options;                   // transform, max MP, device, ...
+  JobOptions options;                          // transform, max MP, device, ...
   std::vector<std::string> custom_parameters;  // elastix parameter texts
-  int priority = 0;                     // higher runs first; FIFO within
+  int priority = 0;                            // higher runs first; FIFO within
   double fill_value = 0.0;
-  std::string client_label;             // free text, shown in ListJobs
+  std::string client_label;  // free text, shown in ListJobs
 };
 
 struct StageTiming {
@@ -101,25 +108,25 @@ struct JobInfo {
   std::string principal;
   JobSpec spec;
   JobState state = JobState::kQueued;
-  Stage stage = Stage::kUpload;      // current or last stage
+  Stage stage = Stage::kUpload;  // current or last stage
   double stage_fraction = 0.0;
-  std::string stage_detail;          // e.g. elastix progress message
-  int queue_position = 0;            // 1-based while queued, else 0
+  std::string stage_detail;  // e.g. elastix progress message
+  int queue_position = 0;    // 1-based while queued, else 0
   bool has_plan = false;
   Plan plan;
-  absl::Status failure;              // kFailed / kCancelled: why
+  absl::Status failure;  // kFailed / kCancelled: why
   std::vector<StageTiming> timings;
   double registration_metric = 0.0;
   // Result (kCompleted).
-  ImageSpec output;                  // width, height, channels, type
-  std::string result_path;           // absolute path of result.tif
-  std::string transform_dir;         // absolute dir of TransformParameters.*.txt
+  ImageSpec output;           // width, height, channels, type
+  std::string result_path;    // absolute path of result.tif
+  std::string transform_dir;  // absolute dir of TransformParameters.*.txt
   std::vector<std::string> transform_files;
-  int64_t tile_size = 0;             // streamed tile edge
+  int64_t tile_size = 0;  // streamed tile edge
   int64_t tile_count = 0;
   int attempts = 0;
   absl::Time created;
-  absl::Time finished;               // InfinitePast while not terminal
+  absl::Time finished;  // InfinitePast while not terminal
 };
 
 struct JobEvent {
@@ -134,15 +141,15 @@ struct JobEvent {
   int queue_position = 0;
   // kProgress
   Stage stage = Stage::kUpload;
-  double fraction = 0.0;             // of this stage, 0..1
+  double fraction = 0.0;  // of this stage, 0..1
   std::string detail;
-  RegistrationProgress registration; // valid for Stage::kRegistration
+  RegistrationProgress registration;  // valid for Stage::kRegistration
   // kTile: row-major over the output in tile_size squares.
   int64_t tile_index = 0;
   TileRect rect;
   int channels = 0;
   SampleType sample_type = SampleType::kUInt8;
-  std::string encoding;              // "raw": interleaved, little-endian
+  std::string encoding;  // "raw": interleaved, little-endian
   std::string data;
 };
 
@@ -161,9 +168,10 @@ class EventStream {
 class JobManager {
  public:
   struct Options {
-    std::string data_dir;           // required, created if missing
-    std::string input_root;         // server-side paths must lie under it; empty = disabled
-    int max_queue = 64;             // jobs not yet terminal, uploads included
+    std::string data_dir;  // required, created if missing
+    std::string
+        input_root;  // server-side paths must lie under it; empty = disabled
+    int max_queue = 64;  // jobs not yet terminal, uploads included
     double default_max_registration_megapixels = 20.0;
     DevicePreference device = DevicePreference::kAuto;
     BudgetOverrides budget_overrides;
@@ -171,11 +179,12 @@ class JobManager {
     ElastixConfig elastix;
     absl::Duration registration_timeout = absl::Hours(2);
     absl::Duration retention = absl::Hours(24 * 7);
-    int max_attempts = 2;           // runs of a job interrupted by restarts
-    int64_t stream_tile_size = 512; // result tile edge (TIFF tile = stream tile)
+    int max_attempts = 2;  // runs of a job interrupted by restarts
+    int64_t stream_tile_size =
+        512;  // result tile edge (TIFF tile = stream tile)
     uint64_t max_upload_bytes = 8ull << 30;
     int64_t max_pixels = 1000ll * 1000 * 1000;  // per image
-    int pipeline_threads = 0;       // 0 = cpu slots + gpus + 1
+    int pipeline_threads = 0;                   // 0 = cpu slots + gpus + 1
   };
 
   // `scheduler` and `probe` are not owned and must outlive the manager.
@@ -190,8 +199,8 @@ class JobManager {
   // images are all server-side are decoded (header only), planned and queued
   // at once; the plan can refuse with ResourceExhausted and the numbers.
   // Jobs with uploads wait in kUploading for AppendUpload/FinishUpload.
-  virtual absl::StatusOr<std::string> CreateJob(const JobSpec& spec,
-                                                const std::string& principal) = 0;
+  virtual absl::StatusOr<std::string> CreateJob(
+      const JobSpec& spec, const std::string& principal) = 0;
   // Appends bytes to an upload. InvalidArgument if more than the declared
   // size arrives; FailedPrecondition if the job is not uploading.
   virtual absl::Status AppendUpload(const std::string& job_id, ImageRole role,
@@ -201,14 +210,15 @@ class JobManager {
   // plans and queues. On error the job is failed and its inputs deleted.
   virtual absl::Status FinishUpload(const std::string& job_id) = 0;
   // For a client that vanished mid-upload: fails the job, deletes its inputs.
-  virtual void AbortUpload(const std::string& job_id, const absl::Status& why) = 0;
+  virtual void AbortUpload(const std::string& job_id,
+                           const absl::Status& why) = 0;
 
   // NotFound unless the job exists and belongs to `principal` (an empty
   // principal matches only jobs submitted with an empty principal).
   virtual absl::Status Cancel(const std::string& job_id,
                               const std::string& principal) = 0;
-  virtual absl::StatusOr<JobInfo> GetJob(const std::string& job_id,
-                                         const std::string& principal) const = 0;
+  virtual absl::StatusOr<JobInfo> GetJob(
+      const std::string& job_id, const std::string& principal) const = 0;
   // Newest first.
   virtual std::vector<JobInfo> ListJobs(const std::string& principal) const = 0;
 
