@@ -10,7 +10,7 @@
 //   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DREGSERVE_FUZZ=ON \
 //       -DREGSERVE_BUILD_TESTS=OFF && ninja -C build-fuzz image_io_fuzz
 //   ASAN_OPTIONS=fast_unwind_on_malloc=0 \
-//   LSAN_OPTIONS=suppressions=core/image/image_io_fuzz.supp \
+//   LSAN_OPTIONS=suppressions=core/image/oiio_lsan.supp \
 //       build-fuzz/core/image/image_io_fuzz -max_len=16384 -rss_limit_mb=2048 \
 //       fuzz_corpus tests/data/bad_images
 // The suppression covers a 31-byte leak inside OIIO 2.4's PNG reader on
