@@ -1,13 +1,12 @@
 // Copyright regserve authors.
 //
 // Shared warp helpers and the CPU warper. The CPU path samples the moving
-// image in place (no float copy) with the per-pixel code of warp_kernel.h,
-// spreading the rows of each tile over LibTorch's intra-op thread pool
-// (at::parallel_for) limited to WarpOptions::cpu_threads.
+// image in place (no float copy) with the per-pixel code of warp_kernel.h
+// (the same code the CUDA kernel runs), spreading the rows of each tile over
+// WarpOptions::cpu_threads threads. It uses no ATen tensor ops: a per-pixel
+// loop needs no intermediate tensors, and LibTorch's global intra-op pool
+// was found to run it on one thread on the GPU machine.
 #include "core/warp/warp.h"
-
-#include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
@@ -428,17 +427,26 @@ class CpuWarper final : public Warper {
       p.out_x0 = rect.x;
       p.out_y0 = rect.y;
       p.out_stride = rect.w;
-      const int64_t grain =
-          (rect.h + options.cpu_threads - 1) / options.cpu_threads;
+      // Rows are split over cpu_threads threads (the caller's included);
+      // each pixel's result does not depend on the split.
+      const int threads =
+          static_cast<int>(std::min<int64_t>(options.cpu_threads, rect.h));
+      const int64_t per = (rect.h + threads - 1) / threads;
+      auto rows = [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) row_fn(p, rect.y + j);
+      };
       try {
-        at::parallel_for(0, rect.h, grain, [&](int64_t b, int64_t e) {
-          for (int64_t j = b; j < e; ++j) row_fn(p, rect.y + j);
-        });
-      } catch (const c10::Error& e) {
-        return absl::InternalError(absl::StrCat(
-            "LibTorch CPU parallel_for failed: ", e.what_without_backtrace()));
+        std::vector<std::thread> pool;
+        for (int t = 1; t < threads; ++t) {
+          const int64_t b = t * per, e = std::min(rect.h, b + per);
+          if (b < e) pool.emplace_back(rows, b, e);
+        }
+        rows(0, std::min(rect.h, per));
+        for (std::thread& t : pool) t.join();
       } catch (const std::exception& e) {
-        return absl::InternalError(absl::StrCat("CPU warp failed: ", e.what()));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("cannot start CPU warp threads: ", e.what(),
+                         "; use fewer cpu_threads"));
       }
       REGSERVE_RETURN_IF_ERROR(on_tile(rect, *target));
       ++stats.tiles;

@@ -305,6 +305,38 @@ void CudaBenchmark() {
   const auto f = warp_test::SmoothField(
       spec.width, spec.height, absl::GetFlag(FLAGS_field_width),
       absl::GetFlag(FLAGS_field_height), absl::GetFlag(FLAGS_amplitude), 42);
+  {
+    // Transfer floors on this machine: plain copies of the same bytes.
+    void* dev = nullptr;
+    void* back = nullptr;
+    cudaMalloc(&dev, spec.bytes());
+    cudaHostAlloc(&back, spec.bytes(), cudaHostAllocDefault);
+    auto time_copy = [&](const char* what, void* dst, const void* src, size_t n,
+                         cudaMemcpyKind kind) {
+      std::vector<double> ms;
+      for (int r = 0; r < 4; ++r) {
+        const auto t0 = Clock::now();
+        cudaMemcpy(dst, src, n, kind);
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(Clock::now() - t0)
+                .count());
+      }
+      const double m = Median(ms);
+      std::printf("floor: %-36s %8.2f ms  %6.1f GB/s\n", what, m, n / 1e6 / m);
+      g_rows.push_back(Row{absl::StrFormat("floor %s", what), m, 0, -1, -1,
+                           absl::StrFormat("%.1f GB/s", n / 1e6 / m)});
+    };
+    time_copy("H2D pinned image", dev, pinned.data(), spec.bytes(),
+              cudaMemcpyHostToDevice);
+    time_copy("D2H pinned image", back, dev, spec.bytes(),
+              cudaMemcpyDeviceToHost);
+    time_copy("H2D pageable image", dev, pageable.data(), spec.bytes(),
+              cudaMemcpyHostToDevice);
+    time_copy("H2D pageable field dx (half)", dev, f.dx.data(), f.dx.size() * 4,
+              cudaMemcpyHostToDevice);
+    cudaFree(dev);
+    cudaFreeHost(back);
+  }
   WarpOptions o;
   TimeWarp("cuda one-pass, pinned src -> pinned out", *cuda, pinned, f, o,
            reps);

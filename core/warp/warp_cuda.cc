@@ -108,6 +108,17 @@ class CudaWarper final : public Warper {
     REGSERVE_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_),
                          "cudaGetDeviceProperties");
     name_ = absl::StrCat("cuda:", device_, " (", prop.name, ")");
+    // LibTorch initialises its CUDA state (and the caching allocator's
+    // per-device tables, needed by getDeviceStats/resetPeakStats) lazily on
+    // the first CUDA tensor: make one now.
+    try {
+      at::empty(
+          {1}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA, device_));
+    } catch (const c10::Error& e) {
+      return absl::UnavailableError(
+          absl::StrCat("LibTorch cannot use CUDA device ", device_, ": ",
+                       e.what_without_backtrace()));
+    }
     for (cudaStream_t* s : {&h2d_, &compute_, &d2h_}) {
       REGSERVE_CUDA_RETURN(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking),
                            "cudaStreamCreate");
@@ -305,6 +316,29 @@ class CudaWarper final : public Warper {
     return absl::OkStatus();
   }
 
+  // Uploads the field (pageable: the host blocks for the copy) while another
+  // thread computes its block bounds on the host.
+  absl::StatusOr<std::unique_ptr<FieldBounds>> UploadFieldAndBound(
+      const DisplacementField& field, int threads, WarpParams* base) {
+    std::unique_ptr<FieldBounds> bounds;
+    bool failed = false;
+    std::thread worker([&] {
+      try {
+        bounds = std::make_unique<FieldBounds>(field, threads);
+      } catch (const std::exception&) {
+        failed = true;
+      }
+    });
+    const absl::Status up = UploadField(field, base);
+    worker.join();
+    REGSERVE_RETURN_IF_ERROR(up);
+    if (failed) {
+      return absl::ResourceExhaustedError(
+          "cannot allocate the field's block bounds");
+    }
+    return bounds;
+  }
+
   absl::Status Launch(const WarpParams& p) {
     return CudaStatus(static_cast<cudaError_t>(LaunchWarpKernel(p, compute_)),
                       "warp kernel launch");
@@ -315,6 +349,10 @@ class CudaWarper final : public Warper {
                         const WarpOptions& options, const TileCallback& on_tile,
                         WarpStats* stats) {
     WarpParams base = MakeBaseParams(moving, field, options);
+    // Host-side planning (FieldBounds, ExactSourceRegion) reads the field
+    // through these parameters, so they keep the HOST field pointers; `base`
+    // gets the device pointers in UploadField.
+    const WarpParams host_params = base;
     const int64_t bpp = static_cast<int64_t>(moving.spec().bytes_per_pixel());
     const int64_t field_bytes =
         static_cast<int64_t>(field.dx.size()) * 2 * sizeof(float);
@@ -359,8 +397,10 @@ class CudaWarper final : public Warper {
         for (; issued < chunks; ++issued)
           REGSERVE_RETURN_IF_ERROR(issue_chunk(issued));
       }
-      REGSERVE_RETURN_IF_ERROR(UploadField(field, &base));
-      const FieldBounds bounds(field, bound_threads);
+      REGSERVE_ASSIGN_OR_RETURN(
+          std::unique_ptr<FieldBounds> bounds_ptr,
+          UploadFieldAndBound(field, bound_threads, &base));
+      const FieldBounds& bounds = *bounds_ptr;
       base.src = src_dev;
       base.src_stride = moving.width();
       const int64_t bands = (out_h + band_rows - 1) / band_rows;
@@ -369,7 +409,7 @@ class CudaWarper final : public Warper {
           REGSERVE_RETURN_IF_ERROR(options.cancel->Check());
         const TileRect rect{0, b * band_rows, out_w,
                             std::min(band_rows, out_h - b * band_rows)};
-        const TileRect need = bounds.SourceRegion(base, rect);
+        const TileRect need = bounds.SourceRegion(host_params, rect);
         if (need.h > 0) {
           const int64_t last_chunk =
               (need.y + need.h - 1) / kCudaSourceChunkRows;
@@ -430,8 +470,9 @@ class CudaWarper final : public Warper {
         PreparePinned(static_cast<size_t>(2 * tile_bytes)));
     uint8_t* src_dev = src_dev_.data_ptr<uint8_t>();
     uint8_t* out_dev = out_dev_.data_ptr<uint8_t>();
-    REGSERVE_RETURN_IF_ERROR(UploadField(field, &base));
-    const FieldBounds bounds(field, bound_threads);
+    REGSERVE_ASSIGN_OR_RETURN(std::unique_ptr<FieldBounds> bounds_ptr,
+                              UploadFieldAndBound(field, bound_threads, &base));
+    const FieldBounds& bounds = *bounds_ptr;
 
     auto deliver = [&](size_t k) -> absl::Status {
       const int slot = static_cast<int>(k % 2);
@@ -459,7 +500,7 @@ class CudaWarper final : public Warper {
                              "cudaStreamWaitEvent");
       }
       items.clear();
-      PlanRegions(bounds, base, tile, cap, &items);
+      PlanRegions(bounds, host_params, tile, cap, &items);
       for (const RegionItem& item : items) {
         const int s = static_cast<int>(item_counter % 2);
         if (item_counter >= 2) {
