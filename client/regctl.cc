@@ -1,0 +1,868 @@
+// Copyright regserve authors.
+//
+// regctl: the command-line client of regserved.
+//
+//   regctl [--server ADDR] [--principal NAME] [--timeout SECONDS] COMMAND ...
+//
+//   submit --fixed F|--fixed-path P --moving M|--moving-path P --output OUT
+//          [--transform rigid|affine|bspline] [--output-resolution
+//          full|registration]
+//          [--max-registration-megapixels N] [--parameters FILE]...
+//          [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda]
+//          [--priority N] [--fill-value V] [--label TEXT]
+//          [--transform-out DIR] [--json]
+//   watch JOB [--output OUT] [--from-tile N] [--transform-out DIR] [--json]
+//   cancel JOB
+//   status JOB [--json]
+//   list [--json]
+//   server-info [--json]
+//
+// Exit codes: 0 success; 1 the job or request failed (the message says why);
+// 2 usage error or unreadable local input; 3 server unreachable, unavailable
+// or deadline exceeded; 4 the output could not be written; 5 the job was
+// cancelled; 6 no such job.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "client/regserve_client.h"
+#include "client/tile_assembler.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace regserve {
+namespace {
+
+enum ExitCode {
+  kExitOk = 0,
+  kExitJobFailed = 1,
+  kExitUsage = 2,
+  kExitUnavailable = 3,
+  kExitOutput = 4,
+  kExitCancelled = 5,
+  kExitNotFound = 6,
+};
+
+constexpr char kUsage[] =
+    "usage: regctl [--server ADDR] [--principal NAME] [--timeout SECONDS] "
+    "COMMAND ...\n"
+    "\n"
+    "commands:\n"
+    "  submit --fixed F | --fixed-path P   fixed image (upload, or a path "
+    "under "
+    "the server's --input_root)\n"
+    "         --moving M | --moving-path P moving image\n"
+    "         --output OUT                 result file (.tif: tiled TIFF; any "
+    "format OpenImageIO writes)\n"
+    "         [--transform rigid|affine|bspline] [--output-resolution "
+    "full|registration]\n"
+    "         [--max-registration-megapixels N] [--parameters FILE]... "
+    "(custom elastix parameter files)\n"
+    "         [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda] "
+    "[--priority N]\n"
+    "         [--fill-value V] [--label TEXT] [--transform-out DIR] [--json]\n"
+    "  watch JOB [--output OUT] [--from-tile N] [--transform-out DIR] "
+    "[--json]\n"
+    "         follow a job; with OUT.partial state present, continue where it "
+    "stopped\n"
+    "  cancel JOB\n"
+    "  status JOB [--json]\n"
+    "  list [--json]\n"
+    "  server-info [--json]\n"
+    "\n"
+    "exit codes: 0 ok, 1 job/request failed, 2 usage or unreadable input, 3 "
+    "server unavailable,\n"
+    "            4 output write error, 5 cancelled, 6 no such job\n";
+
+// ------------------------------------------------------------ arguments
+
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<std::pair<std::string, std::string>> options;  // name -> value
+  bool json = false;
+};
+
+const char* const kFlagsWithoutValue[] = {"json", "help"};
+
+bool TakesValue(const std::string& name) {
+  for (const char* f : kFlagsWithoutValue) {
+    if (name == f) return false;
+  }
+  return true;
+}
+
+// Parses "--name value", "--name=value" and positional arguments.
+bool ParseArgs(int argc, char** argv, int start, Args* args,
+               std::string* error) {
+  for (int i = start; i < argc; ++i) {
+    std::string a = argv[i];
+    if (absl::StartsWith(a, "--")) {
+      std::string name = a.substr(2), value;
+      const size_t eq = name.find('=');
+      if (eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else if (TakesValue(name)) {
+        if (i + 1 >= argc) {
+          *error = absl::StrCat("--", name, " needs a value");
+          return false;
+        }
+        value = argv[++i];
+      }
+      if (name == "json") {
+        args->json = true;
+        continue;
+      }
+      args->options.emplace_back(name, value);
+    } else {
+      args->positional.push_back(a);
+    }
+  }
+  return true;
+}
+
+class Options {
+ public:
+  explicit Options(const Args& args) : args_(args) {}
+  // The last value of --name, or `def`.
+  std::string Get(const std::string& name, const std::string& def = "") {
+    used_.push_back(name);
+    std::string v = def;
+    for (const auto& o : args_.options) {
+      if (o.first == name) v = o.second;
+    }
+    return v;
+  }
+  std::vector<std::string> GetAll(const std::string& name) {
+    used_.push_back(name);
+    std::vector<std::string> all;
+    for (const auto& o : args_.options) {
+      if (o.first == name) all.push_back(o.second);
+    }
+    return all;
+  }
+  bool Has(const std::string& name) {
+    used_.push_back(name);
+    for (const auto& o : args_.options) {
+      if (o.first == name) return true;
+    }
+    return false;
+  }
+  // The first option never asked for, or "".
+  std::string Unknown() const {
+    for (const auto& o : args_.options) {
+      bool known = false;
+      for (const std::string& u : used_) known |= (u == o.first);
+      if (!known) return o.first;
+    }
+    return "";
+  }
+
+ private:
+  const Args& args_;
+  std::vector<std::string> used_;
+};
+
+int Usage(const std::string& message) {
+  std::fprintf(stderr, "regctl: %s\n\n%s", message.c_str(), kUsage);
+  return kExitUsage;
+}
+
+int ExitFor(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK:
+      return kExitOk;
+    case grpc::StatusCode::CANCELLED:
+      return kExitCancelled;
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return kExitUnavailable;
+    case grpc::StatusCode::NOT_FOUND:
+      return kExitNotFound;
+    default:
+      return kExitJobFailed;
+  }
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
+  const int c = static_cast<int>(code);
+  return c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN";
+}
+
+int ReportStatus(const grpc::Status& status, const std::string& server) {
+  if (status.ok()) return kExitOk;
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    std::fprintf(stderr, "regctl: server %s unavailable: %s\n", server.c_str(),
+                 status.error_message().c_str());
+  } else {
+    std::fprintf(stderr, "regctl: %s: %s\n", CodeName(status.error_code()),
+                 status.error_message().c_str());
+  }
+  return ExitFor(status);
+}
+
+// ------------------------------------------------------------ output
+
+std::string JsonEscape(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+void PrintJsonLine(const std::string& json) {
+  std::fprintf(stdout, "%s\n", json.c_str());
+  std::fflush(stdout);
+}
+
+std::string Bytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(b, " B")
+                : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+// One progress line per stage: redrawn in place on a terminal, a plain line
+// per step (25%) otherwise. Everything goes to stderr.
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(bool tty) : tty_(tty) {}
+  ~ProgressPrinter() { EndLine(); }
+
+  void Update(const std::string& stage, double fraction,
+              const std::string& detail) {
+    if (fraction < 0) fraction = 0;
+    if (fraction > 1) fraction = 1;
+    if (stage != stage_) {
+      EndLine();
+      stage_ = stage;
+      last_step_ = -1;
+    }
+    if (tty_) {
+      const int width = 30;
+      const int filled = static_cast<int>(std::lround(fraction * width));
+      std::string line = absl::StrFormat(
+          "\r%-12s [%s%s] %3d%% %s", stage, std::string(filled, '#'),
+          std::string(width - filled, ' '), static_cast<int>(fraction * 100),
+          detail.substr(0, 60));
+      std::fprintf(stderr, "%s\033[K", line.c_str());
+      std::fflush(stderr);
+      open_ = true;
+      return;
+    }
+    const int step = static_cast<int>(fraction * 4);
+    if (step == last_step_) return;
+    last_step_ = step;
+    std::fprintf(stderr, "%s: %d%%%s%s\n", stage.c_str(),
+                 static_cast<int>(fraction * 100), detail.empty() ? "" : " ",
+                 detail.c_str());
+  }
+  void Line(const std::string& text) {
+    EndLine();
+    std::fprintf(stderr, "%s\n", text.c_str());
+  }
+
+ private:
+  void EndLine() {
+    if (open_) std::fprintf(stderr, "\n");
+    open_ = false;
+  }
+  const bool tty_;
+  std::string stage_;
+  int last_step_ = -1;
+  bool open_ = false;
+};
+
+absl::Status WriteTransformFiles(
+    const std::string& dir,
+    const google::protobuf::RepeatedPtrField<v1::TransformFile>& files) {
+  if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::InternalError(
+        absl::StrCat("cannot create \"", dir, "\": ", std::strerror(errno)));
+  }
+  if (files.empty()) {
+    return absl::NotFoundError("the server sent no TransformParameters files");
+  }
+  for (const v1::TransformFile& f : files) {
+    if (f.name().empty() || f.name().find('/') != std::string::npos ||
+        f.name() == "." || f.name() == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("refusing transform file name \"", f.name(), "\""));
+    }
+    const std::string path = absl::StrCat(dir, "/", f.name());
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << f.content();
+    out.flush();
+    if (!out) {
+      return absl::InternalError(absl::StrCat("cannot write \"", path, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Follows the events of a Submit or Watch call, writes the output.
+class EventHandler {
+ public:
+  EventHandler(bool json, std::string output, std::string transform_out,
+               bool resume)
+      : json_(json),
+        output_(std::move(output)),
+        transform_out_(std::move(transform_out)),
+        resume_(resume),
+        progress_(isatty(STDERR_FILENO) != 0) {}
+
+  // Prepares the assembler for a known job (watch) before any event.
+  absl::Status OpenOutput(const std::string& job_id) {
+    if (output_.empty() || assembler_ != nullptr) return absl::OkStatus();
+    auto a = TileAssembler::Open(output_, job_id, resume_);
+    if (!a.ok()) return a.status();
+    assembler_ = std::move(*a);
+    return absl::OkStatus();
+  }
+  int64_t next_tile() const {
+    return assembler_ != nullptr ? assembler_->next_tile() : 0;
+  }
+
+  void OnUpload(v1::ImageRole role, uint64_t sent, uint64_t total) {
+    if (json_) {
+      PrintJsonLine(absl::StrCat(
+          "{\"upload\":{\"role\":",
+          JsonEscape(role == v1::IMAGE_ROLE_FIXED ? "fixed" : "moving"),
+          ",\"sent_bytes\":", sent, ",\"total_bytes\":", total, "}}"));
+      return;
+    }
+    progress_.Update(
+        "upload", total > 0 ? static_cast<double>(sent) / total : 1.0,
+        absl::StrCat(role == v1::IMAGE_ROLE_FIXED ? "fixed " : "moving ",
+                     Bytes(sent), " / ", Bytes(total)));
+  }
+
+  // False stops the call (output error).
+  bool OnEvent(const v1::JobEvent& event) {
+    if (job_id_.empty()) job_id_ = event.job_id();
+    if (json_) {
+      if (event.has_tile()) {
+        v1::JobEvent copy = event;
+        copy.mutable_tile()->clear_data();
+        std::string json = ToJson(copy);
+        json.pop_back();  // '}'
+        PrintJsonLine(absl::StrCat(
+            json, ",\"tile_data_bytes\":", event.tile().data().size(), "}"));
+      } else {
+        PrintJsonLine(ToJson(event));
+      }
+    }
+    switch (event.event_case()) {
+      case v1::JobEvent::kAccepted: {
+        const v1::Plan& p = event.accepted().plan();
+        if (!json_) {
+          progress_.Line(absl::StrFormat(
+              "job %s accepted: registration at %dx%d (1/%.2f), output %dx%d, "
+              "warp on %s %s",
+              event.job_id(), p.registration_fixed_width(),
+              p.registration_fixed_height(), p.registration_factor(),
+              p.output_width(), p.output_height(), p.warp_device(),
+              p.warp_tile_size() > 0
+                  ? absl::StrCat("in tiles of ", p.warp_tile_size())
+                  : std::string("in one pass")));
+          for (const std::string& r : p.reasons()) progress_.Line("  " + r);
+        }
+        absl::Status s = OpenOutput(event.job_id());
+        if (!s.ok()) return OutputFailed(s);
+        break;
+      }
+      case v1::JobEvent::kQueued:
+        if (!json_) {
+          progress_.Line(
+              absl::StrCat("queued at position ", event.queued().position()));
+        }
+        break;
+      case v1::JobEvent::kProgress: {
+        const v1::Progress& p = event.progress();
+        if (!json_)
+          progress_.Update(StageLabel(p.stage()), p.fraction(), p.detail());
+        break;
+      }
+      case v1::JobEvent::kTile: {
+        const v1::Tile& t = event.tile();
+        if (!json_) {
+          progress_.Update(
+              "stream",
+              t.tile_count() > 0
+                  ? static_cast<double>(t.index() + 1) / t.tile_count()
+                  : 0.0,
+              absl::StrCat("tile ", t.index() + 1, "/", t.tile_count()));
+        }
+        if (!output_.empty()) {
+          absl::Status s = OpenOutput(event.job_id());
+          if (s.ok()) s = assembler_->AddTile(t);
+          if (!s.ok()) return OutputFailed(s);
+        }
+        break;
+      }
+      case v1::JobEvent::kCompleted: {
+        completed_ = true;
+        const v1::Completed& c = event.completed();
+        if (!transform_out_.empty()) {
+          absl::Status s =
+              WriteTransformFiles(transform_out_, c.transform_files());
+          if (!s.ok()) return OutputFailed(s);
+        }
+        if (!output_.empty()) {
+          absl::Status s = OpenOutput(event.job_id());
+          if (s.ok()) s = assembler_->Finish();
+          if (!s.ok()) return OutputFailed(s);
+          output_written_ = true;
+        }
+        if (!json_) {
+          std::vector<std::string> times;
+          for (const v1::StageTiming& t : c.timings()) {
+            times.push_back(absl::StrFormat("%s %.2fs", StageLabel(t.stage()),
+                                            t.seconds()));
+          }
+          progress_.Line(absl::StrFormat(
+              "job %s completed: %dx%d, metric %.4f; %s", event.job_id(),
+              c.output().width(), c.output().height(), c.registration_metric(),
+              absl::StrJoin(times, ", ")));
+        }
+        break;
+      }
+      case v1::JobEvent::kFailed:
+        if (!json_) {
+          progress_.Line(absl::StrCat("job ", event.job_id(),
+                                      " failed: ", event.failed().code_name(),
+                                      ": ", event.failed().message()));
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  }
+
+  // The exit code for the call's final status.
+  int Finish(const grpc::Status& status, const std::string& server) {
+    if (!output_error_.ok()) {
+      std::fprintf(stderr, "regctl: cannot write the output: %s\n",
+                   std::string(output_error_.message()).c_str());
+      return kExitOutput;
+    }
+    if (status.ok() && completed_) {
+      if (output_written_ && !json_) {
+        std::fprintf(stdout, "wrote %s\n", output_.c_str());
+      } else if (output_written_) {
+        PrintJsonLine(absl::StrCat("{\"output\":", JsonEscape(output_), "}"));
+      }
+      if (!transform_out_.empty() && !json_) {
+        std::fprintf(stdout, "wrote transform files to %s\n",
+                     transform_out_.c_str());
+      }
+      return kExitOk;
+    }
+    if (status.ok()) {
+      std::fprintf(stderr, "regctl: the stream ended without a result\n");
+      return kExitJobFailed;
+    }
+    const int code = ReportStatus(status, server);
+    if (!job_id_.empty() && code == kExitUnavailable && !output_.empty()) {
+      std::fprintf(stderr,
+                   "regctl: the job goes on; continue with: regctl "
+                   "--server %s watch %s --output %s\n",
+                   server.c_str(), job_id_.c_str(), output_.c_str());
+    }
+    return code;
+  }
+
+  const std::string& job_id() const { return job_id_; }
+
+ private:
+  bool OutputFailed(const absl::Status& s) {
+    output_error_ = s;
+    return false;
+  }
+
+  const bool json_;
+  const std::string output_;
+  const std::string transform_out_;
+  const bool resume_;
+  ProgressPrinter progress_;
+  std::unique_ptr<TileAssembler> assembler_;
+  std::string job_id_;
+  bool completed_ = false;
+  bool output_written_ = false;
+  absl::Status output_error_;
+};
+
+// ------------------------------------------------------------ commands
+
+bool ParseEnum(const std::string& value, const std::vector<std::string>& names,
+               int* out) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (value == names[i]) {
+      *out = static_cast<int>(i) + 1;  // UNSPECIFIED is 0
+      return true;
+    }
+  }
+  return false;
+}
+
+int Submit(RegistrationClient* client, Options& opt, const Args& args,
+           const std::string& server) {
+  v1::JobSpec spec;
+  RegistrationClient::Inputs inputs;
+  inputs.fixed_path = opt.Get("fixed");
+  inputs.moving_path = opt.Get("moving");
+  const std::string fixed_server = opt.Get("fixed-path");
+  const std::string moving_server = opt.Get("moving-path");
+  if (inputs.fixed_path.empty() == fixed_server.empty()) {
+    return Usage(
+        "give exactly one of --fixed (upload) or --fixed-path (server path)");
+  }
+  if (inputs.moving_path.empty() == moving_server.empty()) {
+    return Usage(
+        "give exactly one of --moving (upload) or --moving-path (server path)");
+  }
+  if (!fixed_server.empty())
+    spec.mutable_fixed()->set_server_path(fixed_server);
+  if (!moving_server.empty())
+    spec.mutable_moving()->set_server_path(moving_server);
+  const std::string output = opt.Get("output");
+  if (output.empty()) return Usage("submit needs --output OUT");
+
+  int value = 0;
+  if (opt.Has("transform")) {
+    if (!ParseEnum(opt.Get("transform"), {"rigid", "affine", "bspline"},
+                   &value)) {
+      return Usage("--transform must be rigid, affine or bspline");
+    }
+    spec.set_transform(static_cast<v1::TransformKind>(value));
+  }
+  if (opt.Has("output-resolution")) {
+    if (!ParseEnum(opt.Get("output-resolution"), {"full", "registration"},
+                   &value)) {
+      return Usage("--output-resolution must be full or registration");
+    }
+    spec.set_output_resolution(static_cast<v1::OutputResolution>(value));
+  }
+  if (opt.Has("interpolation")) {
+    if (!ParseEnum(opt.Get("interpolation"), {"linear", "cubic", "nearest"},
+                   &value)) {
+      return Usage("--interpolation must be linear, cubic or nearest");
+    }
+    spec.set_interpolation(static_cast<v1::Interpolation>(value));
+  }
+  if (opt.Has("device")) {
+    if (!ParseEnum(opt.Get("device"), {"auto", "cpu", "cuda"}, &value)) {
+      return Usage("--device must be auto, cpu or cuda");
+    }
+    spec.set_device(static_cast<v1::Device>(value));
+  }
+  if (opt.Has("max-registration-megapixels")) {
+    double mp = 0;
+    if (!absl::SimpleAtod(opt.Get("max-registration-megapixels"), &mp) ||
+        !(mp > 0)) {
+      return Usage("--max-registration-megapixels must be a positive number");
+    }
+    spec.set_max_registration_megapixels(mp);
+  }
+  if (opt.Has("priority")) {
+    int p = 0;
+    if (!absl::SimpleAtoi(opt.Get("priority"), &p)) {
+      return Usage("--priority must be an integer");
+    }
+    spec.set_priority(p);
+  }
+  if (opt.Has("fill-value")) {
+    double f = 0;
+    if (!absl::SimpleAtod(opt.Get("fill-value"), &f)) {
+      return Usage("--fill-value must be a number");
+    }
+    spec.set_fill_value(f);
+  }
+  spec.set_client_label(opt.Get("label"));
+  for (const std::string& file : opt.GetAll("parameters")) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in)
+      return Usage(
+          absl::StrCat("cannot read --parameters file \"", file, "\""));
+    std::ostringstream text;
+    text << in.rdbuf();
+    spec.add_elastix_parameters(text.str());
+  }
+  const std::string transform_out = opt.Get("transform-out");
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  if (args.positional.size() > 1)
+    return Usage("submit takes no positional arguments");
+
+  EventHandler handler(args.json, output, transform_out, /*resume=*/false);
+  grpc::Status status = client->Submit(
+      spec, inputs, [&](const v1::JobEvent& e) { return handler.OnEvent(e); },
+      [&](v1::ImageRole role, uint64_t sent, uint64_t total) {
+        handler.OnUpload(role, sent, total);
+      });
+  if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT &&
+      handler.job_id().empty() &&
+      absl::StartsWith(status.error_message(), "cannot read")) {
+    std::fprintf(stderr, "regctl: %s\n", status.error_message().c_str());
+    return kExitUsage;
+  }
+  return handler.Finish(status, server);
+}
+
+int Watch(RegistrationClient* client, Options& opt, const Args& args,
+          const std::string& server) {
+  if (args.positional.size() != 2)
+    return Usage("watch needs exactly one JOB id");
+  const std::string job = args.positional[1];
+  const std::string output = opt.Get("output");
+  int64_t from_tile = 0;
+  if (opt.Has("from-tile") &&
+      (!absl::SimpleAtoi(opt.Get("from-tile"), &from_tile) || from_tile < 0)) {
+    return Usage("--from-tile must be a non-negative integer");
+  }
+  const std::string transform_out = opt.Get("transform-out");
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  EventHandler handler(args.json, output, transform_out, /*resume=*/true);
+  if (!output.empty()) {
+    absl::Status s = handler.OpenOutput(job);
+    if (!s.ok()) {
+      std::fprintf(stderr, "regctl: %s\n", std::string(s.message()).c_str());
+      return kExitOutput;
+    }
+    // With partial state the stream continues after the last stored tile.
+    if (handler.next_tile() > 0) {
+      from_tile = handler.next_tile();
+    } else if (from_tile > 0) {
+      return Usage(
+          "--from-tile with --output needs OUT.partial state of this "
+          "job; omit --from-tile to fetch the whole result");
+    }
+  }
+  grpc::Status status =
+      client->Watch(job, from_tile,
+                    [&](const v1::JobEvent& e) { return handler.OnEvent(e); });
+  return handler.Finish(status, server);
+}
+
+int Cancel(RegistrationClient* client, Options& opt, const Args& args,
+           const std::string& server) {
+  if (args.positional.size() != 2)
+    return Usage("cancel needs exactly one JOB id");
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  v1::CancelResponse response;
+  grpc::Status status = client->Cancel(args.positional[1], &response);
+  if (!status.ok()) return ReportStatus(status, server);
+  if (args.json) {
+    PrintJsonLine(ToJson(response));
+  } else {
+    std::printf("job %s: %s\n", args.positional[1].c_str(),
+                v1::JobState_Name(response.state()).c_str());
+  }
+  return kExitOk;
+}
+
+void PrintJob(const v1::JobStatus& j) {
+  std::printf("job %s: %s", j.job_id().c_str(),
+              v1::JobState_Name(j.state()).c_str());
+  if (j.state() == v1::JOB_STATE_RUNNING) {
+    std::printf(" (%s %d%%%s%s)", StageLabel(j.stage()),
+                static_cast<int>(j.stage_fraction() * 100),
+                j.stage_detail().empty() ? "" : ", ", j.stage_detail().c_str());
+  }
+  if (j.state() == v1::JOB_STATE_QUEUED)
+    std::printf(" (position %d)", j.queue_position());
+  std::printf("\n");
+  if (j.has_plan()) {
+    std::printf("  output %lldx%lld, registration %lldx%lld, warp on %s\n",
+                static_cast<long long>(j.plan().output_width()),
+                static_cast<long long>(j.plan().output_height()),
+                static_cast<long long>(j.plan().registration_fixed_width()),
+                static_cast<long long>(j.plan().registration_fixed_height()),
+                j.plan().warp_device().c_str());
+  }
+  if (j.has_failure()) {
+    std::printf("  %s: %s\n", j.failure().code_name().c_str(),
+                j.failure().message().c_str());
+  }
+  for (const v1::StageTiming& t : j.timings()) {
+    std::printf("  %s: %.2f s\n", StageLabel(t.stage()), t.seconds());
+  }
+  if (!j.result_path().empty())
+    std::printf("  result on server: %s\n", j.result_path().c_str());
+}
+
+int Status(RegistrationClient* client, Options& opt, const Args& args,
+           const std::string& server) {
+  if (args.positional.size() != 2)
+    return Usage("status needs exactly one JOB id");
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  v1::JobStatus job;
+  grpc::Status status = client->GetJob(args.positional[1], &job);
+  if (!status.ok()) return ReportStatus(status, server);
+  if (args.json) {
+    PrintJsonLine(ToJson(job));
+  } else {
+    PrintJob(job);
+  }
+  return kExitOk;
+}
+
+int List(RegistrationClient* client, Options& opt, const Args& args,
+         const std::string& server) {
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  v1::ListJobsResponse jobs;
+  grpc::Status status = client->ListJobs(&jobs);
+  if (!status.ok()) return ReportStatus(status, server);
+  if (args.json) {
+    for (const v1::JobStatus& j : jobs.jobs()) PrintJsonLine(ToJson(j));
+    return kExitOk;
+  }
+  std::printf("%-34s %-20s %-13s %s\n", "JOB", "STATE", "STAGE", "LABEL");
+  for (const v1::JobStatus& j : jobs.jobs()) {
+    std::printf("%-34s %-20s %-13s %s\n", j.job_id().c_str(),
+                v1::JobState_Name(j.state()).c_str(), StageLabel(j.stage()),
+                j.client_label().c_str());
+  }
+  return kExitOk;
+}
+
+int ServerInfo(RegistrationClient* client, Options& opt, const Args& args,
+               const std::string& server) {
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  v1::ServerInfo info;
+  grpc::Status status = client->GetServerInfo(&info);
+  if (!status.ok()) return ReportStatus(status, server);
+  if (args.json) {
+    PrintJsonLine(ToJson(info));
+    return kExitOk;
+  }
+  std::printf("regserved %s (%s) at %s\n", info.version().c_str(),
+              info.protocol().c_str(), server.c_str());
+  std::printf("RAM: %s total, %s available; budget %s, reserved %s\n",
+              Bytes(info.ram_total_bytes()).c_str(),
+              Bytes(info.ram_available_bytes()).c_str(),
+              Bytes(info.ram_budget_bytes()).c_str(),
+              Bytes(info.ram_reserved_bytes()).c_str());
+  std::printf("CPU: %d cores, %d/%d stage slots busy\n", info.cpu_cores(),
+              info.cpu_running(), info.cpu_slots());
+  for (const v1::Gpu& g : info.gpus()) {
+    std::printf(
+        "GPU %d %s: %s free of %s; budget %s, reserved %s, %d warp(s)\n",
+        g.index(), g.name().c_str(), Bytes(g.vram_free_bytes()).c_str(),
+        Bytes(g.vram_total_bytes()).c_str(),
+        Bytes(g.vram_budget_bytes()).c_str(),
+        Bytes(g.vram_reserved_bytes()).c_str(), g.warps_running());
+  }
+  std::printf("jobs: %d queued, %d running, %d uploading (max queue %d)\n",
+              info.jobs_queued(), info.jobs_running(), info.jobs_uploading(),
+              info.max_queue());
+  for (const std::string& h : info.held())
+    std::printf("  holds: %s\n", h.c_str());
+  for (const std::string& w : info.waiting_for())
+    std::printf("  waits: %s\n", w.c_str());
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!ParseArgs(argc, argv, 1, &args, &error)) return Usage(error);
+  Options opt(args);
+  if (opt.Has("help") || args.positional.empty()) {
+    std::fprintf(args.positional.empty() && !opt.Has("help") ? stderr : stdout,
+                 "%s", kUsage);
+    return args.positional.empty() && !opt.Has("help") ? kExitUsage : kExitOk;
+  }
+  RegistrationClient::Options copts;
+  copts.address = opt.Get("server", "127.0.0.1:50051");
+  copts.principal = opt.Get("principal");
+  if (opt.Has("timeout")) {
+    double seconds = 0;
+    if (!absl::SimpleAtod(opt.Get("timeout"), &seconds) || !(seconds > 0)) {
+      return Usage("--timeout must be a positive number of seconds");
+    }
+    copts.timeout = absl::Seconds(seconds);
+  }
+  RegistrationClient client(copts);
+  const std::string& command = args.positional[0];
+  if (command == "submit") return Submit(&client, opt, args, copts.address);
+  if (command == "watch") return Watch(&client, opt, args, copts.address);
+  if (command == "cancel") return Cancel(&client, opt, args, copts.address);
+  if (command == "status") return Status(&client, opt, args, copts.address);
+  if (command == "list") return List(&client, opt, args, copts.address);
+  if (command == "server-info")
+    return ServerInfo(&client, opt, args, copts.address);
+  return Usage(absl::StrCat("unknown command \"", command, "\""));
+}
+
+}  // namespace
+}  // namespace regserve
+
+int main(int argc, char** argv) { return regserve::Main(argc, argv); }
