@@ -894,3 +894,48 @@ TEST_F(JobManagerTest, PlanRefusalIsResourceExhausted) {
 
 }  // namespace
 }  // namespace regserve
+
+namespace regserve {
+namespace {
+
+TEST_F(JobManagerTest, CudaWarperFailureFallsBackToCpu) {
+  HardwareSnapshot hw = testing_util::SmallMachine();
+  hw.gpus.push_back(GpuInfo{0, "Fake GPU", 8ull << 30, 8ull << 30});
+  probe_->Set(hw);
+  SchedulerConfig config = testing_util::SmallSchedulerConfig();
+  config.vram_budget_bytes = {4ull << 30};
+  config.gpu_ordinals = {0};
+  scheduler_ = std::make_unique<ResourceScheduler>(config, probe_.get());
+  std::atomic<int> cuda_attempts{0};
+  JobManagerEnv env = FakeEnv();
+  env.create_warper =
+      [&](WarpDevice device,
+          int ordinal) -> absl::StatusOr<std::unique_ptr<Warper>> {
+    if (device == WarpDevice::kCuda) {
+      ++cuda_attempts;
+      return absl::UnavailableError(absl::StrCat("no CUDA device ", ordinal));
+    }
+    return Warper::Create(device, ordinal);
+  };
+  opts_.device = DevicePreference::kAuto;
+  auto m = Make(std::move(env));
+  ASSERT_NE(m, nullptr);
+  JobSpec spec = BrainSpec();
+  spec.options.device = DevicePreference::kCuda;
+  std::string id = *m->CreateJob(spec, "");
+  JobInfo info = WaitTerminal(m.get(), id);
+  ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
+  EXPECT_EQ(info.plan.warp_device, WarpDevice::kCuda);
+  EXPECT_GE(cuda_attempts.load(), 1);
+  bool reason = false;
+  for (const std::string& r : info.plan.reasons) {
+    reason = reason || absl::StrContains(r, "warping on the CPU instead");
+  }
+  EXPECT_TRUE(reason);
+  EXPECT_EQ(info.output.width, 181);
+  m.reset();
+  scheduler_.reset();
+}
+
+}  // namespace
+}  // namespace regserve
