@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -144,6 +145,27 @@ class OutputReader {
   std::thread thread_;
 };
 
+// The child's own peak resident set ("VmHWM" in /proc/<pid>/status), in
+// bytes, or 0 if unreadable. Unlike wait4's ru_maxrss this does not include
+// the parent's resident set: posix_spawn's child shares the parent's memory
+// until exec, and Linux carries that high-water mark into ru_maxrss.
+int64_t ReadVmHwm(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/status", static_cast<int>(pid));
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return 0;
+  char line[256];
+  int64_t kb = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::strncmp(line, "VmHWM:", 6) == 0) {
+      kb = std::strtoll(line + 6, nullptr, 10);
+      break;
+    }
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
 // Kills the process group led by `pid` (SIGTERM, then SIGKILL after `grace`)
 // and reaps `pid`. Returns its wait status.
 int KillAndReap(pid_t pid, absl::Duration grace, struct rusage* ru) {
@@ -254,7 +276,9 @@ class PosixProcessRunner final : public ProcessRunner {
     absl::Duration step =
         std::min(options.poll_interval, absl::Milliseconds(20));
     if (step <= absl::ZeroDuration()) step = absl::Milliseconds(1);
+    int64_t peak_rss = 0;
     while (true) {
+      peak_rss = std::max(peak_rss, ReadVmHwm(pid));
       pid_t r = wait4(pid, &status, WNOHANG, &ru);
       if (r == pid) {
         kill(-pid, SIGKILL);  // anything the child left in its group
@@ -283,7 +307,10 @@ class PosixProcessRunner final : public ProcessRunner {
     reader.Finish();
     result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     result.tail = reader.TakeTail();
-    result.peak_rss_bytes = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+    // Sampled VmHWM; wait4's figure only when no sample was taken (a child
+    // that exited before the first poll), where it is an upper bound.
+    result.peak_rss_bytes =
+        peak_rss > 0 ? peak_rss : static_cast<int64_t>(ru.ru_maxrss) * 1024;
     if (WIFEXITED(status)) {
       result.exit_code = WEXITSTATUS(status);
     } else if (WIFSIGNALED(status)) {

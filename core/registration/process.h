@@ -63,8 +63,12 @@ struct ProcessResult {
   int exit_code = -1;             // valid when term_signal == 0
   int term_signal = 0;            // signal that ended the child, or 0
   std::vector<std::string> tail;  // last output lines
-  int64_t peak_rss_bytes = 0;     // child's maximum resident set (wait4)
-  double seconds = 0.0;           // wall time
+  // The child's peak resident set: VmHWM from /proc/<pid>/status, sampled
+  // at every poll (so a peak in the last few ms may be missed). Falls back to
+  // wait4's ru_maxrss, which Linux inflates to at least the parent's resident
+  // set at spawn time, for a child that exits before the first sample.
+  int64_t peak_rss_bytes = 0;
+  double seconds = 0.0;  // wall time
 };
 
 class ProcessRunner {

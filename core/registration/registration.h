@@ -71,7 +71,11 @@ struct RegistrationRequest {
   int threads = 1;                          // elastix -threads
   absl::Duration timeout = absl::Hours(2);  // whole registration
   const CancelToken* cancel = nullptr;      // may be null
-  std::function<void(const RegistrationProgress&)> on_progress;  // may be null
+  // May be null. Called serially from an internal thread (the one reading
+  // elastix's output), at most ~10 times a second plus at every stage or
+  // resolution change, and once with fraction 1 on success. Keep it short:
+  // elastix stalls while it runs.
+  std::function<void(const RegistrationProgress&)> on_progress;
 };
 
 struct RegistrationResult {
@@ -82,7 +86,8 @@ struct RegistrationResult {
   int64_t iterations = 0;  // total over stages and resolutions
   double elastix_seconds = 0.0;
   double transformix_seconds = 0.0;
-  // Peak resident memory of the elastix / transformix child (wait4 maxrss).
+  // Peak resident memory of the elastix / transformix child (its sampled
+  // VmHWM; see ProcessResult::peak_rss_bytes).
   int64_t elastix_peak_rss_bytes = 0;
   int64_t transformix_peak_rss_bytes = 0;
 };
