@@ -1737,8 +1737,10 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
           moving.spec(), out_w, out_h, reg.field.width, reg.field.height,
           plan.tile_size, WarpDevice::kCpu);
       REGSERVE_ASSIGN_OR_RETURN(
-          r, AcquireStage(rec, Lane::kCpu, moving.size_bytes() + est.host_bytes,
-                          0, "warp (cpu fallback)", token.get()));
+          r,
+          AcquireStage(rec, Lane::kCpu,
+                       moving.size_bytes() + est.host_bytes + reg.field.bytes(),
+                       0, "warp (cpu fallback)", token.get()));
     }
   }
   if (warper == nullptr) {

@@ -194,6 +194,11 @@ class JobManager {
       HardwareProbe* probe);
   virtual ~JobManager() = default;
 
+  // Server-side paths: PermissionDenied when server paths are disabled, for
+  // any '..' component, and for paths that resolve (symbolic links followed)
+  // outside input_root; NotFound when missing; paths are re-resolved before
+  // decoding. Seams for tests (file system, registration, warper, hooks):
+  // core/jobs/job_env.h.
   // Validates the spec (InvalidArgument naming the field), checks the queue
   // (ResourceExhausted "queue full: N jobs"), and creates the job. Jobs whose
   // images are all server-side are decoded (header only), planned and queued
@@ -233,7 +238,11 @@ class JobManager {
 
   // Stops accepting jobs (Unavailable "shutting down"), cancels waiting for
   // resources, lets running stages finish or checkpoints them as queued for
-  // the next start, and joins the pipeline threads.
+  // the next start, and joins the pipeline threads. This implementation
+  // interrupts running stages (elastix is killed) and checkpoints their jobs
+  // as queued; the interrupted run does not count towards max_attempts. Open
+  // streams of unfinished jobs then return Unavailable. Idempotent; the
+  // destructor calls it.
   virtual void Shutdown() = 0;
 
   // For GetServerInfo.
