@@ -75,7 +75,9 @@ struct WarpStats {
 
 // Called once per finished output tile, in row-major tile order, from the
 // thread that called Warp. `tile` has the moving image's channels and sample
-// type and is only valid during the call. A non-OK return aborts the warp.
+// type and is only valid during the call (the CUDA warper hands out its own
+// pinned staging memory, reused across calls). A non-OK return aborts the
+// warp.
 using TileCallback =
     std::function<absl::Status(const TileRect& rect, const Image& tile)>;
 

@@ -26,6 +26,12 @@
 // /proc/self/clear_refs) around one Warp call: the output tile buffer,
 // T*T*bpp, plus one edge tile at most as large (one pass: out_w*out_h*bpp).
 // The moving image is sampled in place; no float copy is made.
+//
+// Measured on the H100 machine (scripts/gpu_check.sh, 2 runs), 18960x14960
+// RGB8 with a 4473x3154 field: one pass 1004.0 MiB peak (estimate 1008.5),
+// tiled 8192/4096/2048: 926.0/326.0/170.0 MiB (estimates 931.1/331.1/175.1);
+// 500 MP gray with tile 9728: 486.5 MiB (estimate 492.4). CPU, 4096x4096
+// RGB8 one pass: +47.1..49.4 MiB RSS (estimate 48.0).
 #include <algorithm>
 #include <cstdint>
 
