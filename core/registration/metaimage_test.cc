@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/registration/test_temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -19,10 +20,9 @@ namespace {
 using ::testing::HasSubstr;
 
 std::string TempDir() {
-  char tmpl[] = "/tmp/regserve_metaimage_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  EXPECT_NE(d, nullptr);
-  return d ? d : "/tmp";
+  std::string d = MakeTestTempDir("regserve_metaimage");
+  EXPECT_FALSE(d.empty());
+  return d;
 }
 
 void WriteString(const std::string& path, const std::string& s) {

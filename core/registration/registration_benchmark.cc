@@ -11,9 +11,12 @@
 // deformed by a known smooth map (rotation, shift and a sine wave). Register()
 // runs with spacing = factor, so the field is in full-resolution pixels, and
 // the error against the known map is reported in those pixels too.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -69,7 +72,8 @@ int Main(int argc, char** argv) {
     };
     Image moving = testutil::WarpWithMap(fixed, g);
     RegistrationRequest req;
-    req.work_dir = absl::StrCat("/tmp/regserve_registration_benchmark/", mp);
+    req.work_dir = absl::StrCat("/tmp/regserve_registration_benchmark_",
+                                getpid(), "/", mp);
     req.fixed = &fixed;
     req.moving = &moving;
     req.fixed_full_width = req.moving_full_width = fixed.width() * factor;
@@ -118,6 +122,8 @@ int Main(int argc, char** argv) {
     }
     prev_mp = pixels / 1e6;
     prev_rss = rss;
+    std::error_code ec;
+    std::filesystem::remove_all(req.work_dir, ec);
   }
   return 0;
 }

@@ -19,6 +19,7 @@
 #include "core/registration/parameters.h"
 #include "core/registration/process.h"
 #include "core/registration/registration.h"
+#include "core/registration/test_temp_dir.h"
 #include "core/registration/testutil.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -37,10 +38,9 @@ std::string Data(const std::string& relative) {
 }
 
 std::string TempDir() {
-  char tmpl[] = "/tmp/regserve_golden_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  EXPECT_NE(d, nullptr);
-  return d ? d : "/tmp";
+  std::string d = MakeTestTempDir("regserve_golden");
+  EXPECT_FALSE(d.empty());
+  return d;
 }
 
 Image Load(const std::string& relative) {

@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "core/registration/metaimage.h"
 #include "core/registration/process.h"
+#include "core/registration/test_temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -32,10 +33,9 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 std::string TempDir() {
-  char tmpl[] = "/tmp/regserve_registration_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  EXPECT_NE(d, nullptr);
-  return d ? d : "/tmp";
+  std::string d = MakeTestTempDir("regserve_registration");
+  EXPECT_FALSE(d.empty());
+  return d;
 }
 
 std::string ReadAll(const std::string& path) {
