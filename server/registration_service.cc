@@ -72,7 +72,18 @@ class EventSink {
 // status the RPC ends with.
 grpc::Status PumpEvents(JobManager* manager, const std::string& job_id,
                         const std::string& principal, EventStream* stream,
-                        EventSink* sink) {
+                        EventSink* sink, JobObserver* observer) {
+  // Stage tracking for `observer` (null for Watch calls).
+  bool stage_open = false;
+  Stage open_stage = Stage::kUpload;
+  auto end_stage = [&] {
+    if (observer != nullptr && stage_open) observer->OnStageEnded(open_stage);
+    stage_open = false;
+  };
+  struct StageCloser {
+    std::function<void()> fn;
+    ~StageCloser() { fn(); }
+  } closer{end_stage};
   const int64_t default_tile = manager->options().stream_tile_size;
   bool accepted_sent = false;
   TileContext tiles;
@@ -106,6 +117,21 @@ grpc::Status PumpEvents(JobManager* manager, const std::string& job_id,
     if (!next.ok()) return ToGrpcStatus(next);
 
     std::vector<TransformFileText> files;
+    if (observer != nullptr) {
+      if (event.kind == JobEvent::Kind::kProgress &&
+          (!stage_open || open_stage != event.stage)) {
+        end_stage();
+        observer->OnStageStarted(event.stage);
+        stage_open = true;
+        open_stage = event.stage;
+      } else if (event.kind == JobEvent::Kind::kTile) {
+        observer->OnBytesSent(event.data.size());
+      } else if (event.kind == JobEvent::Kind::kCompleted ||
+                 event.kind == JobEvent::Kind::kFailed) {
+        end_stage();
+        observer->OnJobFinished(event.info);
+      }
+    }
     switch (event.kind) {
       case JobEvent::Kind::kAccepted:
         tiles = TileContextOf(event.info, default_tile);
@@ -211,12 +237,16 @@ class SubmitReactor final
 
   void Run() {
     JobManager* manager = service_->manager();
+    JobObserver* observer = service_->observer();
+    observer->OnSubmitted();
     if (!service_->accepting()) {
+      observer->OnRejected(absl::UnavailableError("shutting down"));
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                        "the server is shutting down; submit again later"));
       return;
     }
     if (!Read()) {
+      observer->OnRejected(absl::InvalidArgumentError("no spec"));
       End(cancelled() ? grpc::Status(grpc::StatusCode::CANCELLED,
                                      "the client cancelled the call")
                       : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -225,6 +255,7 @@ class SubmitReactor final
       return;
     }
     if (!request_.has_spec()) {
+      observer->OnRejected(absl::InvalidArgumentError("no spec"));
       End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                        "the first SubmitRequest must carry the JobSpec "
                        "(spec), before any chunk"));
@@ -233,11 +264,13 @@ class SubmitReactor final
     absl::StatusOr<JobSpec> spec =
         SpecFromProto(request_.spec(), manager->options());
     if (!spec.ok()) {
+      observer->OnRejected(spec.status());
       End(ToGrpcStatus(spec.status()));
       return;
     }
     absl::StatusOr<std::string> created = manager->CreateJob(*spec, principal_);
     if (!created.ok()) {
+      observer->OnRejected(created.status());
       End(ToGrpcStatus(created.status()));
       return;
     }
@@ -263,11 +296,17 @@ class SubmitReactor final
     if (spec->fixed.path.empty() || spec->moving.path.empty()) {
       const absl::Status uploaded = Upload(job_id);
       if (!uploaded.ok()) {
+        absl::StatusOr<JobInfo> info = manager->GetJob(job_id, principal_);
+        if (info.ok()) {
+          if (info->failure.ok()) info->failure = uploaded;
+          observer->OnJobFinished(*info);
+        }
         Fail(job_id, uploaded);
         return;
       }
     }
-    End(PumpEvents(manager, job_id, principal_, stream_, this));
+    End(PumpEvents(manager, job_id, principal_, stream_, this,
+                   service_->observer()));
   }
 
   // Receives chunks until the client half-closes, then finishes the upload.
@@ -316,6 +355,8 @@ class SubmitReactor final
       status = manager->AppendUpload(
           job_id, *role, absl::MakeConstSpan(bytes, chunk.data().size()));
       done += chunk.data().size();
+      if (status.ok())
+        service_->observer()->OnBytesReceived(chunk.data().size());
     }
     manager->AbortUpload(job_id, status);
     return status;
@@ -398,7 +439,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
       stream_ = owned_stream_.get();
       if (cancelled_) stream_->Close();
     }
-    Finish(PumpEvents(manager, job_id_, principal_, stream_, this));
+    Finish(PumpEvents(manager, job_id_, principal_, stream_, this,
+                      /*observer=*/nullptr));
   }
 
   RegistrationService* const service_;
@@ -429,7 +471,9 @@ RegistrationService::RegistrationService(JobManager* manager,
     : manager_(manager),
       scheduler_(scheduler),
       probe_(probe),
-      options_(std::move(options)) {
+      options_(std::move(options)),
+      observer_(options_.observer != nullptr ? options_.observer
+                                             : &null_observer_) {
   const int n = options_.unary_threads > 0 ? options_.unary_threads : 1;
   for (int i = 0; i < n; ++i) {
     unary_threads_.emplace_back([this] { UnaryWorker(); });

@@ -45,10 +45,32 @@
 
 namespace regserve {
 
+// Hooks for the daemon's metrics. The service calls them from its call
+// threads; implementations must be thread-safe and quick. Job events are
+// reported from each job's Submit stream only (not from Watch), so a job
+// whose submitter disconnects before the end is not followed further.
+class JobObserver {
+ public:
+  virtual ~JobObserver() = default;
+  // A Submit call arrived / was refused before a job existed.
+  virtual void OnSubmitted() {}
+  virtual void OnRejected(const absl::Status& why) { (void)why; }
+  // Upload payload bytes received, result tile bytes sent.
+  virtual void OnBytesReceived(uint64_t bytes) { (void)bytes; }
+  virtual void OnBytesSent(uint64_t bytes) { (void)bytes; }
+  // A stage of a job started / ended (paired).
+  virtual void OnStageStarted(Stage stage) { (void)stage; }
+  virtual void OnStageEnded(Stage stage) { (void)stage; }
+  // A job reached its terminal state; `info` is the final snapshot.
+  virtual void OnJobFinished(const JobInfo& info) { (void)info; }
+};
+
 class RegistrationService final
     : public ::regserve::v1::Registration::CallbackService {
  public:
   struct Options {
+    // Not owned; may be null. Must outlive the service.
+    JobObserver* observer = nullptr;
     // Reported by GetServerInfo; should match the server's limit.
     int64_t max_message_bytes = 16 << 20;
     // Threads for unary calls.
@@ -89,6 +111,7 @@ class RegistrationService final
 
   // Internal, used by the reactors in registration_service.cc.
   JobManager* manager() const { return manager_; }
+  JobObserver* observer() const { return observer_; }
   bool accepting() const { return accepting_.load(); }
   // Runs `fn` on a new thread counted by WaitForCalls.
   void SpawnCallThread(std::function<void()> fn);
@@ -102,6 +125,8 @@ class RegistrationService final
   ResourceScheduler* const scheduler_;
   HardwareProbe* const probe_;
   const Options options_;
+  JobObserver null_observer_;  // used when options_.observer is null
+  JobObserver* const observer_;
   std::atomic<bool> accepting_{true};
 
   absl::Mutex mu_;

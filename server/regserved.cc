@@ -36,6 +36,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/flag_util.h"
+#include "server/metrics/metrics.h"
 #include "server/registration_service.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -52,7 +53,8 @@ ABSL_FLAG(std::string, vram_budget, "",
           "each GPU's free VRAM.");
 ABSL_FLAG(std::string, device, "auto",
           "Default warp device: auto (CUDA when available and the plan fits), "
-          "cpu, or cuda. Jobs may ask for another.");
+          "cpu, cuda (every visible GPU) or cuda:0,2 (those CUDA ordinals). "
+          "Jobs may ask for cpu or cuda.");
 ABSL_FLAG(double, max_registration_megapixels, 20.0,
           "Default upper bound for the registration copy in megapixels; the "
           "plan may pick less to fit the budgets.");
@@ -80,6 +82,10 @@ ABSL_FLAG(std::string, max_upload, "8G",
 ABSL_FLAG(int64_t, stream_tile_size, 512,
           "Edge of the result tiles streamed to clients (and of the stored "
           "TIFF's tiles), in pixels.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT for the Prometheus endpoint (/metrics). Port 0 picks a "
+          "free port, printed as \"regserved metrics on HOST:PORT\". Empty: "
+          "no endpoint.");
 ABSL_FLAG(std::string, elastix, "elastix", "The elastix program.");
 ABSL_FLAG(std::string, transformix, "transformix", "The transformix program.");
 
@@ -88,6 +94,48 @@ namespace {
 
 constexpr int kExitStartFailure = 1;
 constexpr int kExitBadFlags = 2;
+
+// Feeds the Prometheus metrics from the service's job hooks.
+class MetricsObserver final : public JobObserver {
+ public:
+  explicit MetricsObserver(Metrics* metrics) : metrics_(metrics) {}
+  void OnSubmitted() override { metrics_->OnSubmitted(); }
+  void OnRejected(const absl::Status& why) override {
+    metrics_->OnFinished(JobOutcome::kRejected, why.code());
+  }
+  void OnBytesReceived(uint64_t bytes) override {
+    metrics_->AddBytesReceived(bytes);
+  }
+  void OnBytesSent(uint64_t bytes) override { metrics_->AddBytesSent(bytes); }
+  void OnStageStarted(Stage stage) override { metrics_->StageStarted(stage); }
+  void OnStageEnded(Stage stage) override { metrics_->StageEnded(stage); }
+  void OnJobFinished(const JobInfo& info) override {
+    if (info.finished != absl::InfinitePast() &&
+        info.created != absl::InfinitePast()) {
+      metrics_->OnJobDone(absl::ToDoubleSeconds(info.finished - info.created));
+    }
+    if (info.state == JobState::kCompleted) {
+      for (const StageTiming& t : info.timings)
+        metrics_->OnStageDone(t.stage, t.seconds);
+      const Plan& p = info.plan;
+      metrics_->AddPixelsRegistered(static_cast<uint64_t>(
+          p.registration_fixed_width * p.registration_fixed_height +
+          p.registration_moving_width * p.registration_moving_height));
+      metrics_->AddPixelsWarped(static_cast<uint64_t>(info.output.pixels()));
+      metrics_->OnRegistration(0, info.registration_metric);
+      metrics_->OnFinished(JobOutcome::kCompleted, absl::StatusCode::kOk);
+    } else if (info.state == JobState::kCancelled ||
+               info.failure.code() == absl::StatusCode::kCancelled) {
+      metrics_->OnFinished(JobOutcome::kCancelled,
+                           absl::StatusCode::kCancelled);
+    } else {
+      metrics_->OnFinished(JobOutcome::kFailed, info.failure.code());
+    }
+  }
+
+ private:
+  Metrics* const metrics_;
+};
 
 int Fail(int code, const std::string& message) {
   std::fprintf(stderr, "regserved: %s\n", message.c_str());
@@ -171,6 +219,11 @@ int Main(int argc, char** argv) {
   sched.cpu_slots = cpu_slots;
   if (*device != DevicePreference::kCpu) {
     for (const GpuInfo& gpu : hw->gpus) {
+      if (!selection->gpus.empty() &&
+          std::find(selection->gpus.begin(), selection->gpus.end(),
+                    gpu.index) == selection->gpus.end()) {
+        continue;
+      }
       sched.gpu_ordinals.push_back(gpu.index);
       sched.vram_budget_bytes.push_back(
           *vram_budget > 0 ? *vram_budget
@@ -206,7 +259,27 @@ int Main(int argc, char** argv) {
   const int64_t max_send =
       std::max<int64_t>(16 << 20, tile * tile * 16 + (1 << 20));
   const int max_receive = 8 << 20;  // chunks up to 4 MiB, plus headroom
+  Metrics::Options metrics_opts;
+  metrics_opts.listen = absl::GetFlag(FLAGS_metrics_listen);
+  absl::StatusOr<std::unique_ptr<Metrics>> metrics =
+      Metrics::Create(metrics_opts);
+  if (!metrics.ok()) {
+    (*manager)->Shutdown();
+    return Fail(kExitStartFailure,
+                absl::StrCat("--metrics_listen: ", metrics.status().message()));
+  }
+  JobManager* const manager_ptr = manager->get();
+  HardwareProbe* const probe_ptr = probe.get();
+  const std::vector<int> gpu_ordinals = sched.gpu_ordinals;
+  (*metrics)->SetScrapeCallback(
+      [&scheduler, manager_ptr, probe_ptr, gpu_ordinals, m = metrics->get()] {
+        m->SetQueueLength(manager_ptr->GetStats().queued);
+        m->UpdateResources(scheduler.Stats(), probe_ptr->Probe(), gpu_ordinals);
+      });
+  MetricsObserver observer(metrics->get());
+
   RegistrationService::Options service_opts;
+  service_opts.observer = &observer;
   service_opts.max_message_bytes = max_receive;
   service_opts.version = REGSERVE_VERSION;
   RegistrationService service(manager->get(), &scheduler, probe.get(),
@@ -237,6 +310,9 @@ int Main(int argc, char** argv) {
   const bool v6 = listen->host.find(':') != std::string::npos;
   std::printf("regserved listening on %s%s%s:%d\n", v6 ? "[" : "",
               listen->host.c_str(), v6 ? "]" : "", port);
+  if (!(*metrics)->address().empty()) {
+    std::printf("regserved metrics on %s\n", (*metrics)->address().c_str());
+  }
   std::fflush(stdout);
 
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
@@ -254,6 +330,7 @@ int Main(int argc, char** argv) {
   server->Wait();
   signal_thread.join();
   service.WaitForCalls();
+  (*metrics)->SetScrapeCallback(nullptr);
   scheduler.Shutdown();
   std::fprintf(stderr, "regserved: stopped\n");
   return 0;
