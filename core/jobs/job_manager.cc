@@ -844,6 +844,11 @@ void JobManagerImpl::SetPlan(Job* job, Plan plan) const {
   info.tile_size = options_.stream_tile_size;
   info.tile_count = CeilDiv(info.plan.output_width, info.tile_size) *
                     CeilDiv(info.plan.output_height, info.tile_size);
+  // Known from the plan: the warp keeps the moving image's channels and type.
+  info.output.width = info.plan.output_width;
+  info.output.height = info.plan.output_height;
+  info.output.channels = job->rec.moving_spec.channels;
+  info.output.type = job->rec.moving_spec.type;
 }
 
 // ---------------------------------------------------------------------------

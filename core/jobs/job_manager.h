@@ -118,8 +118,8 @@ struct JobInfo {
   std::vector<StageTiming> timings;
   double registration_metric = 0.0;
   // Result (kCompleted).
-  ImageSpec output;           // width, height, channels, type
-  std::string result_path;    // absolute path of result.tif
+  ImageSpec output;         // width, height, channels, type (set with the plan)
+  std::string result_path;  // absolute path of result.tif
   std::string transform_dir;  // absolute dir of TransformParameters.*.txt
   std::vector<std::string> transform_files;
   int64_t tile_size = 0;  // streamed tile edge

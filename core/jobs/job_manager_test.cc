@@ -294,6 +294,10 @@ TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
   EXPECT_EQ(d.events.front().kind, JobEvent::Kind::kAccepted);
   EXPECT_TRUE(d.events.front().info.has_plan);
   EXPECT_FALSE(d.events.front().info.plan.reasons.empty());
+  // The output geometry is known from the plan, before the warp.
+  EXPECT_EQ(d.events.front().info.output.width, 181);
+  EXPECT_EQ(d.events.front().info.output.channels, 3);
+  EXPECT_EQ(d.events.front().info.tile_count, 12);
   std::set<Stage> stages;
   for (const JobEvent& e : d.events) {
     if (e.kind == JobEvent::Kind::kProgress) stages.insert(e.stage);
