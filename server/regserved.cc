@@ -182,12 +182,13 @@ int Main(int argc, char** argv) {
   if (!max_upload.ok() || *max_upload == 0) {
     return Fail(kExitBadFlags, "--max_upload: give a positive size such as 8G");
   }
-  absl::StatusOr<DevicePreference> device =
-      ParseDevicePreference(absl::GetFlag(FLAGS_device));
-  if (!device.ok()) {
+  absl::StatusOr<DeviceSelection> selection =
+      ParseDeviceSelection(absl::GetFlag(FLAGS_device));
+  if (!selection.ok()) {
     return Fail(kExitBadFlags,
-                absl::StrCat("--device: ", device.status().message()));
+                absl::StrCat("--device: ", selection.status().message()));
   }
+  const DevicePreference* device = &selection->preference;
   const int64_t tile = absl::GetFlag(FLAGS_stream_tile_size);
   if (tile < 16 || tile > 2048 || tile % 16 != 0) {
     return Fail(kExitBadFlags,
