@@ -1100,6 +1100,9 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
 absl::Status JobManagerImpl::AppendUpload(const std::string& job_id,
                                           ImageRole role,
                                           absl::Span<const uint8_t> bytes) {
+  if (role != ImageRole::kFixed && role != ImageRole::kMoving) {
+    return absl::InvalidArgumentError("unknown image role");
+  }
   std::shared_ptr<Job> job;
   {
     absl::MutexLock lock(&mu_);

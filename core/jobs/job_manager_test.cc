@@ -388,6 +388,9 @@ TEST_F(JobManagerTest, TruncatedAndOversizedUploadsFail) {
   EXPECT_EQ(info.state, JobState::kFailed);
   EXPECT_FALSE(fs::exists(JobDir(*id) + "/inputs"));
 
+  EXPECT_EQ(m->AppendUpload(*id, static_cast<ImageRole>(7), {}).code(),
+            absl::StatusCode::kInvalidArgument);
+
   // More than declared.
   id = m->CreateJob(UploadSpec(), "");
   ASSERT_TRUE(id.ok());
