@@ -2,8 +2,8 @@
 //
 // The built-in elastix presets. Every component named here was run against
 // the Debian 12 /usr/bin/elastix 5.0.1 (see registration_golden_test.cc,
-// EveryPresetRunsOnTheRealBinary); the build lacks the shrinking pyramid and the
-// linear / nearest-neighbour final interpolators, so the presets use the
+// EveryPresetRunsOnTheRealBinary); the build lacks the shrinking pyramid and
+// the linear / nearest-neighbour final interpolators, so the presets use the
 // recursive pyramid and FinalBSplineInterpolator.
 #include <algorithm>
 #include <cmath>
