@@ -83,6 +83,7 @@ constexpr char kUsage[] =
     "  status JOB [--json]\n"
     "  list [--json]\n"
     "  server-info [--json]\n"
+    "  health [SERVICE]                exit 0 when the server reports SERVING\n"
     "\n"
     "exit codes: 0 ok, 1 job/request failed, 2 usage or unreadable input, 3 "
     "server unavailable,\n"
@@ -830,6 +831,20 @@ int ServerInfo(RegistrationClient* client, Options& opt, const Args& args,
   return kExitOk;
 }
 
+// Exit 0 when the server's grpc.health.v1 service reports SERVING; used by
+// the Dockerfile HEALTHCHECK and by scripts.
+int Health(RegistrationClient* client, Options& opt, const Args& args,
+           const std::string& server) {
+  if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
+  const std::string service =
+      args.positional.size() > 1 ? args.positional[1] : std::string();
+  bool serving = false;
+  grpc::Status status = client->CheckHealth(service, &serving);
+  if (!status.ok()) return ReportStatus(status, server);
+  std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+  return serving ? kExitOk : kExitUnavailable;
+}
+
 int Main(int argc, char** argv) {
   Args args;
   std::string error;
@@ -859,6 +874,7 @@ int Main(int argc, char** argv) {
   if (command == "list") return List(&client, opt, args, copts.address);
   if (command == "server-info")
     return ServerInfo(&client, opt, args, copts.address);
+  if (command == "health") return Health(&client, opt, args, copts.address);
   return Usage(absl::StrCat("unknown command \"", command, "\""));
 }
 

@@ -73,17 +73,22 @@ class EventSink {
 grpc::Status PumpEvents(JobManager* manager, const std::string& job_id,
                         const std::string& principal, EventStream* stream,
                         EventSink* sink, JobObserver* observer) {
-  // Stage tracking for `observer` (null for Watch calls).
-  bool stage_open = false;
-  Stage open_stage = Stage::kUpload;
-  auto end_stage = [&] {
-    if (observer != nullptr && stage_open) observer->OnStageEnded(open_stage);
-    stage_open = false;
+  // The "stream" stage of this call, for `observer`: from the first tile
+  // sent to the terminal event (completed) or the end of the call.
+  bool streaming = false;
+  bool stream_completed = false;
+  absl::Time stream_start;
+  auto end_stream = [&] {
+    if (observer != nullptr && streaming) {
+      observer->OnStreamEnded(
+          stream_completed, absl::ToDoubleSeconds(absl::Now() - stream_start));
+    }
+    streaming = false;
   };
-  struct StageCloser {
+  struct StreamCloser {
     std::function<void()> fn;
-    ~StageCloser() { fn(); }
-  } closer{end_stage};
+    ~StreamCloser() { fn(); }
+  } closer{end_stream};
   const int64_t default_tile = manager->options().stream_tile_size;
   bool accepted_sent = false;
   TileContext tiles;
@@ -118,18 +123,16 @@ grpc::Status PumpEvents(JobManager* manager, const std::string& job_id,
 
     std::vector<TransformFileText> files;
     if (observer != nullptr) {
-      if (event.kind == JobEvent::Kind::kProgress &&
-          (!stage_open || open_stage != event.stage)) {
-        end_stage();
-        observer->OnStageStarted(event.stage);
-        stage_open = true;
-        open_stage = event.stage;
-      } else if (event.kind == JobEvent::Kind::kTile) {
+      if (event.kind == JobEvent::Kind::kTile) {
+        if (!streaming) {
+          streaming = true;
+          stream_start = absl::Now();
+          observer->OnStreamStarted();
+        }
         observer->OnBytesSent(event.data.size());
-      } else if (event.kind == JobEvent::Kind::kCompleted ||
-                 event.kind == JobEvent::Kind::kFailed) {
-        end_stage();
-        observer->OnJobFinished(event.info);
+      } else if (event.kind == JobEvent::Kind::kCompleted) {
+        stream_completed = true;
+        end_stream();
       }
     }
     switch (event.kind) {
@@ -296,11 +299,6 @@ class SubmitReactor final
     if (spec->fixed.path.empty() || spec->moving.path.empty()) {
       const absl::Status uploaded = Upload(job_id);
       if (!uploaded.ok()) {
-        absl::StatusOr<JobInfo> info = manager->GetJob(job_id, principal_);
-        if (info.ok()) {
-          if (info->failure.ok()) info->failure = uploaded;
-          observer->OnJobFinished(*info);
-        }
         Fail(job_id, uploaded);
         return;
       }
@@ -440,7 +438,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
       if (cancelled_) stream_->Close();
     }
     Finish(PumpEvents(manager, job_id_, principal_, stream_, this,
-                      /*observer=*/nullptr));
+                      service_->observer()));
   }
 
   RegistrationService* const service_;

@@ -45,10 +45,9 @@
 
 namespace regserve {
 
-// Hooks for the daemon's metrics. The service calls them from its call
-// threads; implementations must be thread-safe and quick. Job events are
-// reported from each job's Submit stream only (not from Watch), so a job
-// whose submitter disconnects before the end is not followed further.
+// Transport-level hooks for the daemon's metrics (job stages and outcomes
+// are reported by core/jobs through JobLifecycleObserver, for every job).
+// Called from call threads; implementations must be thread-safe and quick.
 class JobObserver {
  public:
   virtual ~JobObserver() = default;
@@ -58,11 +57,12 @@ class JobObserver {
   // Upload payload bytes received, result tile bytes sent.
   virtual void OnBytesReceived(uint64_t bytes) { (void)bytes; }
   virtual void OnBytesSent(uint64_t bytes) { (void)bytes; }
-  // A stage of a job started / ended (paired).
-  virtual void OnStageStarted(Stage stage) { (void)stage; }
-  virtual void OnStageEnded(Stage stage) { (void)stage; }
-  // A job reached its terminal state; `info` is the final snapshot.
-  virtual void OnJobFinished(const JobInfo& info) { (void)info; }
+  // A Submit or Watch call started / stopped streaming result tiles
+  // (paired); `seconds` and `completed` describe the finished stream.
+  virtual void OnStreamStarted() {}
+  virtual void OnStreamEnded(bool completed, double seconds) {
+    (void)completed, (void)seconds;
+  }
 };
 
 class RegistrationService final

@@ -95,10 +95,12 @@ namespace {
 constexpr int kExitStartFailure = 1;
 constexpr int kExitBadFlags = 2;
 
-// Feeds the Prometheus metrics from the service's job hooks.
-class MetricsObserver final : public JobObserver {
+// Feeds the Prometheus metrics: job stages and outcomes from core/jobs (every
+// job), transport counters from the gRPC service.
+class MetricsObserver final : public JobObserver, public JobLifecycleObserver {
  public:
   explicit MetricsObserver(Metrics* metrics) : metrics_(metrics) {}
+  // JobObserver (transport).
   void OnSubmitted() override { metrics_->OnSubmitted(); }
   void OnRejected(const absl::Status& why) override {
     metrics_->OnFinished(JobOutcome::kRejected, why.code());
@@ -107,22 +109,31 @@ class MetricsObserver final : public JobObserver {
     metrics_->AddBytesReceived(bytes);
   }
   void OnBytesSent(uint64_t bytes) override { metrics_->AddBytesSent(bytes); }
+  void OnStreamStarted() override { metrics_->StageStarted(Stage::kStream); }
+  void OnStreamEnded(bool completed, double seconds) override {
+    metrics_->StageEnded(Stage::kStream);
+    if (completed) metrics_->OnStageDone(Stage::kStream, seconds);
+  }
+  // JobLifecycleObserver (engine).
   void OnStageStarted(Stage stage) override { metrics_->StageStarted(stage); }
-  void OnStageEnded(Stage stage) override { metrics_->StageEnded(stage); }
+  void OnStageEnded(Stage stage, bool completed, double seconds) override {
+    metrics_->StageEnded(stage);
+    if (completed) metrics_->OnStageDone(stage, seconds);
+  }
+  void OnRegistered(int64_t pixels, int64_t iterations,
+                    double final_metric) override {
+    metrics_->AddPixelsRegistered(static_cast<uint64_t>(pixels));
+    metrics_->OnRegistration(iterations, final_metric);
+  }
+  void OnWarped(int64_t pixels) override {
+    metrics_->AddPixelsWarped(static_cast<uint64_t>(pixels));
+  }
   void OnJobFinished(const JobInfo& info) override {
     if (info.finished != absl::InfinitePast() &&
         info.created != absl::InfinitePast()) {
       metrics_->OnJobDone(absl::ToDoubleSeconds(info.finished - info.created));
     }
     if (info.state == JobState::kCompleted) {
-      for (const StageTiming& t : info.timings)
-        metrics_->OnStageDone(t.stage, t.seconds);
-      const Plan& p = info.plan;
-      metrics_->AddPixelsRegistered(static_cast<uint64_t>(
-          p.registration_fixed_width * p.registration_fixed_height +
-          p.registration_moving_width * p.registration_moving_height));
-      metrics_->AddPixelsWarped(static_cast<uint64_t>(info.output.pixels()));
-      metrics_->OnRegistration(0, info.registration_metric);
       metrics_->OnFinished(JobOutcome::kCompleted, absl::StatusCode::kOk);
     } else if (info.state == JobState::kCancelled ||
                info.failure.code() == absl::StatusCode::kCancelled) {
@@ -233,7 +244,19 @@ int Main(int argc, char** argv) {
   }
   ResourceScheduler scheduler(sched, probe.get());
 
+  Metrics::Options metrics_opts;
+  metrics_opts.listen = absl::GetFlag(FLAGS_metrics_listen);
+  absl::StatusOr<std::unique_ptr<Metrics>> metrics =
+      Metrics::Create(metrics_opts);
+  if (!metrics.ok()) {
+    return Fail(kExitStartFailure,
+                absl::StrCat("--metrics_listen: ", metrics.status().message()));
+  }
+  // Created before the manager: recovery may already finish jobs.
+  MetricsObserver observer(metrics->get());
+
   JobManager::Options opts;
+  opts.observer = &observer;
   opts.data_dir = data_dir;
   opts.input_root = absl::GetFlag(FLAGS_input_root);
   opts.max_queue = absl::GetFlag(FLAGS_max_queue);
@@ -260,15 +283,6 @@ int Main(int argc, char** argv) {
   const int64_t max_send =
       std::max<int64_t>(16 << 20, tile * tile * 16 + (1 << 20));
   const int max_receive = 8 << 20;  // chunks up to 4 MiB, plus headroom
-  Metrics::Options metrics_opts;
-  metrics_opts.listen = absl::GetFlag(FLAGS_metrics_listen);
-  absl::StatusOr<std::unique_ptr<Metrics>> metrics =
-      Metrics::Create(metrics_opts);
-  if (!metrics.ok()) {
-    (*manager)->Shutdown();
-    return Fail(kExitStartFailure,
-                absl::StrCat("--metrics_listen: ", metrics.status().message()));
-  }
   JobManager* const manager_ptr = manager->get();
   HardwareProbe* const probe_ptr = probe.get();
   const std::vector<int> gpu_ordinals = sched.gpu_ordinals;
@@ -277,8 +291,6 @@ int Main(int argc, char** argv) {
         m->SetQueueLength(manager_ptr->GetStats().queued);
         m->UpdateResources(scheduler.Stats(), probe_ptr->Probe(), gpu_ordinals);
       });
-  MetricsObserver observer(metrics->get());
-
   RegistrationService::Options service_opts;
   service_opts.observer = &observer;
   service_opts.max_message_bytes = max_receive;

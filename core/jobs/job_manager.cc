@@ -294,6 +294,10 @@ struct Job {
   std::vector<std::shared_ptr<Subscriber>> subs;
   absl::Time last_progress = absl::InfinitePast();
   Stage last_progress_stage = Stage::kUpload;
+  // The stage reported to the observer as started and not yet ended.
+  bool stage_open = false;
+  Stage open_stage = Stage::kUpload;
+  absl::Time stage_start;
   // Serialises AppendUpload/FinishUpload file I/O of this job.
   absl::Mutex upload_mu;
 };
@@ -420,6 +424,11 @@ class JobManagerImpl final : public JobManager {
                                            absl::string_view what,
                                            const CancelToken* token);
   void StartStage(Job* job, Stage stage) ABSL_LOCKS_EXCLUDED(mu_);
+  // Observer bookkeeping: every started stage is ended exactly once.
+  void OpenStageLocked(Job* job, Stage stage)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CloseStageLocked(Job* job, bool completed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddTiming(Job* job, Stage stage, absl::Time start)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::string> InputPathFor(const JobRecord& rec,
@@ -958,6 +967,8 @@ void JobManagerImpl::FinishJobLocked(Job* job, JobState state,
     std::fprintf(stderr, "regserve: cannot persist job %s: %s\n",
                  info.id.c_str(), std::string(persisted.message()).c_str());
   }
+  CloseStageLocked(job, /*completed=*/false);
+  if (options_.observer != nullptr) options_.observer->OnJobFinished(info);
   JobEvent ev;
   ev.kind = state == JobState::kCompleted ? JobEvent::Kind::kCompleted
                                           : JobEvent::Kind::kFailed;
@@ -1090,6 +1101,8 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
         absl::StrCat("queue full: ", active, " jobs"));
   }
   jobs_[info.id] = job;
+  if (info.state == JobState::kUploading)
+    OpenStageLocked(job.get(), Stage::kUpload);
   if (info.state == JobState::kQueued) {
     EnqueueLocked(job);
     UpdateQueuePositionsLocked();
@@ -1222,6 +1235,9 @@ absl::Status JobManagerImpl::FinishUpload(const std::string& job_id) {
   job->rec.fixed_spec = rec.fixed_spec;
   job->rec.moving_spec = rec.moving_spec;
   job->rec.have_input_specs = true;
+  job->rec.info.timings.push_back(StageTiming{
+      Stage::kUpload, absl::ToDoubleSeconds(absl::Now() - job->stage_start)});
+  CloseStageLocked(job.get(), /*completed=*/true);
   SetPlan(job.get(), *std::move(plan));
   job->rec.info.state = JobState::kQueued;
   job->rec.info.stage_fraction = 1.0;
@@ -1492,6 +1508,7 @@ void JobManagerImpl::RunJob(const std::shared_ptr<Job>& job) {
     info.attempts = std::max(0, info.attempts - 1);
     info.stage_fraction = 0;
     info.stage_detail = "interrupted by shutdown; re-queued";
+    CloseStageLocked(job.get(), /*completed=*/false);
     info.timings.clear();
     CleanupJobFiles(*job, /*delete_uploads=*/false);
     (void)PersistLocked(job.get());
@@ -1511,8 +1528,27 @@ absl::StatusOr<Reservation> JobManagerImpl::AcquireStage(
   return scheduler_->Acquire(req, rec.info.spec.priority, rec.sequence, token);
 }
 
+void JobManagerImpl::OpenStageLocked(Job* job, Stage stage) {
+  CloseStageLocked(job, /*completed=*/false);
+  job->stage_open = true;
+  job->open_stage = stage;
+  job->stage_start = absl::Now();
+  if (options_.observer != nullptr) options_.observer->OnStageStarted(stage);
+}
+
+void JobManagerImpl::CloseStageLocked(Job* job, bool completed) {
+  if (!job->stage_open) return;
+  job->stage_open = false;
+  if (options_.observer != nullptr) {
+    options_.observer->OnStageEnded(
+        job->open_stage, completed,
+        absl::ToDoubleSeconds(absl::Now() - job->stage_start));
+  }
+}
+
 void JobManagerImpl::StartStage(Job* job, Stage stage) {
   absl::MutexLock lock(&mu_);
+  OpenStageLocked(job, stage);
   job->rec.info.stage = stage;
   (void)PersistLocked(job);
   ProgressLocked(job, stage, 0.0, absl::StrCat(StageName(stage), " started"),
@@ -1521,6 +1557,9 @@ void JobManagerImpl::StartStage(Job* job, Stage stage) {
 
 void JobManagerImpl::AddTiming(Job* job, Stage stage, absl::Time start) {
   absl::MutexLock lock(&mu_);
+  if (job->stage_open && job->open_stage == stage) {
+    CloseStageLocked(job, /*completed=*/true);
+  }
   job->rec.info.timings.push_back(
       StageTiming{stage, absl::ToDoubleSeconds(absl::Now() - start)});
 }
@@ -1685,6 +1724,13 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
       info.registration_metric = reg.final_metric;
       info.transform_dir = transform_dir;
       info.transform_files = copied;
+      if (options_.observer != nullptr) {
+        options_.observer->OnRegistered(
+            plan.registration_fixed_width * plan.registration_fixed_height +
+                plan.registration_moving_width *
+                    plan.registration_moving_height,
+            reg.iterations, reg.final_metric);
+      }
     }
     Progress(job.get(), Stage::kRegistration, 1.0,
              absl::StrFormat("registered: final metric %.6g, %d iterations",
@@ -1827,6 +1873,8 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
     info.tile_size = options_.stream_tile_size;
     info.tile_count =
         CeilDiv(out_w, info.tile_size) * CeilDiv(out_h, info.tile_size);
+    if (options_.observer != nullptr)
+      options_.observer->OnWarped(out_w * out_h);
     ProgressLocked(job.get(), Stage::kWarp, 1.0,
                    absl::StrCat("warped on ", stats->device, " in ",
                                 absl::StrFormat("%.2f", stats->seconds), " s"),

@@ -165,6 +165,34 @@ class EventStream {
   virtual void Close() = 0;
 };
 
+// Hooks for metrics, called by the JobManager for EVERY job, whether or not
+// a client is attached. Called from pipeline and RPC threads, sometimes with
+// the manager's lock held: implementations must be thread-safe and fast and
+// must never call back into the JobManager. Default implementations do
+// nothing.
+class JobLifecycleObserver {
+ public:
+  virtual ~JobLifecycleObserver() = default;
+  // A stage started; always followed by exactly one OnStageEnded for it.
+  virtual void OnStageStarted(Stage stage) { (void)stage; }
+  // `completed`: the stage ran to its end (then `seconds` is its duration);
+  // false when the job failed, was cancelled or was checkpointed during it.
+  virtual void OnStageEnded(Stage stage, bool completed, double seconds) {
+    (void)stage, (void)completed, (void)seconds;
+  }
+  // Registration finished: registration-copy pixels (fixed + moving), elastix
+  // iterations over all stages and resolutions, and the final metric.
+  virtual void OnRegistered(int64_t pixels, int64_t iterations,
+                            double final_metric) {
+    (void)pixels, (void)iterations, (void)final_metric;
+  }
+  // The warp finished: output pixels written.
+  virtual void OnWarped(int64_t pixels) { (void)pixels; }
+  // A job reached a terminal state; `info` is its final snapshot. Jobs
+  // refused by CreateJob never existed and are not reported here.
+  virtual void OnJobFinished(const JobInfo& info) { (void)info; }
+};
+
 class JobManager {
  public:
   struct Options {
@@ -184,7 +212,9 @@ class JobManager {
         512;  // result tile edge (TIFF tile = stream tile)
     uint64_t max_upload_bytes = 8ull << 30;
     int64_t max_pixels = 1000ll * 1000 * 1000;  // per image
-    int pipeline_threads = 0;                   // 0 = cpu slots + gpus + 1
+    // Not owned; may be null; must outlive the manager.
+    JobLifecycleObserver* observer = nullptr;
+    int pipeline_threads = 0;  // 0 = cpu slots + gpus + 1
   };
 
   // `scheduler` and `probe` are not owned and must outlive the manager.

@@ -4,7 +4,7 @@
 // deformed by a known smooth field, prints per stage the time, the time per
 // megapixel, the planner's memory estimate and the measured peak RSS.
 //
-//   build/tests/bench/engine_benchmark tests/data/photos/seeding_5312x2988.jpg \
+//   build/tests/bench/engine_benchmark tests/data/photos/seeding_5312x2988.jpg
 //       --sizes=4,16,64 --max_registration_mp=20 --threads=2
 //
 // Peak RSS per stage: /proc/self/clear_refs ("5") resets VmHWM before each
@@ -33,7 +33,9 @@ namespace regserve {
 namespace {
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 void ResetPeakRss() {
@@ -45,7 +47,8 @@ uint64_t PeakRssBytes() {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
+    if (line.rfind("VmHWM:", 0) == 0)
+      return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
   }
   return 0;
 }
@@ -66,15 +69,19 @@ DisplacementField SmoothField(int64_t w, int64_t h, double amplitude) {
   f.dy.resize(f.width * f.height);
   for (int64_t y = 0; y < f.height; ++y)
     for (int64_t x = 0; x < f.width; ++x) {
-      f.dx[y * f.width + x] = static_cast<float>(amplitude * std::sin(2 * M_PI * y / (f.height - 1)));
-      f.dy[y * f.width + x] = static_cast<float>(0.7 * amplitude * std::cos(M_PI * x / (f.width - 1)));
+      f.dx[y * f.width + x] = static_cast<float>(
+          amplitude * std::sin(2 * M_PI * y / (f.height - 1)));
+      f.dy[y * f.width + x] = static_cast<float>(
+          0.7 * amplitude * std::cos(M_PI * x / (f.width - 1)));
     }
   return f;
 }
 
 // Warps `src` through `field` into a w x h image (output grid spacing given).
-absl::StatusOr<Image> WarpInto(Warper& warper, const Image& src, const DisplacementField& field,
-                               int64_t w, int64_t h, double spacing, int64_t tile, int threads) {
+absl::StatusOr<Image> WarpInto(Warper& warper, const Image& src,
+                               const DisplacementField& field, int64_t w,
+                               int64_t h, double spacing, int64_t tile,
+                               int threads) {
   ImageSpec spec = src.spec();
   spec.width = w;
   spec.height = h;
@@ -84,11 +91,13 @@ absl::StatusOr<Image> WarpInto(Warper& warper, const Image& src, const Displacem
   o.tile_size = tile;
   o.cpu_threads = threads;
   o.output_spacing_x = o.output_spacing_y = spacing;
-  auto st = warper.Warp(src, field, w, h, o, [&](const TileRect& r, const Image& t) {
-    for (int64_t j = 0; j < r.h; ++j)
-      std::copy_n(t.row(j), t.row_bytes(), out->row(r.y + j) + r.x * spec.bytes_per_pixel());
-    return absl::OkStatus();
-  });
+  auto st =
+      warper.Warp(src, field, w, h, o, [&](const TileRect& r, const Image& t) {
+        for (int64_t j = 0; j < r.h; ++j)
+          std::copy_n(t.row(j), t.row_bytes(),
+                      out->row(r.y + j) + r.x * spec.bytes_per_pixel());
+        return absl::OkStatus();
+      });
   if (!st.ok()) return st.status();
   return out;
 }
@@ -124,18 +133,21 @@ int Main(int argc, char** argv) {
   }
   auto warper = Warper::Create(WarpDevice::kCpu);
   if (!warper.ok()) return 1;
-  std::printf("engine benchmark: %s, threads=%d, max_registration_mp=%g\n", photo.c_str(), threads, max_mp);
-  std::printf("%8s %9s | %8s %8s %9s %9s | %8s %8s %9s %9s | %8s %8s\n", "full MP", "reg MP",
-              "reg s", "reg s/MP", "reg est", "reg peak", "warp s", "warp s/MP", "warp est",
-              "warp peak", "gray s", "tile");
+  std::printf("engine benchmark: %s, threads=%d, max_registration_mp=%g\n",
+              photo.c_str(), threads, max_mp);
+  std::printf("%8s %9s | %8s %8s %9s %9s | %8s %8s %9s %9s | %8s %8s\n",
+              "full MP", "reg MP", "reg s", "reg s/MP", "reg est", "reg peak",
+              "warp s", "warp s/MP", "warp est", "warp peak", "gray s", "tile");
   for (double mp : sizes) {
     const double scale = std::sqrt(mp * 1e6 / (src->width() * src->height()));
-    const int64_t w = std::llround(src->width() * scale), h = std::llround(src->height() * scale);
+    const int64_t w = std::llround(src->width() * scale),
+                  h = std::llround(src->height() * scale);
     DisplacementField none;
     none.width = none.height = 1;
     none.dx = {0};
     none.dy = {0};
-    auto fixed = WarpInto(**warper, *src, none, w, h, 1.0 / scale, 4096, threads);
+    auto fixed =
+        WarpInto(**warper, *src, none, w, h, 1.0 / scale, 4096, threads);
     if (!fixed.ok()) return 1;
     DisplacementField known = SmoothField(w, h, 0.002 * w);
     auto moving = WarpInto(**warper, *fixed, known, w, h, 1.0, 4096, threads);
@@ -153,11 +165,14 @@ int Main(int argc, char** argv) {
       return 1;
     }
     double t0 = Now();
-    auto fg = MakeGrayscaleCopy(*fixed, plan->registration_fixed_width, plan->registration_fixed_height, threads);
-    auto mg = MakeGrayscaleCopy(*moving, plan->registration_moving_width, plan->registration_moving_height, threads);
+    auto fg = MakeGrayscaleCopy(*fixed, plan->registration_fixed_width,
+                                plan->registration_fixed_height, threads);
+    auto mg = MakeGrayscaleCopy(*moving, plan->registration_moving_width,
+                                plan->registration_moving_height, threads);
     const double gray_s = Now() - t0;
     if (!fg.ok() || !mg.ok()) return 1;
-    const std::string work = std::filesystem::temp_directory_path() / ("regserve_bench_" + std::to_string(getpid()));
+    const std::string work = std::filesystem::temp_directory_path() /
+                             ("regserve_bench_" + std::to_string(getpid()));
     RegistrationRequest req;
     req.work_dir = work;
     req.fixed = &*fg;
@@ -182,24 +197,35 @@ int Main(int argc, char** argv) {
     WarpOptions wo;
     wo.tile_size = plan->tile_size;
     wo.cpu_threads = threads;
-    auto st = (*warper)->Warp(*moving, reg->field, w, h, wo, [&](const TileRect&, const Image&) {
-      ++tiles;
-      return absl::OkStatus();
-    });
+    auto st = (*warper)->Warp(*moving, reg->field, w, h, wo,
+                              [&](const TileRect&, const Image&) {
+                                ++tiles;
+                                return absl::OkStatus();
+                              });
     const double warp_s = Now() - t0;
     if (!st.ok()) return 1;
     const uint64_t warp_peak = PeakRssBytes() - base + moving->size_bytes();
-    const double reg_mp = plan->registration_fixed_width * plan->registration_fixed_height / 1e6;
-    std::printf("%8.1f %9.2f | %8.1f %8.2f %8.0fM %8.0fM | %8.2f %8.3f %8.0fM %8.0fM | %8.2f %8lld\n",
-                w * h / 1e6, reg_mp, reg_s, reg_s / reg_mp, RegistrationRamBytes(plan->registration_fixed_width * plan->registration_fixed_height) / 1e6,
-                reg_peak / 1e6, warp_s, warp_s / (w * h / 1e6), plan->warp.ram_bytes / 1e6,
-                warp_peak / 1e6, gray_s, static_cast<long long>(plan->tile_size));
+    const double reg_mp =
+        plan->registration_fixed_width * plan->registration_fixed_height / 1e6;
+    std::printf(
+        "%8.1f %9.2f | %8.1f %8.2f %8.0fM %8.0fM | %8.2f %8.3f %8.0fM %8.0fM | "
+        "%8.2f %8lld\n",
+        w * h / 1e6, reg_mp, reg_s, reg_s / reg_mp,
+        RegistrationRamBytes(plan->registration_fixed_width *
+                             plan->registration_fixed_height) /
+            1e6,
+        reg_peak / 1e6, warp_s, warp_s / (w * h / 1e6),
+        plan->warp.ram_bytes / 1e6, warp_peak / 1e6, gray_s,
+        static_cast<long long>(plan->tile_size));
     std::fflush(stdout);
     std::filesystem::remove_all(work);
   }
-  std::printf("reg est: planner's elastix/transformix model; reg peak: largest child RSS.\n"
-              "warp est: planner's warp-stage RAM (moving image + working set); warp peak: "
-              "moving image + growth of this process's peak RSS during the warp.\n");
+  std::printf(
+      "reg est: planner's elastix/transformix model; reg peak: largest child "
+      "RSS.\n"
+      "warp est: planner's warp-stage RAM (moving image + working set); warp "
+      "peak: "
+      "moving image + growth of this process's peak RSS during the warp.\n");
   return 0;
 }
 
