@@ -35,6 +35,7 @@ grep -E "regserve:|CUDA" "$OUT/configure.log" | head -5
 
 step "build"
 ninja -C "$BUILD" -j "$(nproc)" warp_test warp_gpu_test warp_benchmark \
+  hardware_test plan_test scheduler_test types_test token_store_test regserve-plan \
   >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A5 "$OUT/build.log" | head -60; exit 1; }
 echo "build ok"
 
@@ -53,6 +54,19 @@ fi
 step "tests"
 "$BUILD/core/warp/warp_test" --gtest_brief=1 2>&1 | tail -5
 "$BUILD/core/warp/warp_gpu_test" 2>&1 | grep -E "OK|FAILED|SKIPPED|Failure|error|differs|seed|Expected|Which" | head -40
+
+step "unit tests of the GPU subset (LibTorch 2.11 + CUDA build)"
+for t in core/common/types_test core/auth/token_store_test core/hardware/hardware_test \
+         core/plan/plan_test core/scheduler/scheduler_test; do
+  "$BUILD/$t" --gtest_brief=1 2>&1 | tail -2
+done
+
+step "VRAM probe vs nvidia-smi, and the planner on this machine"
+nvidia-smi --query-gpu=index,name,memory.used,memory.free,memory.total --format=csv
+"$BUILD/core/plan/regserve-plan" 18960x14960x3
+"$BUILD/core/plan/regserve-plan" 18960x14960x3 --vram_budget=2G
+"$BUILD/core/plan/regserve-plan" 18960x14960x3 --vram_budget=512M
+"$BUILD/core/plan/regserve-plan" 25000x20000x3 --vram_budget=512M --ram_budget=6G
 
 step "benchmark"
 "$BUILD/core/warp/warp_benchmark" --cpu_threads="$(nproc)" "${CANVAS_ARGS[@]}" "$@" 2>&1

@@ -220,6 +220,73 @@ TEST(Scheduler, PlacesOnTheGpuThatFitsThenShortestQueue) {
   t.join();
 }
 
+// Injected hosts with 2 and 8 GPUs of different free VRAM: many concurrent
+// warps, each placed on one GPU (never straddling), never over any GPU's
+// budget, and a full GPU makes jobs wait or go elsewhere.
+class MultiGpu : public testing::TestWithParam<std::vector<uint64_t>> {};
+
+TEST_P(MultiGpu, WarpsSpreadOverGpusWithinEachBudget) {
+  const std::vector<uint64_t> vram = GetParam();
+  const int n = static_cast<int>(vram.size());
+  ResourceScheduler s(Config(1'000'000 * kMB, vram), nullptr);
+  std::vector<std::atomic<int64_t>> in_use(n);
+  std::vector<std::atomic<int>> used(n);
+  for (auto& v : in_use) v = 0;
+  for (auto& u : used) u = 0;
+  std::atomic<bool> violated{false};
+  std::vector<std::thread> threads;
+  for (int j = 0; j < 6 * n; ++j) {
+    threads.emplace_back([&, j] {
+      // Sizes up to the largest budget; some only fit the bigger GPUs.
+      const uint64_t need = (100 + (j * 733) % 1900) * kMB;
+      auto r = s.Acquire(Gpu(1, need), 0, j, nullptr);
+      ASSERT_TRUE(r.ok()) << r.status();
+      const int g = r->gpu();
+      ASSERT_GE(g, 0);
+      ASSERT_LT(g, n);
+      if (need > vram[g]) violated = true;
+      const int64_t now = in_use[g] += static_cast<int64_t>(need);
+      if (now > static_cast<int64_t>(vram[g])) violated = true;
+      ++used[g];
+      absl::SleepFor(absl::Milliseconds(2));
+      in_use[g] -= static_cast<int64_t>(need);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(violated);
+  int gpus_used = 0;
+  for (auto& u : used) gpus_used += u > 0;
+  EXPECT_GE(gpus_used, std::min(n, 2));  // work went to more than one GPU
+  const SchedulerStats st = s.Stats();
+  for (int g = 0; g < n; ++g) EXPECT_EQ(st.vram_reserved_bytes[g], 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    InjectedHosts, MultiGpu,
+    testing::Values(std::vector<uint64_t>{2000 * kMB, 1000 * kMB},
+                    std::vector<uint64_t>{2000 * kMB, 500 * kMB, 1200 * kMB,
+                                          2000 * kMB, 800 * kMB, 1600 * kMB,
+                                          2000 * kMB, 300 * kMB}));
+
+TEST(Scheduler, FullGpuSendsWorkToAnotherOne) {
+  ResourceScheduler s(Config(100000 * kMB, {1000 * kMB, 1000 * kMB}), nullptr);
+  auto a = s.Acquire(Gpu(1, 900 * kMB), 0, 1, nullptr);
+  ASSERT_TRUE(a.ok());
+  auto b = s.Acquire(Gpu(1, 900 * kMB), 0, 2, nullptr);
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE(a->gpu(), b->gpu());
+  // Both full: the third waits (no OOM), and runs when one frees.
+  CancelToken c;
+  c.set_deadline(absl::Now() + absl::Milliseconds(80));
+  EXPECT_EQ(s.Acquire(Gpu(1, 900 * kMB), 0, 3, &c).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  const int freed = b->gpu();
+  b->Release();
+  auto d = s.Acquire(Gpu(1, 900 * kMB), 0, 4, nullptr);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->gpu(), freed);
+}
+
 TEST(Scheduler, SpecificGpuRequest) {
   ResourceScheduler s(Config(100000 * kMB, {4000 * kMB, 4000 * kMB}), nullptr);
   auto a = s.Acquire(Gpu(1, 100 * kMB, 1), 0, 1, nullptr);
