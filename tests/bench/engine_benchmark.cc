@@ -8,11 +8,11 @@
 //       --sizes=4,16,64 --max_registration_mp=20 --threads=2
 //
 // Peak RSS per stage: /proc/self/clear_refs ("5") resets VmHWM before each
-// stage; elastix/transformix run as children, so their peak is
-// getrusage(RUSAGE_CHILDREN).ru_maxrss (the largest child so far).
-#include <sys/resource.h>
+// stage; elastix/transformix run as children, whose peak (VmHWM) the
+// registration runner samples while they run.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -51,12 +51,6 @@ uint64_t PeakRssBytes() {
       return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
   }
   return 0;
-}
-
-uint64_t ChildrenPeakRssBytes() {
-  rusage u{};
-  getrusage(RUSAGE_CHILDREN, &u);
-  return static_cast<uint64_t>(u.ru_maxrss) * 1024;
 }
 
 DisplacementField SmoothField(int64_t w, int64_t h, double amplitude) {
@@ -189,7 +183,10 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", reg.status().ToString().c_str());
       return 1;
     }
-    const uint64_t reg_peak = ChildrenPeakRssBytes();
+    // The runner samples each child's VmHWM; RUSAGE_CHILDREN would count
+    // this (large) process's own pages at spawn time.
+    const uint64_t reg_peak =
+        std::max(reg->elastix_peak_rss_bytes, reg->transformix_peak_rss_bytes);
     ResetPeakRss();
     const uint64_t base = PeakRssBytes();
     t0 = Now();
