@@ -218,8 +218,8 @@ int Main(int argc, char** argv) {
     std::filesystem::remove_all(work);
   }
   std::printf(
-      "reg est: planner's elastix/transformix model; reg peak: largest child "
-      "RSS.\n"
+      "reg est: planner's elastix/transformix model; reg peak: the larger of "
+      "elastix's and transformix's sampled peak RSS.\n"
       "warp est: planner's warp-stage RAM (moving image + working set); warp "
       "peak: "
       "moving image + growth of this process's peak RSS during the warp.\n");
