@@ -36,6 +36,7 @@ grep -E "regserve:|CUDA" "$OUT/configure.log" | head -5
 step "build"
 ninja -C "$BUILD" -j "$(nproc)" warp_test warp_gpu_test warp_benchmark \
   hardware_test plan_test scheduler_test types_test token_store_test regserve-plan \
+  multi_gpu_benchmark \
   >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A5 "$OUT/build.log" | head -60; exit 1; }
 echo "build ok"
 
@@ -67,6 +68,9 @@ nvidia-smi --query-gpu=index,name,memory.used,memory.free,memory.total --format=
 "$BUILD/core/plan/regserve-plan" 18960x14960x3 --vram_budget=2G
 "$BUILD/core/plan/regserve-plan" 18960x14960x3 --vram_budget=512M
 "$BUILD/core/plan/regserve-plan" 25000x20000x3 --vram_budget=512M --ram_budget=6G
+
+step "multi-GPU benchmark (every visible GPU; on one GPU it checks the path)"
+"$BUILD/core/warp/multi_gpu_benchmark" --iters=5 2>&1
 
 step "benchmark"
 "$BUILD/core/warp/warp_benchmark" --cpu_threads="$(nproc)" "${CANVAS_ARGS[@]}" "$@" 2>&1
