@@ -5,6 +5,26 @@ if(REGSERVE_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer)
   add_link_options(-fsanitize=address,undefined)
 endif()
+if(REGSERVE_TSAN)
+  if(REGSERVE_SANITIZE OR REGSERVE_FUZZ)
+    message(FATAL_ERROR "REGSERVE_TSAN cannot be combined with ASan builds")
+  endif()
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+  # Makes TSan see Debian's (uninstrumented) Abseil Mutex/CondVar/
+  # Notification; linked into every test and program below.
+  add_library(regserve_tsan_absl OBJECT
+    ${PROJECT_SOURCE_DIR}/tests/robustness/tsan/absl_sync_annotations.cc)
+  target_link_libraries(regserve_tsan_absl PUBLIC absl::synchronization
+                        ${CMAKE_DL_LIBS})
+endif()
+if(REGSERVE_FUZZ)
+  # Every target gets coverage instrumentation and the sanitizers, so that
+  # libFuzzer sees inside our libraries; only fuzz programs link libFuzzer.
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined
+                      -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
 
 # regserve_library(NAME SOURCES ... DEPS ... [PUBLIC_DEPS ...])
 # Declares regserve_NAME with alias regserve::NAME.
@@ -28,6 +48,9 @@ function(regserve_test name)
   target_compile_options(${name} PRIVATE ${REGSERVE_WARNINGS})
   target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gmock
                         GTest::gtest_main)
+  if(REGSERVE_TSAN)
+    target_link_libraries(${name} PRIVATE regserve_tsan_absl)
+  endif()
   add_test(NAME ${name} COMMAND ${name})
   if(NOT A_LABELS)
     set(A_LABELS unit)
@@ -46,5 +69,8 @@ function(regserve_program name)
   add_executable(${name} ${A_SOURCES})
   target_compile_options(${name} PRIVATE ${REGSERVE_WARNINGS})
   target_link_libraries(${name} PRIVATE ${A_DEPS})
+  if(REGSERVE_TSAN)
+    target_link_libraries(${name} PRIVATE regserve_tsan_absl)
+  endif()
   install(TARGETS ${name} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endfunction()

@@ -6,16 +6,15 @@
 // which is exactly the behaviour under test; anything that decodes must give
 // a consistent Image, and nothing may crash, hang or leak.
 //
-// Build and run (clang; the seed corpus is tests/data/bad_images/):
-//   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DREGSERVE_FUZZ=ON \
-//       -DREGSERVE_BUILD_TESTS=OFF && ninja -C build-fuzz image_io_fuzz
-//   ASAN_OPTIONS=fast_unwind_on_malloc=0 \
-//   LSAN_OPTIONS=suppressions=core/image/oiio_lsan.supp \
-//       build-fuzz/core/image/image_io_fuzz -max_len=16384 -rss_limit_mb=2048 \
-//       fuzz_corpus tests/data/bad_images
-// The suppression covers a 31-byte leak inside OIIO 2.4's PNG reader on
-// truncated files. Only this file is coverage-instrumented; OIIO and the
-// codecs are not, so mutation is mostly blind inside the decoders.
+// Build and run (clang; the seed corpus is tests/data/bad_images/): see
+// tests/fuzz/run_fuzzers.sh, which configures build-fuzz with
+// CC=clang CXX=clang++ -DREGSERVE_FUZZ=ON, builds the fuzzers and runs each
+// for a bounded time with the suppression below. The replay test
+// fuzz_replay_image_io runs this entry point on the corpus in every build.
+// The suppression (core/image/oiio_lsan.supp) covers a 31-byte leak inside
+// OIIO 2.4's PNG reader on truncated files. Our code is coverage-instrumented
+// (REGSERVE_FUZZ instruments every target); OIIO and the codecs are not, so
+// mutation is mostly blind inside the decoders.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
