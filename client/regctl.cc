@@ -2,7 +2,12 @@
 //
 // regctl: the command-line client of regserved.
 //
-//   regctl [--server ADDR] [--principal NAME] [--timeout SECONDS] COMMAND ...
+//   regctl [--server ADDR] [--timeout SECONDS] [--tls] [--tls_ca FILE]
+//          [--tls_cert FILE --tls_key FILE] [--tls_server_name NAME]
+//          [--token_file FILE] COMMAND ...
+//
+// The bearer token comes from --token_file, else from the environment
+// variable REGSERVE_TOKEN. Option names take '_' or '-' alike.
 //
 //   submit --fixed F|--fixed-path P --moving M|--moving-path P --output OUT
 //          [--transform rigid|affine|bspline] [--output-resolution
@@ -24,9 +29,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -39,6 +46,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/regserve_client.h"
 #include "client/tile_assembler.h"
@@ -58,8 +66,19 @@ enum ExitCode {
 };
 
 constexpr char kUsage[] =
-    "usage: regctl [--server ADDR] [--principal NAME] [--timeout SECONDS] "
+    "usage: regctl [--server ADDR] [--timeout SECONDS] [security options] "
     "COMMAND ...\n"
+    "\n"
+    "security options (needed when the server uses TLS or tokens):\n"
+    "  --tls                  use TLS, trusting the system's CA certificates\n"
+    "  --tls_ca FILE          use TLS, trusting the CA certificates in FILE "
+    "(PEM)\n"
+    "  --tls_cert FILE --tls_key FILE   client certificate and key (mutual "
+    "TLS)\n"
+    "  --tls_server_name NAME the name the server's certificate must carry "
+    "(default: host of --server)\n"
+    "  --token_file FILE      bearer token (first line of FILE); default: the "
+    "REGSERVE_TOKEN environment variable\n"
     "\n"
     "commands:\n"
     "  submit --fixed F | --fixed-path P   fixed image (upload, or a path "
@@ -97,7 +116,7 @@ struct Args {
   bool json = false;
 };
 
-const char* const kFlagsWithoutValue[] = {"json", "help"};
+const char* const kFlagsWithoutValue[] = {"json", "help", "tls"};
 
 bool TakesValue(const std::string& name) {
   for (const char* f : kFlagsWithoutValue) {
@@ -117,7 +136,10 @@ bool ParseArgs(int argc, char** argv, int start, Args* args,
       if (eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
-      } else if (TakesValue(name)) {
+      }
+      // --tls_ca and --tls-ca are the same option.
+      std::replace(name.begin(), name.end(), '_', '-');
+      if (eq == std::string::npos && TakesValue(name)) {
         if (i + 1 >= argc) {
           *error = absl::StrCat("--", name, " needs a value");
           return false;
@@ -845,6 +867,40 @@ int Health(RegistrationClient* client, Options& opt, const Args& args,
   return serving ? kExitOk : kExitUnavailable;
 }
 
+// The bearer token: the first line of --token-file, else $REGSERVE_TOKEN,
+// else none. False (with *error) for an unreadable file or a malformed token.
+bool ReadToken(Options& opt, std::string* token, std::string* error) {
+  std::string text;
+  std::string source;
+  if (opt.Has("token-file")) {
+    source = "--token_file " + opt.Get("token-file");
+    std::ifstream in(opt.Get("token-file"), std::ios::binary);
+    if (!in) {
+      *error = absl::StrCat("cannot read ", source);
+      return false;
+    }
+    std::getline(in, text);
+    if (text.empty()) {
+      *error =
+          absl::StrCat(source, " is empty: put the token on its first line");
+      return false;
+    }
+  } else if (const char* env = std::getenv("REGSERVE_TOKEN")) {
+    source = "REGSERVE_TOKEN";
+    text = env;
+  }
+  const std::string trimmed(absl::StripAsciiWhitespace(text));
+  for (char c : trimmed) {
+    if (c <= ' ' || c == 0x7f) {
+      *error = absl::StrCat(source,
+                            ": a token holds no spaces or control characters");
+      return false;
+    }
+  }
+  *token = trimmed;
+  return true;
+}
+
 int Main(int argc, char** argv) {
   Args args;
   std::string error;
@@ -857,7 +913,17 @@ int Main(int argc, char** argv) {
   }
   RegistrationClient::Options copts;
   copts.address = opt.Get("server", "127.0.0.1:50051");
-  copts.principal = opt.Get("principal");
+  if (!ReadToken(opt, &copts.token, &error)) return Usage(error);
+  if (opt.Has("tls") || opt.Has("tls-ca") || opt.Has("tls-cert") ||
+      opt.Has("tls-key")) {
+    const absl::Status tls = LoadTlsFiles(
+        opt.Get("tls-ca"), opt.Get("tls-cert"), opt.Get("tls-key"), &copts.tls);
+    if (!tls.ok()) return Usage(std::string(tls.message()));
+  }
+  if (opt.Has("tls-server-name")) {
+    if (!copts.tls.enabled) return Usage("--tls_server_name needs TLS");
+    copts.tls.server_name = opt.Get("tls-server-name");
+  }
   if (opt.Has("timeout")) {
     double seconds = 0;
     if (!absl::SimpleAtod(opt.Get("timeout"), &seconds) || !(seconds > 0)) {

@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <future>
+#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -52,17 +53,69 @@ const char* StageLabel(v1::Stage stage) {
   }
 }
 
+absl::Status LoadTlsFiles(const std::string& ca_path,
+                          const std::string& cert_path,
+                          const std::string& key_path,
+                          RegistrationClient::TlsOptions* tls) {
+  if (cert_path.empty() != key_path.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate and its key go together: give both or neither");
+  }
+  const auto read = [](const std::string& path, const char* what,
+                       std::string* out) -> absl::Status {
+    if (path.empty()) return absl::OkStatus();
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream text;
+    if (in) text << in.rdbuf();
+    if (!in) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read the ", what, " file \"", path, "\""));
+    }
+    if (text.str().find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", what, " file \"", path, "\" holds no PEM block"));
+    }
+    *out = text.str();
+    return absl::OkStatus();
+  };
+  absl::Status s = read(ca_path, "CA certificate", &tls->root_certs_pem);
+  if (s.ok()) s = read(cert_path, "client certificate", &tls->cert_chain_pem);
+  if (s.ok()) s = read(key_path, "client key", &tls->private_key_pem);
+  if (s.ok()) tls->enabled = true;
+  return s;
+}
+
 std::shared_ptr<grpc::Channel> RegistrationClient::MakeChannel(
-    const std::string& address) {
+    const Options& options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);  // tiles can be large
-  args.SetMaxSendMessageSize(8 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                   args);
+  // The server enforces its own limit (ServerInfo.max_message_bytes).
+  args.SetMaxSendMessageSize(-1);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls.enabled) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls.root_certs_pem;
+    ssl.pem_cert_chain = options.tls.cert_chain_pem;
+    ssl.pem_private_key = options.tls.private_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls.server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls.server_name);
+    }
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(options.address, credentials, args);
+}
+
+std::shared_ptr<grpc::Channel> RegistrationClient::MakeChannel(
+    const std::string& address) {
+  Options options;
+  options.address = address;
+  return MakeChannel(options);
 }
 
 RegistrationClient::RegistrationClient(Options options)
-    : RegistrationClient(options, MakeChannel(options.address)) {}
+    : RegistrationClient(options, MakeChannel(options)) {}
 
 RegistrationClient::RegistrationClient(Options options,
                                        std::shared_ptr<grpc::Channel> channel)
@@ -71,8 +124,8 @@ RegistrationClient::RegistrationClient(Options options,
       stub_(v1::Registration::NewStub(channel_)) {}
 
 void RegistrationClient::Prepare(grpc::ClientContext* context) const {
-  if (!options_.principal.empty()) {
-    context->AddMetadata("regserve-principal", options_.principal);
+  if (!options_.token.empty()) {
+    context->AddMetadata("authorization", "Bearer " + options_.token);
   }
   if (options_.timeout != absl::InfiniteDuration()) {
     context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));

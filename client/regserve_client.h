@@ -17,6 +17,16 @@
 // job's error after `failed`). Returning false from the callback cancels the
 // call (the job itself goes on on the server; use Watch to follow it again).
 //
+// Security: with Options::tls.enabled the channel speaks TLS (give the CA
+// that signed the server's certificate, or rely on the system's roots; add
+// a client certificate and key for servers that require mutual TLS). With
+// Options::token every call carries "authorization: Bearer <token>".
+//
+//   RegistrationClient::Options o;
+//   o.address = "regserve.example.org:50051";
+//   o.token = std::getenv("REGSERVE_TOKEN");
+//   absl::Status s = LoadTlsFiles("ca.pem", "", "", &o.tls);  // enables TLS
+//
 // Thread safety: a RegistrationClient may be used from several threads at
 // once; each call is independent. A call's callbacks run on the calling
 // thread.
@@ -28,6 +38,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "regserve/v1/regserve.grpc.pb.h"
@@ -38,10 +49,25 @@ namespace v1 = ::regserve::v1;
 
 class RegistrationClient {
  public:
+  struct TlsOptions {
+    bool enabled = false;
+    // PEM CA certificates the server's certificate must chain to; empty:
+    // the system's trusted roots.
+    std::string root_certs_pem;
+    // PEM client certificate chain and its key, for mutual TLS (both or
+    // neither).
+    std::string cert_chain_pem;
+    std::string private_key_pem;
+    // The name the server's certificate must carry; empty: the host part
+    // of the address.
+    std::string server_name;
+  };
+
   struct Options {
     std::string address = "127.0.0.1:50051";
-    // Sent as metadata "regserve-principal" when not empty.
-    std::string principal;
+    // Bearer token sent as "authorization: Bearer <token>" when not empty.
+    std::string token;
+    TlsOptions tls;
     // Upload chunk size.
     size_t chunk_bytes = 1 << 20;
     // Per-call deadline; InfiniteDuration = none.
@@ -93,7 +119,10 @@ class RegistrationClient {
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   v1::Registration::Stub* stub() { return stub_.get(); }
 
-  // A channel with regserve's message size limits.
+  // A channel with regserve's message size limits and `options`'s transport
+  // security (address and tls).
+  static std::shared_ptr<grpc::Channel> MakeChannel(const Options& options);
+  // A plaintext channel to `address`.
   static std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
 
  private:
@@ -103,6 +132,15 @@ class RegistrationClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Registration::Stub> stub_;
 };
+
+// Reads PEM files into *tls and sets tls->enabled: `ca_path` (may be empty:
+// system roots), and `cert_path` with `key_path` (both or neither: the client
+// certificate for mutual TLS). InvalidArgument naming the file that cannot be
+// read or holds no PEM block.
+absl::Status LoadTlsFiles(const std::string& ca_path,
+                          const std::string& cert_path,
+                          const std::string& key_path,
+                          RegistrationClient::TlsOptions* tls);
 
 // The name of a stage for humans: "upload", "registration", ...
 const char* StageLabel(v1::Stage stage);

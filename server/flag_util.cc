@@ -1,7 +1,10 @@
 // Copyright regserve authors.
 #include "server/flag_util.h"
 
+#include <arpa/inet.h>
+
 #include <cctype>
+#include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -99,6 +102,22 @@ absl::StatusOr<HostPort> SplitHostPort(absl::string_view address) {
     return bad();
   }
   return hp;
+}
+
+bool IsLoopbackHost(absl::string_view host) {
+  if (absl::AsciiStrToLower(host) == "localhost") return true;
+  const std::string h(host);
+  unsigned char v4[4];
+  if (inet_pton(AF_INET, h.c_str(), v4) == 1) return v4[0] == 127;
+  unsigned char v6[16];
+  if (inet_pton(AF_INET6, h.c_str(), v6) != 1) return false;
+  static const unsigned char kLoopback[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+                                              0, 0, 0, 0, 0, 0, 0, 1};
+  // ::ffff:0:0/96, IPv4-mapped addresses.
+  static const unsigned char kMappedPrefix[12] = {0, 0, 0, 0, 0,    0,
+                                                  0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(v6, kLoopback, 16) == 0) return true;
+  return std::memcmp(v6, kMappedPrefix, 12) == 0 && v6[12] == 127;
 }
 
 }  // namespace regserve

@@ -33,6 +33,11 @@ struct HostPort {
 // "127.0.0.1:50051", "[::1]:0", "localhost:80". InvalidArgument otherwise.
 absl::StatusOr<HostPort> SplitHostPort(absl::string_view address);
 
+// True for hosts that only the local machine can reach: "localhost", IPv4
+// 127.0.0.0/8, IPv6 ::1 and IPv4-mapped ::ffff:127.x.y.z. False for anything
+// else, including wildcard addresses (0.0.0.0, ::) and other host names.
+bool IsLoopbackHost(absl::string_view host);
+
 }  // namespace regserve
 
 #endif  // REGSERVE_SERVER_FLAG_UTIL_H_

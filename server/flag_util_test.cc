@@ -55,5 +55,18 @@ TEST(SplitHostPortTest, Forms) {
   }
 }
 
+TEST(IsLoopbackHostTest, OnlyLocalAddresses) {
+  for (const char* local : {"127.0.0.1", "127.1.2.3", "localhost", "LocalHost",
+                            "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"}) {
+    EXPECT_TRUE(IsLoopbackHost(local)) << local;
+  }
+  for (const char* remote :
+       {"0.0.0.0", "::", "", "10.0.0.1", "128.0.0.1", "192.168.1.2",
+        "::ffff:10.0.0.1", "::2", "example.com", "localhost.example.com",
+        "127.0.0.1.example.com", "*"}) {
+    EXPECT_FALSE(IsLoopbackHost(remote)) << remote;
+  }
+}
+
 }  // namespace
 }  // namespace regserve

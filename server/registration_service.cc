@@ -2,6 +2,7 @@
 #include "server/registration_service.h"
 
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <utility>
@@ -173,7 +174,7 @@ class SubmitReactor final
  public:
   SubmitReactor(RegistrationService* service,
                 grpc::CallbackServerContext* context)
-      : service_(service), principal_(PrincipalOf(*context)) {
+      : service_(service), principal_(service->Authenticate(*context)) {
     service_->SpawnCallThread([this] { Run(); });
   }
 
@@ -239,6 +240,11 @@ class SubmitReactor final
   }
 
   void Run() {
+    if (!principal_.ok()) {
+      End(ToGrpcStatus(principal_.status()));
+      return;
+    }
+    const std::string& principal = *principal_;
     JobManager* manager = service_->manager();
     JobObserver* observer = service_->observer();
     observer->OnSubmitted();
@@ -271,7 +277,7 @@ class SubmitReactor final
       End(ToGrpcStatus(spec.status()));
       return;
     }
-    absl::StatusOr<std::string> created = manager->CreateJob(*spec, principal_);
+    absl::StatusOr<std::string> created = manager->CreateJob(*spec, principal);
     if (!created.ok()) {
       observer->OnRejected(created.status());
       End(ToGrpcStatus(created.status()));
@@ -281,7 +287,7 @@ class SubmitReactor final
 
     // Open the stream before the upload ends so no event is missed.
     absl::StatusOr<std::unique_ptr<EventStream>> stream =
-        manager->OpenEventStream(job_id, principal_, /*from_tile=*/0);
+        manager->OpenEventStream(job_id, principal, /*from_tile=*/0);
     if (!stream.ok()) {
       if (spec->fixed.path.empty() || spec->moving.path.empty()) {
         manager->AbortUpload(job_id, stream.status());
@@ -303,7 +309,7 @@ class SubmitReactor final
         return;
       }
     }
-    End(PumpEvents(manager, job_id, principal_, stream_, this,
+    End(PumpEvents(manager, job_id, principal, stream_, this,
                    service_->observer()));
   }
 
@@ -361,7 +367,7 @@ class SubmitReactor final
   }
 
   RegistrationService* const service_;
-  const std::string principal_;
+  const absl::StatusOr<std::string> principal_;
   v1::SubmitRequest request_;  // the read buffer; touched by one read at a time
 
   absl::Mutex mu_;
@@ -382,7 +388,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
                grpc::CallbackServerContext* context,
                const v1::WatchRequest* request)
       : service_(service),
-        principal_(PrincipalOf(*context)),
+        principal_(service->Authenticate(*context)),
         job_id_(request->job_id()),
         from_tile_(request->from_tile()) {
     service_->SpawnCallThread([this] { Run(); });
@@ -419,6 +425,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
 
  private:
   void Run() {
+    if (!principal_.ok()) {
+      Finish(ToGrpcStatus(principal_.status()));
+      return;
+    }
     JobManager* manager = service_->manager();
     if (from_tile_ < 0) {
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -426,7 +436,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
       return;
     }
     absl::StatusOr<std::unique_ptr<EventStream>> stream =
-        manager->OpenEventStream(job_id_, principal_, from_tile_);
+        manager->OpenEventStream(job_id_, *principal_, from_tile_);
     if (!stream.ok()) {
       Finish(ToGrpcStatus(stream.status()));
       return;
@@ -437,12 +447,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
       stream_ = owned_stream_.get();
       if (cancelled_) stream_->Close();
     }
-    Finish(PumpEvents(manager, job_id_, principal_, stream_, this,
+    Finish(PumpEvents(manager, job_id_, *principal_, stream_, this,
                       service_->observer()));
   }
 
   RegistrationService* const service_;
-  const std::string principal_;
+  const absl::StatusOr<std::string> principal_;
   const std::string job_id_;
   const int64_t from_tile_;
 
@@ -456,11 +466,30 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
 
 }  // namespace
 
-std::string PrincipalOf(const grpc::CallbackServerContext& context) {
+absl::StatusOr<std::string> RegistrationService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (options_.tokens == nullptr) return std::string();
   const auto& md = context.client_metadata();
-  auto it = md.find("regserve-principal");
-  if (it == md.end()) return "";
-  return std::string(it->second.data(), it->second.size());
+  const auto range = md.equal_range("authorization");
+  if (range.first == range.second) {
+    return absl::UnauthenticatedError(
+        "this server requires a bearer token: send metadata "
+        "'authorization: Bearer <token>' (regctl: set REGSERVE_TOKEN or give "
+        "--token_file)");
+  }
+  if (std::next(range.first) != range.second) {
+    return absl::UnauthenticatedError(
+        "more than one 'authorization' metadata entry: send exactly one");
+  }
+  const absl::string_view value(range.first->second.data(),
+                                range.first->second.size());
+  absl::StatusOr<std::string> principal = options_.tokens->Authenticate(value);
+  if (!principal.ok() && principal.status().message() == "invalid token") {
+    return absl::UnauthenticatedError(
+        "invalid bearer token: this server does not accept it (check "
+        "REGSERVE_TOKEN or --token_file, or ask the operator for a token)");
+  }
+  return principal;
 }
 
 RegistrationService::RegistrationService(JobManager* manager,
@@ -544,7 +573,12 @@ grpc::ServerUnaryReactor* RegistrationService::Cancel(
     grpc::CallbackServerContext* context, const v1::CancelRequest* request,
     v1::CancelResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const std::string principal = PrincipalOf(*context);
+  absl::StatusOr<std::string> caller = Authenticate(*context);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  const std::string principal = *std::move(caller);
   RunUnary([this, reactor, request, response, principal] {
     const absl::Status cancelled =
         manager_->Cancel(request->job_id(), principal);
@@ -564,7 +598,12 @@ grpc::ServerUnaryReactor* RegistrationService::GetJob(
     grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
     v1::JobStatus* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const std::string principal = PrincipalOf(*context);
+  absl::StatusOr<std::string> caller = Authenticate(*context);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  const std::string principal = *std::move(caller);
   RunUnary([this, reactor, request, response, principal] {
     absl::StatusOr<JobInfo> info =
         manager_->GetJob(request->job_id(), principal);
@@ -580,7 +619,12 @@ grpc::ServerUnaryReactor* RegistrationService::ListJobs(
     grpc::CallbackServerContext* context,
     const v1::ListJobsRequest* /*request*/, v1::ListJobsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const std::string principal = PrincipalOf(*context);
+  absl::StatusOr<std::string> caller = Authenticate(*context);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  const std::string principal = *std::move(caller);
   RunUnary([this, reactor, response, principal] {
     for (const JobInfo& info : manager_->ListJobs(principal)) {
       JobInfoToProto(info, {}, response->add_jobs());
@@ -594,6 +638,11 @@ grpc::ServerUnaryReactor* RegistrationService::GetServerInfo(
     grpc::CallbackServerContext* context,
     const v1::GetServerInfoRequest* /*request*/, v1::ServerInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::StatusOr<std::string> caller = Authenticate(*context);
+      !caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   RunUnary([this, reactor, response] {
     absl::StatusOr<HardwareSnapshot> hw =
         probe_ != nullptr ? probe_->Probe()

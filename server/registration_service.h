@@ -18,6 +18,15 @@
 // message at a time and waits for OnWriteDone, so a slow client holds back
 // the stream instead of growing a queue.
 //
+// Authentication: with Options::tokens set, every call must carry metadata
+// "authorization: Bearer <token>" naming a token of the TokenStore; the
+// call's principal is the token's. Calls without a valid token end with
+// UNAUTHENTICATED before anything else happens. Without tokens every caller
+// is the anonymous principal "". Jobs belong to the principal that submitted
+// them: Watch, Cancel, GetJob and ListJobs only see the caller's own jobs
+// (others' are NOT_FOUND). No client-supplied principal metadata is trusted.
+// Health checks and reflection are separate services and need no token.
+//
 // Client behaviour: a client that disconnects during the upload aborts the
 // job (JobManager::AbortUpload); one that disconnects later only stops its
 // own stream: the job keeps running and can be watched again.
@@ -37,7 +46,9 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "core/auth/token_store.h"
 #include "core/hardware/hardware.h"
 #include "core/jobs/job_manager.h"
 #include "core/scheduler/scheduler.h"
@@ -77,6 +88,9 @@ class RegistrationService final
     int unary_threads = 2;
     // Reported as ServerInfo.version.
     std::string version;
+    // Bearer tokens; null: no authentication (everyone is principal "").
+    // Not owned; must outlive the service. Reloading it is safe at any time.
+    const TokenStore* tokens = nullptr;
   };
 
   RegistrationService(JobManager* manager, ResourceScheduler* scheduler,
@@ -113,6 +127,9 @@ class RegistrationService final
   JobManager* manager() const { return manager_; }
   JobObserver* observer() const { return observer_; }
   bool accepting() const { return accepting_.load(); }
+  // The caller's principal (see "Authentication" above), or UNAUTHENTICATED.
+  absl::StatusOr<std::string> Authenticate(
+      const grpc::CallbackServerContext& context) const;
   // Runs `fn` on a new thread counted by WaitForCalls.
   void SpawnCallThread(std::function<void()> fn);
 
@@ -135,9 +152,6 @@ class RegistrationService final
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> unary_threads_;
 };
-
-// The principal of a call: metadata "regserve-principal", or "".
-std::string PrincipalOf(const grpc::CallbackServerContext& context);
 
 }  // namespace regserve
 

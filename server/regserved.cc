@@ -1,20 +1,33 @@
 // Copyright regserve authors.
 //
 // regserved: the regserve daemon. Wires the hardware probe, the resource
-// scheduler and the job manager to the gRPC service, then waits for SIGTERM
-// or SIGINT (blocked in every thread and taken by sigwait in a dedicated
-// one). On a signal it stops taking jobs, shuts the job manager down (running
-// stages finish or are checkpointed for the next start), shuts the gRPC
-// server down with a deadline, and exits 0.
+// scheduler and the job manager to the gRPC service, then waits for signals
+// (blocked in every thread and taken by sigwait in a dedicated one). SIGHUP
+// re-reads the --auth_tokens file (on error the previous tokens stay).
+// SIGTERM or SIGINT stop it: it stops taking jobs, shuts the job manager down
+// (running stages finish or are checkpointed for the next start), shuts the
+// gRPC server down with a deadline, and exits 0.
+//
+// Security: --tls_cert/--tls_key turn TLS on, --tls_client_ca also requires
+// client certificates; --auth_tokens requires a bearer token on every call
+// of the Registration service (health and reflection stay open). With
+// neither TLS nor tokens it refuses non-loopback --listen addresses unless
+// --insecure_listen_any is given.
 //
 // Exit codes: 0 after a clean shutdown, 1 when it cannot start (data_dir,
-// address in use, ...), 2 for bad flags.
+// address in use, ...), 2 for bad flags (including unreadable or malformed
+// TLS and token files, and an unprotected non-loopback --listen).
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +40,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/auth/token_store.h"
+#include "core/common/status_macros.h"
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
 #include "core/jobs/job_manager.h"
@@ -35,6 +50,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
 #include "server/flag_util.h"
 #include "server/metrics/metrics.h"
 #include "server/registration_service.h"
@@ -79,6 +95,34 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "manager has stopped, before they are cancelled.");
 ABSL_FLAG(std::string, max_upload, "8G",
           "Largest accepted upload per image, in bytes (K/M/G/T suffixes).");
+ABSL_FLAG(int64_t, max_image_pixels, 1000ll * 1000 * 1000,
+          "Largest accepted image, in pixels (width x height), checked when "
+          "the image header is read, before decoding.");
+ABSL_FLAG(int, max_jobs_per_principal, 0,
+          "Unfinished jobs (uploading, queued, running) one principal may "
+          "have before Submit answers RESOURCE_EXHAUSTED. 0: no limit beyond "
+          "--max_queue.");
+ABSL_FLAG(std::string, max_message_size, "8M",
+          "Largest gRPC message the server accepts (an upload chunk, or the "
+          "JobSpec with its elastix parameter files); larger ones fail with "
+          "RESOURCE_EXHAUSTED. At least 2M: clients send 1 MiB chunks.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the server. With --tls_key, the server "
+          "speaks TLS only.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: clients must present a certificate signed by "
+          "one of them (mutual TLS). Needs --tls_cert and --tls_key.");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "File of \"<principal> <token>\" lines: every Registration call "
+          "must send \"authorization: Bearer <token>\" and sees only its "
+          "principal's jobs. Re-read on SIGHUP. Empty: no authentication, "
+          "every caller is the same anonymous principal.");
+ABSL_FLAG(bool, insecure_listen_any, false,
+          "Allow a non-loopback --listen address without TLS and without "
+          "--auth_tokens (anyone who reaches it can submit, read and cancel "
+          "any job). Only for trusted networks, e.g. a container whose port "
+          "is published on loopback.");
 ABSL_FLAG(int64_t, stream_tile_size, 512,
           "Edge of the result tiles streamed to clients (and of the stored "
           "TIFF's tiles), in pixels.");
@@ -153,6 +197,73 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
+// The contents of the file named by --`flag`.
+absl::StatusOr<std::string> ReadFlagFile(const char* flag,
+                                         const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, ": cannot read \"", path, "\": ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, ": \"", path, "\" holds no PEM block (-----BEGIN ...)"));
+  }
+  return text.str();
+}
+
+// Secrets should not be readable by other users.
+void WarnIfOthersCanRead(const char* flag, const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && (st.st_mode & S_IROTH) != 0) {
+    std::fprintf(stderr,
+                 "regserved: warning: --%s file \"%s\" is readable by every "
+                 "user; chmod o-r it\n",
+                 flag, path.c_str());
+  }
+}
+
+// The server's transport credentials from the --tls_* flags: TLS (and mutual
+// TLS) or plaintext. InvalidArgument for bad combinations and unreadable
+// files.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    std::string* description) {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert and --tls_key go together: give both to turn TLS on");
+  }
+  if (cert.empty()) {
+    if (!client_ca.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is "
+          "TLS)");
+    }
+    *description = "plaintext";
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl(
+      client_ca.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  REGSERVE_ASSIGN_OR_RETURN(pair.cert_chain, ReadFlagFile("tls_cert", cert));
+  REGSERVE_ASSIGN_OR_RETURN(pair.private_key, ReadFlagFile("tls_key", key));
+  WarnIfOthersCanRead("tls_key", key);
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!client_ca.empty()) {
+    REGSERVE_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                              ReadFlagFile("tls_client_ca", client_ca));
+  }
+  *description =
+      client_ca.empty() ? "TLS" : "mutual TLS (client certificates required)";
+  return grpc::SslServerCredentials(ssl);
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "regserved: the regserve image-registration daemon.\n"
@@ -166,6 +277,7 @@ int Main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -207,6 +319,76 @@ int Main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_max_queue) < 1) {
     return Fail(kExitBadFlags, "--max_queue must be at least 1");
+  }
+  if (absl::GetFlag(FLAGS_max_image_pixels) < 1) {
+    return Fail(kExitBadFlags, "--max_image_pixels must be at least 1");
+  }
+  if (absl::GetFlag(FLAGS_max_jobs_per_principal) < 0) {
+    return Fail(kExitBadFlags,
+                "--max_jobs_per_principal must be >= 0 (0 = no limit)");
+  }
+  absl::StatusOr<uint64_t> max_message =
+      ParseByteSize(absl::GetFlag(FLAGS_max_message_size));
+  if (!max_message.ok() || *max_message < (2u << 20) ||
+      *max_message > (1u << 30)) {
+    return Fail(kExitBadFlags,
+                "--max_message_size: give a size from 2M to 1G (clients send "
+                "1 MiB upload chunks)");
+  }
+
+  // Transport security and authentication.
+  std::string transport;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeCredentials(&transport);
+  if (!credentials.ok()) {
+    return Fail(kExitBadFlags, std::string(credentials.status().message()));
+  }
+  std::unique_ptr<TokenStore> tokens;
+  const std::string tokens_path = absl::GetFlag(FLAGS_auth_tokens);
+  if (!tokens_path.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenStore>> loaded =
+        TokenStore::Load(tokens_path);
+    if (!loaded.ok()) {
+      return Fail(kExitBadFlags,
+                  absl::StrCat("--auth_tokens: ", loaded.status().message()));
+    }
+    tokens = *std::move(loaded);
+    WarnIfOthersCanRead("auth_tokens", tokens_path);
+  }
+  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
+  const bool client_certs = !absl::GetFlag(FLAGS_tls_client_ca).empty();
+  if (!IsLoopbackHost(listen->host)) {
+    if (!tls && tokens == nullptr) {
+      if (!absl::GetFlag(FLAGS_insecure_listen_any)) {
+        return Fail(
+            kExitBadFlags,
+            absl::StrCat(
+                "refusing to listen on ", absl::GetFlag(FLAGS_listen),
+                " without TLS and without --auth_tokens: anyone who can "
+                "reach it could submit, read and cancel jobs. Listen on a "
+                "loopback address (--listen=127.0.0.1:50051), turn on TLS "
+                "(--tls_cert/--tls_key) and/or tokens (--auth_tokens), or "
+                "accept the risk on a trusted network with "
+                "--insecure_listen_any"));
+      }
+      std::fprintf(stderr,
+                   "regserved: WARNING: --insecure_listen_any: listening on "
+                   "%s WITHOUT TLS AND WITHOUT AUTHENTICATION; anyone who "
+                   "can reach it can submit, read and cancel any job\n",
+                   absl::GetFlag(FLAGS_listen).c_str());
+    } else if (!tls) {
+      std::fprintf(stderr,
+                   "regserved: WARNING: listening on %s without TLS: bearer "
+                   "tokens and images cross the network in clear text; add "
+                   "--tls_cert/--tls_key\n",
+                   absl::GetFlag(FLAGS_listen).c_str());
+    } else if (tokens == nullptr && !client_certs) {
+      std::fprintf(stderr,
+                   "regserved: WARNING: listening on %s with TLS but no "
+                   "--auth_tokens or --tls_client_ca: any client that "
+                   "reaches it can submit, read and cancel jobs\n",
+                   absl::GetFlag(FLAGS_listen).c_str());
+    }
   }
 
   std::unique_ptr<HardwareProbe> probe = NewSystemProbe();
@@ -260,6 +442,8 @@ int Main(int argc, char** argv) {
   opts.data_dir = data_dir;
   opts.input_root = absl::GetFlag(FLAGS_input_root);
   opts.max_queue = absl::GetFlag(FLAGS_max_queue);
+  opts.max_jobs_per_principal = absl::GetFlag(FLAGS_max_jobs_per_principal);
+  opts.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   opts.default_max_registration_megapixels =
       absl::GetFlag(FLAGS_max_registration_megapixels);
   opts.device = *device;
@@ -282,7 +466,7 @@ int Main(int argc, char** argv) {
   // A tile of float32 RGBA at the stream tile size, plus headroom.
   const int64_t max_send =
       std::max<int64_t>(16 << 20, tile * tile * 16 + (1 << 20));
-  const int max_receive = 8 << 20;  // chunks up to 4 MiB, plus headroom
+  const int max_receive = static_cast<int>(*max_message);
   JobManager* const manager_ptr = manager->get();
   HardwareProbe* const probe_ptr = probe.get();
   const std::vector<int> gpu_ordinals = sched.gpu_ordinals;
@@ -295,6 +479,7 @@ int Main(int argc, char** argv) {
   service_opts.observer = &observer;
   service_opts.max_message_bytes = max_receive;
   service_opts.version = REGSERVE_VERSION;
+  service_opts.tokens = tokens.get();
   RegistrationService service(manager->get(), &scheduler, probe.get(),
                               service_opts);
 
@@ -302,8 +487,7 @@ int Main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
-                           grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, &port);
   builder.SetMaxReceiveMessageSize(max_receive);
   builder.SetMaxSendMessageSize(static_cast<int>(max_send));
   builder.RegisterService(&service);
@@ -312,7 +496,10 @@ int Main(int argc, char** argv) {
     (*manager)->Shutdown();
     return Fail(kExitStartFailure,
                 absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen),
-                             " (address in use or not local?)"));
+                             tls ? " (address in use or not local, or the "
+                                   "TLS certificate and key do not match or "
+                                   "cannot be parsed?)"
+                                 : " (address in use or not local?)"));
   }
   std::fprintf(stderr,
                "regserved: data_dir %s; RAM budget %s; %zu GPU(s); %d CPU "
@@ -320,6 +507,19 @@ int Main(int argc, char** argv) {
                data_dir.c_str(), FormatBytes(budgets.ram_bytes).c_str(),
                sched.vram_budget_bytes.size(), cpu_slots, elastix_threads,
                std::string(DevicePreferenceName(*device)).c_str());
+  std::fprintf(
+      stderr,
+      "regserved: transport %s; %s; max message %s, upload %s, "
+      "image %lld pixels, %d unfinished job(s) per principal%s\n",
+      transport.c_str(),
+      tokens != nullptr
+          ? absl::StrCat("bearer tokens required (", tokens->size(), " from ",
+                         tokens_path, ")")
+                .c_str()
+          : "no authentication (one anonymous principal)",
+      FormatBytes(*max_message).c_str(), FormatBytes(*max_upload).c_str(),
+      static_cast<long long>(opts.max_pixels), opts.max_jobs_per_principal,
+      opts.max_jobs_per_principal == 0 ? " (no limit)" : "");
   const bool v6 = listen->host.find(':') != std::string::npos;
   std::printf("regserved listening on %s%s%s:%d\n", v6 ? "[" : "",
               listen->host.c_str(), v6 ? "]" : "", port);
@@ -331,7 +531,28 @@ int Main(int argc, char** argv) {
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   std::thread signal_thread([&] {
     int sig = 0;
-    sigwait(&signals, &sig);
+    while (true) {
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (sig != SIGHUP) break;
+      if (tokens == nullptr) {
+        std::fprintf(stderr,
+                     "regserved: SIGHUP received; nothing to reload (no "
+                     "--auth_tokens)\n");
+        continue;
+      }
+      const absl::Status reloaded = tokens->Reload();
+      if (reloaded.ok()) {
+        std::fprintf(stderr,
+                     "regserved: SIGHUP: reloaded %zu token(s) from %s\n",
+                     tokens->size(), tokens_path.c_str());
+      } else {
+        std::fprintf(stderr,
+                     "regserved: SIGHUP: cannot reload %s: %s; keeping the "
+                     "previous %zu token(s)\n",
+                     tokens_path.c_str(),
+                     std::string(reloaded.message()).c_str(), tokens->size());
+      }
+    }
     std::fprintf(stderr, "regserved: %s received; shutting down\n",
                  sig == SIGINT ? "SIGINT" : "SIGTERM");
     service.StopAccepting();

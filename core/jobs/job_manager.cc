@@ -389,7 +389,9 @@ class JobManagerImpl final : public JobManager {
   absl::StatusOr<std::shared_ptr<Job>> FindOwnedLocked(
       const std::string& id, const std::string& principal) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int ActiveJobsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK, or ResourceExhausted when the queue or `principal`'s share is full.
+  absl::Status CheckCapacityLocked(const std::string& principal) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status PersistLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishLocked(Job* job, JobEvent event)
@@ -472,6 +474,10 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
   }
   if (o.max_queue < 1)
     return absl::InvalidArgumentError("max_queue must be >= 1");
+  if (o.max_jobs_per_principal < 0) {
+    return absl::InvalidArgumentError(
+        "max_jobs_per_principal must be >= 0 (0 = no limit)");
+  }
   if (o.max_attempts < 1) {
     return absl::InvalidArgumentError("max_attempts must be >= 1");
   }
@@ -878,12 +884,26 @@ absl::StatusOr<std::shared_ptr<Job>> JobManagerImpl::FindOwnedLocked(
   return job;
 }
 
-int JobManagerImpl::ActiveJobsLocked() const {
-  int n = 0;
+absl::Status JobManagerImpl::CheckCapacityLocked(
+    const std::string& principal) const {
+  int active = 0, mine = 0;
   for (const auto& [id, job] : jobs_) {
-    if (!IsTerminal(job->rec.info.state)) ++n;
+    if (IsTerminal(job->rec.info.state)) continue;
+    ++active;
+    if (job->rec.info.principal == principal) ++mine;
   }
-  return n;
+  if (active >= options_.max_queue) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full: ", active, " jobs"));
+  }
+  const int limit = options_.max_jobs_per_principal;
+  if (limit > 0 && mine >= limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "principal ", principal.empty() ? "(anonymous)" : principal, " has ",
+        mine, " unfinished jobs (limit ", limit,
+        "): wait for one to finish or cancel one"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status JobManagerImpl::PersistLocked(Job* job) {
@@ -1068,11 +1088,7 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
   {
     absl::MutexLock lock(&mu_);
     if (shutting_down_) return absl::UnavailableError("shutting down");
-    const int active = ActiveJobsLocked();
-    if (active >= options_.max_queue) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("queue full: ", active, " jobs"));
-    }
+    REGSERVE_RETURN_IF_ERROR(CheckCapacityLocked(principal));
     rec.sequence = next_sequence_++;
   }
 
@@ -1093,12 +1109,13 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
   }
 
   absl::MutexLock lock(&mu_);
-  if (shutting_down_ || ActiveJobsLocked() >= options_.max_queue) {
-    const int active = ActiveJobsLocked();
+  if (shutting_down_) {
     RemoveAllQuietly(dir);
-    if (shutting_down_) return absl::UnavailableError("shutting down");
-    return absl::ResourceExhaustedError(
-        absl::StrCat("queue full: ", active, " jobs"));
+    return absl::UnavailableError("shutting down");
+  }
+  if (absl::Status capacity = CheckCapacityLocked(principal); !capacity.ok()) {
+    RemoveAllQuietly(dir);
+    return capacity;
   }
   jobs_[info.id] = job;
   if (info.state == JobState::kUploading)

@@ -200,6 +200,9 @@ class JobManager {
     std::string
         input_root;  // server-side paths must lie under it; empty = disabled
     int max_queue = 64;  // jobs not yet terminal, uploads included
+    // Jobs not yet terminal (uploads included) one principal may have;
+    // 0 = no limit beyond max_queue.
+    int max_jobs_per_principal = 0;
     double default_max_registration_megapixels = 20.0;
     DevicePreference device = DevicePreference::kAuto;
     BudgetOverrides budget_overrides;
@@ -230,9 +233,11 @@ class JobManager {
   // decoding. Seams for tests (file system, registration, warper, hooks):
   // core/jobs/job_env.h.
   // Validates the spec (InvalidArgument naming the field), checks the queue
-  // (ResourceExhausted "queue full: N jobs"), and creates the job. Jobs whose
-  // images are all server-side are decoded (header only), planned and queued
-  // at once; the plan can refuse with ResourceExhausted and the numbers.
+  // (ResourceExhausted "queue full: N jobs") and the principal's share of it
+  // (ResourceExhausted "principal P has N unfinished jobs (limit N)"), and
+  // creates the job. The job belongs to `principal` ("" = anonymous). Jobs
+  // whose images are all server-side are decoded (header only), planned and
+  // queued at once; the plan can refuse with ResourceExhausted and the numbers.
   // Jobs with uploads wait in kUploading for AppendUpload/FinishUpload.
   virtual absl::StatusOr<std::string> CreateJob(
       const JobSpec& spec, const std::string& principal) = 0;

@@ -545,6 +545,38 @@ TEST_F(JobManagerTest, QueueFullAndPriorityPositions) {
   EXPECT_TRUE(m->CreateJob(low, "").ok());
 }
 
+TEST_F(JobManagerTest, UnfinishedJobsPerPrincipalAreLimited) {
+  opts_.max_jobs_per_principal = 2;
+  auto m = Make(FakeEnv(0));  // nothing runs
+  ASSERT_NE(m, nullptr);
+  const std::string a1 = *m->CreateJob(BrainSpec(), "alice");
+  ASSERT_TRUE(m->CreateJob(UploadSpec(), "alice").ok());  // uploads count
+  absl::Status s = m->CreateJob(BrainSpec(), "alice").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StartsWith(
+      s.message(), "principal alice has 2 unfinished jobs (limit 2)"))
+      << s;
+  // Other principals have their own share, the anonymous one included.
+  EXPECT_TRUE(m->CreateJob(BrainSpec(), "bob").ok());
+  EXPECT_TRUE(m->CreateJob(BrainSpec(), "").ok());
+  EXPECT_TRUE(m->CreateJob(BrainSpec(), "").ok());
+  s = m->CreateJob(BrainSpec(), "").status();
+  EXPECT_TRUE(absl::StartsWith(
+      s.message(), "principal (anonymous) has 2 unfinished jobs (limit 2)"))
+      << s;
+  // A finished job frees its slot.
+  ASSERT_OK(m->Cancel(a1, "alice"));
+  EXPECT_TRUE(m->CreateJob(BrainSpec(), "alice").ok());
+  EXPECT_EQ(m->ListJobs("alice").size(), 3u);
+
+  opts_.max_jobs_per_principal = -1;
+  EXPECT_EQ(
+      CreateJobManagerWithEnv(opts_, scheduler_.get(), probe_.get(), FakeEnv(0))
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(JobManagerTest, PipelineRunsHighestPriorityFirst) {
   absl::Mutex mu;
   std::vector<std::string> order;
