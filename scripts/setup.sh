@@ -27,6 +27,8 @@ PACKAGES=(
   prometheus-cpp-dev libabsl-dev
   # tests
   libgtest-dev libgmock-dev python3 python3-grpcio
+  # security tests (tests/e2e/security_test.cc) make certificates with it
+  openssl
   # deployment tests (tests/deploy): Prometheus server and promtool, YAML lint
   prometheus yamllint
 )
