@@ -27,8 +27,6 @@
 
 namespace regserve {
 
-namespace v1 = ::regserve::v1;
-
 // UNSPECIFIED enum values and a zero max_registration_megapixels take the
 // daemon defaults from `defaults`. InvalidArgument names the field of an
 // unknown enum value.

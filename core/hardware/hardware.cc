@@ -115,7 +115,9 @@ class SystemProbe final : public HardwareProbe {
             uint64_t current = 0;
             std::string cur;
             if (ReadFile(dir + "/memory.current", &cur)) {
-              absl::SimpleAtoi(absl::StripAsciiWhitespace(cur), &current);
+              if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(cur), &current)) {
+                current = 0;
+              }
             }
             hw.ram_total_bytes = std::min(hw.ram_total_bytes, max);
             const uint64_t left = max > current ? max - current : 0;
