@@ -1,19 +1,86 @@
 #!/usr/bin/env bash
 # The test command: installs the packages, builds everything with the
-# project's warnings-as-errors, and runs every test with CTest.
-#   bash scripts/test.sh            # all tests
-#   BUILD_DIR=build-asan CMAKE_ARGS=-DREGSERVE_SANITIZE=ON bash scripts/test.sh
+# project's warnings-as-errors, runs every test with CTest, then the
+# robustness stages: an AddressSanitizer+UBSan build, a ThreadSanitizer
+# build and the fuzzers. CI (.ci/run) runs all stages.
+#   bash scripts/test.sh            # everything
+#   SKIP_ASAN=1 SKIP_TSAN=1 SKIP_FUZZ=1 bash scripts/test.sh   # main stage only
+#   SKIP_MAIN=1 SKIP_ASAN=1 SKIP_FUZZ=1 bash scripts/test.sh   # only TSan
+#
+# Stages and their knobs:
+#   main  BUILD_DIR (build), CMAKE_ARGS, CTEST_ARGS: all targets, all tests.
+#   asan  ASAN_BUILD_DIR (build-asan): -DREGSERVE_SANITIZE=ON; the unit and
+#         e2e tests except ASAN_EXCLUDE (the long load test and the deploy
+#         test, which exercises Prometheus rather than our code); LSan
+#         suppressions: core/image/oiio_lsan.supp (OIIO's PNG reader).
+#   tsan  TSAN_BUILD_DIR (build-tsan): -DREGSERVE_TSAN=ON; the scheduler,
+#         jobs and server tests (TSAN_TESTS), with
+#         tests/robustness/tsan/tsan.supp (LibTorch/libgomp only).
+#   fuzz  tests/fuzz/run_fuzzers.sh: FUZZ_BUILD_DIR (build-fuzz),
+#         FUZZ_SECONDS (60) per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
-mkdir -p "$BUILD_DIR"
-# ITK's config prints many harmless warnings about gdcm programs: keep them
-# in a log, and show it only when configuring fails.
-# shellcheck disable=SC2086
-if ! cmake -S . -B "$BUILD_DIR" -G Ninja ${CMAKE_ARGS:-} >"$BUILD_DIR/configure.log" 2>&1; then
-  cat "$BUILD_DIR/configure.log"; exit 1
+ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
+ASAN_EXCLUDE=${ASAN_EXCLUDE:-^(load_e2e_test|deploy_prometheus_e2e)$}
+TSAN_TESTS=${TSAN_TESTS:-scheduler_test job_manager_test job_manager_e2e_test server_util_test server_convert_test metrics_test service_e2e_test}
+
+stage_start=$SECONDS
+stage() {
+  echo "== $1 (after $((SECONDS - stage_start)) s)"
+}
+
+# configure DIR [cmake args...]: ITK's config prints many harmless warnings
+# about gdcm programs: keep them in a log, shown only when configuring fails.
+configure() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  if ! cmake -S . -B "$dir" -G Ninja "$@" >"$dir/configure.log" 2>&1; then
+    cat "$dir/configure.log"; exit 1
+  fi
+}
+
+if [ -z "${SKIP_MAIN:-}" ]; then
+  stage "main: build and all tests in $BUILD_DIR"
+  # shellcheck disable=SC2086
+  configure "$BUILD_DIR" ${CMAKE_ARGS:-}
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+  # shellcheck disable=SC2086
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" ${CTEST_ARGS:-}
 fi
-cmake --build "$BUILD_DIR" -j "$JOBS"
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" ${CTEST_ARGS:-}
+
+if [ -z "${SKIP_ASAN:-}" ]; then
+  stage "asan: AddressSanitizer + UBSan build in $ASAN_BUILD_DIR"
+  configure "$ASAN_BUILD_DIR" -DREGSERVE_SANITIZE=ON
+  cmake --build "$ASAN_BUILD_DIR" -j "$JOBS"
+  # Every daemon and test reports to stderr and fails on the first finding.
+  ASAN_OPTIONS=fast_unwind_on_malloc=0:detect_leaks=1:abort_on_error=0 \
+  LSAN_OPTIONS="suppressions=$PWD/core/image/oiio_lsan.supp" \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir "$ASAN_BUILD_DIR" --output-on-failure -j "$JOBS" \
+      -L "unit|e2e" -E "$ASAN_EXCLUDE"
+fi
+
+if [ -z "${SKIP_TSAN:-}" ]; then
+  stage "tsan: ThreadSanitizer build in $TSAN_BUILD_DIR"
+  configure "$TSAN_BUILD_DIR" -DREGSERVE_TSAN=ON
+  read -r -a tsan_tests <<<"$TSAN_TESTS"
+  # The daemon and client are needed by service_e2e_test.
+  cmake --build "$TSAN_BUILD_DIR" -j "$JOBS" --target "${tsan_tests[@]}" \
+    regserved regctl
+  regex="^($(IFS='|'; echo "${tsan_tests[*]}"))$"
+  # halt_on_error: the first race fails the test (and the daemon exits 66,
+  # which the e2e tests notice).
+  TSAN_OPTIONS="suppressions=$PWD/tests/robustness/tsan/tsan.supp:halt_on_error=1:second_deadlock_stack=1:history_size=4" \
+    ctest --test-dir "$TSAN_BUILD_DIR" --output-on-failure -j "$JOBS" \
+      -R "$regex"
+fi
+
+if [ -z "${SKIP_FUZZ:-}" ]; then
+  stage "fuzz: libFuzzer targets in ${FUZZ_BUILD_DIR:-build-fuzz}"
+  JOBS=$JOBS bash tests/fuzz/run_fuzzers.sh
+fi
+stage "all stages passed"
