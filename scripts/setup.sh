@@ -31,6 +31,9 @@ PACKAGES=(
   openssl
   # deployment tests (tests/deploy): Prometheus server and promtool, YAML lint
   prometheus yamllint
+  # fuzzing (tests/fuzz/run_fuzzers.sh): clang with libFuzzer and the
+  # sanitizer runtimes (clang-14 / libclang-rt-14-dev on Debian 12)
+  clang libclang-rt-dev
 )
 
 # REGSERVE_SETUP_SKIP="pkg ..." leaves packages out (the Dockerfile skips
