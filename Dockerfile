@@ -99,4 +99,10 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["regctl", "--server", "127.0.0.1:50051", "health"]
 
 ENTRYPOINT ["/usr/bin/tini", "--", "regserved"]
-CMD ["--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464", "--data_dir=/var/lib/regserve"]
+# Inside the container regserved must listen on 0.0.0.0 to be reachable
+# through a published port. Without TLS or tokens it refuses to do that
+# unless told --insecure_listen_any: fine when the port is published on
+# 127.0.0.1 only (as deploy/compose.yaml does). To expose it to a network,
+# replace this CMD with --tls_cert/--tls_key and --auth_tokens (see README,
+# "Security").
+CMD ["--listen=0.0.0.0:50051", "--insecure_listen_any", "--metrics_listen=0.0.0.0:9464", "--data_dir=/var/lib/regserve"]
