@@ -39,6 +39,7 @@
 #include "core/jobs/job_env.h"
 #include "core/jobs/job_manager.h"
 #include "core/scheduler/scheduler.h"
+#include "google/protobuf/stubs/logging.h"
 #include "regserve/v1/regserve.pb.h"
 #include "server/convert.h"
 
@@ -132,6 +133,11 @@ Harness* MakeHarness() {
   return h;
 }
 
+// Protobuf logs every string field with invalid UTF-8 it parses; that is
+// expected here and would only slow the fuzzer down.
+void IgnoreProtobufLog(google::protobuf::LogLevel, const char*, int,
+                       const std::string&) {}
+
 bool Allowed(const absl::Status& s) {
   switch (s.code()) {
     case absl::StatusCode::kInvalidArgument:
@@ -150,6 +156,7 @@ bool Allowed(const absl::Status& s) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (harness == nullptr) {
+    google::protobuf::SetLogHandler(&IgnoreProtobufLog);
     harness = MakeHarness();
     atexit(RemoveRoot);
   }
