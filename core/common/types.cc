@@ -12,6 +12,22 @@
 
 namespace regserve {
 
+absl::string_view StageName(Stage stage) {
+  switch (stage) {
+    case Stage::kUpload:
+      return "upload";
+    case Stage::kDecode:
+      return "decode";
+    case Stage::kRegistration:
+      return "registration";
+    case Stage::kWarp:
+      return "warp";
+    case Stage::kStream:
+      return "stream";
+  }
+  return "unknown";
+}
+
 absl::string_view TransformKindName(TransformKind kind) {
   switch (kind) {
     case TransformKind::kRigid:

@@ -20,6 +20,16 @@ enum class WarpDevice { kCpu = 0, kCuda = 1 };
 // What a job asks for: auto picks CUDA when it is available and fits.
 enum class DevicePreference { kAuto = 0, kCpu = 1, kCuda = 2 };
 
+// The stages of a job, in order. kStream is the sending of result tiles.
+enum class Stage {
+  kUpload = 0,
+  kDecode = 1,
+  kRegistration = 2,
+  kWarp = 3,
+  kStream = 4
+};
+
+absl::string_view StageName(Stage stage);  // "upload", "decode", ...
 absl::string_view TransformKindName(TransformKind kind);     // "rigid"...
 absl::string_view InterpolationName(Interpolation interp);   // "linear"...
 absl::string_view WarpDeviceName(WarpDevice device);         // "cpu"/"cuda"

@@ -47,22 +47,6 @@
 
 namespace regserve {
 
-absl::string_view StageName(Stage stage) {
-  switch (stage) {
-    case Stage::kUpload:
-      return "upload";
-    case Stage::kDecode:
-      return "decode";
-    case Stage::kRegistration:
-      return "registration";
-    case Stage::kWarp:
-      return "warp";
-    case Stage::kStream:
-      return "stream";
-  }
-  return "unknown";
-}
-
 absl::string_view JobStateName(JobState state) {
   switch (state) {
     case JobState::kUploading:

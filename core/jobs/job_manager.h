@@ -53,15 +53,6 @@ namespace regserve {
 
 enum class ImageRole { kFixed = 0, kMoving = 1 };
 
-enum class Stage {
-  kUpload = 0,
-  kDecode = 1,
-  kRegistration = 2,
-  kWarp = 3,
-  kStream = 4
-};
-absl::string_view StageName(Stage stage);  // "upload", "decode", ...
-
 enum class JobState {
   kUploading = 0,
   kQueued = 1,

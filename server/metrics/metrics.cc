@@ -121,21 +121,7 @@ absl::string_view FailureReasonLabel(absl::StatusCode code) {
   return kReasonNames[ReasonIndex(code)];
 }
 
-absl::string_view StageLabel(Stage stage) {
-  switch (stage) {
-    case Stage::kUpload:
-      return "upload";
-    case Stage::kDecode:
-      return "decode";
-    case Stage::kRegistration:
-      return "registration";
-    case Stage::kWarp:
-      return "warp";
-    case Stage::kStream:
-      return "stream";
-  }
-  return "unknown";
-}
+absl::string_view StageLabel(Stage stage) { return StageName(stage); }
 
 BuildInfo CompiledBuildInfo() {
   return BuildInfo{REGSERVE_VERSION, REGSERVE_LIBTORCH_VERSION,

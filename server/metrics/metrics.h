@@ -72,7 +72,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "core/hardware/hardware.h"
-#include "core/jobs/job_manager.h"
+#include "core/common/types.h"
 #include "core/scheduler/scheduler.h"
 
 namespace prometheus {
