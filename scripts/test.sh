@@ -14,8 +14,10 @@
 #         test, which exercises Prometheus rather than our code); LSan
 #         suppressions: core/image/oiio_lsan.supp (OIIO's PNG reader).
 #   tsan  TSAN_BUILD_DIR (build-tsan): -DREGSERVE_TSAN=ON; the scheduler,
-#         jobs and server tests (TSAN_TESTS), with
-#         tests/robustness/tsan/tsan.supp (LibTorch/libgomp only).
+#         jobs and server tests (TSAN_TESTS) with
+#         tests/robustness/tsan/tsan.supp (LibTorch/libgomp only), then the
+#         daemon end to end (TSAN_GRPC_TESTS) with tsan_grpc.supp added
+#         (gRPC's own hand-offs; see that file).
 #   fuzz  tests/fuzz/run_fuzzers.sh: FUZZ_BUILD_DIR (build-fuzz),
 #         FUZZ_SECONDS (60) per target.
 set -euo pipefail
@@ -26,7 +28,8 @@ JOBS=${JOBS:-$(nproc)}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
 ASAN_EXCLUDE=${ASAN_EXCLUDE:-^(load_e2e_test|deploy_prometheus_e2e)$}
-TSAN_TESTS=${TSAN_TESTS:-scheduler_test job_manager_test job_manager_e2e_test server_util_test server_convert_test metrics_test service_e2e_test}
+TSAN_TESTS=${TSAN_TESTS:-scheduler_test job_manager_test job_manager_e2e_test server_util_test server_convert_test metrics_test}
+TSAN_GRPC_TESTS=${TSAN_GRPC_TESTS:-service_e2e_test}
 
 stage_start=$SECONDS
 stage() {
@@ -68,15 +71,23 @@ if [ -z "${SKIP_TSAN:-}" ]; then
   stage "tsan: ThreadSanitizer build in $TSAN_BUILD_DIR"
   configure "$TSAN_BUILD_DIR" -DREGSERVE_TSAN=ON
   read -r -a tsan_tests <<<"$TSAN_TESTS"
+  read -r -a tsan_grpc_tests <<<"$TSAN_GRPC_TESTS"
   # The daemon and client are needed by service_e2e_test.
-  cmake --build "$TSAN_BUILD_DIR" -j "$JOBS" --target "${tsan_tests[@]}" \
-    regserved regctl
-  regex="^($(IFS='|'; echo "${tsan_tests[*]}"))$"
-  # halt_on_error: the first race fails the test (and the daemon exits 66,
-  # which the e2e tests notice).
-  TSAN_OPTIONS="suppressions=$PWD/tests/robustness/tsan/tsan.supp:halt_on_error=1:second_deadlock_stack=1:history_size=4" \
+  cmake --build "$TSAN_BUILD_DIR" -j "$JOBS" \
+    --target "${tsan_tests[@]}" "${tsan_grpc_tests[@]}" regserved regctl
+  # halt_on_error: the first race fails the test (a daemon exits 66, which
+  # the e2e tests notice). ignore_noninstrumented_modules: interceptors
+  # (memcpy, ...) called from uninstrumented libraries are not checked.
+  tsan_common="ignore_noninstrumented_modules=1:halt_on_error=1:second_deadlock_stack=1:history_size=4"
+  grpc_supp="$(cd "$TSAN_BUILD_DIR" && pwd)/tsan_grpc_all.supp"
+  cat tests/robustness/tsan/tsan.supp tests/robustness/tsan/tsan_grpc.supp \
+    >"$grpc_supp"
+  TSAN_OPTIONS="suppressions=$PWD/tests/robustness/tsan/tsan.supp:$tsan_common" \
     ctest --test-dir "$TSAN_BUILD_DIR" --output-on-failure -j "$JOBS" \
-      -R "$regex"
+      -R "^($(IFS='|'; echo "${tsan_tests[*]}"))$"
+  TSAN_OPTIONS="suppressions=$grpc_supp:$tsan_common" \
+    ctest --test-dir "$TSAN_BUILD_DIR" --output-on-failure -j "$JOBS" \
+      -R "^($(IFS='|'; echo "${tsan_grpc_tests[*]}"))$"
 fi
 
 if [ -z "${SKIP_FUZZ:-}" ]; then

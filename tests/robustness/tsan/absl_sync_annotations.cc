@@ -22,6 +22,8 @@
 //   - Notification::Notify releases the notified flag, which the inline
 //     HasBeenNotified() reads with an (instrumented) acquire load, and the
 //     WaitForNotification* calls acquire it.
+//   - every evaluation of a waiter's Condition is bracketed by an acquire
+//     and a release (see AnnotatedCondition).
 // Readers are modelled like writers (a reader's release is also seen by the
 // next reader), which can only hide races between two readers, never report
 // a false one. Nothing here suppresses a report.
@@ -59,6 +61,22 @@ Fn Real(const char* rest, bool is_const = false) {
 }
 
 void* Key(const void* p) { return const_cast<void*>(p); }
+
+// A waiter's condition is evaluated by whichever thread holds the mutex at
+// the time, often inside another thread's Unlock (after that thread's
+// release above). Like Abseil's own EvalConditionAnnotated, each evaluation
+// is modelled as a critical section of its own: acquire, evaluate, release.
+struct AnnotatedCondition {
+  const absl::Condition* condition;
+  absl::Mutex* mu;
+  static bool Eval(void* arg) {
+    const auto* self = static_cast<const AnnotatedCondition*>(arg);
+    __tsan_acquire(self->mu);
+    const bool result = self->condition->Eval();
+    __tsan_release(self->mu);
+    return result;
+  }
+};
 
 }  // namespace
 
@@ -106,14 +124,16 @@ bool Mutex::ReaderTryLock() {
 void Mutex::LockWhen(const Condition& cond) {
   static auto real = Real<void (*)(Mutex*, const Condition&)>(
       "5Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AnnotatedCondition wrapped{&cond, this};
+  real(this, Condition(&AnnotatedCondition::Eval, &wrapped));
   __tsan_acquire(this);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   static auto real = Real<void (*)(Mutex*, const Condition&)>(
       "5Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AnnotatedCondition wrapped{&cond, this};
+  real(this, Condition(&AnnotatedCondition::Eval, &wrapped));
   __tsan_acquire(this);
 }
 
@@ -122,7 +142,8 @@ void Mutex::ReaderLockWhen(const Condition& cond) {
 bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration d) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Duration)>(
       "5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool r = real(this, cond, d);
+  AnnotatedCondition wrapped{&cond, this};
+  const bool r = real(this, Condition(&AnnotatedCondition::Eval, &wrapped), d);
   __tsan_acquire(this);
   return r;
 }
@@ -130,7 +151,8 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration d) {
 bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time t) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool r = real(this, cond, t);
+  AnnotatedCondition wrapped{&cond, this};
+  const bool r = real(this, Condition(&AnnotatedCondition::Eval, &wrapped), t);
   __tsan_acquire(this);
   return r;
 }
@@ -138,7 +160,8 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time t) {
 bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, absl::Duration d) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Duration)>(
       "5Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool r = real(this, cond, d);
+  AnnotatedCondition wrapped{&cond, this};
+  const bool r = real(this, Condition(&AnnotatedCondition::Eval, &wrapped), d);
   __tsan_acquire(this);
   return r;
 }
@@ -146,7 +169,8 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, absl::Duration d) {
 bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, absl::Time t) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool r = real(this, cond, t);
+  AnnotatedCondition wrapped{&cond, this};
+  const bool r = real(this, Condition(&AnnotatedCondition::Eval, &wrapped), t);
   __tsan_acquire(this);
   return r;
 }
@@ -155,7 +179,8 @@ void Mutex::Await(const Condition& cond) {
   static auto real = Real<void (*)(Mutex*, const Condition&)>(
       "5Mutex5AwaitERKNS0_9ConditionE");
   __tsan_release(this);
-  real(this, cond);
+  AnnotatedCondition wrapped{&cond, this};
+  real(this, Condition(&AnnotatedCondition::Eval, &wrapped));
   __tsan_acquire(this);
 }
 
@@ -163,7 +188,8 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration d) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Duration)>(
       "5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   __tsan_release(this);
-  const bool r = real(this, cond, d);
+  AnnotatedCondition wrapped{&cond, this};
+  const bool r = real(this, Condition(&AnnotatedCondition::Eval, &wrapped), d);
   __tsan_acquire(this);
   return r;
 }
@@ -172,7 +198,8 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time t) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   __tsan_release(this);
-  const bool r = real(this, cond, t);
+  AnnotatedCondition wrapped{&cond, this};
+  const bool r = real(this, Condition(&AnnotatedCondition::Eval, &wrapped), t);
   __tsan_acquire(this);
   return r;
 }
