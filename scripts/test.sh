@@ -27,7 +27,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
-ASAN_EXCLUDE=${ASAN_EXCLUDE:-^(load_e2e_test|deploy_prometheus_e2e)$}
+ASAN_EXCLUDE=${ASAN_EXCLUDE:-^(load_e2e_test|deploy_prometheus_e2e|security_e2e_test)$}
 TSAN_TESTS=${TSAN_TESTS:-scheduler_test job_manager_test job_manager_e2e_test server_util_test server_convert_test metrics_test}
 TSAN_GRPC_TESTS=${TSAN_GRPC_TESTS:-service_e2e_test}
 
