@@ -45,8 +45,6 @@
 
 namespace regserve {
 
-namespace v1 = ::regserve::v1;
-
 class RegistrationClient {
  public:
   struct TlsOptions {
