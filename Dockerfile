@@ -42,7 +42,7 @@ RUN test -n "${LIBTORCH_SHA256}" \
 # The distribution packages, from the same script developers and CI use,
 # minus the CPU LibTorch and the test-only packages.
 COPY scripts/setup.sh /src/scripts/setup.sh
-RUN REGSERVE_SETUP_SKIP="libtorch-dev libgtest-dev libgmock-dev python3-grpcio prometheus yamllint" \
+RUN REGSERVE_SETUP_SKIP="libtorch-dev libgtest-dev libgmock-dev python3-grpcio prometheus yamllint clang libclang-rt-dev " \
       bash /src/scripts/setup.sh \
  && rm -rf /var/lib/apt/lists/*
 
