@@ -167,22 +167,13 @@ grpc::Status PumpEvents(JobManager* manager, const std::string& job_id,
                       "the client went away; the job goes on (use Watch)");
 }
 
-// Bidirectional Submit call. See the class comment of RegistrationService.
-class SubmitReactor final
-    : public grpc::ServerBidiReactor<v1::SubmitRequest, v1::JobEvent>,
-      public EventSink {
+// The write, cancel and clean-up plumbing shared by the streaming reactors:
+// one message in flight at a time, written from the call's own thread, which
+// waits for OnWriteDone; OnCancel closes the attached event stream. `Base`
+// is the gRPC reactor (bidi or server-write) the call uses.
+template <typename Base>
+class StreamingReactor : public Base, public EventSink {
  public:
-  SubmitReactor(RegistrationService* service,
-                grpc::CallbackServerContext* context)
-      : service_(service), principal_(service->Authenticate(*context)) {
-    service_->SpawnCallThread([this] { Run(); });
-  }
-
-  void OnReadDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    read_pending_ = false;
-    read_ok_ = ok;
-  }
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
     write_pending_ = false;
@@ -201,7 +192,7 @@ class SubmitReactor final
       write_pending_ = true;
     }
     // Not under mu_: gRPC may run OnWriteDone on this thread.
-    StartWrite(&event);
+    this->StartWrite(&event);
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
         +[](bool* pending) { return !*pending; }, &write_pending_));
@@ -210,6 +201,32 @@ class SubmitReactor final
   bool cancelled() override {
     absl::MutexLock lock(&mu_);
     return cancelled_;
+  }
+
+ protected:
+  absl::Mutex mu_;
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_ok_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<EventStream> owned_stream_ ABSL_GUARDED_BY(mu_);
+  EventStream* stream_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+// Bidirectional Submit call. See the class comment of RegistrationService.
+class SubmitReactor final
+    : public StreamingReactor<
+          grpc::ServerBidiReactor<v1::SubmitRequest, v1::JobEvent>> {
+ public:
+  SubmitReactor(RegistrationService* service,
+                grpc::CallbackServerContext* context)
+      : service_(service), principal_(service->Authenticate(*context)) {
+    service_->SpawnCallThread([this] { Run(); });
+  }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    read_pending_ = false;
+    read_ok_ = ok;
   }
 
  private:
@@ -370,19 +387,13 @@ class SubmitReactor final
   const absl::StatusOr<std::string> principal_;
   v1::SubmitRequest request_;  // the read buffer; touched by one read at a time
 
-  absl::Mutex mu_;
   bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool read_ok_ ABSL_GUARDED_BY(mu_) = false;
-  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool write_ok_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::unique_ptr<EventStream> owned_stream_ ABSL_GUARDED_BY(mu_);
-  EventStream* stream_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 // Server-streaming Watch call.
-class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
-                           public EventSink {
+class WatchReactor final
+    : public StreamingReactor<grpc::ServerWriteReactor<v1::JobEvent>> {
  public:
   WatchReactor(RegistrationService* service,
                grpc::CallbackServerContext* context,
@@ -392,35 +403,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
         job_id_(request->job_id()),
         from_tile_(request->from_tile()) {
     service_->SpawnCallThread([this] { Run(); });
-  }
-
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    write_pending_ = false;
-    write_ok_ = ok;
-  }
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (stream_ != nullptr) stream_->Close();
-  }
-  void OnDone() override { delete this; }
-
-  bool Write(const v1::JobEvent& event) override {
-    {
-      absl::MutexLock lock(&mu_);
-      write_pending_ = true;
-    }
-    // Not under mu_: gRPC may run OnWriteDone on this thread.
-    StartWrite(&event);
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](bool* pending) { return !*pending; }, &write_pending_));
-    return write_ok_;
-  }
-  bool cancelled() override {
-    absl::MutexLock lock(&mu_);
-    return cancelled_;
   }
 
  private:
@@ -455,13 +437,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
   const absl::StatusOr<std::string> principal_;
   const std::string job_id_;
   const int64_t from_tile_;
-
-  absl::Mutex mu_;
-  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool write_ok_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::unique_ptr<EventStream> owned_stream_ ABSL_GUARDED_BY(mu_);
-  EventStream* stream_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace
