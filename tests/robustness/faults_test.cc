@@ -101,19 +101,12 @@ int CountFds(pid_t pid) {
   return n;
 }
 
-int CountThreads(pid_t pid) {
-  const std::string status = ReadAll(absl::StrCat("/proc/", pid, "/status"));
-  const size_t at = status.find("Threads:");
-  if (at == std::string::npos) return -1;
-  return atoi(status.c_str() + at + 8);
-}
-
-// "name xN, ..." of the threads of `pid` (for messages).
-std::string ThreadNames(pid_t pid) {
+// Thread counts of `pid` by name (/proc/<pid>/task/*/comm).
+std::map<std::string, int> ThreadsByName(pid_t pid) {
   std::map<std::string, int> names;
   const std::string dir = absl::StrCat("/proc/", pid, "/task");
   DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return "";
+  if (d == nullptr) return names;
   while (dirent* e = readdir(d)) {
     if (e->d_name[0] == '.') continue;
     std::string comm = ReadAll(dir + "/" + e->d_name + "/comm");
@@ -121,8 +114,28 @@ std::string ThreadNames(pid_t pid) {
     ++names[comm];
   }
   closedir(d);
+  return names;
+}
+
+// Threads that regserved's own code starts carry the program's name (they
+// are not renamed); every other name belongs to a gRPC-internal pool
+// (default-executor, event_engine, timer_manager, ...), whose size gRPC
+// adjusts to load on its own schedule.
+int OwnThreads(const std::map<std::string, int>& names) {
+  const auto it = names.find("regserved");
+  return it == names.end() ? 0 : it->second;
+}
+int PoolThreads(const std::map<std::string, int>& names) {
+  int n = 0;
+  for (const auto& [name, count] : names)
+    if (name != "regserved") n += count;
+  return n;
+}
+
+// "name xN, ..." (for messages).
+std::string ThreadNames(pid_t pid) {
   std::string out;
-  for (const auto& [name, n] : names)
+  for (const auto& [name, n] : ThreadsByName(pid))
     absl::StrAppend(&out, name, " x", n, ", ");
   return out;
 }
@@ -673,24 +686,35 @@ TEST(FaultTest, VanishingClientsLeaveNoFdOrThreadBehind) {
   ExpectEveryJobResolved(client.get());
   absl::SleepFor(absl::Seconds(1));
   const int fds0 = CountFds(daemon.pid());
-  const int threads0 = CountThreads(daemon.pid());
-  const std::string names0 = ThreadNames(daemon.pid());
+  const auto names0 = ThreadsByName(daemon.pid());
+  const std::string before = ThreadNames(daemon.pid());
   ASSERT_GT(fds0, 0);
-  ASSERT_GT(threads0, 0);
-  for (int r = 0; r < 5; ++r) round();
+  ASSERT_GT(OwnThreads(names0), 0);
+  constexpr int kRounds = 5;
+  for (int r = 0; r < kRounds; ++r) round();
   ExpectEveryJobResolved(client.get());
-  int fds = -1, threads = -1;
+  // Our own threads and the descriptors must come back exactly. gRPC's pools
+  // may sit a few threads above the baseline (on two busy cores its executor
+  // grew by one after the warm-up, seen in CI), so they get a slack smaller
+  // than kRounds: a leak of even one thread per round still fails.
+  constexpr int kPoolSlack = kRounds - 1;
+  int fds = -1, own = -1, pool = -1;
   const bool back = WaitFor(
       [&] {
+        const auto names = ThreadsByName(daemon.pid());
         fds = CountFds(daemon.pid());
-        threads = CountThreads(daemon.pid());
-        return fds <= fds0 && threads <= threads0;
+        own = OwnThreads(names);
+        pool = PoolThreads(names);
+        return fds <= fds0 && own <= OwnThreads(names0) &&
+               pool <= PoolThreads(names0) + kPoolSlack;
       },
       absl::Seconds(20), absl::Milliseconds(200));
-  fprintf(stderr, "fds %d -> %d, threads %d -> %d\n", fds0, fds, threads0,
-          threads);
-  EXPECT_TRUE(back) << "fds " << fds0 << " -> " << fds << ", threads "
-                    << threads0 << " -> " << threads << "\nbefore: " << names0
+  fprintf(stderr, "fds %d -> %d, own threads %d -> %d, gRPC pools %d -> %d\n",
+          fds0, fds, OwnThreads(names0), own, PoolThreads(names0), pool);
+  EXPECT_TRUE(back) << "fds " << fds0 << " -> " << fds << ", own threads "
+                    << OwnThreads(names0) << " -> " << own << ", gRPC pools "
+                    << PoolThreads(names0) << " -> " << pool
+                    << "\nbefore: " << before
                     << "\nafter:  " << ThreadNames(daemon.pid());
   EXPECT_EQ(daemon.Stop(), 0);
 }
