@@ -89,6 +89,8 @@ inline constexpr int64_t kCudaBandRows = 512;  // one-pass output band
 inline constexpr int kCudaBandSlots = 3;       // one-pass band ring
 inline constexpr int64_t kCudaSourceChunkRows = 256;
 inline constexpr int64_t kCudaRegionMargin = 256;  // per side, tiled source
+// The field is staged into pinned memory and uploaded in chunks of this size.
+inline constexpr size_t kCudaFieldChunkBytes = size_t{4} << 20;
 // Source-region capacity (pixels) of one tiled slot for tile edge T.
 int64_t RegionCapacityPixels(int64_t src_w, int64_t src_h, int64_t tile);
 

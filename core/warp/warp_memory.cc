@@ -19,8 +19,8 @@
 //   plus 2 MiB rounding per buffer (the caching allocator rounds large
 //   blocks to 2 MiB).
 // CUDA (host_bytes): pinned staging owned by the Warper: the whole output
-// (one pass) or 2 tiles (tiled), plus the field's block bounds (16 bytes per
-// 256 nodes).
+// (one pass) or 2 tiles (tiled), plus the field (2*4*fw*fh, staged for its
+// upload), plus the field's block bounds (16 bytes per 256 nodes).
 //
 // CPU (host_bytes), measured as peak RSS growth (VmHWM after clearing it via
 // /proc/self/clear_refs) around one Warp call: the output tile buffer,
@@ -72,14 +72,14 @@ WarpMemoryEstimate EstimateWarpMemory(const ImageSpec& moving,
         out_width * bpp;
     e.device_bytes =
         moving.bytes() + field_bytes + kCudaBandSlots * band + 3 * kRounding;
-    e.host_bytes = out_bytes + bounds_bytes;
+    e.host_bytes = out_bytes + field_bytes + bounds_bytes;
   } else {
     const uint64_t t = static_cast<uint64_t>(tile_size);
     const uint64_t region = static_cast<uint64_t>(RegionCapacityPixels(
                                 moving.width, moving.height, tile_size)) *
                             bpp;
     e.device_bytes = field_bytes + 2 * region + 2 * t * t * bpp + 3 * kRounding;
-    e.host_bytes = 2 * t * t * bpp + bounds_bytes;
+    e.host_bytes = 2 * t * t * bpp + field_bytes + bounds_bytes;
   }
   return e;
 }
