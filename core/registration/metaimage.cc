@@ -37,10 +37,17 @@ absl::Status WriteFile(const std::string& path, const void* data, size_t n) {
         absl::StrCat("cannot create '", path, "': ", std::strerror(errno)));
   }
   size_t written = n == 0 ? 0 : std::fwrite(data, 1, n, f);
+  const int write_errno = errno;
   int close_rc = std::fclose(f);
   if (written != n || close_rc != 0) {
-    return absl::InternalError(absl::StrCat(
-        "cannot write '", path, "' (disk full?): ", std::strerror(errno)));
+    const int err = written != n ? write_errno : errno;
+    if (err == ENOSPC || err == EDQUOT) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot write '", path, "': ", std::strerror(err),
+          "; free space in the data directory (--data_dir) and submit again"));
+    }
+    return absl::InternalError(
+        absl::StrCat("cannot write '", path, "': ", std::strerror(err)));
   }
   return absl::OkStatus();
 }

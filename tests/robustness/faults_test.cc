@@ -449,11 +449,14 @@ TEST(FaultTest, KillNineDuringUploadRegistrationAndWarpThenRestart) {
 }
 
 TEST(FaultTest, ElastixCrashAndHang) {
+  // The timeout must leave room for the real registrations of this test
+  // (about 1 s each) on a loaded 2-core machine: at 5 s, the final "pass"
+  // run timed out while an ASan build shared the cores.
   const std::string data = MakeTempDir("regserve_fault_elastix");
   Wrapper wrapper;
   Daemon daemon;
   ASSERT_TRUE(daemon.Start(
-      data, With(BaseFlags(), {wrapper.flag(), "--registration_timeout=5s"})))
+      data, With(BaseFlags(), {wrapper.flag(), "--registration_timeout=15s"})))
       << ReadAll(daemon.stderr_path());
   auto client = ClientOf(daemon);
   const auto run = [&](const std::string& label, std::string* message) {
@@ -493,8 +496,8 @@ TEST(FaultTest, ElastixCrashAndHang) {
   s = run("hang", &message);
   const double took = absl::ToDoubleSeconds(absl::Now() - start);
   EXPECT_EQ(s.error_code(), C::DEADLINE_EXCEEDED) << s.error_message();
-  EXPECT_GE(took, 5.0);
-  EXPECT_LT(took, 30.0);
+  EXPECT_GE(took, 15.0);
+  EXPECT_LT(took, 60.0);
   ASSERT_GT(wrapper.Pids().size(), runs);
   const pid_t hung = wrapper.Pids().back();
   EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(hung); }, absl::Seconds(10)))
@@ -589,7 +592,7 @@ TEST(FaultTest, FullDataDirGivesAClearErrorAndNoCorruptJob) {
                        });
     fprintf(stderr, "nearly full: %d %s\n", static_cast<int>(s.error_code()),
             s.error_message().c_str());
-    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.error_code(), C::RESOURCE_EXHAUSTED) << s.error_message();
     EXPECT_NE(s.error_message().find("No space left"), std::string::npos)
         << s.error_message();
 
