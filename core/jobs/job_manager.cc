@@ -302,9 +302,16 @@ QueueKey KeyOf(const Job& job) {
                   job.rec.info.id};
 }
 
+// One CUDA warper per GPU, shared by the jobs warping there. A warper that
+// could not be created is remembered for kWarperRetryAfter, so that the jobs
+// in between go straight to the CPU instead of each paying for (and logging)
+// the same failure.
+constexpr absl::Duration kWarperRetryAfter = absl::Minutes(1);
 struct WarperSlot {
   absl::Mutex mu;
   std::unique_ptr<Warper> warper ABSL_GUARDED_BY(mu);
+  absl::Status failure ABSL_GUARDED_BY(mu);
+  absl::Time failed_at ABSL_GUARDED_BY(mu) = absl::InfinitePast();
 };
 
 class JobManagerImpl final : public JobManager {
@@ -1765,12 +1772,19 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
     slot_lock = std::make_unique<absl::MutexLock>(&slot->mu);
     absl::Status why;
     if (!slot->warper) {
-      absl::StatusOr<std::unique_ptr<Warper>> created =
-          env_.create_warper(WarpDevice::kCuda, ordinal);
-      if (created.ok()) {
-        slot->warper = *std::move(created);
+      if (absl::Now() - slot->failed_at < kWarperRetryAfter) {
+        why = slot->failure;
       } else {
-        why = created.status();
+        absl::StatusOr<std::unique_ptr<Warper>> created =
+            env_.create_warper(WarpDevice::kCuda, ordinal);
+        if (created.ok()) {
+          slot->warper = *std::move(created);
+          slot->failure = absl::OkStatus();
+        } else {
+          why = created.status();
+          slot->failure = why;
+          slot->failed_at = absl::Now();
+        }
       }
     }
     if (slot->warper) {

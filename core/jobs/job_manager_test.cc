@@ -972,6 +972,18 @@ TEST_F(JobManagerTest, CudaWarperFailureFallsBackToCpu) {
   }
   EXPECT_TRUE(reason);
   EXPECT_EQ(info.output.width, 181);
+  EXPECT_EQ(cuda_attempts.load(), 1);
+  // The failure is remembered: the next job goes straight to the CPU, with
+  // the same reason, without trying CUDA again.
+  id = *m->CreateJob(spec, "");
+  info = WaitTerminal(m.get(), id);
+  ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
+  EXPECT_EQ(cuda_attempts.load(), 1);
+  reason = false;
+  for (const std::string& r : info.plan.reasons) {
+    reason = reason || absl::StrContains(r, "no CUDA device 0");
+  }
+  EXPECT_TRUE(reason);
   m.reset();
   scheduler_.reset();
 }
