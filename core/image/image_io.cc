@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "core/common/status_macros.h"
+#include "core/image/oiio_type.h"
 
 namespace regserve {
 namespace {
@@ -60,18 +61,6 @@ std::string DrainErrors(const T* object) {
   std::string out(trimmed);
   if (out.empty()) out = "OpenImageIO gave no error message";
   return out;
-}
-
-oiio::TypeDesc ToTypeDesc(SampleType type) {
-  switch (type) {
-    case SampleType::kUInt8:
-      return oiio::TypeDesc::UINT8;
-    case SampleType::kUInt16:
-      return oiio::TypeDesc::UINT16;
-    case SampleType::kFloat32:
-      return oiio::TypeDesc::FLOAT;
-  }
-  return oiio::TypeDesc::UINT8;
 }
 
 // uint8 stays uint8, 16-bit unsigned stays uint16, all else becomes float32.
@@ -241,7 +230,7 @@ absl::StatusOr<Image> Read(const Source& src, const ReadOptions& options) {
     in.input->threads(std::max(1, options.threads));
     const bool ok = in.input->read_image(
         /*subimage=*/0, /*miplevel=*/0, /*chbegin=*/0,
-        /*chend=*/in.ours.channels, ToTypeDesc(in.ours.type), image.data());
+        /*chend=*/in.ours.channels, OiioTypeOf(in.ours.type), image.data());
     if (!ok) {
       return absl::InvalidArgumentError(absl::StrCat(
           "cannot decode the pixels of ", Describe(src), " (",
@@ -293,7 +282,7 @@ bool IsTiff(const std::string& path) {
 oiio::ImageSpec OutputSpec(const ImageSpec& spec) {
   oiio::ImageSpec out(static_cast<int>(spec.width),
                       static_cast<int>(spec.height), spec.channels,
-                      ToTypeDesc(spec.type));
+                      OiioTypeOf(spec.type));
   // Our buffers hold unassociated alpha; do not let OIIO un-premultiply.
   out.attribute("oiio:UnassociatedAlpha", 1);
   if (spec.channels == 2) {
@@ -612,7 +601,7 @@ class TiledTiffWriterImpl final : public TiledTiffWriter {
     try {
       ok = out_->write_tile(static_cast<int>(tx * tile_),
                             static_cast<int>(ty * tile_), 0,
-                            ToTypeDesc(spec_.type), data);
+                            OiioTypeOf(spec_.type), data);
       if (!ok) why = DrainErrors(out_.get());
     } catch (const std::exception& e) {
       why = absl::StrCat("OpenImageIO threw: ", e.what());
@@ -763,7 +752,7 @@ absl::Status WriteImageFile(const std::string& path, const Image& image) {
           absl::StrCat("cannot write ", image.spec().DebugString(), " as \"",
                        path, "\": ", DrainErrors(out.get())));
     }
-    if (!out->write_image(ToTypeDesc(image.type()), image.data())) {
+    if (!out->write_image(OiioTypeOf(image.type()), image.data())) {
       std::string why = DrainErrors(out.get());
       out->close();
       DrainErrors(out.get());
@@ -825,6 +814,18 @@ absl::StatusOr<std::unique_ptr<TiledTiffWriter>> OpenTiledTiffWriter(
     return absl::InternalError(
         absl::StrCat("creating \"", path, "\": OpenImageIO threw: ", e.what()));
   }
+}
+
+OIIO::TypeDesc OiioTypeOf(SampleType type) {
+  switch (type) {
+    case SampleType::kUInt8:
+      return OIIO::TypeDesc::UINT8;
+    case SampleType::kUInt16:
+      return OIIO::TypeDesc::UINT16;
+    case SampleType::kFloat32:
+      return OIIO::TypeDesc::FLOAT;
+  }
+  return OIIO::TypeDesc::UINT8;
 }
 
 }  // namespace regserve

@@ -11,21 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "core/image/oiio_type.h"
 
 namespace regserve {
 namespace {
-
-OIIO::TypeDesc ToTypeDesc(SampleType t) {
-  switch (t) {
-    case SampleType::kUInt8:
-      return OIIO::TypeDesc::UINT8;
-    case SampleType::kUInt16:
-      return OIIO::TypeDesc::UINT16;
-    case SampleType::kFloat32:
-      return OIIO::TypeDesc::FLOAT;
-  }
-  return OIIO::TypeDesc::FLOAT;
-}
 
 class OiioResultReader final : public ResultReader {
  public:
@@ -49,7 +38,7 @@ class OiioResultReader final : public ResultReader {
     std::string out(static_cast<size_t>(r.w) * static_cast<size_t>(r.h) * pixel,
                     '\0');
     const OIIO::ImageSpec& fs = in_->spec();
-    const OIIO::TypeDesc format = ToTypeDesc(spec_.type);
+    const OIIO::TypeDesc format = OiioTypeOf(spec_.type);
     bool ok = false;
     try {
       if (fs.tile_width > 0 && fs.tile_height > 0) {
