@@ -44,6 +44,7 @@
 #include "core/jobs/job_env.h"
 #include "core/jobs/job_store.h"
 #include "core/jobs/result_reader.h"
+#include "core/registration/process.h"
 
 namespace regserve {
 
@@ -601,6 +602,16 @@ absl::Status JobManagerImpl::Recover() {
         EnqueueLocked(job);
         break;
       case JobState::kRunning:
+        // elastix/transformix run in their own process group and outlive a
+        // daemon killed with SIGKILL: end the one this job left behind
+        // before its files go and its memory is counted as free again.
+        if (const pid_t stale =
+                KillStaleChild(dir + "/registration/child.pid")) {
+          std::fprintf(stderr,
+                       "regserve: job %s: killed registration process %d "
+                       "left by the previous daemon\n",
+                       id.c_str(), static_cast<int>(stale));
+        }
         if (info.attempts < options_.max_attempts) {
           info.state = JobState::kQueued;
           info.stage_fraction = 0;

@@ -145,6 +145,38 @@ class OutputReader {
   std::thread thread_;
 };
 
+void WritePidFile(const std::string& path, pid_t pid) {
+  FILE* f = std::fopen(path.c_str(), "we");
+  if (f == nullptr) return;
+  std::fprintf(f, "%d\n", static_cast<int>(pid));
+  std::fclose(f);
+}
+
+// The real path of `path`, or "" if it does not resolve.
+std::string RealPath(const std::string& path) {
+  char* resolved = realpath(path.c_str(), nullptr);
+  if (resolved == nullptr) return "";
+  std::string out(resolved);
+  std::free(resolved);
+  return out;
+}
+
+// Whether `pid` exists and is not a zombie.
+bool Running(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return false;
+  char buf[512];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // "pid (comm) S ...": the state follows the last ')'.
+  const char* close = std::strrchr(buf, ')');
+  return close != nullptr && close[1] == ' ' && close[2] != 'Z' &&
+         close[2] != 'X';
+}
+
 // The child's own peak resident set ("VmHWM" in /proc/<pid>/status), in
 // bytes, or 0 if unreadable. Unlike wait4's ru_maxrss this does not include
 // the parent's resident set: posix_spawn's child shares the parent's memory
@@ -264,6 +296,7 @@ class PosixProcessRunner final : public ProcessRunner {
           absl::StrCat("posix_spawn '", *program, "': ", ErrnoText(rc)));
     }
     setpgid(pid, pid);  // already done by the child; harmless if so
+    if (!options.pid_file.empty()) WritePidFile(options.pid_file, pid);
     if (options.on_start) options.on_start(pid);
 
     OutputReader reader(read_end.get(), options.on_line, options.tail_lines);
@@ -304,6 +337,7 @@ class PosixProcessRunner final : public ProcessRunner {
       }
       absl::SleepFor(step);
     }
+    if (!options.pid_file.empty()) unlink(options.pid_file.c_str());
     reader.Finish();
     result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     result.tail = reader.TakeTail();
@@ -322,6 +356,29 @@ class PosixProcessRunner final : public ProcessRunner {
 };
 
 }  // namespace
+
+pid_t KillStaleChild(const std::string& pid_file, absl::Duration wait) {
+  FILE* f = std::fopen(pid_file.c_str(), "re");
+  if (f == nullptr) return 0;
+  int value = 0;
+  const bool parsed = std::fscanf(f, "%d", &value) == 1;
+  std::fclose(f);
+  unlink(pid_file.c_str());
+  const pid_t pid = static_cast<pid_t>(value);
+  if (!parsed || pid <= 1 || !Running(pid)) return 0;
+  const size_t slash = pid_file.rfind('/');
+  const std::string dir =
+      RealPath(slash == std::string::npos ? "." : pid_file.substr(0, slash));
+  const std::string cwd = RealPath(absl::StrCat("/proc/", pid, "/cwd"));
+  if (dir.empty() || cwd != dir) return 0;
+  kill(-pid, SIGKILL);
+  kill(pid, SIGKILL);
+  const absl::Time until = absl::Now() + wait;
+  while (Running(pid) && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return pid;
+}
 
 ProcessRunner* ProcessRunner::Default() {
   static auto* const kRunner = new PosixProcessRunner();

@@ -56,7 +56,23 @@ struct ProcessOptions {
   size_t tail_lines = 200;  // how many last output lines to keep
   // Called once with the child's pid right after it started (tests use it).
   std::function<void(pid_t)> on_start;
+  // If set, the child's pid (which is also its process group) is written to
+  // this file once it has started, and the file is removed once the child
+  // has been reaped. The child runs in its own process group, so it outlives
+  // a parent killed with SIGKILL; the file lets a restarted parent end it
+  // (KillStaleChild). Best effort: a pid file that cannot be written does not
+  // stop the run. Use a file in working_dir (KillStaleChild checks that).
+  std::string pid_file;
 };
+
+// Ends the process group of a child that a previous parent started with
+// `pid_file` and did not reap (the parent was killed): reads the pid, and if
+// that process still runs with the pid file's directory as its working
+// directory (so a recycled pid is never touched), sends SIGKILL to its
+// process group and waits up to `wait` for it to go. Removes the pid file.
+// Returns the pid it killed, or 0 if there was nothing to kill.
+pid_t KillStaleChild(const std::string& pid_file,
+                     absl::Duration wait = absl::Seconds(2));
 
 struct ProcessResult {
   pid_t pid = -1;

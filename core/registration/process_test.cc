@@ -8,8 +8,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
@@ -227,6 +229,87 @@ TEST(ProcessRunner, ConcurrentRunsAreIndependent) {
   }
   for (auto& t : threads) t.join();
   EXPECT_THAT(codes, ElementsAre(10, 11, 12, 13));
+}
+
+TEST(ProcessRunner, PidFileExistsOnlyWhileTheChildRuns) {
+  char tmpl[] = "/tmp/regserve_pidfile_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string pid_file = absl::StrCat(tmpl, "/child.pid");
+  std::vector<std::string> lines;
+  ProcessOptions o = Sh("cat child.pid; echo $$");
+  o.working_dir = tmpl;
+  o.pid_file = pid_file;
+  o.on_line = [&](absl::string_view l) { lines.emplace_back(l); };
+  auto r = ProcessRunner::Default()->Run(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], lines[1]);  // the file held the child's own pid
+  EXPECT_EQ(lines[0], absl::StrCat(r->pid));
+  EXPECT_NE(access(pid_file.c_str(), F_OK), 0) << "pid file left behind";
+  rmdir(tmpl);
+}
+
+// A child that outlived its parent: started in its own process group in
+// `dir`, with a grandchild in the same group, as elastix is after a daemon
+// was killed with SIGKILL.
+pid_t StartOrphanLike(const std::string& dir, pid_t* grandchild) {
+  const std::string marker = dir + "/grandchild";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    if (chdir(dir.c_str()) != 0) _exit(127);
+    execl("/bin/sh", "sh", "-c", "sleep 30 & echo $! > grandchild; wait",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  *grandchild = 0;
+  for (int i = 0; i < 500 && *grandchild == 0; ++i) {
+    std::ifstream in(marker);
+    int g = 0;
+    if (in >> g) *grandchild = g;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return pid;
+}
+
+TEST(KillStaleChild, KillsTheGroupOfAChildRunningInThePidFilesDirectory) {
+  char tmpl[] = "/tmp/regserve_stale_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  pid_t grandchild = 0;
+  const pid_t pid = StartOrphanLike(dir, &grandchild);
+  ASSERT_GT(pid, 0);
+  ASSERT_GT(grandchild, 0);
+  std::ofstream(dir + "/child.pid") << pid << "\n";
+  EXPECT_EQ(KillStaleChild(dir + "/child.pid"), pid);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_TRUE(EventuallyDead(grandchild)) << "grandchild " << grandchild;
+  EXPECT_NE(access((dir + "/child.pid").c_str(), F_OK), 0);
+  // Nothing left to kill: a missing pid file, or one naming a dead process.
+  EXPECT_EQ(KillStaleChild(dir + "/child.pid"), 0);
+  std::ofstream(dir + "/child.pid") << pid << "\n";
+  EXPECT_EQ(KillStaleChild(dir + "/child.pid"), 0);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(KillStaleChild, LeavesAProcessInAnotherDirectoryAlone) {
+  // A recycled pid: the file names a live process that is not ours.
+  char a[] = "/tmp/regserve_stale_a_XXXXXX";
+  char b[] = "/tmp/regserve_stale_b_XXXXXX";
+  ASSERT_NE(mkdtemp(a), nullptr);
+  ASSERT_NE(mkdtemp(b), nullptr);
+  pid_t grandchild = 0;
+  const pid_t pid = StartOrphanLike(a, &grandchild);
+  ASSERT_GT(pid, 0);
+  std::ofstream(std::string(b) + "/child.pid") << pid << "\n";
+  EXPECT_EQ(KillStaleChild(std::string(b) + "/child.pid"), 0);
+  EXPECT_FALSE(DeadOrZombie(pid));
+  kill(-pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  std::filesystem::remove_all(a);
+  std::filesystem::remove_all(b);
 }
 
 }  // namespace

@@ -226,6 +226,7 @@ absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
   ProcessOptions elastix;
   elastix.argv = elastix_argv;
   elastix.working_dir = dir;
+  elastix.pid_file = dir + "/child.pid";
   elastix.cancel = request.cancel;
   elastix.deadline = deadline;
   elastix.on_line = [&](absl::string_view line) {
@@ -281,6 +282,7 @@ absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
                       "-threads",
                       absl::StrCat(request.threads)};
   transformix.working_dir = dir;
+  transformix.pid_file = dir + "/child.pid";
   transformix.cancel = request.cancel;
   transformix.deadline = deadline;
   auto transformix_run = runner->Run(transformix);

@@ -355,7 +355,9 @@ TEST(FaultTest, KillNineDuringUploadRegistrationAndWarpThenRestart) {
 
   std::vector<pid_t> orphans;
   {
-    wrapper.SetMode("slow", 3);
+    // The wrapper sleeps far longer than this test waits, so only the
+    // restarted daemon can end the run that d2 leaves behind.
+    wrapper.SetMode("slow", 120);
     Daemon d2;
     ASSERT_TRUE(d2.Start(data, flags)) << ReadAll(d2.stderr_path());
     auto client = ClientOf(d2);
@@ -371,7 +373,7 @@ TEST(FaultTest, KillNineDuringUploadRegistrationAndWarpThenRestart) {
     ASSERT_FALSE(again.empty()) << err;
     EXPECT_TRUE(SamePixels(again, done_copy, &why)) << why;
 
-    // kill -9 during registration: the wrapper has started (it sleeps 3 s
+    // kill -9 during registration: the wrapper has started (it sleeps
     // before exec'ing elastix) and the job is in its registration stage.
     const size_t runs = wrapper.Pids().size();
     reg_id = SubmitAndHangUp(client.get(), RigidSpec("registration-kill"),
@@ -402,12 +404,17 @@ TEST(FaultTest, KillNineDuringUploadRegistrationAndWarpThenRestart) {
     ASSERT_TRUE(st.ok());
     EXPECT_EQ(st->attempts(), 2);
     // elastix runs in its own process group and is not killed with the
-    // daemon: the orphaned run ends on its own (it finishes its work).
+    // daemon: the restarted daemon ends the run the killed one left behind
+    // (its pid file in the job's registration directory) when it recovers
+    // the job, long before the wrapper's sleep would have ended.
+    ASSERT_FALSE(orphans.empty());
     for (pid_t pid : orphans) {
-      EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(pid); }, absl::Seconds(60),
-                          absl::Milliseconds(100)))
+      EXPECT_FALSE(ProcessAlive(pid))
           << "orphaned elastix " << pid << " still running";
     }
+    EXPECT_NE(ReadAll(d3.stderr_path()).find("left by the previous daemon"),
+              std::string::npos)
+        << ReadAll(d3.stderr_path());
 
     // kill -9 during the warp: a 16 MP RGB image, registered at 0.05 MP and
     // warped at full resolution with cubic interpolation on the CPU.
