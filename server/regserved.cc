@@ -51,6 +51,13 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
+#include "openssl/bio.h"
+#include "openssl/err.h"
+#include "openssl/evp.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 #include "server/flag_util.h"
 #include "server/metrics/metrics.h"
 #include "server/registration_service.h"
@@ -113,6 +120,12 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA certificates: clients must present a certificate signed by "
           "one of them (mutual TLS). Needs --tls_cert and --tls_key.");
+ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Minutes(1),
+          "How often the --tls_* files are re-read, so that a renewed "
+          "certificate (and key, and client CA bundle) is used for new "
+          "connections without a restart; replace the key before the "
+          "certificate (a key and certificate that do not match are not "
+          "taken up). 0: read them once, at start.");
 ABSL_FLAG(std::string, auth_tokens, "",
           "File of \"<principal> <token>\" lines: every Registration call "
           "must send \"authorization: Bearer <token>\" and sees only its "
@@ -225,6 +238,46 @@ void WarnIfOthersCanRead(const char* flag, const std::string& path) {
   }
 }
 
+// InvalidArgument unless `cert_pem` starts with a certificate whose public
+// key belongs to `key_pem`: checked here because gRPC would otherwise start
+// and fail every handshake.
+absl::Status CheckKeyMatchesCertificate(const std::string& cert_pem,
+                                        const std::string& key_pem) {
+  // OpenSSL queues an error per failed parse; leave none for gRPC to find.
+  struct ClearErrors {
+    ~ClearErrors() { ERR_clear_error(); }
+  } clear_errors;
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
+      &BIO_free);
+  std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
+      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())),
+      &BIO_free);
+  if (cert_bio == nullptr || key_bio == nullptr) {
+    return absl::ResourceExhaustedError("out of memory reading TLS files");
+  }
+  std::unique_ptr<X509, decltype(&X509_free)> x509(
+      PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr), &X509_free);
+  if (x509 == nullptr) {
+    return absl::InvalidArgumentError(
+        "--tls_cert holds no PEM certificate (\"-----BEGIN "
+        "CERTIFICATE-----\")");
+  }
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(
+      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr),
+      &EVP_PKEY_free);
+  if (pkey == nullptr) {
+    return absl::InvalidArgumentError(
+        "--tls_key holds no unencrypted PEM private key");
+  }
+  if (X509_check_private_key(x509.get(), pkey.get()) != 1) {
+    return absl::InvalidArgumentError(
+        "--tls_key does not match the certificate in --tls_cert (the first "
+        "certificate of the chain must be the server's own)");
+  }
+  return absl::OkStatus();
+}
+
 // The server's transport credentials from the --tls_* flags: TLS (and mutual
 // TLS) or plaintext. InvalidArgument for bad combinations and unreadable
 // files.
@@ -246,21 +299,49 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
     *description = "plaintext";
     return grpc::InsecureServerCredentials();
   }
-  grpc::SslServerCredentialsOptions ssl(
+  REGSERVE_ASSIGN_OR_RETURN(const std::string cert_pem,
+                            ReadFlagFile("tls_cert", cert));
+  REGSERVE_ASSIGN_OR_RETURN(const std::string key_pem,
+                            ReadFlagFile("tls_key", key));
+  WarnIfOthersCanRead("tls_key", key);
+  REGSERVE_RETURN_IF_ERROR(CheckKeyMatchesCertificate(cert_pem, key_pem));
+  std::string ca_pem;
+  if (!client_ca.empty()) {
+    REGSERVE_ASSIGN_OR_RETURN(ca_pem, ReadFlagFile("tls_client_ca", client_ca));
+  }
+  const grpc_ssl_client_certificate_request_type request =
       client_ca.empty()
           ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  REGSERVE_ASSIGN_OR_RETURN(pair.cert_chain, ReadFlagFile("tls_cert", cert));
-  REGSERVE_ASSIGN_OR_RETURN(pair.private_key, ReadFlagFile("tls_key", key));
-  WarnIfOthersCanRead("tls_key", key);
-  ssl.pem_key_cert_pairs.push_back(std::move(pair));
-  if (!client_ca.empty()) {
-    REGSERVE_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                              ReadFlagFile("tls_client_ca", client_ca));
-  }
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   *description =
       client_ca.empty() ? "TLS" : "mutual TLS (client certificates required)";
+  const absl::Duration reload = absl::GetFlag(FLAGS_tls_reload_interval);
+  if (reload > absl::ZeroDuration()) {
+    // gRPC re-reads the files every `reload` and takes up a new key and
+    // certificate only when they match; connections made before keep the
+    // credentials they were made with.
+    const unsigned int seconds = static_cast<unsigned int>(
+        std::max<int64_t>(1, absl::ToInt64Seconds(reload)));
+    using grpc::experimental::FileWatcherCertificateProvider;
+    auto provider = client_ca.empty()
+                        ? std::make_shared<FileWatcherCertificateProvider>(
+                              key, cert, seconds)
+                        : std::make_shared<FileWatcherCertificateProvider>(
+                              key, cert, client_ca, seconds);
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (!client_ca.empty()) options.watch_root_certs();
+    options.set_cert_request_type(request);
+    absl::StrAppend(description, ", files re-read every ",
+                    absl::FormatDuration(absl::Seconds(seconds)));
+    return grpc::experimental::TlsServerCredentials(options);
+  }
+  grpc::SslServerCredentialsOptions ssl(request);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  pair.cert_chain = cert_pem;
+  pair.private_key = key_pem;
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  ssl.pem_root_certs = ca_pem;
   return grpc::SslServerCredentials(ssl);
 }
 

@@ -538,6 +538,60 @@ TEST_F(SecurityE2eTest, ExpiredServerCertificateIsRefused) {
   ExpectMainServing();
 }
 
+TEST_F(SecurityE2eTest, RenewedCertificateIsUsedWithoutARestart) {
+  // The daemon's certificate files, in a directory of their own.
+  const std::string dir = MakeTempDir("regserve_sec_rotate");
+  const std::string cert = dir + "/tls.pem", key = dir + "/tls.key";
+  WriteAll(cert, ReadAll(pki_->Path("server.pem")));
+  WriteAll(key, ReadAll(pki_->Path("server.key")));
+  chmod(key.c_str(), 0600);
+  Daemon daemon;
+  ASSERT_TRUE(daemon.Start(
+      MakeTempDir("regserve_sec_rotate_data"),
+      {"--tls_cert=" + cert, "--tls_key=" + key, "--tls_reload_interval=1s"}))
+      << ReadAll(daemon.stderr_path());
+  // Health over a fresh connection, trusting only CA `ca`.
+  const auto health = [&](const std::string& ca) {
+    bool serving = false;
+    return RegistrationClient(Tls(daemon.address(), "", ca))
+        .CheckHealth("", &serving);
+  };
+  grpc::Status s = health("ca");
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(health("other_ca").error_code(), Code::UNAVAILABLE);
+
+  // Renewal: a new key and a certificate from another CA replace the files
+  // (key first, as documented).
+  std::string log;
+  ASSERT_TRUE(KeyAndRequest(*pki_, "renewed", "localhost", &log) &&
+              Sign(*pki_, "renewed", "other_ca", kServerExt, &log))
+      << log;
+  WriteAll(key, ReadAll(pki_->Path("renewed.key")));
+  WriteAll(cert, ReadAll(pki_->Path("renewed.pem")));
+  bool renewed = false;
+  for (const absl::Time end = absl::Now() + absl::Seconds(20);
+       !renewed && absl::Now() < end; absl::SleepFor(absl::Milliseconds(250))) {
+    renewed = health("other_ca").ok();
+  }
+  EXPECT_TRUE(renewed) << "the renewed certificate was not taken up\n"
+                       << ReadAll(daemon.stderr_path());
+  s = health("ca");
+  EXPECT_EQ(s.error_code(), Code::UNAVAILABLE) << s.error_message();
+  EXPECT_EQ(daemon.Stop(), 0);
+
+  // A key that does not belong to the certificate stops the start, with a
+  // message that says so.
+  Daemon mismatched;
+  EXPECT_FALSE(mismatched.Start(MakeTempDir("regserve_sec_mismatch"),
+                                {"--tls_cert=" + pki_->Path("server.pem"),
+                                 "--tls_key=" + pki_->Path("client.key")}));
+  EXPECT_NE(ReadAll(mismatched.stderr_path())
+                .find("--tls_key does not match the certificate"),
+            std::string::npos)
+      << ReadAll(mismatched.stderr_path());
+  ExpectMainServing();
+}
+
 TEST_F(SecurityE2eTest, MutualTlsRequiresAClientCertificateFromItsCa) {
   RegistrationClient::Options o = Tls(mtls_->address(), "");
   v1::ListJobsResponse jobs;
