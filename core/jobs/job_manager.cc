@@ -83,6 +83,19 @@ const char* RoleName(ImageRole role) {
   return role == ImageRole::kFixed ? "fixed" : "moving";
 }
 
+// A path that a job's files recorded inside that job's directory
+// ("<old data_dir>/jobs/<id>/..."), rewritten to lie under `dir`, where the
+// job's directory is now. Other paths (server-side inputs) are left alone.
+void RebaseIntoJobDir(const std::string& id, const std::string& dir,
+                      std::string* path) {
+  const std::string marker = absl::StrCat("/jobs/", id);
+  const size_t at = path->rfind(marker);
+  if (at == std::string::npos) return;
+  const size_t end = at + marker.size();
+  if (end != path->size() && (*path)[end] != '/') return;
+  *path = absl::StrCat(dir, path->substr(end));
+}
+
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -239,7 +252,15 @@ class JobEventStream final : public EventStream {
     rect.y = (index / cols) * tile_size;
     rect.w = std::min(tile_size, spec.width - rect.x);
     rect.h = std::min(tile_size, spec.height - rect.y);
-    REGSERVE_ASSIGN_OR_RETURN(std::string data, reader_->ReadRegion(rect));
+    absl::StatusOr<std::string> data_or = reader_->ReadRegion(rect);
+    if (!data_or.ok()) {
+      // OutOfRange means "the stream has ended" to callers of Next: a tile
+      // outside the stored result is an inconsistency, not an end.
+      return absl::DataLossError(absl::StrCat("result tile ", index, " of ",
+                                              path, ": ",
+                                              data_or.status().message()));
+    }
+    std::string data = *std::move(data_or);
     JobEvent ev;
     {
       absl::MutexLock lock(&sub_->mu);
@@ -567,11 +588,23 @@ absl::Status JobManagerImpl::Recover() {
   const absl::Time now = absl::Now();
   for (const std::string& id : ids) {
     const std::string dir = JobDir(id);
-    absl::StatusOr<std::string> state_text = ReadWholeFile(dir + "/state");
-    if (!state_text.ok()) {
+    struct stat state_stat;
+    if (stat((dir + "/state").c_str(), &state_stat) != 0 && errno == ENOENT) {
       // CreateJob writes the state last, before it returns the id: without it
       // the job was never acknowledged. Remove the debris.
       RemoveAllQuietly(dir);
+      continue;
+    }
+    absl::StatusOr<std::string> state_text = ReadWholeFile(dir + "/state");
+    if (!state_text.ok()) {
+      // Present but unreadable (permissions, I/O error): keep the directory,
+      // whose result may be intact, and say so.
+      std::fprintf(stderr,
+                   "regserve: skipping job %s: its state file cannot be read "
+                   "(%s); fix the file's permissions or the disk and "
+                   "restart\n",
+                   id.c_str(),
+                   std::string(state_text.status().message()).c_str());
       continue;
     }
     auto job = std::make_shared<Job>();
@@ -590,7 +623,20 @@ absl::Status JobManagerImpl::Recover() {
     }
     JobInfo& info = job->rec.info;
     next_sequence_ = std::max(next_sequence_, job->rec.sequence + 1);
-    if (info.has_plan) info.tile_size = options_.stream_tile_size;
+    // The data directory may have moved since these paths were written.
+    for (std::string* path : {&info.result_path, &info.transform_dir,
+                              &job->rec.fixed_input, &job->rec.moving_input}) {
+      RebaseIntoJobDir(id, dir, path);
+    }
+    for (std::string& path : info.transform_files)
+      RebaseIntoJobDir(id, dir, &path);
+    // The result is streamed in this daemon's tiles, which may differ from
+    // the ones the job was planned with.
+    if (info.has_plan) {
+      info.tile_size = options_.stream_tile_size;
+      info.tile_count = CeilDiv(info.plan.output_width, info.tile_size) *
+                        CeilDiv(info.plan.output_height, info.tile_size);
+    }
     jobs_[id] = job;
     switch (info.state) {
       case JobState::kUploading:

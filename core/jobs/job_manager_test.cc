@@ -741,6 +741,101 @@ TEST_F(JobManagerTest, RestartRecovery) {
   EXPECT_EQ(m->GetJob(running1, "")->attempts, 2);
 }
 
+// Sum of the tile areas of `d`, and whether every tile lies in the image.
+int64_t TiledArea(const Drained& d, int64_t width, int64_t height,
+                  bool* inside) {
+  int64_t area = 0;
+  *inside = true;
+  for (const JobEvent& e : d.events) {
+    if (e.kind != JobEvent::Kind::kTile) continue;
+    area += e.rect.w * e.rect.h;
+    *inside = *inside && e.rect.w > 0 && e.rect.h > 0 &&
+              e.rect.x + e.rect.w <= width && e.rect.y + e.rect.h <= height;
+  }
+  return area;
+}
+
+TEST_F(JobManagerTest, RestartWithAnotherTileSizeStreamsTheWholeResult) {
+  std::string id;
+  {
+    auto m = Make(FakeEnv());
+    ASSERT_NE(m, nullptr);
+    id = *m->CreateJob(BrainSpec(), "");
+    ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
+    EXPECT_EQ(m->GetJob(id, "")->tile_count, 12);  // 64 px: 3 x 4
+  }
+  for (int64_t tile : {128, 32}) {
+    opts_.stream_tile_size = tile;
+    auto m = Make(FakeEnv());
+    ASSERT_NE(m, nullptr);
+    const int64_t expected =
+        ((181 + tile - 1) / tile) * ((217 + tile - 1) / tile);
+    EXPECT_EQ(m->GetJob(id, "")->tile_count, expected);
+    auto stream = m->OpenEventStream(id, "", 0);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    Drained d = Drain(stream->get());
+    ASSERT_OK(d.end);
+    EXPECT_EQ(d.Count(JobEvent::Kind::kTile), expected) << "tile " << tile;
+    bool inside = false;
+    EXPECT_EQ(TiledArea(d, 181, 217, &inside), 181 * 217) << "tile " << tile;
+    EXPECT_TRUE(inside);
+    ASSERT_NE(d.Last(), nullptr);
+    EXPECT_EQ(d.Last()->kind, JobEvent::Kind::kCompleted);
+  }
+}
+
+TEST_F(JobManagerTest, MovedDataDirKeepsFinishedResults) {
+  std::string id;
+  {
+    auto m = Make(FakeEnv());
+    ASSERT_NE(m, nullptr);
+    id = *m->CreateJob(UploadSpec(), "");
+    ASSERT_OK(Upload(m.get(), id, ImageRole::kFixed,
+                     ReadFileBytes(BrainFixed()), 4096));
+    ASSERT_OK(Upload(m.get(), id, ImageRole::kMoving,
+                     ReadFileBytes(BrainMoving()), 4096));
+    ASSERT_OK(m->FinishUpload(id));
+    ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
+  }
+  const std::string moved = tmp_.path() + "/moved_data";
+  fs::rename(opts_.data_dir, moved);
+  opts_.data_dir = moved;
+  auto m = Make(FakeEnv());
+  ASSERT_NE(m, nullptr);
+  JobInfo info = *m->GetJob(id, "");
+  EXPECT_EQ(info.state, JobState::kCompleted) << info.failure;
+  EXPECT_EQ(info.result_path, JobDir(id) + "/result.tif");
+  EXPECT_TRUE(absl::StartsWith(info.transform_dir, JobDir(id)))
+      << info.transform_dir;
+  for (const std::string& f : info.transform_files) {
+    EXPECT_TRUE(absl::StartsWith(f, JobDir(id))) << f;
+    EXPECT_TRUE(fs::exists(f)) << f;
+  }
+  auto stream = m->OpenEventStream(id, "", 0);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  Drained d = Drain(stream->get());
+  ASSERT_OK(d.end);
+  EXPECT_EQ(d.Count(JobEvent::Kind::kTile), 12);
+}
+
+TEST_F(JobManagerTest, UnreadableStateFileKeepsTheJobDirectory) {
+  std::string id;
+  {
+    auto m = Make(FakeEnv());
+    ASSERT_NE(m, nullptr);
+    id = *m->CreateJob(BrainSpec(), "");
+    ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
+  }
+  // A state "file" that cannot be read (a directory: this works as root,
+  // where permission bits would not stop the read).
+  fs::remove(JobDir(id) + "/state");
+  fs::create_directory(JobDir(id) + "/state");
+  auto m = Make(FakeEnv());
+  ASSERT_NE(m, nullptr);
+  EXPECT_FALSE(m->GetJob(id, "").ok());
+  EXPECT_TRUE(fs::exists(JobDir(id) + "/result.tif"));
+}
+
 TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
   absl::Notification started;
   fake_.hook = [&](const RegistrationRequest& r) {
