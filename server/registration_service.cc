@@ -5,6 +5,8 @@
 #include <iterator>
 #include <memory>
 #include <sstream>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -219,8 +221,11 @@ class SubmitReactor final
  public:
   SubmitReactor(RegistrationService* service,
                 grpc::CallbackServerContext* context)
-      : service_(service), principal_(service->Authenticate(*context)) {
-    service_->SpawnCallThread([this] { Run(); });
+      : service_(service),
+        context_(context),
+        principal_(service->Authenticate(*context)) {
+    const absl::Status spawned = service_->SpawnCallThread([this] { Run(); });
+    if (!spawned.ok()) End(ToGrpcStatus(spawned));
   }
 
   void OnReadDone(bool ok) override {
@@ -230,6 +235,9 @@ class SubmitReactor final
   }
 
  private:
+  // Reads the next message; false at the end of the stream, on
+  // cancellation, and when none came within upload_idle_timeout (then the
+  // call is cancelled and idle() is true).
   bool Read() {
     request_.Clear();
     {
@@ -237,10 +245,30 @@ class SubmitReactor final
       read_pending_ = true;
     }
     StartRead(&request_);  // not under mu_, as in Write
+    const absl::Condition done(
+        +[](bool* pending) { return !*pending; }, &read_pending_);
+    bool timed_out = false;
+    {
+      absl::MutexLock lock(&mu_);
+      timed_out =
+          !mu_.AwaitWithTimeout(done, service_->options().upload_idle_timeout);
+      if (timed_out) idle_ = true;
+    }
+    // Not under mu_: gRPC may run OnCancel/OnReadDone on this thread.
+    if (timed_out) context_->TryCancel();  // the read then ends with ok=false
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](bool* pending) { return !*pending; }, &read_pending_));
+    mu_.Await(done);
     return read_ok_;
+  }
+  bool idle() {
+    absl::MutexLock lock(&mu_);
+    return idle_;
+  }
+  absl::Status IdleError() const {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "no message from the client for ",
+        absl::FormatDuration(service_->options().upload_idle_timeout),
+        " (--upload_idle_timeout); the upload was abandoned: submit again"));
   }
 
   // The last thing the worker does: nothing may touch `this` afterwards.
@@ -273,6 +301,10 @@ class SubmitReactor final
     }
     if (!Read()) {
       observer->OnRejected(absl::InvalidArgumentError("no spec"));
+      if (idle()) {
+        End(ToGrpcStatus(IdleError()));
+        return;
+      }
       End(cancelled() ? grpc::Status(grpc::StatusCode::CANCELLED,
                                      "the client cancelled the call")
                       : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -338,6 +370,10 @@ class SubmitReactor final
     absl::Status status;
     while (status.ok()) {
       if (!Read()) {
+        if (idle()) {
+          status = IdleError();
+          break;
+        }
         if (cancelled()) {
           status = absl::CancelledError(
               "the client disconnected during the upload; submit again");
@@ -384,9 +420,11 @@ class SubmitReactor final
   }
 
   RegistrationService* const service_;
+  grpc::CallbackServerContext* const context_;
   const absl::StatusOr<std::string> principal_;
   v1::SubmitRequest request_;  // the read buffer; touched by one read at a time
 
+  bool idle_ ABSL_GUARDED_BY(mu_) = false;
   bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool read_ok_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -402,7 +440,8 @@ class WatchReactor final
         principal_(service->Authenticate(*context)),
         job_id_(request->job_id()),
         from_tile_(request->from_tile()) {
-    service_->SpawnCallThread([this] { Run(); });
+    const absl::Status spawned = service_->SpawnCallThread([this] { Run(); });
+    if (!spawned.ok()) Finish(ToGrpcStatus(spawned));
   }
 
  private:
@@ -499,16 +538,30 @@ void RegistrationService::WaitForCalls() {
       +[](int* n) { return *n == 0; }, &call_threads_));
 }
 
-void RegistrationService::SpawnCallThread(std::function<void()> fn) {
+absl::Status RegistrationService::SpawnCallThread(std::function<void()> fn) {
   {
     absl::MutexLock lock(&mu_);
+    if (call_threads_ >= options_.max_streams) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the server has ", call_threads_,
+          " streaming calls open, its limit (--max_streams); retry later"));
+    }
     ++call_threads_;
   }
-  std::thread([this, fn = std::move(fn)] {
-    fn();
+  try {
+    std::thread([this, fn = std::move(fn)] {
+      fn();
+      absl::MutexLock lock(&mu_);
+      --call_threads_;
+    }).detach();
+  } catch (const std::system_error& e) {
     absl::MutexLock lock(&mu_);
     --call_threads_;
-  }).detach();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server cannot start a thread for this call (",
+                     e.what(), "); retry later"));
+  }
+  return absl::OkStatus();
 }
 
 void RegistrationService::RunUnary(std::function<void()> fn) {

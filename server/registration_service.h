@@ -48,6 +48,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/auth/token_store.h"
 #include "core/hardware/hardware.h"
 #include "core/jobs/job_manager.h"
@@ -91,6 +92,13 @@ class RegistrationService final
     // Bearer tokens; null: no authentication (everyone is principal "").
     // Not owned; must outlive the service. Reloading it is safe at any time.
     const TokenStore* tokens = nullptr;
+    // Streaming calls (Submit, Watch) open at once; each has its own thread.
+    // One more is refused with RESOURCE_EXHAUSTED.
+    int max_streams = 1000;
+    // A Submit call that sends no message for this long (before its spec,
+    // or between upload chunks) is cancelled and its job failed, so that a
+    // stalled client cannot hold a queue slot forever.
+    absl::Duration upload_idle_timeout = absl::Minutes(5);
   };
 
   RegistrationService(JobManager* manager, ResourceScheduler* scheduler,
@@ -130,8 +138,11 @@ class RegistrationService final
   // The caller's principal (see "Authentication" above), or UNAUTHENTICATED.
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext& context) const;
-  // Runs `fn` on a new thread counted by WaitForCalls.
-  void SpawnCallThread(std::function<void()> fn);
+  // Runs `fn` on a new thread counted by WaitForCalls. RESOURCE_EXHAUSTED
+  // (and `fn` does not run) when Options::max_streams calls are open or the
+  // system refuses another thread.
+  absl::Status SpawnCallThread(std::function<void()> fn);
+  const Options& options() const { return options_; }
 
  private:
   // Runs `fn` on the unary pool.

@@ -109,6 +109,13 @@ ABSL_FLAG(int, max_jobs_per_principal, 0,
           "Unfinished jobs (uploading, queued, running) one principal may "
           "have before Submit answers RESOURCE_EXHAUSTED. 0: no limit beyond "
           "--max_queue.");
+ABSL_FLAG(int, max_streams, 1000,
+          "Streaming calls (Submit, Watch) open at once; each holds a "
+          "thread. One more gets RESOURCE_EXHAUSTED.");
+ABSL_FLAG(absl::Duration, upload_idle_timeout, absl::Minutes(5),
+          "A Submit call that sends nothing for this long (before its spec or "
+          "between upload chunks) is cancelled and its job failed "
+          "(DEADLINE_EXCEEDED), so a stalled client cannot hold a queue slot.");
 ABSL_FLAG(std::string, max_message_size, "8M",
           "Largest gRPC message the server accepts (an upload chunk, or the "
           "JobSpec with its elastix parameter files); larger ones fail with "
@@ -411,6 +418,13 @@ int Main(int argc, char** argv) {
     return Fail(kExitBadFlags,
                 "--max_jobs_per_principal must be >= 0 (0 = no limit)");
   }
+  if (absl::GetFlag(FLAGS_max_streams) < 1) {
+    return Fail(kExitBadFlags, "--max_streams must be at least 1");
+  }
+  if (absl::GetFlag(FLAGS_upload_idle_timeout) <= absl::ZeroDuration()) {
+    return Fail(kExitBadFlags,
+                "--upload_idle_timeout must be positive (e.g. 5m)");
+  }
   absl::StatusOr<uint64_t> max_message =
       ParseByteSize(absl::GetFlag(FLAGS_max_message_size));
   if (!max_message.ok() || *max_message < (2u << 20) ||
@@ -564,6 +578,8 @@ int Main(int argc, char** argv) {
   service_opts.max_message_bytes = max_receive;
   service_opts.version = REGSERVE_VERSION;
   service_opts.tokens = tokens.get();
+  service_opts.max_streams = absl::GetFlag(FLAGS_max_streams);
+  service_opts.upload_idle_timeout = absl::GetFlag(FLAGS_upload_idle_timeout);
   RegistrationService service(manager->get(), &scheduler, probe.get(),
                               service_opts);
 

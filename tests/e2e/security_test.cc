@@ -592,6 +592,91 @@ TEST_F(SecurityE2eTest, RenewedCertificateIsUsedWithoutARestart) {
   ExpectMainServing();
 }
 
+TEST_F(SecurityE2eTest, StalledUploadsAndStreamFloodsAreBounded) {
+  constexpr int kIdleSeconds = 5;
+  Daemon daemon;
+  ASSERT_TRUE(
+      daemon.Start(MakeTempDir("regserve_sec_streams"),
+                   {"--max_streams=3",
+                    absl::StrCat("--upload_idle_timeout=", kIdleSeconds, "s")}))
+      << ReadAll(daemon.stderr_path());
+  RegistrationClient::Options o;
+  o.address = daemon.address();
+  o.timeout = absl::Seconds(60);
+  RegistrationClient client(o);
+  // Three Submit calls that send their spec (declaring uploads) and then
+  // nothing: they hold all three streams.
+  struct Stalled {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::SubmitRequest, v1::JobEvent>>
+        stream;
+  };
+  std::vector<std::unique_ptr<Stalled>> stalled;
+  for (int i = 0; i < 3; ++i) {
+    stalled.push_back(std::make_unique<Stalled>());
+    stalled.back()->stream = client.stub()->Submit(&stalled.back()->ctx);
+    ASSERT_TRUE(stalled.back()->stream->Write(UploadSpec()));
+  }
+  std::vector<std::string> ids;
+  for (const absl::Time end = absl::Now() + absl::Seconds(kIdleSeconds - 1);
+       ids.size() < 3 && absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(50))) {
+    v1::ListJobsResponse jobs;
+    ids.clear();
+    if (!client.ListJobs(&jobs).ok()) continue;
+    for (const v1::JobStatus& j : jobs.jobs()) {
+      if (j.state() == v1::JOB_STATE_UPLOADING) ids.push_back(j.job_id());
+    }
+  }
+  ASSERT_EQ(ids.size(), 3u);
+  // A fourth stream is refused at once; unary calls still answer.
+  v1::WatchRequest watch;
+  watch.set_job_id(ids[0]);
+  grpc::ClientContext ctx4;
+  ctx4.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto fourth = client.stub()->Watch(&ctx4, watch);
+  v1::JobEvent ev;
+  while (fourth->Read(&ev)) {
+  }
+  grpc::Status s = fourth->Finish();
+  EXPECT_EQ(s.error_code(), Code::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("--max_streams"), std::string::npos)
+      << s.error_message();
+  v1::ServerInfo info;
+  EXPECT_TRUE(client.GetServerInfo(&info).ok());
+
+  // The silent uploads are abandoned after the idle timeout: their jobs
+  // fail with DEADLINE_EXCEEDED and a message saying why, their calls end.
+  for (const std::string& id : ids) {
+    v1::JobStatus job;
+    for (const absl::Time end = absl::Now() + absl::Seconds(30);
+         absl::Now() < end; absl::SleepFor(absl::Milliseconds(100))) {
+      if (client.GetJob(id, &job).ok() &&
+          job.state() != v1::JOB_STATE_UPLOADING)
+        break;
+    }
+    EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED) << id;
+    EXPECT_EQ(job.failure().code(), static_cast<int>(Code::DEADLINE_EXCEEDED))
+        << job.failure().message();
+    EXPECT_NE(job.failure().message().find("no message from the client"),
+              std::string::npos)
+        << job.failure().message();
+  }
+  for (auto& st : stalled) {
+    while (st->stream->Read(&ev)) {
+    }
+    EXPECT_FALSE(st->stream->Finish().ok());
+  }
+  // The streams are free again: a whole job goes through.
+  v1::JobSpec spec;
+  spec.set_transform(v1::TRANSFORM_KIND_RIGID);
+  s = client.Submit(spec, {Fixed(), Moving()},
+                    [](const v1::JobEvent&) { return true; });
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(daemon.Stop(), 0);
+  ExpectMainServing();
+}
+
 TEST_F(SecurityE2eTest, MutualTlsRequiresAClientCertificateFromItsCa) {
   RegistrationClient::Options o = Tls(mtls_->address(), "");
   v1::ListJobsResponse jobs;
