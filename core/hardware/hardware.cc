@@ -63,6 +63,30 @@ double ParseCpuMax(const std::string& text) {
   return quota / period;
 }
 
+CgroupMemory ParseCgroupMemory(const std::string& max_text,
+                               const std::string& current_text,
+                               const std::string& stat_text) {
+  CgroupMemory mem;
+  mem.limit_bytes = ParseMemoryMax(max_text);
+  if (mem.limit_bytes == UINT64_MAX) return mem;  // no limit in this group
+  uint64_t current = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(current_text), &current)) {
+    current = 0;
+  }
+  uint64_t inactive_file = 0;
+  for (absl::string_view line : absl::StrSplit(stat_text, '\n')) {
+    std::vector<absl::string_view> parts =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (parts.size() == 2 && parts[0] == "inactive_file") {
+      if (!absl::SimpleAtoi(parts[1], &inactive_file)) inactive_file = 0;
+      break;
+    }
+  }
+  const uint64_t used = current > inactive_file ? current - inactive_file : 0;
+  mem.available_bytes = mem.limit_bytes > used ? mem.limit_bytes - used : 0;
+  return mem;
+}
+
 }  // namespace hardware_internal
 
 namespace {
@@ -110,19 +134,15 @@ class SystemProbe final : public HardwareProbe {
            dir = dir.substr(0, dir.rfind('/'))) {
         std::string text;
         if (ReadFile(dir + "/memory.max", &text)) {
-          const uint64_t max = hardware_internal::ParseMemoryMax(text);
-          if (max != UINT64_MAX) {
-            uint64_t current = 0;
-            std::string cur;
-            if (ReadFile(dir + "/memory.current", &cur)) {
-              if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(cur), &current)) {
-                current = 0;
-              }
-            }
-            hw.ram_total_bytes = std::min(hw.ram_total_bytes, max);
-            const uint64_t left = max > current ? max - current : 0;
-            hw.ram_available_bytes = std::min(hw.ram_available_bytes, left);
-          }
+          // Unreadable current/stat files stay "" (see ParseCgroupMemory).
+          std::string current, stat;
+          ReadFile(dir + "/memory.current", &current);
+          ReadFile(dir + "/memory.stat", &stat);
+          const hardware_internal::CgroupMemory mem =
+              hardware_internal::ParseCgroupMemory(text, current, stat);
+          hw.ram_total_bytes = std::min(hw.ram_total_bytes, mem.limit_bytes);
+          hw.ram_available_bytes =
+              std::min(hw.ram_available_bytes, mem.available_bytes);
         }
         if (ReadFile(dir + "/cpu.max", &text)) {
           const double limit = hardware_internal::ParseCpuMax(text);

@@ -35,10 +35,12 @@ struct GpuInfo {
 };
 
 struct HardwareSnapshot {
-  uint64_t ram_total_bytes = 0;      // min(MemTotal, cgroup memory.max)
-  uint64_t ram_available_bytes = 0;  // min(MemAvailable, memory.max - current)
-  int cpu_cores = 1;                 // usable cores (affinity, cpu.max)
-  std::vector<GpuInfo> gpus;         // empty without CUDA
+  uint64_t ram_total_bytes = 0;  // min(MemTotal, cgroup memory.max)
+  // min(MemAvailable, memory.max - (memory.current - inactive_file)) over
+  // the cgroup and its ancestors: reclaimable page cache counts as available.
+  uint64_t ram_available_bytes = 0;
+  int cpu_cores = 1;          // usable cores (affinity, cpu.max)
+  std::vector<GpuInfo> gpus;  // empty without CUDA
   std::string DebugString() const;
 };
 
@@ -82,6 +84,23 @@ bool ParseMeminfo(const std::string& text, uint64_t* total,
 uint64_t ParseMemoryMax(const std::string& text);
 // cgroup v2 cpu.max: "max 100000" -> 0 (no limit); "200000 100000" -> 2.0.
 double ParseCpuMax(const std::string& text);
+
+// What one cgroup v2 group's memory files say.
+struct CgroupMemory {
+  uint64_t limit_bytes = UINT64_MAX;      // memory.max; UINT64_MAX: no limit
+  uint64_t available_bytes = UINT64_MAX;  // in [0, limit]; UINT64_MAX: no limit
+};
+// From the texts of a group's memory.max, memory.current and memory.stat.
+// memory.current counts page cache the kernel keeps until the limit is hit,
+// so the inactive file cache (memory.stat "inactive_file", reclaimable
+// without swapping) is treated as available:
+//   available = max - max(0, current - inactive_file), clamped to [0, max].
+// An empty or malformed memory.current counts as 0 used; a memory.stat
+// without a parsable inactive_file line (e.g. unreadable, passed as "")
+// falls back to max - current. Never fails.
+CgroupMemory ParseCgroupMemory(const std::string& max_text,
+                               const std::string& current_text,
+                               const std::string& stat_text);
 }  // namespace hardware_internal
 
 }  // namespace regserve
