@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
+#include <cmath>
 #include <cstdlib>
 
 #include "absl/strings/ascii.h"
@@ -81,6 +83,36 @@ const NumericBound kBounds[] = {
     {"MaximumNumberOfSamplingAttempts", 0, 100},
 };
 
+// B-spline control-point spacing keys. elastix keeps a parameter vector of
+// 2 values per control point plus per-parameter derivative buffers (e.g.
+// Mattes MI holds bins x bins doubles per parameter), so memory grows with
+// the inverse square of the spacing: a spacing of 1 voxel on a 20 MP copy
+// needs hundreds of GB. The presets never go below 4 voxels (presets.cc).
+struct SpacingBound {
+  const char* key;
+  double min;
+  const char* why;
+};
+const SpacingBound kSpacingBounds[] = {
+    {"FinalGridSpacingInVoxels", 4,
+     "a finer B-spline grid has one control point per few pixels, and "
+     "elastix's memory grows with the inverse square of the spacing (a "
+     "spacing of 1 on a 20 MP copy needs hundreds of GB)"},
+    // The registration copy's spacing is its downsampling factor, so
+    // physical units are full-resolution pixels: the same bound applies.
+    {"FinalGridSpacingInPhysicalUnits", 4,
+     "physical units are full-resolution pixels here; a finer B-spline grid "
+     "makes elastix's memory grow with the inverse square of the spacing (a "
+     "spacing of 1 on a 20 MP image needs hundreds of GB)"},
+    // Multipliers of the final spacing per resolution; the last level is 1,
+    // and a factor below 1 would make a level finer than the final grid.
+    {"GridSpacingSchedule", 1,
+     "the schedule multiplies the final grid spacing per resolution (the "
+     "finest level is 1); a factor below 1 makes a grid finer than the "
+     "final one, and elastix's memory grows with the inverse square of the "
+     "spacing"},
+};
+
 }  // namespace
 
 const ParameterEntry* ParameterFile::Find(absl::string_view key) const {
@@ -124,6 +156,11 @@ absl::optional<long long> ParameterFile::GetInt(absl::string_view key,
   if (e == nullptr || index >= e->values.size()) return absl::nullopt;
   double d;
   if (!absl::SimpleAtod(e->values[index], &d)) return absl::nullopt;
+  // Casting NaN, infinity or a value outside long long's range is undefined.
+  if (!std::isfinite(d) || d < static_cast<double>(LLONG_MIN) ||
+      d >= static_cast<double>(LLONG_MAX)) {
+    return absl::nullopt;
+  }
   return static_cast<long long>(d);
 }
 
@@ -358,6 +395,14 @@ absl::Status ValidateParameterText(absl::string_view text) {
     }
     for (size_t i = 0; i < e.values.size(); ++i) {
       const std::string& v = e.values[i];
+      // "nan" and "inf" parse as numbers but slip past every bound (NaN
+      // compares false), and elastix casts them to integers.
+      double d;
+      if (absl::SimpleAtod(v, &d) && !std::isfinite(d)) {
+        return LineError(
+            e.line, src,
+            absl::StrCat(key, ": value '", v, "' is not a finite number"));
+      }
       if (v.find('/') != std::string::npos ||
           v.find('\\') != std::string::npos ||
           v.find("..") != std::string::npos) {
@@ -410,6 +455,23 @@ absl::Status ValidateParameterText(absl::string_view text) {
         }
       }
     }
+    for (const SpacingBound& b : kSpacingBounds) {
+      if (key != b.key) continue;
+      for (size_t i = 0; i < e.values.size(); ++i) {
+        double d;
+        if (e.quoted[i] || !absl::SimpleAtod(e.values[i], &d)) {
+          return LineError(e.line, src,
+                           absl::StrCat(key, " must be unquoted numbers"));
+        }
+        if (d < b.min) {
+          return LineError(
+              e.line, src,
+              absl::StrCat(key, " value ", e.values[i],
+                           " is too small: the smallest accepted is ", b.min,
+                           ", because ", b.why));
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -442,12 +504,13 @@ StageSchedule ScheduleFromParameters(const ParameterFile& params) {
   } else {
     s.name = s.transform.empty() ? "unknown" : s.transform;
   }
-  s.num_resolutions = static_cast<int>(
-      std::max<long long>(1, params.GetInt("NumberOfResolutions").value_or(3)));
+  s.num_resolutions = static_cast<int>(std::clamp<long long>(
+      params.GetInt("NumberOfResolutions").value_or(3), 1, INT_MAX));
   if (const ParameterEntry* e = params.Find("MaximumNumberOfIterations")) {
     for (const std::string& v : e->values) {
       double d;
-      if (absl::SimpleAtod(v, &d) && d >= 0) {
+      if (absl::SimpleAtod(v, &d) && d >= 0 &&
+          d <= static_cast<double>(INT_MAX)) {
         s.max_iterations.push_back(static_cast<int>(d));
       }
     }

@@ -178,6 +178,87 @@ TEST(ValidateParameterText, RejectsUnknownComponentsAndAbsurdSizes) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ValidateParameterText, RejectsNonFiniteNumbersNamingKeyAndLine) {
+  // NaN compares false with every bound, so these used to pass the range
+  // check and reach an integer cast (undefined behaviour).
+  for (const char* v : {"nan", "inf", "-inf", "NaN", "infinity"}) {
+    absl::Status s =
+        ValidateParameterText(absl::StrCat("(Transform \"BSplineTransform\")\n"
+                                           "(NumberOfResolutions ",
+                                           v, ")\n"));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << v;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("NumberOfResolutions"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("line 2"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("not a finite number"));
+  }
+  // Keys without bounds too: elastix would read them as numbers.
+  absl::Status s = ValidateParameterText("(Metric0Weight 1.0 nan)\n");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("Metric0Weight"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("line 1"));
+  EXPECT_TRUE(ValidateParameterText("(Metric0Weight 1.0 0.5)\n").ok());
+}
+
+TEST(ParameterFile, GetIntRefusesValuesWithoutAnInteger) {
+  auto p =
+      ParseParameterText("(A nan)\n(B inf)\n(C 1e300)\n(D -1e300)\n(E 7.9)\n")
+          .value();
+  EXPECT_FALSE(p.GetInt("A").has_value());
+  EXPECT_FALSE(p.GetInt("B").has_value());
+  EXPECT_FALSE(p.GetInt("C").has_value());
+  EXPECT_FALSE(p.GetInt("D").has_value());
+  EXPECT_EQ(p.GetInt("E").value(), 7);
+  StageSchedule s = ScheduleFromParameters(
+      ParseParameterText("(NumberOfResolutions nan)\n"
+                         "(MaximumNumberOfIterations 1e300 20)\n")
+          .value());
+  EXPECT_EQ(s.num_resolutions, 3);  // the default, as if absent
+  ASSERT_EQ(s.max_iterations.size(), 1u);
+  EXPECT_EQ(s.max_iterations[0], 20);
+}
+
+TEST(ValidateParameterText, BoundsTheBSplineGridSpacing) {
+  struct Case {
+    const char* text;
+    const char* key;
+    const char* smallest;
+  } cases[] = {
+      {"(FinalGridSpacingInVoxels 1)\n", "FinalGridSpacingInVoxels", "4"},
+      {"(FinalGridSpacingInVoxels 16 3.5)\n", "FinalGridSpacingInVoxels", "4"},
+      {"(FinalGridSpacingInVoxels 0)\n", "FinalGridSpacingInVoxels", "4"},
+      {"(FinalGridSpacingInVoxels -16)\n", "FinalGridSpacingInVoxels", "4"},
+      {"(FinalGridSpacingInPhysicalUnits 2)\n",
+       "FinalGridSpacingInPhysicalUnits", "4"},
+      {"(GridSpacingSchedule 4.0 2.0 0.5)\n", "GridSpacingSchedule", "1"},
+  };
+  for (const Case& c : cases) {
+    absl::Status s = ValidateParameterText(c.text);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.text;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.key)) << c.text;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat("smallest accepted is ", c.smallest)))
+        << c.text;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("memory")) << c.text;
+  }
+  // A quoted number would dodge the bound (elastix reads it as a number).
+  EXPECT_EQ(ValidateParameterText("(FinalGridSpacingInVoxels \"1\")\n").code(),
+            absl::StatusCode::kInvalidArgument);
+  // The smallest accepted values themselves, and elastix's example schedule.
+  EXPECT_TRUE(ValidateParameterText("(FinalGridSpacingInVoxels 4)\n").ok());
+  EXPECT_TRUE(
+      ValidateParameterText("(FinalGridSpacingInPhysicalUnits 4 16)\n").ok());
+  EXPECT_TRUE(
+      ValidateParameterText("(GridSpacingSchedule 4.0 4.0 2.0 1.0)\n").ok());
+  // Every preset size, down to the tiny copies that use the 4-voxel floor.
+  for (int64_t w : {8, 48, 64, 300, 2000, 20000}) {
+    for (const std::string& text :
+         PresetParameters(TransformKind::kBSpline, w, w / 2 + 1)) {
+      EXPECT_TRUE(ValidateParameterText(text).ok())
+          << w << ": " << ValidateParameterText(text);
+    }
+  }
+}
+
 TEST(PresetParameters, ScaleWithTheRegistrationSize) {
   auto tiny = PresetParameters(TransformKind::kBSpline, 64, 48);
   auto big = PresetParameters(TransformKind::kBSpline, 2000, 1125);
