@@ -2,12 +2,15 @@
 #include "core/registration/metaimage.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <new>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -124,6 +127,7 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
   std::map<std::string, std::string> fields;
   std::string line;
   std::streamoff local_data_offset = -1;
+  bool local_data = false;
   int lines = 0;
   while (std::getline(in, line)) {
     if (++lines > 200) return HeaderError(mhd_path, "header is too long");
@@ -133,7 +137,11 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
     std::string value(absl::StripAsciiWhitespace(line.substr(eq + 1)));
     fields[key] = value;
     if (key == "ElementDataFile") {
-      if (value == "LOCAL") local_data_offset = in.tellg();
+      if (value == "LOCAL") {
+        local_data = true;
+        // tellg() is -1 when the header ends without a newline: no data.
+        local_data_offset = in.tellg();
+      }
       break;  // ElementDataFile is always the last header field
     }
   }
@@ -147,8 +155,10 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
   }
   MetaImage img;
   double dims[2];
-  if (!ParseDoubles(get("DimSize"), 2, dims) || dims[0] < 1 || dims[1] < 1 ||
-      dims[0] > (1 << 20) || dims[1] > (1 << 20)) {
+  // Written as !(in range) so that NaN is refused too.
+  if (!ParseDoubles(get("DimSize"), 2, dims) ||
+      !(dims[0] >= 1 && dims[0] <= (1 << 20)) ||
+      !(dims[1] >= 1 && dims[1] <= (1 << 20))) {
     return HeaderError(mhd_path,
                        absl::StrCat("bad DimSize '", get("DimSize"), "'"));
   }
@@ -209,14 +219,37 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
   std::string data_file = get("ElementDataFile");
   if (data_file.empty()) return HeaderError(mhd_path, "no ElementDataFile");
 
-  size_t count = static_cast<size_t>(img.width) * img.height * img.channels;
-  std::string bytes(count * elem, '\0');
-  if (local_data_offset >= 0) {
-    in.clear();
-    in.seekg(local_data_offset);
-    in.read(&bytes[0], bytes.size());
-    if (static_cast<size_t>(in.gcount()) != bytes.size()) {
-      return HeaderError(mhd_path, "local data is shorter than DimSize says");
+  // The header is untrusted: check what it implies against the bytes that
+  // exist before allocating anything (a corrupt DimSize must not become a
+  // multi-terabyte allocation), with the products checked for overflow.
+  size_t count = 0;
+  size_t needed = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(img.width),
+                             static_cast<size_t>(img.height), &count) ||
+      __builtin_mul_overflow(count, static_cast<size_t>(img.channels),
+                             &count) ||
+      __builtin_mul_overflow(count, elem, &needed)) {
+    return HeaderError(mhd_path, absl::StrCat("DimSize '", get("DimSize"),
+                                              "' with ElementType ", type,
+                                              " overflows a byte count"));
+  }
+  std::string data_path;
+  if (local_data) {
+    struct stat st;
+    if (::stat(mhd_path.c_str(), &st) != 0) {
+      return absl::NotFoundError(absl::StrCat(
+          "cannot stat MetaImage '", mhd_path, "': ", std::strerror(errno)));
+    }
+    const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+    const uint64_t offset = local_data_offset >= 0
+                                ? static_cast<uint64_t>(local_data_offset)
+                                : file_size;
+    const uint64_t available = file_size > offset ? file_size - offset : 0;
+    if (available < needed) {
+      return HeaderError(
+          mhd_path,
+          absl::StrCat("local data has ", available,
+                       " bytes after the header, DimSize needs ", needed));
     }
   } else {
     if (data_file.find('/') != std::string::npos || data_file == "LIST") {
@@ -224,7 +257,40 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
                                                 "' must be a file name next "
                                                 "to the header"));
     }
-    std::string data_path = Dirname(mhd_path) + "/" + data_file;
+    data_path = Dirname(mhd_path) + "/" + data_file;
+    struct stat st;
+    if (::stat(data_path.c_str(), &st) != 0) {
+      return absl::NotFoundError(absl::StrCat("cannot open MetaImage data '",
+                                              data_path,
+                                              "': ", std::strerror(errno)));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      return HeaderError(mhd_path, absl::StrCat("data file '", data_path,
+                                                "' is not a regular file"));
+    }
+    if (static_cast<uint64_t>(st.st_size) < needed) {
+      return HeaderError(
+          mhd_path, absl::StrCat("data file '", data_path, "' has ", st.st_size,
+                                 " bytes, DimSize needs ", needed));
+    }
+  }
+  std::string bytes;
+  try {
+    bytes.assign(needed, '\0');
+    img.data.resize(count);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "MetaImage '", mhd_path, "': out of memory reading a ", img.width, "x",
+        img.height, " image (", needed, " bytes of data)"));
+  }
+  if (local_data) {
+    in.clear();
+    in.seekg(local_data_offset);
+    in.read(&bytes[0], bytes.size());
+    if (static_cast<size_t>(in.gcount()) != bytes.size()) {
+      return HeaderError(mhd_path, "local data is shorter than DimSize says");
+    }
+  } else {
     std::ifstream raw(data_path, std::ios::binary);
     if (!raw) {
       return absl::NotFoundError(
@@ -238,7 +304,6 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
                        " bytes, DimSize needs ", bytes.size()));
     }
   }
-  img.data.resize(count);
   const char* b = bytes.data();
   float* out = img.data.data();
   if (type == "MET_UCHAR") Convert<uint8_t>(b, count, out);

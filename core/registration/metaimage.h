@@ -47,8 +47,13 @@ absl::Status WriteMetaImage(const std::string& mhd_path, const Image& image,
                             std::array<double, 2> spacing,
                             std::array<double, 2> origin);
 
-// Reads a 2-D MetaImage. Errors: NotFound (missing header or data file),
-// InvalidArgument (unsupported or inconsistent header, short data file).
+// Reads a 2-D MetaImage. The header is not trusted: the byte count its
+// DimSize, channels and ElementType imply is checked (for overflow, and
+// against the data file's size, or the bytes after the header for LOCAL
+// data) before anything is allocated. Errors: NotFound (missing header or
+// data file), InvalidArgument (unsupported or inconsistent header, a data
+// file shorter than the header implies, naming the file and both sizes),
+// ResourceExhausted (the allocation failed).
 absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path);
 
 // Reads transformix's deformationField.mhd (2 channels) into a field with

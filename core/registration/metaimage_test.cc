@@ -1,8 +1,10 @@
 // Copyright regserve authors.
 #include "core/registration/metaimage.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -143,6 +145,56 @@ TEST(MetaImage, RejectsBadHeaders) {
     EXPECT_EQ(img.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(std::string(img.status().message()), HasSubstr(c.want));
   }
+  // A corrupt header must be refused before it turns into an allocation:
+  // 1048576 x 1048576 doubles is 8 TiB (bad_alloc, or the OOM killer).
+  WriteString(dir + "/ten.raw", std::string(10, '\0'));
+  const std::string huge[] = {
+      "NDims = 2\nDimSize = 1048576 1048576\nElementType = MET_DOUBLE\n"
+      "ElementNumberOfChannels = 4\nElementDataFile = ten.raw\n",
+      "NDims = 2\nDimSize = 1048576 1048576\nElementType = MET_DOUBLE\n"
+      "ElementDataFile = LOCAL\n0123456789",
+      "NDims = 2\nDimSize = 1048576 1048576\nElementType = MET_DOUBLE\n"
+      "ElementDataFile = LOCAL",  // no newline, no data
+  };
+  for (const std::string& header : huge) {
+    WriteString(dir + "/huge.mhd", header);
+    auto start = std::chrono::steady_clock::now();
+    auto img = ReadMetaImage(dir + "/huge.mhd");
+    EXPECT_LT(std::chrono::steady_clock::now() - start,
+              std::chrono::seconds(1));
+    ASSERT_FALSE(img.ok()) << header;
+    EXPECT_EQ(img.status().code(), absl::StatusCode::kInvalidArgument)
+        << img.status();
+    const std::string msg(img.status().message());
+    EXPECT_THAT(msg, HasSubstr("huge.mhd"));
+    EXPECT_THAT(
+        msg,
+        HasSubstr(absl::StrCat(
+            "DimSize needs ",
+            1048576ull * 1048576ull * 8 *
+                (header.find("Channels = 4") != std::string::npos ? 4 : 1))));
+  }
+  EXPECT_THAT(std::string(ReadMetaImage(dir + "/huge.mhd").status().message()),
+              HasSubstr("has 0 bytes"));
+  WriteString(dir + "/huge.mhd", huge[0]);
+  EXPECT_THAT(std::string(ReadMetaImage(dir + "/huge.mhd").status().message()),
+              HasSubstr("ten.raw' has 10 bytes"));
+  WriteString(dir + "/huge.mhd", huge[1]);
+  EXPECT_THAT(std::string(ReadMetaImage(dir + "/huge.mhd").status().message()),
+              HasSubstr("has 10 bytes"));
+  // NaN compares false with both bounds, so it must be refused explicitly.
+  WriteString(dir + "/nan.mhd",
+              "NDims = 2\nDimSize = nan 2\nElementType = MET_FLOAT\n"
+              "ElementDataFile = d.raw\n");
+  EXPECT_THAT(std::string(ReadMetaImage(dir + "/nan.mhd").status().message()),
+              HasSubstr("DimSize"));
+  // A data file that is not a regular file (here a directory).
+  ASSERT_EQ(::mkdir((dir + "/sub.raw").c_str(), 0700), 0);
+  WriteString(dir + "/dirdata.mhd",
+              "NDims = 2\nDimSize = 2 2\nElementType = MET_FLOAT\n"
+              "ElementDataFile = sub.raw\n");
+  EXPECT_EQ(ReadMetaImage(dir + "/dirdata.mhd").status().code(),
+            absl::StatusCode::kInvalidArgument);
   // A one-channel image is not a deformation field.
   WriteString(dir + "/one.mhd",
               "NDims = 2\nDimSize = 2 2\nElementType = MET_FLOAT\n"
