@@ -1914,6 +1914,11 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
                        nullptr, /*force=*/false);
         return absl::OkStatus();
       });
+  if (slot != nullptr && r.gpu() >= 0) {
+    // Before the reservation goes: what the warper keeps cached on its GPU
+    // is ours, not another process's, for the next admission there.
+    scheduler_->SetRetainedVram(r.gpu(), warper->retained_device_bytes());
+  }
   slot_lock.reset();
   if (!stats.ok()) {
     writer.reset();

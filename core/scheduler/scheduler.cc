@@ -13,6 +13,10 @@ namespace {
 std::string Mb(uint64_t bytes) {
   return absl::StrFormat("%.0f MB", static_cast<double>(bytes) / 1e6);
 }
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
+  return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 uint64_t SubClamp(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 
 }  // namespace
@@ -74,6 +78,14 @@ ResourceScheduler::ResourceScheduler(SchedulerConfig config,
   vram_reserved_.assign(config_.vram_budget_bytes.size(), 0);
   gpu_running_.assign(config_.vram_budget_bytes.size(), 0);
   live_vram_free_.assign(config_.vram_budget_bytes.size(), UINT64_MAX);
+  retained_vram_.assign(config_.vram_budget_bytes.size(), 0);
+}
+
+void ResourceScheduler::SetRetainedVram(int gpu, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  if (gpu < 0 || gpu >= static_cast<int>(retained_vram_.size())) return;
+  retained_vram_[gpu] = bytes;
+  if (AdmitLocked()) cv_.SignalAll();
 }
 
 ResourceScheduler::~ResourceScheduler() { Shutdown(); }
@@ -158,6 +170,7 @@ bool ResourceScheduler::AdmitLocked() {
         ram_reserved_ += r.ram_bytes;
         ++cpu_running_;
         admitted_any = true;
+        live_ram_available_ = SubClamp(live_ram_available_, r.ram_bytes);
       }
       // Admitted or held back: either way later waiters get what is left.
       ram_left = SubClamp(ram_left, r.ram_bytes);
@@ -172,8 +185,12 @@ bool ResourceScheduler::AdmitLocked() {
       if (r.gpu != -1 && r.gpu != g) continue;
       if (r.vram_bytes > config_.vram_budget_bytes[g]) continue;
       if (hold == -1 || vram_left[g] > vram_left[hold]) hold = g;
+      const uint64_t live_free =
+          live_vram_free_[g] == UINT64_MAX
+              ? UINT64_MAX
+              : SaturatingAdd(live_vram_free_[g], retained_vram_[g]);
       const bool fits = gpu_slots_left[g] > 0 && r.vram_bytes <= vram_left[g] &&
-                        r.vram_bytes <= live_vram_free_[g];
+                        r.vram_bytes <= live_free;
       if (!fits) continue;
       if (chosen == -1 || gpu_running_[g] < gpu_running_[chosen] ||
           (gpu_running_[g] == gpu_running_[chosen] &&
@@ -190,6 +207,15 @@ bool ResourceScheduler::AdmitLocked() {
       vram_reserved_[chosen] += r.vram_bytes;
       ++gpu_running_[chosen];
       admitted_any = true;
+      live_ram_available_ = SubClamp(live_ram_available_, r.ram_bytes);
+      if (live_vram_free_[chosen] != UINT64_MAX) {
+        // The warp may reuse what is retained first, then takes free memory.
+        const uint64_t from_retained =
+            std::min(retained_vram_[chosen], r.vram_bytes);
+        retained_vram_[chosen] -= from_retained;
+        live_vram_free_[chosen] =
+            SubClamp(live_vram_free_[chosen], r.vram_bytes - from_retained);
+      }
     }
     ram_left = SubClamp(ram_left, r.ram_bytes);
     if (g >= 0) {
@@ -222,7 +248,10 @@ absl::StatusOr<Reservation> ResourceScheduler::Acquire(
       });
   auto it = waiters_.insert(pos, &w);
 
-  RefreshLiveLocked(/*force=*/true);
+  // Not forced: a reading taken within live_check_period has the admissions
+  // since then subtracted, which a fresh reading would not show yet (an
+  // admitted stage allocates only after it is admitted).
+  RefreshLiveLocked(/*force=*/false);
   absl::Status result = absl::OkStatus();
   for (;;) {
     if (AdmitLocked()) cv_.SignalAll();

@@ -20,7 +20,9 @@
 // later waiters are admitted only from what is left after it, so big jobs
 // are not starved and CPU registration of one job overlaps the GPU warp of
 // another. Live free-memory readings from the HardwareProbe are checked on
-// admission too, guarding against other processes on the machine.
+// admission too, guarding against other processes on the machine; each
+// admission is subtracted from the last reading until the next one, since
+// an admitted stage has not allocated yet when it is admitted.
 //
 // Invariant (tested): the sum of reservations never exceeds any budget.
 //
@@ -130,6 +132,14 @@ class ResourceScheduler {
   // Wakes all waiters with Aborted; later Acquire calls fail at once.
   void Shutdown();
 
+  // Device memory this process keeps on GPU `gpu` (an index into
+  // vram_budget_bytes) between stages without a reservation: the CUDA
+  // warper's cached buffers, which the next warp there reuses or frees. The
+  // live free-VRAM reading counts them as used; admission adds them back, so
+  // that our own cache cannot hold a warp back forever. Replaces the
+  // previous value; out-of-range indices are ignored.
+  void SetRetainedVram(int gpu, uint64_t bytes);
+
   SchedulerStats Stats() const;
   const SchedulerConfig& config() const { return config_; }
 
@@ -156,6 +166,7 @@ class ResourceScheduler {
   absl::Time last_live_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   uint64_t live_ram_available_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
   std::vector<uint64_t> live_vram_free_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> retained_vram_ ABSL_GUARDED_BY(mu_);
   void RefreshLiveLocked(bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 

@@ -350,6 +350,75 @@ TEST(Scheduler, LiveReadingsGuardAgainstOtherProcesses) {
             absl::StatusCode::kDeadlineExceeded);
 }
 
+// A machine whose free RAM drops when a stage allocates, which happens only
+// after the scheduler admitted it: `used` is what the admitted stages took.
+class AllocatingProbe final : public HardwareProbe {
+ public:
+  explicit AllocatingProbe(uint64_t free) : free_(free) {}
+  absl::StatusOr<HardwareSnapshot> Probe() override {
+    HardwareSnapshot hw;
+    hw.ram_total_bytes = 64000 * kMB;
+    const uint64_t used = used_.load();
+    hw.ram_available_bytes = free_.load() > used ? free_.load() - used : 0;
+    return hw;
+  }
+  std::atomic<uint64_t> free_;
+  std::atomic<uint64_t> used_{0};
+};
+
+TEST(Scheduler, OnePassDoesNotAdmitMoreThanTheLiveReadingShows) {
+  // Budget 4800 MB and four slots, but only 200 MB is really free: four
+  // 1000 MB stages wait. Then 1200 MB is free: exactly one fits, even though
+  // all four are admitted in the same pass and none has allocated yet.
+  AllocatingProbe probe(200 * kMB);
+  ResourceScheduler s(Config(4800 * kMB, {}, /*cpu_slots=*/4), &probe);
+  std::vector<std::unique_ptr<CancelToken>> tokens;
+  std::vector<std::thread> threads;
+  std::atomic<int> admitted{0};
+  std::vector<Reservation> held(4);
+  for (int i = 0; i < 4; ++i) {
+    tokens.push_back(std::make_unique<CancelToken>());
+    threads.emplace_back([&, i] {
+      absl::StatusOr<Reservation> r =
+          s.Acquire(Cpu(1000 * kMB), 0, i + 1, tokens[i].get());
+      if (!r.ok()) return;
+      probe.used_ += 1000 * kMB;  // the stage allocates
+      ++admitted;
+      held[i] = *std::move(r);
+    });
+  }
+  WaitForWaiters(s, 4);
+  probe.free_ = 1200 * kMB;
+  for (int i = 0; i < 200 && admitted.load() < 1; ++i)
+    absl::SleepFor(absl::Milliseconds(5));
+  absl::SleepFor(absl::Milliseconds(100));  // several live checks later
+  EXPECT_EQ(admitted.load(), 1);
+  EXPECT_EQ(s.Stats().ram_reserved_bytes, 1000 * kMB);
+  for (auto& t : tokens) t->Cancel("test over");
+  for (auto& t : threads) t.join();
+}
+
+TEST(Scheduler, RetainedVramOfOurOwnWarperCountsAsFree) {
+  HardwareSnapshot hw;
+  hw.ram_total_bytes = 16000 * kMB;
+  hw.ram_available_bytes = 16000 * kMB;
+  // 8 GB card, 3 GB of it cached by our own warper after the last warp.
+  hw.gpus.push_back({0, "gpu", 8000 * kMB, 5000 * kMB});
+  FakeProbe probe(hw);
+  ResourceScheduler s(Config(8000 * kMB, {7000 * kMB}), &probe);
+  CancelToken c;
+  c.set_deadline(absl::Now() + absl::Milliseconds(100));
+  EXPECT_EQ(s.Acquire(Gpu(1, 6000 * kMB), 0, 1, &c).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  s.SetRetainedVram(0, 3000 * kMB);
+  CancelToken c2;
+  c2.set_deadline(absl::Now() + absl::Seconds(5));
+  absl::StatusOr<Reservation> r = s.Acquire(Gpu(1, 6000 * kMB), 0, 2, &c2);
+  EXPECT_TRUE(r.ok()) << r.status();
+  // Another process's use is not ours to add back.
+  s.SetRetainedVram(0, 0);
+}
+
 // Many concurrent jobs, each running decode -> registration -> warp against
 // an injected small budget: the reservations never exceed any budget.
 TEST(Scheduler, ManyConcurrentJobsNeverOverReserve) {

@@ -101,6 +101,12 @@ class Warper {
                                          const TileCallback& on_tile) = 0;
 
   virtual WarpDevice device() const = 0;
+
+  // Device memory this warper keeps between calls (its cached buffers, which
+  // the next call reuses or frees first): 0 for the CPU warper. Callers that
+  // admit work by the device's free memory add it back (see
+  // ResourceScheduler::SetRetainedVram). Call it between Warp calls.
+  virtual uint64_t retained_device_bytes() const { return 0; }
 };
 
 // Process-wide allocator of page-locked (pinned) host memory. Images the

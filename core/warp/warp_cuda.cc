@@ -169,6 +169,19 @@ class CudaWarper final : public Warper {
 
   WarpDevice device() const override { return WarpDevice::kCuda; }
 
+  uint64_t retained_device_bytes() const override {
+    try {
+      // Everything the caching allocator holds on this device belongs to
+      // this process, and between calls that is this warper's buffers.
+      return static_cast<uint64_t>(
+          c10::cuda::CUDACachingAllocator::getDeviceStats(device_)
+              .reserved_bytes[0]  // StatType::AGGREGATE
+              .current);
+    } catch (const c10::Error&) {
+      return 0;
+    }
+  }
+
   absl::StatusOr<WarpStats> Warp(const Image& moving,
                                  const DisplacementField& field,
                                  int64_t out_width, int64_t out_height,
