@@ -12,6 +12,7 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -199,18 +200,29 @@ FieldBounds::FieldBounds(const DisplacementField& field, int threads)
       }
     }
   };
-  threads = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(threads, blocks_y_)));
-  if (threads == 1) {
-    work(0, blocks_y_);
-    return;
-  }
+  ParallelRanges(blocks_y_, threads, work);
+}
+
+void ParallelRanges(int64_t n, int threads,
+                    const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
+  const int64_t per = (n + threads - 1) / threads;
   std::vector<std::thread> pool;
-  const int64_t per = (blocks_y_ + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    const int64_t b = t * per, e = std::min(blocks_y_, b + per);
-    if (b < e) pool.emplace_back(work, b, e);
+  int64_t inline_from = n;  // ranges from here on run on this thread
+  for (int t = 1; t < threads; ++t) {
+    const int64_t b = t * per, e = std::min(n, b + per);
+    if (b >= e) break;
+    try {
+      pool.emplace_back(fn, b, e);
+    } catch (const std::system_error&) {
+      inline_from = b;
+      break;
+    }
   }
+  fn(0, std::min(n, per));
+  if (inline_from < n) fn(inline_from, n);
   for (std::thread& t : pool) t.join();
 }
 
@@ -431,23 +443,9 @@ class CpuWarper final : public Warper {
       // each pixel's result does not depend on the split.
       const int threads =
           static_cast<int>(std::min<int64_t>(options.cpu_threads, rect.h));
-      const int64_t per = (rect.h + threads - 1) / threads;
-      auto rows = [&](int64_t b, int64_t e) {
+      ParallelRanges(rect.h, threads, [&](int64_t b, int64_t e) {
         for (int64_t j = b; j < e; ++j) row_fn(p, rect.y + j);
-      };
-      try {
-        std::vector<std::thread> pool;
-        for (int t = 1; t < threads; ++t) {
-          const int64_t b = t * per, e = std::min(rect.h, b + per);
-          if (b < e) pool.emplace_back(rows, b, e);
-        }
-        rows(0, std::min(rect.h, per));
-        for (std::thread& t : pool) t.join();
-      } catch (const std::exception& e) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("cannot start CPU warp threads: ", e.what(),
-                         "; use fewer cpu_threads"));
-      }
+      });
       REGSERVE_RETURN_IF_ERROR(on_tile(rect, *target));
       ++stats.tiles;
     }

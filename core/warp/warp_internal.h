@@ -7,6 +7,7 @@
 #define REGSERVE_CORE_WARP_WARP_INTERNAL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -35,6 +36,13 @@ WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
 // one tile covering the whole output.
 std::vector<TileRect> MakeTiles(int64_t out_width, int64_t out_height,
                                 int64_t tile_size);
+
+// Runs fn(begin, end) over [0, n) split into up to `threads` contiguous
+// ranges: the first on the calling thread, the others on new threads. A
+// thread that cannot be started (std::system_error) is not an error: its
+// range runs on the calling thread instead. Returns when all have run.
+void ParallelRanges(int64_t n, int threads,
+                    const std::function<void(int64_t, int64_t)>& fn);
 
 // Per-block min/max of the field's finite values, used to bound the source
 // region an output rectangle reads. Non-finite nodes are ignored: every

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/warp/warp_internal.h"
 #include "core/warp/warp_test_util.h"
 
 namespace regserve {
@@ -30,6 +32,23 @@ const SampleType kTypes[] = {SampleType::kUInt8, SampleType::kUInt16,
                              SampleType::kFloat32};
 const Interpolation kInterps[] = {Interpolation::kLinear, Interpolation::kCubic,
                                   Interpolation::kNearest};
+
+TEST(ParallelRangesTest, CoversEveryIndexOnce) {
+  for (int64_t n : {0, 1, 7, 100, 1001}) {
+    for (int threads : {1, 2, 3, 16, 5000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      warp_internal::ParallelRanges(n, threads, [&](int64_t b, int64_t e) {
+        EXPECT_LE(0, b);
+        EXPECT_LT(b, e);
+        EXPECT_LE(e, n);
+        for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
+      });
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1)
+            << "n=" << n << " threads=" << threads << " i=" << i;
+    }
+  }
+}
 
 TEST(WarpCpuTest, IdentityFieldReproducesImage) {
   auto warper = Cpu();
