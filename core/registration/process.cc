@@ -38,11 +38,31 @@ bool IsExecutableFile(const std::string& path) {
          access(path.c_str(), X_OK) == 0;
 }
 
+// Makes `path` absolute against the current directory (lexically: symlinks
+// are kept, so argv[0] and error messages show the path the user gave).
+absl::StatusOr<std::string> Absolute(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  std::string cwd(256, '\0');
+  while (getcwd(&cwd[0], cwd.size()) == nullptr) {
+    if (errno != ERANGE || cwd.size() > (1u << 20)) {
+      return absl::InternalError(absl::StrCat("cannot resolve '", path,
+                                              "': getcwd: ", ErrnoText(errno)));
+    }
+    cwd.resize(cwd.size() * 2);
+  }
+  cwd.resize(std::strlen(cwd.c_str()));
+  std::string rel = path;
+  while (rel.size() > 2 && rel.compare(0, 2, "./") == 0) rel.erase(0, 2);
+  return cwd == "/" ? absl::StrCat("/", rel) : absl::StrCat(cwd, "/", rel);
+}
+
 // Resolves argv[0] the way execvp would, in the parent, so that a missing
-// program is reported before anything is spawned.
+// program is reported before anything is spawned. The result is absolute:
+// the child changes into working_dir before exec, so a relative program
+// path (or a relative PATH entry) is resolved here, against our own cwd.
 absl::StatusOr<std::string> ResolveProgram(const std::string& program) {
   if (program.find('/') != std::string::npos) {
-    if (IsExecutableFile(program)) return program;
+    if (IsExecutableFile(program)) return Absolute(program);
     return absl::UnavailableError(absl::StrCat("program '", program,
                                                "' does not exist or is not "
                                                "executable"));
@@ -51,7 +71,7 @@ absl::StatusOr<std::string> ResolveProgram(const std::string& program) {
   std::string path = path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
   for (absl::string_view dir : absl::StrSplit(path, ':')) {
     std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", program);
-    if (IsExecutableFile(candidate)) return candidate;
+    if (IsExecutableFile(candidate)) return Absolute(candidate);
   }
   return absl::UnavailableError(absl::StrCat(
       "program '", program, "' was not found in PATH (", path,

@@ -8,9 +8,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -310,6 +312,58 @@ TEST(KillStaleChild, LeavesAProcessInAnotherDirectoryAlone) {
   waitpid(pid, nullptr, 0);
   std::filesystem::remove_all(a);
   std::filesystem::remove_all(b);
+}
+
+// The child changes into working_dir before exec, so a relative program
+// path must be resolved against the runner's own cwd, not the job's.
+TEST(ProcessRunner, RelativeProgramPathsResolveFromTheCallersDirectory) {
+  char home_tmpl[] = "/tmp/regserve_relprog_XXXXXX";
+  char work_tmpl[] = "/tmp/regserve_relwork_XXXXXX";
+  ASSERT_NE(mkdtemp(home_tmpl), nullptr);
+  ASSERT_NE(mkdtemp(work_tmpl), nullptr);
+  const std::string home = home_tmpl;
+  const std::string work = work_tmpl;
+  std::filesystem::create_directory(home + "/tools");
+  const std::string script = home + "/tools/regserve-relprog";
+  std::ofstream(script) << "#!/bin/sh\necho \"ran in $(pwd)\"\n";
+  ASSERT_EQ(chmod(script.c_str(), 0755), 0);
+  // Restores the cwd and PATH this test changes, whatever way it ends.
+  struct Restore {
+    std::string cwd = std::filesystem::current_path().string();
+    std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+    ~Restore() {
+      setenv("PATH", path.c_str(), 1);
+      if (chdir(cwd.c_str()) != 0) std::abort();
+    }
+  } restore;
+  ASSERT_EQ(chdir(home.c_str()), 0);
+
+  std::vector<std::string> lines;
+  ProcessOptions o;
+  o.working_dir = work;  // has no tools/ subdirectory
+  o.on_line = [&](absl::string_view l) { lines.emplace_back(l); };
+  o.argv = {"./tools/regserve-relprog"};
+  auto r = ProcessRunner::Default()->Run(o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  if (r.ok()) {
+    EXPECT_EQ(r->exit_code, 0);
+  }
+  EXPECT_THAT(lines, ElementsAre(absl::StrCat("ran in ", work)));
+
+  // The same through a relative PATH entry.
+  lines.clear();
+  setenv("PATH", absl::StrCat("tools:", restore.path).c_str(), 1);
+  o.argv = {"regserve-relprog"};
+  r = ProcessRunner::Default()->Run(o);
+  setenv("PATH", restore.path.c_str(), 1);
+  EXPECT_TRUE(r.ok()) << r.status();
+  if (r.ok()) {
+    EXPECT_EQ(r->exit_code, 0);
+  }
+  EXPECT_THAT(lines, ElementsAre(absl::StrCat("ran in ", work)));
+
+  std::filesystem::remove_all(home);
+  std::filesystem::remove_all(work);
 }
 
 }  // namespace
