@@ -1879,9 +1879,16 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
   wo.fill_value = spec.fill_value;
   wo.tile_size = plan.tile_size;
   if (!spec.options.output_full_resolution) {
-    const double f = plan.registration_factor;
-    wo.output_origin_x = wo.output_origin_y = (f - 1.0) / 2.0;
-    wo.output_spacing_x = wo.output_spacing_y = f;
+    // The registration copy's pixel centres, per axis (its width and height
+    // are rounded separately, so the two factors differ slightly).
+    const double fx = static_cast<double>(rec.fixed_spec.width) /
+                      static_cast<double>(plan.registration_fixed_width);
+    const double fy = static_cast<double>(rec.fixed_spec.height) /
+                      static_cast<double>(plan.registration_fixed_height);
+    wo.output_origin_x = (fx - 1.0) / 2.0;
+    wo.output_origin_y = (fy - 1.0) / 2.0;
+    wo.output_spacing_x = fx;
+    wo.output_spacing_y = fy;
   }
   wo.cpu_threads = threads;
   wo.cancel = token.get();

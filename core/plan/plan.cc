@@ -164,9 +164,28 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
   }
   const double target_px = std::min({full_px, ram_px, cap_px});
   const RegSize reg = SizeFor(fixed, moving, std::max(target_px, 1.0));
-  if (reg.fw < kMinRegistrationEdge || reg.fh < kMinRegistrationEdge ||
-      reg.mw < kMinRegistrationEdge || reg.mh < kMinRegistrationEdge ||
-      !fits_ram(static_cast<double>(reg.fw * reg.fh))) {
+  const bool too_thin =
+      reg.fw < kMinRegistrationEdge || reg.fh < kMinRegistrationEdge ||
+      reg.mw < kMinRegistrationEdge || reg.mh < kMinRegistrationEdge;
+  if (too_thin) {
+    // The copy needs at least kMinRegistrationEdge px on every edge of both
+    // images: with the shortest edge E, the factor may be at most E / 32,
+    // which takes this many pixels of the fixed copy.
+    const double shortest = static_cast<double>(
+        std::min({fixed.width, fixed.height, moving.width, moving.height}));
+    const double max_factor = shortest / kMinRegistrationEdge;
+    const double needed_px = std::ceil(full_px / (max_factor * max_factor));
+    if (cap_px < needed_px && needed_px <= ram_px) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "max_registration_megapixels=%g makes the registration copies "
+          "%dx%d (fixed) and %dx%d (moving), but every edge needs at least "
+          "%d px (the images are very elongated); set "
+          "max_registration_megapixels to at least %.3g",
+          options.max_registration_megapixels, reg.fw, reg.fh, reg.mw, reg.mh,
+          kMinRegistrationEdge, std::ceil(needed_px / 1e3) / 1e3));
+    }
+  }
+  if (too_thin || !fits_ram(static_cast<double>(reg.fw * reg.fh))) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the RAM budget of ", Mb(budgets.ram_bytes),
         " cannot hold the registration stage even at the smallest copy (",

@@ -185,6 +185,26 @@ TEST(MakePlan, MaxMegapixelsOptionAndRegistrationOutput) {
   EXPECT_EQ(plan->output_height, plan->registration_fixed_height);
 }
 
+TEST(MakePlan, ElongatedImageNamesTheMegapixelsItNeeds) {
+  // A 20000x100 strip against a 20000x20000 reference: at the default
+  // 20 MP the strip's copy would be 22 px high. RAM is plentiful, so the
+  // answer is InvalidArgument with the megapixels that work, not a RAM error.
+  Budgets b = BudgetsFromHardware(Machine(512 * kGiB, 0), {});
+  JobOptions o;
+  auto plan = MakePlan(Rgb(20000, 20000), Rgb(20000, 100), o, b);
+  ASSERT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument)
+      << plan.status();
+  const std::string message(plan.status().message());
+  EXPECT_THAT(message, testing::HasSubstr("at least 32 px"));
+  EXPECT_THAT(message,
+              testing::HasSubstr("max_registration_megapixels to at least 41"));
+  // And the suggestion works.
+  o.max_registration_megapixels = 41;
+  plan = MakePlan(Rgb(20000, 20000), Rgb(20000, 100), o, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_GE(plan->registration_moving_height, 32);
+}
+
 TEST(MakePlan, RejectsBadInput) {
   Budgets b = BudgetsFromHardware(Machine(8 * kGiB, 0), {});
   EXPECT_EQ(MakePlan(Rgb(0, 10), Rgb(10, 10), JobOptions{}, b).status().code(),
