@@ -149,10 +149,16 @@ struct Subscriber {
   void Push(JobEvent event) ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
     if (closed || have_terminal) return;
-    // Coalesce progress of the same stage so a slow reader stays bounded.
+    // Coalesce progress of the same stage, and queue positions, so that a
+    // slow reader stays bounded: only the latest of each matters.
     if (event.kind == JobEvent::Kind::kProgress && !pending.empty() &&
         pending.back().kind == JobEvent::Kind::kProgress &&
         pending.back().stage == event.stage) {
+      pending.back() = std::move(event);
+      return;
+    }
+    if (event.kind == JobEvent::Kind::kQueued && !pending.empty() &&
+        pending.back().kind == JobEvent::Kind::kQueued) {
       pending.back() = std::move(event);
       return;
     }
@@ -1439,7 +1445,18 @@ absl::StatusOr<std::unique_ptr<EventStream>> JobManagerImpl::OpenEventStream(
     }
     if (shutting_down_ && !IsTerminal(info.state)) sub->shutdown = true;
   }
-  if (!IsTerminal(info.state)) job->subs.push_back(sub);
+  if (!IsTerminal(info.state)) {
+    // Readers that went away are dropped here too, not only when the job
+    // next publishes: a quiet job watched many times stays bounded.
+    auto& subs = job->subs;
+    subs.erase(std::remove_if(subs.begin(), subs.end(),
+                              [](const std::shared_ptr<Subscriber>& s) {
+                                absl::MutexLock lock(&s->mu);
+                                return s->closed;
+                              }),
+               subs.end());
+    subs.push_back(sub);
+  }
   return std::unique_ptr<EventStream>(new JobEventStream(sub, info.output));
 }
 

@@ -529,8 +529,9 @@ TEST_F(JobManagerTest, QueueFullAndPriorityPositions) {
   EXPECT_EQ(s.message(), "queue full: 3 jobs");
   EXPECT_EQ(m->GetStats().queued, 3);
 
-  // b saw: accepted, queued 2, then queued 3 when c jumped ahead; after a is
-  // cancelled, queued 2 again and a slot is free.
+  // b's position went 2, then 3 when c jumped ahead, then 2 again when a
+  // was cancelled (and a slot is free). b has not read meanwhile: unread
+  // positions coalesce, so it sees only the latest.
   ASSERT_OK(m->Cancel(a, ""));
   EXPECT_EQ(m->GetJob(a, "")->state, JobState::kCancelled);
   EXPECT_EQ(m->GetJob(a, "")->failure.code(), absl::StatusCode::kCancelled);
@@ -541,7 +542,7 @@ TEST_F(JobManagerTest, QueueFullAndPriorityPositions) {
     if (ev.kind == JobEvent::Kind::kQueued)
       positions.push_back(ev.queue_position);
   }
-  EXPECT_EQ(positions, (std::vector<int>{2, 3, 2}));
+  EXPECT_EQ(positions, (std::vector<int>{2}));
   EXPECT_TRUE(m->CreateJob(low, "").ok());
 }
 
@@ -834,6 +835,32 @@ TEST_F(JobManagerTest, UnreadableStateFileKeepsTheJobDirectory) {
   ASSERT_NE(m, nullptr);
   EXPECT_FALSE(m->GetJob(id, "").ok());
   EXPECT_TRUE(fs::exists(JobDir(id) + "/result.tif"));
+}
+
+TEST_F(JobManagerTest, SlowReaderOfAQueuedJobStaysBounded) {
+  opts_.max_queue = 200;
+  auto m = Make(FakeEnv(0));  // no pipeline threads: every job stays queued
+  ASSERT_NE(m, nullptr);
+  std::vector<std::string> ahead;
+  for (int i = 0; i < 150; ++i) ahead.push_back(*m->CreateJob(BrainSpec(), ""));
+  const std::string last = *m->CreateJob(BrainSpec(), "");
+  // Many readers that come and go on the quiet job, and one that does not
+  // read while its queue position changes 150 times.
+  for (int i = 0; i < 50; ++i) {
+    auto gone = m->OpenEventStream(last, "", 0);
+    ASSERT_TRUE(gone.ok());
+  }
+  auto stream = m->OpenEventStream(last, "", 0);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  for (const std::string& id : ahead) ASSERT_OK(m->Cancel(id, ""));
+  const int64_t position = m->GetJob(last, "")->queue_position;
+  EXPECT_LE(position, 1);  // at the head now
+  Drained d = Drain(stream->get(), absl::Milliseconds(300));
+  EXPECT_EQ(d.end.code(), absl::StatusCode::kDeadlineExceeded) << d.end;
+  EXPECT_LE(d.Count(JobEvent::Kind::kQueued), 2);
+  ASSERT_FALSE(d.events.empty());
+  EXPECT_EQ(d.events.back().kind, JobEvent::Kind::kQueued);
+  EXPECT_EQ(d.events.back().queue_position, position);
 }
 
 TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
