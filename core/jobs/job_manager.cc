@@ -697,6 +697,9 @@ absl::Status JobManagerImpl::Recover() {
       case JobState::kCancelled:
         break;
     }
+    // As in FinishJobLocked: a finished job does not need its parameters.
+    if (IsTerminal(info.state))
+      std::vector<std::string>().swap(info.spec.custom_parameters);
     (void)now;
   }
   UpdateQueuePositionsLocked();
@@ -1036,6 +1039,10 @@ void JobManagerImpl::FinishJobLocked(Job* job, JobState state,
     info.transform_dir.clear();
     info.transform_files.clear();
   }
+  // Custom elastix parameters (up to 8 MiB a job) are needed only to run
+  // the job; its spec file keeps them. Finished jobs stay in memory for the
+  // whole retention, so they drop them.
+  std::vector<std::string>().swap(info.spec.custom_parameters);
   absl::Status persisted = PersistLocked(job);
   if (!persisted.ok()) {
     std::fprintf(stderr, "regserve: cannot persist job %s: %s\n",

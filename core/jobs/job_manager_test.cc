@@ -863,6 +863,28 @@ TEST_F(JobManagerTest, SlowReaderOfAQueuedJobStaysBounded) {
   EXPECT_EQ(d.events.back().queue_position, position);
 }
 
+TEST_F(JobManagerTest, FinishedJobsDropTheirParametersFromMemoryOnly) {
+  JobSpec spec = BrainSpec();
+  spec.custom_parameters = {"(Transform \"EulerTransform\")\n" +
+                            std::string(100000, ' ') + "\n"};
+  std::string id;
+  {
+    auto m = Make(FakeEnv());
+    ASSERT_NE(m, nullptr);
+    absl::StatusOr<std::string> created = m->CreateJob(spec, "");
+    ASSERT_TRUE(created.ok()) << created.status();
+    id = *created;
+    ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
+    EXPECT_TRUE(m->GetJob(id, "")->spec.custom_parameters.empty());
+  }
+  JobRecord rec;
+  ASSERT_OK(DecodeJobSpec(ReadFileBytes(JobDir(id) + "/spec"), &rec));
+  EXPECT_EQ(rec.info.spec.custom_parameters, spec.custom_parameters);
+  auto m = Make(FakeEnv());  // and after a restart
+  ASSERT_NE(m, nullptr);
+  EXPECT_TRUE(m->GetJob(id, "")->spec.custom_parameters.empty());
+}
+
 TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
   absl::Notification started;
   fake_.hook = [&](const RegistrationRequest& r) {
