@@ -253,9 +253,20 @@ grpc::Status RegistrationClient::GetJob(const std::string& job_id,
 }
 
 grpc::Status RegistrationClient::ListJobs(v1::ListJobsResponse* response) {
-  grpc::ClientContext context;
-  Prepare(&context);
-  return stub_->ListJobs(&context, v1::ListJobsRequest(), response);
+  response->Clear();
+  v1::ListJobsRequest request;
+  request.set_page_size(1000);
+  for (;;) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::ListJobsResponse page;
+    grpc::Status status = stub_->ListJobs(&context, request, &page);
+    if (!status.ok()) return status;
+    for (v1::JobStatus& job : *page.mutable_jobs())
+      *response->add_jobs() = std::move(job);
+    if (page.next_page_token().empty()) return grpc::Status::OK;
+    request.set_page_token(page.next_page_token());
+  }
 }
 
 grpc::Status RegistrationClient::GetServerInfo(v1::ServerInfo* response) {

@@ -104,6 +104,8 @@ class RegistrationClient {
 
   grpc::Status Cancel(const std::string& job_id, v1::CancelResponse* response);
   grpc::Status GetJob(const std::string& job_id, v1::JobStatus* response);
+  // Every job of the caller, newest first: fetches all pages (1000 a call)
+  // into one response, whose next_page_token is empty.
   grpc::Status ListJobs(v1::ListJobsResponse* response);
   grpc::Status GetServerInfo(v1::ServerInfo* response);
 

@@ -644,8 +644,8 @@ grpc::ServerUnaryReactor* RegistrationService::GetJob(
 }
 
 grpc::ServerUnaryReactor* RegistrationService::ListJobs(
-    grpc::CallbackServerContext* context,
-    const v1::ListJobsRequest* /*request*/, v1::ListJobsResponse* response) {
+    grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
+    v1::ListJobsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> caller = Authenticate(*context);
   if (!caller.ok()) {
@@ -653,10 +653,17 @@ grpc::ServerUnaryReactor* RegistrationService::ListJobs(
     return reactor;
   }
   const std::string principal = *std::move(caller);
-  RunUnary([this, reactor, response, principal] {
-    for (const JobInfo& info : manager_->ListJobs(principal)) {
+  RunUnary([this, reactor, request, response, principal] {
+    absl::StatusOr<JobManager::JobPage> page = manager_->ListJobPage(
+        principal, request->page_size(), request->page_token());
+    if (!page.ok()) {
+      reactor->Finish(ToGrpcStatus(page.status()));
+      return;
+    }
+    for (const JobInfo& info : page->jobs) {
       JobInfoToProto(info, {}, response->add_jobs());
     }
+    response->set_next_page_token(page->next_page_token);
     reactor->Finish(grpc::Status::OK);
   });
   return reactor;

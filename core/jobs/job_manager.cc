@@ -33,6 +33,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
@@ -379,6 +380,9 @@ class JobManagerImpl final : public JobManager {
   absl::StatusOr<JobInfo> GetJob(const std::string& job_id,
                                  const std::string& principal) const override;
   std::vector<JobInfo> ListJobs(const std::string& principal) const override;
+  absl::StatusOr<JobPage> ListJobPage(
+      const std::string& principal, int page_size,
+      const std::string& page_token) const override;
   absl::StatusOr<std::unique_ptr<EventStream>> OpenEventStream(
       const std::string& job_id, const std::string& principal,
       int64_t from_tile) override;
@@ -1383,21 +1387,59 @@ absl::StatusOr<JobInfo> JobManagerImpl::GetJob(
 
 std::vector<JobInfo> JobManagerImpl::ListJobs(
     const std::string& principal) const {
-  std::vector<std::pair<std::pair<absl::Time, uint64_t>, JobInfo>> found;
+  std::vector<std::pair<uint64_t, JobInfo>> found;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, job] : jobs_) {
       if (job->rec.info.principal != principal) continue;
-      found.push_back(
-          {{job->rec.info.created, job->rec.sequence}, job->rec.info});
+      found.push_back({job->rec.sequence, job->rec.info});
     }
   }
+  // Sequence numbers grow with creation, across restarts too.
   std::sort(found.begin(), found.end(),
             [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<JobInfo> out;
   out.reserve(found.size());
   for (auto& f : found) out.push_back(std::move(f.second));
   return out;
+}
+
+absl::StatusOr<JobManager::JobPage> JobManagerImpl::ListJobPage(
+    const std::string& principal, int page_size,
+    const std::string& page_token) const {
+  constexpr int kDefaultPageSize = 100, kMaxPageSize = 1000;
+  if (page_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size must be >= 0, got ", page_size));
+  }
+  const size_t limit = static_cast<size_t>(
+      page_size == 0 ? kDefaultPageSize : std::min(page_size, kMaxPageSize));
+  // The token is "s<sequence>" of the last job of the previous page.
+  uint64_t before = UINT64_MAX;
+  if (!page_token.empty() &&
+      (page_token[0] != 's' ||
+       !absl::SimpleAtoi(absl::string_view(page_token).substr(1), &before))) {
+    return absl::InvalidArgumentError(
+        "page_token is not one this server gave out: pass the "
+        "next_page_token of the previous ListJobs response unchanged");
+  }
+  std::vector<std::pair<uint64_t, std::shared_ptr<Job>>> found;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, job] : jobs_) {
+    if (job->rec.info.principal == principal && job->rec.sequence < before)
+      found.push_back({job->rec.sequence, job});
+  }
+  const size_t n = std::min(limit, found.size());
+  std::partial_sort(
+      found.begin(), found.begin() + static_cast<std::ptrdiff_t>(n),
+      found.end(),
+      [](const auto& a, const auto& b) { return a.first > b.first; });
+  JobPage page;
+  page.jobs.reserve(n);
+  for (size_t i = 0; i < n; ++i) page.jobs.push_back(found[i].second->rec.info);
+  if (found.size() > n)
+    page.next_page_token = absl::StrCat("s", found[n - 1].first);
+  return page;
 }
 
 absl::StatusOr<std::unique_ptr<EventStream>> JobManagerImpl::OpenEventStream(

@@ -253,6 +253,19 @@ class JobManager {
   // Newest first.
   virtual std::vector<JobInfo> ListJobs(const std::string& principal) const = 0;
 
+  // One page of ListJobs: at most `page_size` jobs (0: 100; at most 1000)
+  // that come after `page_token` (empty: from the newest), and the token of
+  // the next page (empty on the last). Pages stay consistent while jobs are
+  // added: new jobs go to the front, never into a later page. Errors:
+  // InvalidArgument for a negative page_size or a token not from here.
+  struct JobPage {
+    std::vector<JobInfo> jobs;
+    std::string next_page_token;
+  };
+  virtual absl::StatusOr<JobPage> ListJobPage(
+      const std::string& principal, int page_size,
+      const std::string& page_token) const = 0;
+
   // Events from now on, for a running job; for a finished job the accepted
   // event, then tiles from `from_tile` read from the stored result, then the
   // terminal event. A live stream also gets tiles from `from_tile` once the

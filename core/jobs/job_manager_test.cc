@@ -885,6 +885,50 @@ TEST_F(JobManagerTest, FinishedJobsDropTheirParametersFromMemoryOnly) {
   EXPECT_TRUE(m->GetJob(id, "")->spec.custom_parameters.empty());
 }
 
+TEST_F(JobManagerTest, ListJobPagesAreConsistentWhileJobsArrive) {
+  opts_.max_queue = 400;
+  auto m = Make(FakeEnv(0));  // nothing runs
+  ASSERT_NE(m, nullptr);
+  std::vector<std::string> ids;  // oldest first
+  for (int i = 0; i < 250; ++i)
+    ids.push_back(*m->CreateJob(BrainSpec(), "alice"));
+  ASSERT_TRUE(m->CreateJob(BrainSpec(), "bob").ok());
+  std::vector<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    absl::StatusOr<JobManager::JobPage> page =
+        m->ListJobPage("alice", 100, token);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const JobInfo& j : page->jobs) seen.push_back(j.id);
+    token = page->next_page_token;
+    if (++pages == 1) {
+      // A job submitted between pages goes to the front, not into page 2.
+      ASSERT_TRUE(m->CreateJob(BrainSpec(), "alice").ok());
+    }
+  } while (!token.empty());
+  EXPECT_EQ(pages, 3);
+  ASSERT_EQ(seen.size(), ids.size());
+  for (size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(seen[i], ids[ids.size() - 1 - i]) << i;
+  // Defaults and errors.
+  absl::StatusOr<JobManager::JobPage> all = m->ListJobPage("alice", 0, "");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->jobs.size(), 100u);
+  all = m->ListJobPage("alice", 5000, "");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->jobs.size(), 251u);
+  EXPECT_TRUE(all->next_page_token.empty());
+  EXPECT_EQ(m->ListJobPage("alice", -1, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobPage("alice", 10, "x12").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobPage("alice", 10, "s").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobs("alice").size(), 251u);
+  EXPECT_EQ(m->ListJobs("bob").size(), 1u);
+}
+
 TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
   absl::Notification started;
   fake_.hook = [&](const RegistrationRequest& r) {

@@ -239,6 +239,36 @@ TEST_F(ServiceE2eTest, EightConcurrentClientsNeverOverReserve) {
   v1::ServerInfo idle;
   ASSERT_TRUE(client.GetServerInfo(&idle).ok());
   EXPECT_EQ(idle.ram_reserved_bytes(), 0u);
+
+  // ListJobs in pages of 3 over the raw stub: every job once, newest first,
+  // the same list the client library assembles from all pages.
+  v1::ListJobsResponse whole;
+  ASSERT_TRUE(client.ListJobs(&whole).ok());
+  ASSERT_GE(whole.jobs_size(), 8);
+  EXPECT_TRUE(whole.next_page_token().empty());
+  std::vector<std::string> paged;
+  v1::ListJobsRequest request;
+  request.set_page_size(3);
+  for (int calls = 0; calls < 100; ++calls) {
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse page;
+    const grpc::Status s = client.stub()->ListJobs(&ctx, request, &page);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_LE(page.jobs_size(), 3);
+    for (const v1::JobStatus& j : page.jobs()) paged.push_back(j.job_id());
+    if (page.next_page_token().empty()) break;
+    request.set_page_token(page.next_page_token());
+  }
+  ASSERT_EQ(paged.size(), static_cast<size_t>(whole.jobs_size()));
+  for (int i = 0; i < whole.jobs_size(); ++i)
+    EXPECT_EQ(paged[i], whole.jobs(i).job_id());
+  request.set_page_token("not-a-token");
+  grpc::ClientContext bad_ctx;
+  v1::ListJobsResponse bad;
+  const grpc::Status s = client.stub()->ListJobs(&bad_ctx, request, &bad);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("next_page_token"), std::string::npos)
+      << s.error_message();
 }
 
 TEST_F(ServiceE2eTest, CancelDuringRegistrationKillsElastixAndReleases) {
