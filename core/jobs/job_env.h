@@ -44,7 +44,8 @@ class JobFileSystem {
   // prefix of `bytes`; callers discard the whole file.
   virtual absl::Status AppendToFile(const std::string& path,
                                     absl::Span<const uint8_t> bytes) = 0;
-  // fsyncs a file written by AppendToFile.
+  // fsyncs `path` (a file written by AppendToFile, or a directory), then its
+  // directory, so that a new or renamed entry survives a power loss too.
   virtual absl::Status SyncFile(const std::string& path) = 0;
 };
 

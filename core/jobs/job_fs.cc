@@ -79,6 +79,13 @@ class PosixJobFileSystem final : public JobFileSystem {
     int err = fsync(fd) != 0 ? errno : 0;
     close(fd);
     if (err != 0) return WriteErrnoToStatus(err, "syncing", path);
+    // And its entry in its directory (a new file or directory, or a rename).
+    const std::string dir = DirName(path);
+    const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      fsync(dfd);  // best effort: some file systems refuse directory fsync
+      close(dfd);
+    }
     return absl::OkStatus();
   }
 };

@@ -1168,6 +1168,8 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
   }
   if (s.ok()) s = fs_->WriteFileAtomic(dir + "/spec", EncodeJobSpec(rec));
   if (s.ok()) s = fs_->WriteFileAtomic(dir + "/state", EncodeJobState(rec));
+  // The job directory's own entry in jobs/, before the id is acknowledged.
+  if (s.ok()) s = fs_->SyncFile(dir);
   if (!s.ok()) {
     RemoveAllQuietly(dir);
     return s;
@@ -2008,6 +2010,8 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
   if (closed.ok() && rename(partial.c_str(), final_path.c_str()) != 0) {
     closed = WriteErrnoToStatus(errno, "renaming", partial);
   }
+  // The rename itself, before the state says completed.
+  if (closed.ok()) closed = fs_->SyncFile(final_path);
   if (!closed.ok()) {
     RemoveQuietly(partial);
     return absl::Status(closed.code(),

@@ -132,8 +132,18 @@ class FullDiskFileSystem final : public JobFileSystem {
     return DefaultJobFileSystem()->AppendToFile(path, bytes);
   }
   absl::Status SyncFile(const std::string& path) override {
+    {
+      absl::MutexLock lock(&mu);
+      synced.push_back(path);
+    }
     return DefaultJobFileSystem()->SyncFile(path);
   }
+  bool Synced(const std::string& path) {
+    absl::MutexLock lock(&mu);
+    return std::find(synced.begin(), synced.end(), path) != synced.end();
+  }
+  absl::Mutex mu;
+  std::vector<std::string> synced ABSL_GUARDED_BY(mu);
 };
 
 class JobManagerTest : public ::testing::Test {
@@ -927,6 +937,26 @@ TEST_F(JobManagerTest, ListJobPagesAreConsistentWhileJobsArrive) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(m->ListJobs("alice").size(), 251u);
   EXPECT_EQ(m->ListJobs("bob").size(), 1u);
+}
+
+TEST_F(JobManagerTest, NewEntriesAreSyncedBeforeTheyAreAcknowledged) {
+  FullDiskFileSystem disk;  // not full: records what it syncs
+  JobManagerEnv env = FakeEnv();
+  env.fs = &disk;
+  auto m = Make(std::move(env));
+  ASSERT_NE(m, nullptr);
+  absl::StatusOr<std::string> id = m->CreateJob(UploadSpec(), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_TRUE(disk.Synced(JobDir(*id)));  // its entry in jobs/
+  ASSERT_OK(Upload(m.get(), *id, ImageRole::kFixed, ReadFileBytes(BrainFixed()),
+                   4096));
+  ASSERT_OK(Upload(m.get(), *id, ImageRole::kMoving,
+                   ReadFileBytes(BrainMoving()), 4096));
+  ASSERT_OK(m->FinishUpload(*id));
+  EXPECT_TRUE(disk.Synced(JobDir(*id) + "/inputs/fixed.png"));
+  EXPECT_TRUE(disk.Synced(JobDir(*id) + "/inputs/moving.png"));
+  ASSERT_EQ(WaitTerminal(m.get(), *id).state, JobState::kCompleted);
+  EXPECT_TRUE(disk.Synced(JobDir(*id) + "/result.tif"));  // after the rename
 }
 
 TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
