@@ -967,6 +967,23 @@ absl::Status JobManagerImpl::CheckCapacityLocked(
   return absl::OkStatus();
 }
 
+// Why an upload call found its job no longer uploading: CANCELLED when a
+// Cancel ended it meanwhile, FAILED_PRECONDITION (with the job's failure)
+// otherwise.
+namespace {
+absl::Status NotUploadingStatus(const JobInfo& info) {
+  if (info.state == JobState::kCancelled) {
+    return absl::CancelledError(absl::StrCat(
+        "job ", info.id,
+        " was cancelled during its upload: ", info.failure.message()));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "job ", info.id, " is no longer uploading (it is ",
+      JobStateName(info.state), ")",
+      info.failure.ok() ? "" : absl::StrCat(": ", info.failure.message())));
+}
+}  // namespace
+
 absl::Status JobManagerImpl::PersistLocked(Job* job) {
   return fs_->WriteFileAtomic(JobDir(job->rec.info.id) + "/state",
                               EncodeJobState(job->rec));
@@ -1214,9 +1231,7 @@ absl::Status JobManagerImpl::AppendUpload(const std::string& job_id,
   {
     absl::MutexLock lock(&mu_);
     if (job->rec.info.state != JobState::kUploading) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("job ", job_id, " is not uploading (it is ",
-                       JobStateName(job->rec.info.state), ")"));
+      return NotUploadingStatus(job->rec.info);
     }
     if (!up.expected) {
       return absl::InvalidArgumentError(
@@ -1235,9 +1250,7 @@ absl::Status JobManagerImpl::AppendUpload(const std::string& job_id,
   absl::Status s = fs_->AppendToFile(path, bytes);
   absl::MutexLock lock(&mu_);
   if (job->rec.info.state != JobState::kUploading) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", job_id, " is no longer uploading (it is ",
-                     JobStateName(job->rec.info.state), ")"));
+    return NotUploadingStatus(job->rec.info);
   }
   if (!s.ok()) {
     FinishJobLocked(job.get(), JobState::kFailed, s);
@@ -1271,9 +1284,7 @@ absl::Status JobManagerImpl::FinishUpload(const std::string& job_id) {
   {
     absl::MutexLock lock(&mu_);
     if (job->rec.info.state != JobState::kUploading) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("job ", job_id, " is not uploading (it is ",
-                       JobStateName(job->rec.info.state), ")"));
+      return NotUploadingStatus(job->rec.info);
     }
     for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
       const Job::Upload& up = job->uploads[static_cast<int>(role)];
@@ -1308,9 +1319,7 @@ absl::Status JobManagerImpl::FinishUpload(const std::string& job_id) {
   }
   absl::MutexLock lock(&mu_);
   if (job->rec.info.state != JobState::kUploading) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", job_id, " is no longer uploading (it is ",
-                     JobStateName(job->rec.info.state), ")"));
+    return NotUploadingStatus(job->rec.info);
   }
   if (!s.ok()) {
     FinishJobLocked(job.get(), JobState::kFailed, s);

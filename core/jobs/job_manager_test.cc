@@ -959,6 +959,18 @@ TEST_F(JobManagerTest, NewEntriesAreSyncedBeforeTheyAreAcknowledged) {
   EXPECT_TRUE(disk.Synced(JobDir(*id) + "/result.tif"));  // after the rename
 }
 
+TEST_F(JobManagerTest, UploadToACancelledJobIsCancelled) {
+  auto m = Make(FakeEnv());
+  ASSERT_NE(m, nullptr);
+  const std::string id = *m->CreateJob(UploadSpec(), "");
+  ASSERT_OK(Upload(m.get(), id, ImageRole::kFixed, "abc", 3));
+  ASSERT_OK(m->Cancel(id, ""));
+  absl::Status s = Upload(m.get(), id, ImageRole::kFixed, "def", 3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  s = m->FinishUpload(id);
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+}
+
 TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
   absl::Notification started;
   fake_.hook = [&](const RegistrationRequest& r) {
