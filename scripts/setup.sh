@@ -16,8 +16,9 @@ esac
 PACKAGES=(
   # toolchain
   g++ cmake ninja-build pkg-config git ca-certificates
-  # gRPC / Protobuf
+  # gRPC / Protobuf; OpenSSL (regserved checks its TLS key and certificate)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libssl-dev
   # imaging and registration
   libinsighttoolkit5-dev elastix libopenimageio-dev openimageio-tools
   libopencv-core-dev libimath-dev
