@@ -372,12 +372,13 @@ TEST(Scheduler, OnePassDoesNotAdmitMoreThanTheLiveReadingShows) {
   // all four are admitted in the same pass and none has allocated yet.
   AllocatingProbe probe(200 * kMB);
   ResourceScheduler s(Config(4800 * kMB, {}, /*cpu_slots=*/4), &probe);
+  // All tokens exist before any thread reads the vector.
   std::vector<std::unique_ptr<CancelToken>> tokens;
+  for (int i = 0; i < 4; ++i) tokens.push_back(std::make_unique<CancelToken>());
   std::vector<std::thread> threads;
   std::atomic<int> admitted{0};
   std::vector<Reservation> held(4);
   for (int i = 0; i < 4; ++i) {
-    tokens.push_back(std::make_unique<CancelToken>());
     threads.emplace_back([&, i] {
       absl::StatusOr<Reservation> r =
           s.Acquire(Cpu(1000 * kMB), 0, i + 1, tokens[i].get());
