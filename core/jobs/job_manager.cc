@@ -78,6 +78,8 @@ constexpr size_t kMaxPathBytes = 4096;
 constexpr int kMaxPriority = 1000;
 // Pending live events per reader beyond which progress events are coalesced.
 constexpr size_t kMaxPendingEvents = 256;
+// Most jobs one ListJobPage returns.
+constexpr int kMaxListPageSize = 1000;
 constexpr absl::Duration kProgressInterval = absl::Milliseconds(50);
 
 const char* RoleName(ImageRole role) {
@@ -1398,33 +1400,30 @@ absl::StatusOr<JobInfo> JobManagerImpl::GetJob(
 
 std::vector<JobInfo> JobManagerImpl::ListJobs(
     const std::string& principal) const {
-  std::vector<std::pair<uint64_t, JobInfo>> found;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [id, job] : jobs_) {
-      if (job->rec.info.principal != principal) continue;
-      found.push_back({job->rec.sequence, job->rec.info});
-    }
-  }
-  // Sequence numbers grow with creation, across restarts too.
-  std::sort(found.begin(), found.end(),
-            [](const auto& a, const auto& b) { return a.first > b.first; });
+  // Every page of ListJobPage: one ordering, one place.
   std::vector<JobInfo> out;
-  out.reserve(found.size());
-  for (auto& f : found) out.push_back(std::move(f.second));
+  std::string token;
+  do {
+    absl::StatusOr<JobPage> page =
+        ListJobPage(principal, kMaxListPageSize, token);
+    if (!page.ok()) break;  // not reached: a valid size and our own token
+    for (JobInfo& info : page->jobs) out.push_back(std::move(info));
+    token = std::move(page->next_page_token);
+  } while (!token.empty());
   return out;
 }
 
 absl::StatusOr<JobManager::JobPage> JobManagerImpl::ListJobPage(
     const std::string& principal, int page_size,
     const std::string& page_token) const {
-  constexpr int kDefaultPageSize = 100, kMaxPageSize = 1000;
+  constexpr int kDefaultPageSize = 100;
   if (page_size < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("page_size must be >= 0, got ", page_size));
   }
   const size_t limit = static_cast<size_t>(
-      page_size == 0 ? kDefaultPageSize : std::min(page_size, kMaxPageSize));
+      page_size == 0 ? kDefaultPageSize
+                     : std::min(page_size, kMaxListPageSize));
   // The token is "s<sequence>" of the last job of the previous page.
   uint64_t before = UINT64_MAX;
   if (!page_token.empty() &&
