@@ -8,6 +8,7 @@
 
 #include <OpenImageIO/filesystem.h>
 #include <OpenImageIO/imageio.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 #include "absl/strings/string_view.h"
 #include "core/common/status_macros.h"
 #include "core/image/oiio_type.h"
+#include "core/image/png_chunks.h"
 
 namespace regserve {
 namespace {
@@ -123,7 +125,62 @@ struct OpenInput {
   ImageSpec ours;
 };
 
+// OIIO's read_image decodes through a scratch buffer of
+// max(64 MiB, "read_chunk" scanlines); the default of 256 scanlines lets a
+// header with a very wide, short image (3195728x2 RGB: 7 MB of pixels) make
+// it allocate 2.4 GB before a byte is read. With 1 the scratch is at most
+// 64 MiB or one scanline, and a scanline is inside the checked budget.
+// Ordinary images are unaffected: below 256 KiB per scanline the 64 MiB term
+// is already more than 256 scanlines.
+void ConfigureOiioOnce() {
+  static const bool configured = [] {
+    oiio::attribute("read_chunk", 1);
+    return true;
+  }();
+  (void)configured;
+}
+
+// Structural checks that must run before a codec sees the bytes.
+absl::Status PrecheckContainer(const Source& src) {
+  absl::Status s;
+  if (src.in_memory) {
+    s = CheckPngChunkLengths(
+        src.bytes.size(), [&](uint64_t offset, size_t n, uint8_t* out) {
+          if (offset >= src.bytes.size()) return size_t{0};
+          n = std::min<uint64_t>(n, src.bytes.size() - offset);
+          std::memcpy(out, src.bytes.data() + offset, n);
+          return n;
+        });
+  } else {
+    const int fd = ::open(src.name.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return absl::OkStatus();  // OIIO reports it with context
+    struct stat st;
+    if (::fstat(fd, &st) == 0) {
+      s = CheckPngChunkLengths(static_cast<uint64_t>(st.st_size),
+                               [fd](uint64_t offset, size_t n, uint8_t* out) {
+                                 size_t got = 0;
+                                 while (got < n) {
+                                   const ssize_t r = ::pread(
+                                       fd, out + got, n - got,
+                                       static_cast<off_t>(offset + got));
+                                   if (r < 0 && errno == EINTR) continue;
+                                   if (r <= 0) break;
+                                   got += static_cast<size_t>(r);
+                                 }
+                                 return got;
+                               });
+    }
+    ::close(fd);
+  }
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot decode ", Describe(src), ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<OpenInput> Open(const Source& src) {
+  ConfigureOiioOnce();
   if (src.in_memory) {
     if (src.bytes.empty()) {
       return absl::InvalidArgumentError(
@@ -132,6 +189,7 @@ absl::StatusOr<OpenInput> Open(const Source& src) {
   } else {
     REGSERVE_RETURN_IF_ERROR(CheckFile(src.name));
   }
+  REGSERVE_RETURN_IF_ERROR(PrecheckContainer(src));
   OpenInput result;
   try {
     oiio::ImageSpec config;

@@ -52,8 +52,11 @@ absl::StatusOr<ImageSpec> ReadImageSpecMemory(absl::Span<const uint8_t> bytes,
 // RAM (ResourceExhausted) and, by OIIO 2.4 itself, above 32 GiB
 // (InvalidArgument). Pixels are returned as stored: alpha is not
 // premultiplied, EXIF orientation is not applied, and for EXR the data window
-// is returned. Note that OIIO's PNG reader holds a second full-size copy
-// while decoding, which max_bytes does not count.
+// is returned. max_bytes counts the image only: OIIO also decodes through a
+// scratch buffer, as large as the image below 64 MiB and about 64 MiB above
+// it (MakePlan reserves it), and a TIFF stored as a single strip needs a
+// whole second copy. PNG chunk lengths are checked against the data before
+// libpng sees it (png_chunks.h).
 absl::StatusOr<Image> ReadImageFile(const std::string& path,
                                     const ReadOptions& options = {});
 // name_hint: a file name whose extension helps OIIO pick the format; if that
@@ -69,8 +72,7 @@ absl::StatusOr<Image> ReadImageMemory(absl::Span<const uint8_t> bytes,
 // for integer inputs. Target size must be >= 1 and <= the source size.
 absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
                                         int64_t target_width,
-                                        int64_t target_height,
-                                        int threads = 1);
+                                        int64_t target_height, int threads = 1);
 
 // Writes a whole image; the format follows the extension. Files above 4 GiB
 // written as .tif use BigTIFF. TIFF is deflate ("zip") compressed; alpha
@@ -99,7 +101,8 @@ class TiledTiffWriter {
   virtual ~TiledTiffWriter() = default;
   // Copies the pixels of `region` (spec must match channels/type) to
   // position (x, y) of the output.
-  virtual absl::Status WriteRegion(int64_t x, int64_t y, const Image& region) = 0;
+  virtual absl::Status WriteRegion(int64_t x, int64_t y,
+                                   const Image& region) = 0;
   // Flushes and closes the file. Must be called; the destructor only
   // releases resources and leaves an incomplete file if Close was not called.
   virtual absl::Status Close() = 0;

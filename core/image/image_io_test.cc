@@ -504,6 +504,35 @@ void ExpectFastRefusal(const char* file, const ReadOptions& options) {
   }
 }
 
+TEST(BadImageTest, PngChunkLongerThanTheFileIsRefusedBeforeLibpng) {
+  // libFuzzer's find (tests/fuzz/corpus/image_io_fuzz/regressions/oom-5012...)
+  // in its shape: a real PNG whose second tEXt chunk declares 1.8 GB. libpng
+  // allocated all of it before noticing the file had ended.
+  std::vector<uint8_t> bytes =
+      ReadBytes(DataPath("itk_brain/BrainProtonDensitySliceShifted13x17y.png"));
+  ASSERT_GT(bytes.size(), 33u);
+  const std::vector<uint8_t> chunk = {0x6f, 0x20, 0x76, 0xc4, 't', 'E',
+                                      'X',  't',  'S',  'o',  'f', 't'};
+  bytes.insert(bytes.begin() + 33, chunk.begin(), chunk.end());  // after IHDR
+  const std::string path = TempPath("long_chunk.png");
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+  }
+  for (const absl::Status& s :
+       {ReadImageMemory(bytes, "x.png").status(),
+        ReadImageSpecMemory(bytes, "").status(), ReadImageFile(path).status(),
+        ReadImageSpecFile(path).status()}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("PNG chunk \"tEXt\" at byte 33 declares "
+                               "1864398532 bytes"),
+              std::string::npos)
+        << s;
+  }
+  std::remove(path.c_str());
+}
+
 TEST(BadImageTest, BombsFailFastWithoutAllocating) {
   ReadOptions budget;
   budget.max_bytes = uint64_t{256} << 20;
