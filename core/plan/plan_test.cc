@@ -131,6 +131,20 @@ TEST(MakePlan, CpuPreferenceIsHonoured) {
   EXPECT_EQ(plan->warp_device, WarpDevice::kCpu);
 }
 
+TEST(MakePlan, DecodeReservesOpenImageIoScratch) {
+  // Below 64 MiB the scratch is as large as the image; above, about 64 MiB.
+  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  const ImageSpec small = Rgb(2000, 2000);  // 12 MB
+  auto plan = MakePlan(small, small, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_GE(plan->decode.ram_bytes, 2 * small.bytes());
+  plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_GE(plan->decode.ram_bytes, kFabric.bytes() + (uint64_t{64} << 20));
+  EXPECT_LT(plan->decode.ram_bytes,
+            kFabric.bytes() + (uint64_t{256} << 20) + 4 * 20'000'000ull);
+}
+
 TEST(MakePlan, TinyRamBudgetShrinksRegistrationCopy) {
   // 1.5 GiB: the moving image (851 MB) plus elastix must fit, so the copy
   // is limited by RAM rather than by the 20 MP cap, and the CPU warp tiles.
