@@ -19,7 +19,7 @@
 #         daemon end to end (TSAN_GRPC_TESTS) with tsan_grpc.supp added
 #         (gRPC's own hand-offs; see that file).
 #   fuzz  tests/fuzz/run_fuzzers.sh: FUZZ_BUILD_DIR (build-fuzz),
-#         FUZZ_SECONDS (60) per target.
+#         a fixed seed and run count (FUZZ_SECONDS=N explores instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
