@@ -127,6 +127,10 @@ bool SameSpec(const ImageSpec& a, const ImageSpec& b) {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+bool ValidStreamTileSize(int64_t t) {
+  return t >= 16 && t <= 16384 && t % 16 == 0;
+}
+
 // ---------------------------------------------------------------------------
 // Event streams.
 
@@ -509,8 +513,7 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
   if (o.elastix_threads < 1) {
     return absl::InvalidArgumentError("elastix_threads must be >= 1");
   }
-  if (o.stream_tile_size < 16 || o.stream_tile_size > 16384 ||
-      o.stream_tile_size % 16 != 0) {
+  if (!ValidStreamTileSize(o.stream_tile_size)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "stream_tile_size must be a multiple of 16 in [16, 16384], got ",
         o.stream_tile_size));
@@ -642,10 +645,15 @@ absl::Status JobManagerImpl::Recover() {
     }
     for (std::string& path : info.transform_files)
       RebaseIntoJobDir(id, dir, &path);
-    // The result is streamed in this daemon's tiles, which may differ from
-    // the ones the job was planned with.
+    // A finished result keeps the tiles it was written and streamed in, so
+    // a client resuming with from_tile after a restart under another
+    // --stream_tile_size gets the tiles after the ones it has. Jobs not yet
+    // warped use this daemon's size. The count is recomputed either way.
     if (info.has_plan) {
-      info.tile_size = options_.stream_tile_size;
+      if (info.state != JobState::kCompleted ||
+          !ValidStreamTileSize(info.tile_size)) {
+        info.tile_size = options_.stream_tile_size;
+      }
       info.tile_count = CeilDiv(info.plan.output_width, info.tile_size) *
                         CeilDiv(info.plan.output_height, info.tile_size);
     }

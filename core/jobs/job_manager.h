@@ -202,8 +202,9 @@ class JobManager {
     absl::Duration registration_timeout = absl::Hours(2);
     absl::Duration retention = absl::Hours(24 * 7);
     int max_attempts = 2;  // runs of a job interrupted by restarts
-    int64_t stream_tile_size =
-        512;  // result tile edge (TIFF tile = stream tile)
+    // Result tile edge (TIFF tile = stream tile). A finished job keeps the
+    // edge it was written with across restarts, so from_tile stays aligned.
+    int64_t stream_tile_size = 512;
     uint64_t max_upload_bytes = 8ull << 30;
     int64_t max_pixels = 1000ll * 1000 * 1000;  // per image
     // Not owned; may be null; must outlive the manager.

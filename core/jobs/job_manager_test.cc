@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
@@ -766,32 +767,61 @@ int64_t TiledArea(const Drained& d, int64_t width, int64_t height,
   return area;
 }
 
-TEST_F(JobManagerTest, RestartWithAnotherTileSizeStreamsTheWholeResult) {
+std::vector<std::array<int64_t, 5>> TileRects(const Drained& d) {
+  std::vector<std::array<int64_t, 5>> rects;
+  for (const JobEvent& e : d.events) {
+    if (e.kind != JobEvent::Kind::kTile) continue;
+    rects.push_back({e.tile_index, e.rect.x, e.rect.y, e.rect.w, e.rect.h});
+  }
+  return rects;
+}
+
+TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
+  // A client that has tiles 0..4 of a finished job resumes with from_tile=5
+  // after the daemon restarted with another --stream_tile_size: it must get
+  // the tiles after the ones it has, in the same grid, and the whole result.
   std::string id;
+  std::vector<std::array<int64_t, 5>> before;
   {
     auto m = Make(FakeEnv());
     ASSERT_NE(m, nullptr);
     id = *m->CreateJob(BrainSpec(), "");
     ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
     EXPECT_EQ(m->GetJob(id, "")->tile_count, 12);  // 64 px: 3 x 4
+    auto stream = m->OpenEventStream(id, "", 0);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    before = TileRects(Drain(stream->get()));
+    ASSERT_EQ(before.size(), 12u);
   }
   for (int64_t tile : {128, 32}) {
     opts_.stream_tile_size = tile;
     auto m = Make(FakeEnv());
     ASSERT_NE(m, nullptr);
-    const int64_t expected =
-        ((181 + tile - 1) / tile) * ((217 + tile - 1) / tile);
-    EXPECT_EQ(m->GetJob(id, "")->tile_count, expected);
+    EXPECT_EQ(m->GetJob(id, "")->tile_size, 64) << "daemon tile " << tile;
+    EXPECT_EQ(m->GetJob(id, "")->tile_count, 12) << "daemon tile " << tile;
     auto stream = m->OpenEventStream(id, "", 0);
     ASSERT_TRUE(stream.ok()) << stream.status();
     Drained d = Drain(stream->get());
     ASSERT_OK(d.end);
-    EXPECT_EQ(d.Count(JobEvent::Kind::kTile), expected) << "tile " << tile;
+    EXPECT_EQ(TileRects(d), before) << "daemon tile " << tile;
     bool inside = false;
-    EXPECT_EQ(TiledArea(d, 181, 217, &inside), 181 * 217) << "tile " << tile;
+    EXPECT_EQ(TiledArea(d, 181, 217, &inside), 181 * 217);
     EXPECT_TRUE(inside);
     ASSERT_NE(d.Last(), nullptr);
     EXPECT_EQ(d.Last()->kind, JobEvent::Kind::kCompleted);
+
+    auto resumed = m->OpenEventStream(id, "", 5);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    const std::vector<std::array<int64_t, 5>> rest(before.begin() + 5,
+                                                   before.end());
+    EXPECT_EQ(TileRects(Drain(resumed->get())), rest) << "daemon tile " << tile;
+
+    // A job this daemon finishes uses its own tile size.
+    const std::string fresh = *m->CreateJob(BrainSpec(), "");
+    ASSERT_EQ(WaitTerminal(m.get(), fresh).state, JobState::kCompleted);
+    EXPECT_EQ(m->GetJob(fresh, "")->tile_size, tile);
+    EXPECT_EQ(m->GetJob(fresh, "")->tile_count,
+              ((181 + tile - 1) / tile) * ((217 + tile - 1) / tile));
   }
 }
 
