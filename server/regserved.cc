@@ -146,6 +146,11 @@ ABSL_FLAG(bool, insecure_listen_any, false,
 ABSL_FLAG(int64_t, stream_tile_size, 512,
           "Edge of the result tiles streamed to clients (and of the stored "
           "TIFF's tiles), in pixels.");
+ABSL_FLAG(bool, metrics_auth, false,
+          "/metrics requires HTTP basic auth: the user is a principal of "
+          "--auth_tokens and the password one of its tokens (Prometheus: "
+          "basic_auth with username and password_file). Needs --auth_tokens; "
+          "SIGHUP reloads apply here too.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT for the Prometheus endpoint (/metrics). Port 0 picks a "
           "free port, printed as \"regserved metrics on HOST:PORT\". Empty: "
@@ -526,6 +531,29 @@ int Main(int argc, char** argv) {
 
   Metrics::Options metrics_opts;
   metrics_opts.listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (absl::GetFlag(FLAGS_metrics_auth)) {
+    if (tokens == nullptr) {
+      return Fail(kExitBadFlags,
+                  "--metrics_auth checks credentials against --auth_tokens; "
+                  "give --auth_tokens FILE as well");
+    }
+    const TokenStore* store = tokens.get();  // outlives the Metrics below
+    metrics_opts.authorize = [store](const std::string& user,
+                                     const std::string& password) {
+      absl::StatusOr<std::string> who =
+          store->Authenticate(absl::StrCat("Bearer ", password));
+      return who.ok() && *who == user;
+    };
+  } else if (!metrics_opts.listen.empty()) {
+    absl::StatusOr<HostPort> where = SplitHostPort(metrics_opts.listen);
+    if (where.ok() && !IsLoopbackHost(where->host)) {
+      std::fprintf(stderr,
+                   "regserved: WARNING: metrics on %s without --metrics_auth: "
+                   "anyone who can reach it can read the job counts and "
+                   "memory figures\n",
+                   metrics_opts.listen.c_str());
+    }
+  }
   absl::StatusOr<std::unique_ptr<Metrics>> metrics =
       Metrics::Create(metrics_opts);
   if (!metrics.ok()) {

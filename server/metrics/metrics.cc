@@ -174,6 +174,10 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
         "cannot serve metrics on ", options.listen, ": ", e.what(),
         " (is the port in use? pick another with --metrics_listen)"));
   }
+  if (options.authorize) {
+    metrics->exposer_->RegisterAuth(options.authorize, "regserve metrics",
+                                    "/metrics");
+  }
   metrics->exposer_->RegisterCollectable(metrics->collectable_, "/metrics");
   const std::vector<int> ports = metrics->exposer_->GetListeningPorts();
   if (ports.empty() || ports[0] <= 0) {

@@ -71,8 +71,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "core/hardware/hardware.h"
 #include "core/common/types.h"
+#include "core/hardware/hardware.h"
 #include "core/scheduler/scheduler.h"
 
 namespace prometheus {
@@ -120,6 +120,11 @@ class Metrics {
     // (Serialize() still works).
     std::string listen;
     int http_threads = 2;
+    // Non-null: /metrics answers 401 unless the request carries HTTP basic
+    // credentials (user, password) that this accepts. Called on the HTTP
+    // threads; it must be thread-safe and outlive the Metrics.
+    std::function<bool(const std::string& user, const std::string& password)>
+        authorize;
     BuildInfo build = CompiledBuildInfo();
   };
 

@@ -413,7 +413,8 @@ TEST(MetricsTest, ConcurrentUpdatesAreAllCounted) {
 }
 
 // A plain HTTP/1.0 GET on 127.0.0.1:port; returns the whole response.
-std::string HttpGet(int port, const std::string& path) {
+std::string HttpGet(int port, const std::string& path,
+                    const std::string& headers = "") {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";
   sockaddr_in addr{};
@@ -422,8 +423,8 @@ std::string HttpGet(int port, const std::string& path) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   std::string response;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    const std::string request = absl::StrCat(
+        "GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n", headers, "\r\n");
     if (write(fd, request.data(), request.size()) ==
         static_cast<ssize_t>(request.size())) {
       char buf[4096];
@@ -457,6 +458,43 @@ TEST(MetricsTest, ServesOverHttpOnAPickedPort) {
   EXPECT_EQ(calls.load(), 1);
   // Other paths are not served.
   EXPECT_THAT(HttpGet(m->port(), "/jobs"), HasSubstr("404"));
+}
+
+TEST(MetricsTest, BasicAuthGuardsTheEndpoint) {
+  Metrics::Options options;
+  options.listen = "127.0.0.1:0";
+  std::atomic<int> asked{0};
+  options.authorize = [&](const std::string& user, const std::string& pass) {
+    ++asked;
+    return user == "prometheus" && pass == "s3cret-scrape-token";
+  };
+  auto m = Metrics::Create(options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  (*m)->OnSubmitted();
+  const int port = (*m)->port();
+  // No credentials, a wrong password, another user, another scheme: 401,
+  // and no metric in the body.
+  for (const std::string& headers :
+       {std::string(),
+        // prometheus:wrong
+        std::string("Authorization: Basic cHJvbWV0aGV1czp3cm9uZw==\r\n"),
+        // other:s3cret-scrape-token
+        std::string(
+            "Authorization: Basic b3RoZXI6czNjcmV0LXNjcmFwZS10b2tlbg==\r\n"),
+        std::string("Authorization: Bearer s3cret-scrape-token\r\n")}) {
+    const std::string response = HttpGet(port, "/metrics", headers);
+    EXPECT_THAT(response, HasSubstr("401")) << headers;
+    EXPECT_THAT(response, testing::Not(HasSubstr("regserve_jobs_submitted")))
+        << headers;
+  }
+  // prometheus:s3cret-scrape-token
+  const std::string ok =
+      HttpGet(port, "/metrics",
+              "Authorization: Basic "
+              "cHJvbWV0aGV1czpzM2NyZXQtc2NyYXBlLXRva2Vu\r\n");
+  EXPECT_THAT(ok, HasSubstr("200 OK"));
+  EXPECT_THAT(ok, HasSubstr("regserve_jobs_submitted_total 1"));
+  EXPECT_GE(asked.load(), 3);
 }
 
 TEST(MetricsTest, CreateErrors) {

@@ -5,9 +5,11 @@
 #     runs the alert unit tests (alerts_test.yml); yamllint checks every
 #     YAML file under deploy/ (deploy/.yamllint) and json.tool every JSON.
 #  2. Starts regserved on loopback ports (--listen 127.0.0.1:0
-#     --metrics_listen 127.0.0.1:0) and a Prometheus (Debian's `prometheus`)
-#     on a free loopback port, with a generated config that scrapes the
-#     daemon every second and loads deploy/prometheus/alerts.yml.
+#     --metrics_listen 127.0.0.1:0) with bearer tokens and --metrics_auth,
+#     checks that /metrics answers 401 without or with wrong credentials, and
+#     starts a Prometheus (Debian's `prometheus`) on a free loopback port,
+#     with a generated config that scrapes the daemon every second with
+#     basic auth and loads deploy/prometheus/alerts.yml.
 #  3. Runs real jobs through regctl: one is cancelled while it registers,
 #     one completes, one fails (a corrupt image).
 #  4. Queries Prometheus's HTTP API until it has scraped the exact counts,
@@ -44,6 +46,7 @@ DAEMON_PID=""
 PROM_PID=""
 GRPC_ADDR=""
 METRICS_ADDR=""
+SCRAPE_TOKEN=""
 PROM_URL=""
 
 log() { echo "deploy_test: $*"; }
@@ -115,7 +118,18 @@ start_daemon() {
   grep -q -- '-metrics_listen' <<<"${help}" ||
     die "regserved has no --metrics_listen flag: wire server/metrics into server/regserved.cc (see server/metrics/metrics.h)"
   mkdir -p "${WORK}/data"
+  # Tokens for the client (regctl reads REGSERVE_TOKEN) and for Prometheus,
+  # which scrapes with basic auth (--metrics_auth): user = principal,
+  # password = its token.
+  REGSERVE_TOKEN="deploy-test-client-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  SCRAPE_TOKEN="deploy-test-scrape-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export REGSERVE_TOKEN
+  printf 'deploy-test %s\nprometheus %s\n' "${REGSERVE_TOKEN}" "${SCRAPE_TOKEN}" \
+    >"${WORK}/tokens"
+  printf '%s' "${SCRAPE_TOKEN}" >"${WORK}/scrape_password"
+  chmod 600 "${WORK}/tokens" "${WORK}/scrape_password"
   "${REGSERVED}" --listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 \
+    --auth_tokens "${WORK}/tokens" --metrics_auth \
     --data_dir "${WORK}/data" >"${WORK}/regserved.out" 2>"${WORK}/regserved.err" &
   DAEMON_PID=$!
   GRPC_ADDR="$(wait_for_line "${WORK}/regserved.out" "regserved listening on" 60 "${DAEMON_PID}")" ||
@@ -123,6 +137,16 @@ start_daemon() {
   METRICS_ADDR="$(wait_for_line "${WORK}/regserved.out" "regserved metrics on" 10 "${DAEMON_PID}")" ||
     { cat "${WORK}/regserved.err" >&2; die "regserved did not print 'regserved metrics on HOST:PORT'"; }
   log "regserved: gRPC ${GRPC_ADDR}, metrics ${METRICS_ADDR}"
+  # Without credentials, with a wrong password, or with the client's token
+  # under the scrape user, the endpoint answers 401.
+  local code auth
+  for auth in "" "prometheus:wrong-password-0000000" "prometheus:${REGSERVE_TOKEN}"; do
+    code="$(metrics_status "${auth}")"
+    [ "${code}" = 401 ] || die "/metrics with credentials '${auth%%:*}:...' answered ${code}, not 401"
+  done
+  [ "$(metrics_status "prometheus:${SCRAPE_TOKEN}")" = 200 ] ||
+    die "/metrics refused the scrape credentials"
+  log "/metrics: 401 without or with wrong credentials, 200 with the scrape token"
   regctl_health || die "regctl health failed against ${GRPC_ADDR}"
 }
 
@@ -140,6 +164,9 @@ rule_files:
 scrape_configs:
   - job_name: regserve
     metrics_path: /metrics
+    basic_auth:
+      username: prometheus
+      password_file: ${WORK}/scrape_password
     static_configs:
       - targets: ["$1"]
 EOF
@@ -155,11 +182,29 @@ EOF
   ${PROM_CHECK} config "${PROM_URL}" regserve
 }
 
+# HTTP status of GET /metrics with basic credentials USER:PASSWORD ("" none).
+metrics_status() {  # USER:PASSWORD
+  python3 - "${METRICS_ADDR}" "$1" <<'EOF'
+import base64, sys, urllib.error, urllib.request
+req = urllib.request.Request(f"http://{sys.argv[1]}/metrics")
+if sys.argv[2]:
+    req.add_header("Authorization",
+                   "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+try:
+    print(urllib.request.urlopen(req, timeout=5).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+EOF
+}
+
 # One sample from the daemon's own endpoint (not through Prometheus).
 daemon_metric() {  # SERIES (exact name{labels} as exposed)
-  python3 - "${METRICS_ADDR}" "$1" <<'EOF'
-import sys, urllib.request
-body = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+  python3 - "${METRICS_ADDR}" "$1" "prometheus:${SCRAPE_TOKEN}" <<'EOF'
+import base64, sys, urllib.request
+req = urllib.request.Request(f"http://{sys.argv[1]}/metrics")
+req.add_header("Authorization",
+               "Basic " + base64.b64encode(sys.argv[3].encode()).decode())
+body = urllib.request.urlopen(req, timeout=5).read().decode()
 for line in body.splitlines():
     if line.startswith(sys.argv[2] + " "):
         print(line.split()[-1]); break
