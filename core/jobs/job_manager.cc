@@ -128,7 +128,7 @@ bool SameSpec(const ImageSpec& a, const ImageSpec& b) {
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 bool ValidStreamTileSize(int64_t t) {
-  return t >= 16 && t <= 16384 && t % 16 == 0;
+  return t >= 16 && t <= 8192 && t % 16 == 0;  // the TIFF writer's bound
 }
 
 // ---------------------------------------------------------------------------
@@ -515,7 +515,7 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
   }
   if (!ValidStreamTileSize(o.stream_tile_size)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "stream_tile_size must be a multiple of 16 in [16, 16384], got ",
+        "stream_tile_size must be a multiple of 16 in [16, 8192], got ",
         o.stream_tile_size));
   }
   if (o.retention <= absl::ZeroDuration()) {

@@ -776,6 +776,25 @@ std::vector<std::array<int64_t, 5>> TileRects(const Drained& d) {
   return rects;
 }
 
+TEST_F(JobManagerTest, StreamTileSizeMustSuitTheTiffWriter) {
+  for (int64_t tile : {0, 8, 24, 8208, 16384}) {
+    opts_.stream_tile_size = tile;
+    auto m = CreateJobManagerWithEnv(opts_, scheduler_.get(), probe_.get(),
+                                     FakeEnv());
+    ASSERT_FALSE(m.ok()) << tile;
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(m.status().message()),
+                testing::HasSubstr("[16, 8192]"));
+  }
+  // The largest accepted edge writes and streams a result.
+  opts_.stream_tile_size = 8192;
+  auto m = Make(FakeEnv());
+  ASSERT_NE(m, nullptr);
+  const std::string id = *m->CreateJob(BrainSpec(), "");
+  ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
+  EXPECT_EQ(m->GetJob(id, "")->tile_count, 1);
+}
+
 TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
   // A client that has tiles 0..4 of a finished job resumes with from_tile=5
   // after the daemon restarted with another --stream_tile_size: it must get
