@@ -911,6 +911,9 @@ absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobSpec& spec,
   REGSERVE_RETURN_IF_ERROR(scheduler_->CheckFits(req));
   req.ram_bytes = plan.registration.ram_bytes;
   REGSERVE_RETURN_IF_ERROR(scheduler_->CheckFits(req));
+  // The stored result's writer keeps partly covered tiles in RAM.
+  plan.warp.ram_bytes += TiffWriterPartialBytes(
+      plan.tile_size, plan.output_width, options_.stream_tile_size, moving);
   req.lane = plan.warp_device == WarpDevice::kCuda ? Lane::kGpu : Lane::kCpu;
   req.ram_bytes = plan.warp.ram_bytes;
   req.vram_bytes = req.lane == Lane::kGpu ? plan.warp.vram_bytes : 0;
@@ -1947,10 +1950,13 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
           moving.spec(), out_w, out_h, reg.field.width, reg.field.height,
           plan.tile_size, WarpDevice::kCpu);
       REGSERVE_ASSIGN_OR_RETURN(
-          r,
-          AcquireStage(rec, Lane::kCpu,
-                       moving.size_bytes() + est.host_bytes + reg.field.bytes(),
-                       0, "warp (cpu fallback)", token.get()));
+          r, AcquireStage(rec, Lane::kCpu,
+                          moving.size_bytes() + est.host_bytes +
+                              reg.field.bytes() +
+                              TiffWriterPartialBytes(plan.tile_size, out_w,
+                                                     options_.stream_tile_size,
+                                                     moving.spec()),
+                          0, "warp (cpu fallback)", token.get()));
     }
   }
   if (warper == nullptr) {

@@ -85,6 +85,18 @@ uint64_t RegistrationStageRam(const RegSize& r, const ImageSpec& moving) {
 
 }  // namespace
 
+uint64_t TiffWriterPartialBytes(int64_t warp_tile, int64_t out_width,
+                                int64_t stream_tile, const ImageSpec& pixel) {
+  if (warp_tile <= 0 || stream_tile <= 0 || warp_tile % stream_tile == 0) {
+    return 0;
+  }
+  const uint64_t tiles_across =
+      static_cast<uint64_t>((out_width + stream_tile - 1) / stream_tile);
+  const uint64_t tile_pixels =
+      static_cast<uint64_t>(stream_tile) * static_cast<uint64_t>(stream_tile);
+  return 2 * tiles_across * tile_pixels * (pixel.bytes_per_pixel() + 1);
+}
+
 uint64_t RegistrationRamBytes(int64_t pixels) {
   const double elastix = kElastixBaseBytes + kElastixBytesPerPixel * pixels;
   const double transformix =

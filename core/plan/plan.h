@@ -92,6 +92,13 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
                               const JobOptions& options,
                               const Budgets& budgets);
 
+// RAM the tiled TIFF writer holds for stream tiles that a warp tile covers
+// only partly: zero when warp tiles line up with stream tiles (or the warp
+// is one pass, warp_tile 0); otherwise up to two rows of stream tiles across
+// the output, each pixel with its coverage byte.
+uint64_t TiffWriterPartialBytes(int64_t warp_tile, int64_t out_width,
+                                int64_t stream_tile, const ImageSpec& pixel);
+
 // elastix + transformix RAM for a registration copy of `pixels` pixels.
 uint64_t RegistrationRamBytes(int64_t pixels);
 

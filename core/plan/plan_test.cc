@@ -145,6 +145,18 @@ TEST(MakePlan, DecodeReservesOpenImageIoScratch) {
             kFabric.bytes() + (uint64_t{256} << 20) + 4 * 20'000'000ull);
 }
 
+TEST(TiffWriterPartialBytes, OnlyWhenWarpTilesCutStreamTiles) {
+  EXPECT_EQ(TiffWriterPartialBytes(0, 18960, 512, kFabric), 0u);     // one pass
+  EXPECT_EQ(TiffWriterPartialBytes(4096, 18960, 512, kFabric), 0u);  // lined up
+  EXPECT_EQ(TiffWriterPartialBytes(1536, 18960, 512, kFabric), 0u);
+  // 768 px warp tiles cut 512 px stream tiles: two rows of 38 tiles,
+  // 512 x 512 px of 3 bytes plus a coverage byte each.
+  EXPECT_EQ(TiffWriterPartialBytes(768, 18960, 512, kFabric),
+            2ull * 38 * 512 * 512 * 4);
+  EXPECT_EQ(TiffWriterPartialBytes(4096, 100, 48, Rgb(100, 100)),
+            2ull * 3 * 48 * 48 * 4);
+}
+
 TEST(MakePlan, TinyRamBudgetShrinksRegistrationCopy) {
   // 1.5 GiB: the moving image (851 MB) plus elastix must fit, so the copy
   // is limited by RAM rather than by the 20 MP cap, and the CPU warp tiles.
