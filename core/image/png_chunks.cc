@@ -57,15 +57,29 @@ absl::Status CheckPngChunkLengths(uint64_t size, ReadAtFn read_at) {
       if (window_len < kHeader) break;  // short read: let libpng report it
     }
     const uint8_t* header = window.data() + (offset - window_start);
+    // libpng streams IDAT and OpenImageIO stops reading at the image data,
+    // so only the chunks before the first IDAT are buffered whole.
+    if (std::memcmp(header + 4, "IDAT", 4) == 0 ||
+        std::memcmp(header + 4, "IEND", 4) == 0) {
+      break;
+    }
     const uint64_t length = BigEndian32(header);
     const uint64_t left = size - offset - kHeader;
-    if (length > kMaxChunkLength || length > left) {
+    if (length > kMaxChunkLength) {
       return absl::InvalidArgumentError(absl::StrCat(
           "PNG chunk \"", ChunkName(header + 4), "\" at byte ", offset,
-          " declares ", length, " bytes of data but only ", left,
-          " bytes follow it. The file is truncated or corrupt; re-export it"));
+          " declares ", length,
+          " bytes of data, above the PNG limit of 2^31-1. The file is corrupt; "
+          "re-export it"));
     }
-    if (std::memcmp(header + 4, "IEND", 4) == 0) break;
+    if (length + kCrc > left) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PNG chunk \"", ChunkName(header + 4), "\" at byte ", offset,
+          " declares ", length, " bytes of data and a 4-byte CRC but only ",
+          left,
+          " bytes follow its header. The file is truncated or corrupt; "
+          "re-export it"));
+    }
     offset += kHeader + length + kCrc;
   }
   return absl::OkStatus();

@@ -21,11 +21,12 @@ namespace regserve {
 using ReadAtFn =
     absl::FunctionRef<size_t(uint64_t offset, size_t n, uint8_t* out)>;
 
-// OK when the data is not a PNG, or when every chunk up to IEND (or up to
-// where the data ends) fits in the `size` bytes. InvalidArgument naming the
-// chunk, its offset and its declared length otherwise. Reads chunk headers
-// only, through a 64 KiB window, so a large file costs one read per big
-// chunk.
+// OK when the data is not a PNG, or when every chunk before the first IDAT
+// (with its CRC) fits in the `size` bytes. InvalidArgument naming the chunk,
+// its offset and its declared length otherwise. The image data and what
+// follows it are left to libpng, which streams IDAT and which OpenImageIO
+// never asks for the chunks after it. Reads chunk headers only, through a
+// 64 KiB window: usually one read in all.
 absl::Status CheckPngChunkLengths(uint64_t size, ReadAtFn read_at);
 
 }  // namespace regserve
