@@ -38,6 +38,10 @@ struct ImageSpec {
   int64_t height = 0;
   int channels = 0;  // 1..4
   SampleType type = SampleType::kUInt8;
+  // Not part of the pixel layout: the RAM a file reader needs beside the
+  // decoded pixels (OpenImageIO's scratch), as image_io's readers derive it
+  // from the file's header. 0 when unknown (e.g. a spec built in memory).
+  uint64_t decode_scratch_bytes = 0;
 
   int64_t pixels() const { return width * height; }
   size_t bytes_per_pixel() const { return channels * SampleSize(type); }

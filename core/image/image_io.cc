@@ -20,6 +20,7 @@
 #include <exception>
 #include <limits>
 #include <new>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -31,6 +32,7 @@
 #include "core/common/status_macros.h"
 #include "core/image/oiio_type.h"
 #include "core/image/png_chunks.h"
+#include "core/image/tiff_header.h"
 
 namespace regserve {
 namespace {
@@ -140,43 +142,113 @@ void ConfigureOiioOnce() {
   (void)configured;
 }
 
-// Structural checks that must run before a codec sees the bytes.
-absl::Status PrecheckContainer(const Source& src) {
-  absl::Status s;
+// Calls f(size, read_at) on the source's bytes (a file is opened for it).
+// Returns false when a file cannot be opened (OIIO then reports it with
+// context).
+template <typename F>
+bool WithBytes(const Source& src, F&& f) {
   if (src.in_memory) {
-    s = CheckPngChunkLengths(
-        src.bytes.size(), [&](uint64_t offset, size_t n, uint8_t* out) {
-          if (offset >= src.bytes.size()) return size_t{0};
-          n = std::min<uint64_t>(n, src.bytes.size() - offset);
-          std::memcpy(out, src.bytes.data() + offset, n);
-          return n;
-        });
-  } else {
-    const int fd = ::open(src.name.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return absl::OkStatus();  // OIIO reports it with context
-    struct stat st;
-    if (::fstat(fd, &st) == 0) {
-      s = CheckPngChunkLengths(static_cast<uint64_t>(st.st_size),
-                               [fd](uint64_t offset, size_t n, uint8_t* out) {
-                                 size_t got = 0;
-                                 while (got < n) {
-                                   const ssize_t r = ::pread(
-                                       fd, out + got, n - got,
-                                       static_cast<off_t>(offset + got));
-                                   if (r < 0 && errno == EINTR) continue;
-                                   if (r <= 0) break;
-                                   got += static_cast<size_t>(r);
-                                 }
-                                 return got;
-                               });
-    }
-    ::close(fd);
+    f(static_cast<uint64_t>(src.bytes.size()),
+      [&](uint64_t offset, size_t n, uint8_t* out) {
+        if (offset >= src.bytes.size()) return size_t{0};
+        n = std::min<uint64_t>(n, src.bytes.size() - offset);
+        std::memcpy(out, src.bytes.data() + offset, n);
+        return n;
+      });
+    return true;
   }
+  const int fd = ::open(src.name.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  const bool ok = ::fstat(fd, &st) == 0;
+  if (ok) {
+    f(static_cast<uint64_t>(st.st_size),
+      [fd](uint64_t offset, size_t n, uint8_t* out) {
+        size_t got = 0;
+        while (got < n) {
+          const ssize_t r =
+              ::pread(fd, out + got, n - got, static_cast<off_t>(offset + got));
+          if (r < 0 && errno == EINTR) continue;
+          if (r <= 0) break;
+          got += static_cast<size_t>(r);
+        }
+        return got;
+      });
+  }
+  ::close(fd);
+  return ok;
+}
+
+// What the container's own header says, read before a codec sees the bytes.
+struct Container {
+  std::optional<uint64_t> tiff_rows_per_strip;
+};
+
+absl::StatusOr<Container> PrecheckContainer(const Source& src) {
+  absl::Status s;
+  Container c;
+  WithBytes(src, [&](uint64_t size, ReadAtFn read_at) {
+    s = CheckPngChunkLengths(size, read_at);
+    c.tiff_rows_per_strip = ReadTiffRowsPerStrip(size, read_at);
+  });
   if (!s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot decode ", Describe(src), ": ", s.message()));
   }
-  return absl::OkStatus();
+  return c;
+}
+
+// The RAM OpenImageIO's read_image needs beside the decoded pixels, from
+// the file's layout, or InvalidArgument for a layout it cannot read safely.
+// It reads through max(64 MiB of scanlines, read_chunk) rounded up to whole
+// strips or tile rows, in the file's own sample format; the pages it touches
+// are at most the image's. A TIFF RowsPerStrip far above the height makes it
+// allocate that many rows, and near 2^31 its rounding overflows and
+// read_image never returns, so such headers are refused.
+absl::StatusOr<uint64_t> DecodeScratch(const Source& src,
+                                       const oiio::ImageSpec& s,
+                                       const Container& container) {
+  constexpr uint64_t kChunk = uint64_t{64} << 20;
+  const uint64_t scanline = s.scanline_bytes(/*native=*/true);
+  const uint64_t height = static_cast<uint64_t>(s.height);
+  const uint64_t image = scanline * height;  // ValidateSpec bounded both
+  uint64_t rows = 1;
+  if (s.tile_width > 0) {
+    rows = static_cast<uint64_t>(std::max(1, s.tile_height));
+  } else if (container.tiff_rows_per_strip.has_value()) {
+    // From the header: OIIO reports values of 2^31 and above as nothing.
+    const uint64_t rps = *container.tiff_rows_per_strip;
+    if (rps == 0xFFFFFFFFu) {
+      rows = height;  // TIFF's "the whole image is one strip"
+    } else if (rps > height && rps - height > kChunk / scanline) {
+      // Also catches 2^31 to 2^32-2, where OIIO frees a bad pointer, and
+      // values near 2^31, where its rounding overflows and read_image
+      // never returns.
+      return absl::InvalidArgumentError(absl::StrCat(
+          Describe(src), " declares a TIFF RowsPerStrip of ", rps,
+          " for an image of ", height, " rows; reading it would need ", rps,
+          " rows of ", scanline, " bytes for ", image,
+          " bytes of pixels. Re-save it with strips no taller than the "
+          "image, e.g. oiiotool in.tif -o out.tif"));
+    } else {
+      rows = std::max<uint64_t>(1, rps);
+    }
+  } else {
+    // No tag (OIIO assumes 2048 rows) or not a TIFF (0).
+    const int rps = s.get_int_attribute("tiff:RowsPerStrip", 0);
+    if (rps > 0) {
+      rows = static_cast<uint64_t>(rps);
+      if (rows > height && rows - height > kChunk / scanline) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            Describe(src), " is a TIFF without RowsPerStrip, which ",
+            "OpenImageIO reads ", rps, " rows of ", scanline,
+            " bytes at a time, for ", image,
+            " bytes of pixels. Re-save it, e.g. ",
+            "oiiotool in.tif -o out.tif"));
+      }
+    }
+  }
+  return std::min(image, kChunk + std::min(rows, height) * scanline);
 }
 
 absl::StatusOr<OpenInput> Open(const Source& src) {
@@ -189,7 +261,7 @@ absl::StatusOr<OpenInput> Open(const Source& src) {
   } else {
     REGSERVE_RETURN_IF_ERROR(CheckFile(src.name));
   }
-  REGSERVE_RETURN_IF_ERROR(PrecheckContainer(src));
+  REGSERVE_ASSIGN_OR_RETURN(const Container container, PrecheckContainer(src));
   OpenInput result;
   try {
     oiio::ImageSpec config;
@@ -243,6 +315,8 @@ absl::StatusOr<OpenInput> Open(const Source& src) {
     return absl::InvalidArgumentError(absl::StrCat(
         Describe(src), " declares an impossible size: ", valid.message()));
   }
+  REGSERVE_ASSIGN_OR_RETURN(result.ours.decode_scratch_bytes,
+                            DecodeScratch(src, s, container));
   return result;
 }
 
@@ -270,10 +344,11 @@ absl::Status CheckBudget(const Source& src, const ImageSpec& spec,
         " bytes; downscale or crop the image, or raise the budget"));
   }
   const uint64_t ram = PhysicalMemoryBytes();
-  if (bytes > ram) {
+  if (bytes > ram || spec.decode_scratch_bytes > ram - bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "decoding ", Describe(src), " (", spec.DebugString(), ") needs ", bytes,
-        " bytes, more than this machine's ", ram,
+        "decoding ", Describe(src), " (", spec.DebugString(), ") needs ",
+        bytes + spec.decode_scratch_bytes, " bytes, more than this machine's ",
+        ram,
         " bytes of RAM; the header is corrupt or the image must be tiled"));
   }
   return absl::OkStatus();

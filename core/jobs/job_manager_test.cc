@@ -244,6 +244,7 @@ TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
   rec.info.output = {10, 20, 3, SampleType::kUInt16};
   rec.have_input_specs = true;
   rec.fixed_spec = {100, 50, 1, SampleType::kFloat32};
+  rec.fixed_spec.decode_scratch_bytes = 20000;
 
   JobRecord back;
   ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
@@ -271,6 +272,18 @@ TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
   EXPECT_EQ(back.info.transform_files, rec.info.transform_files);
   EXPECT_EQ(back.info.output.type, SampleType::kUInt16);
   EXPECT_EQ(back.fixed_spec.width, 100);
+  EXPECT_EQ(back.fixed_spec.decode_scratch_bytes, 20000u);
+  EXPECT_EQ(back.moving_spec.decode_scratch_bytes, 0u);
+
+  // A state file from before decode_scratch_bytes existed reads it as
+  // unknown.
+  std::string old_state = EncodeJobState(rec);
+  const size_t at = old_state.find("fixed_spec.decode_scratch_bytes=");
+  ASSERT_NE(at, std::string::npos);
+  old_state.erase(at, old_state.find('\n', at) + 1 - at);
+  ASSERT_OK(DecodeJobState(old_state, &back));
+  EXPECT_EQ(back.fixed_spec.decode_scratch_bytes, 0u);
+  EXPECT_EQ(back.fixed_spec.height, 50);
 
   // A truncated state file is refused rather than half-read.
   std::string text = EncodeJobState(rec);

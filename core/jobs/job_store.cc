@@ -77,6 +77,7 @@ class Reader {
     return r;
   }
 
+  bool Has(const std::string& key) const { return values_.count(key) > 0; }
   absl::StatusOr<std::string> Str(const std::string& key) const {
     auto it = values_.find(key);
     if (it == values_.end()) {
@@ -145,6 +146,7 @@ void AddImageSpec(Writer* w, const std::string& prefix, const ImageSpec& s) {
   w->AddInt(prefix + ".height", s.height);
   w->AddInt(prefix + ".channels", s.channels);
   w->Add(prefix + ".type", SampleTypeName(s.type));
+  w->AddUint(prefix + ".decode_scratch_bytes", s.decode_scratch_bytes);
 }
 
 absl::Status ReadImageSpec(const Reader& r, const std::string& prefix,
@@ -156,6 +158,12 @@ absl::Status ReadImageSpec(const Reader& r, const std::string& prefix,
   REGSERVE_ASSIGN_OR_RETURN(std::string type, r.Str(prefix + ".type"));
   REGSERVE_ASSIGN_OR_RETURN(s->type, ParseEnum(prefix + ".type", type,
                                                kSampleTypes, &SampleTypeName));
+  // Absent in state files written before it existed: unknown (0).
+  s->decode_scratch_bytes = 0;
+  if (r.Has(prefix + ".decode_scratch_bytes")) {
+    REGSERVE_ASSIGN_OR_RETURN(s->decode_scratch_bytes,
+                              r.Uint(prefix + ".decode_scratch_bytes"));
+  }
   return absl::OkStatus();
 }
 

@@ -22,11 +22,19 @@ constexpr double kTransformixBytesPerPixel = 7.6;
 // Our own grayscale float32 copies, held while elastix runs.
 constexpr double kGrayBytesPerPixel = 4.0;
 // OpenImageIO decodes through a scratch buffer: as large as the image below
-// 64 MiB, about 64 MiB of scanlines rounded up to whole strips above it.
-// Measured peak over the image on 36 MB and 192 MB RGB PNG/TIFF/JPEG: +35 to
-// +36 MB and +66 to +68 MB. A TIFF stored as one strip needs a whole second
-// copy (+191 MB on the 192 MB one); that layout is rare and not reserved.
+// 64 MiB, 64 MiB of scanlines rounded up to whole strips above it, so a TIFF
+// stored as one strip needs a second copy. The readers derive it from the
+// header (ImageSpec::decode_scratch_bytes); this is the fallback for a spec
+// without it. Measured: docs/benchmarks.md, "Decode memory".
 constexpr uint64_t kDecodeScratchBytes = 72ull << 20;
+
+uint64_t DecodeRam(const ImageSpec& spec) {
+  const uint64_t scratch =
+      spec.decode_scratch_bytes > 0
+          ? spec.decode_scratch_bytes
+          : std::min<uint64_t>(spec.bytes(), kDecodeScratchBytes);
+  return spec.bytes() + scratch;
+}
 // The field we read back: 2 float32 per registration pixel.
 constexpr double kFieldBytesPerPixel = 8.0;
 // Smallest registration copy we accept (elastix needs a few pyramid levels).
@@ -235,9 +243,8 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
   // Decode reads the fixed image, makes its copy and frees it, then reads
   // the moving image (kept for the warp) and makes its copy. Each read has
   // OpenImageIO's scratch beside the image.
-  const uint64_t largest = std::max(fixed.bytes(), moving.bytes());
   plan.decode.ram_bytes =
-      largest + std::min(largest, kDecodeScratchBytes) + GrayBytes(reg);
+      std::max(DecodeRam(fixed), DecodeRam(moving)) + GrayBytes(reg);
   plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
 
   // --- Output grid.

@@ -141,6 +141,15 @@ TEST(MakePlan, DecodeReservesOpenImageIoScratch) {
   plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_GE(plan->decode.ram_bytes, kFabric.bytes() + (uint64_t{64} << 20));
+  const uint64_t striped = plan->decode.ram_bytes;
+  // The reader's figure from the header wins: a TIFF stored as one strip
+  // needs a second copy of the image.
+  ImageSpec one_strip = kFabric;
+  one_strip.decode_scratch_bytes = kFabric.bytes();
+  auto single = MakePlan(kFabric, one_strip, JobOptions{}, b);
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(single->decode.ram_bytes - striped,
+            kFabric.bytes() - (uint64_t{72} << 20));
   EXPECT_LT(plan->decode.ram_bytes,
             kFabric.bytes() + (uint64_t{256} << 20) + 4 * 20'000'000ull);
 }
