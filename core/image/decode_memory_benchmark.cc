@@ -87,8 +87,12 @@ void Measure(const std::string& path, const char* label, uint64_t bytes) {
     return;
   }
   const double grew = std::atof(buf);
-  std::printf("| %s | %.1f | %.1f | %+.1f |\n", label, bytes / 1e6, grew / 1e6,
-              (grew - static_cast<double>(bytes)) / 1e6);
+  absl::StatusOr<regserve::ImageSpec> spec = regserve::ReadImageSpecFile(path);
+  const double planned =
+      spec.ok() ? static_cast<double>(spec->decode_scratch_bytes) : -1;
+  std::printf("| %s | %.1f | %.1f | %+.1f | %.1f |\n", label, bytes / 1e6,
+              grew / 1e6, (grew - static_cast<double>(bytes)) / 1e6,
+              planned / 1e6);
 }
 
 }  // namespace
@@ -102,8 +106,9 @@ int main(int argc, char** argv) {
                             {"TIFF, 512 px tiles", "tif", 0, 512},
                             {"TIFF, one strip", "tif", 1 << 30, 0}};
   std::printf(
-      "| image | decoded MB | peak RSS growth MB | above the image MB |\n");
-  std::printf("|---|---|---|---|\n");
+      "| image | decoded MB | peak RSS growth MB | above the image MB | "
+      "planned scratch MB |\n");
+  std::printf("|---|---|---|---|---|\n");
   for (const auto& [w, h] :
        std::vector<std::pair<int, int>>{{4000, 3000}, {8000, 8000}}) {
     for (const Layout& l : layouts) {
