@@ -146,11 +146,11 @@ ABSL_FLAG(bool, insecure_listen_any, false,
 ABSL_FLAG(int64_t, stream_tile_size, 512,
           "Edge of the result tiles streamed to clients (and of the stored "
           "TIFF's tiles), in pixels.");
-ABSL_FLAG(bool, metrics_auth, false,
-          "/metrics requires HTTP basic auth: the user is a principal of "
-          "--auth_tokens and the password one of its tokens (Prometheus: "
-          "basic_auth with username and password_file). Needs --auth_tokens; "
-          "SIGHUP reloads apply here too.");
+ABSL_FLAG(std::string, metrics_tokens, "",
+          "FILE of \"<user> <token>\" lines (the --auth_tokens format) that "
+          "/metrics then requires as HTTP basic auth (Prometheus: basic_auth "
+          "with username and password_file). Keep these apart from the gRPC "
+          "tokens: the endpoint has no TLS. Re-read on SIGHUP.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT for the Prometheus endpoint (/metrics). Port 0 picks a "
           "free port, printed as \"regserved metrics on HOST:PORT\". Empty: "
@@ -531,13 +531,23 @@ int Main(int argc, char** argv) {
 
   Metrics::Options metrics_opts;
   metrics_opts.listen = absl::GetFlag(FLAGS_metrics_listen);
-  if (absl::GetFlag(FLAGS_metrics_auth)) {
-    if (tokens == nullptr) {
+  std::unique_ptr<TokenStore> metrics_tokens;
+  const std::string metrics_tokens_path = absl::GetFlag(FLAGS_metrics_tokens);
+  if (!metrics_tokens_path.empty()) {
+    if (metrics_opts.listen.empty()) {
       return Fail(kExitBadFlags,
-                  "--metrics_auth checks credentials against --auth_tokens; "
-                  "give --auth_tokens FILE as well");
+                  "--metrics_tokens guards the metrics endpoint; give "
+                  "--metrics_listen HOST:PORT as well");
     }
-    const TokenStore* store = tokens.get();  // outlives the Metrics below
+    absl::StatusOr<std::unique_ptr<TokenStore>> loaded =
+        TokenStore::Load(metrics_tokens_path);
+    if (!loaded.ok()) {
+      return Fail(kExitBadFlags, absl::StrCat("--metrics_tokens: ",
+                                              loaded.status().message()));
+    }
+    metrics_tokens = *std::move(loaded);
+    WarnIfOthersCanRead("metrics_tokens", metrics_tokens_path);
+    const TokenStore* store = metrics_tokens.get();  // outlives the Metrics
     metrics_opts.authorize = [store](const std::string& user,
                                      const std::string& password) {
       absl::StatusOr<std::string> who =
@@ -548,7 +558,8 @@ int Main(int argc, char** argv) {
     absl::StatusOr<HostPort> where = SplitHostPort(metrics_opts.listen);
     if (where.ok() && !IsLoopbackHost(where->host)) {
       std::fprintf(stderr,
-                   "regserved: WARNING: metrics on %s without --metrics_auth: "
+                   "regserved: WARNING: metrics on %s without "
+                   "--metrics_tokens: "
                    "anyone who can reach it can read the job counts and "
                    "memory figures\n",
                    metrics_opts.listen.c_str());
@@ -662,23 +673,28 @@ int Main(int argc, char** argv) {
     while (true) {
       if (sigwait(&signals, &sig) != 0) continue;
       if (sig != SIGHUP) break;
-      if (tokens == nullptr) {
+      if (tokens == nullptr && metrics_tokens == nullptr) {
         std::fprintf(stderr,
                      "regserved: SIGHUP received; nothing to reload (no "
-                     "--auth_tokens)\n");
+                     "--auth_tokens or --metrics_tokens)\n");
         continue;
       }
-      const absl::Status reloaded = tokens->Reload();
-      if (reloaded.ok()) {
-        std::fprintf(stderr,
-                     "regserved: SIGHUP: reloaded %zu token(s) from %s\n",
-                     tokens->size(), tokens_path.c_str());
-      } else {
-        std::fprintf(stderr,
-                     "regserved: SIGHUP: cannot reload %s: %s; keeping the "
-                     "previous %zu token(s)\n",
-                     tokens_path.c_str(),
-                     std::string(reloaded.message()).c_str(), tokens->size());
+      for (const auto& [store, path] :
+           {std::make_pair(tokens.get(), &tokens_path),
+            std::make_pair(metrics_tokens.get(), &metrics_tokens_path)}) {
+        if (store == nullptr) continue;
+        const absl::Status reloaded = store->Reload();
+        if (reloaded.ok()) {
+          std::fprintf(stderr,
+                       "regserved: SIGHUP: reloaded %zu token(s) from %s\n",
+                       store->size(), path->c_str());
+        } else {
+          std::fprintf(stderr,
+                       "regserved: SIGHUP: cannot reload %s: %s; keeping the "
+                       "previous %zu token(s)\n",
+                       path->c_str(), std::string(reloaded.message()).c_str(),
+                       store->size());
+        }
       }
     }
     std::fprintf(stderr, "regserved: %s received; shutting down\n",

@@ -5,7 +5,7 @@
 #     runs the alert unit tests (alerts_test.yml); yamllint checks every
 #     YAML file under deploy/ (deploy/.yamllint) and json.tool every JSON.
 #  2. Starts regserved on loopback ports (--listen 127.0.0.1:0
-#     --metrics_listen 127.0.0.1:0) with bearer tokens and --metrics_auth,
+#     --metrics_listen 127.0.0.1:0) with bearer tokens and --metrics_tokens,
 #     checks that /metrics answers 401 without or with wrong credentials, and
 #     starts a Prometheus (Debian's `prometheus`) on a free loopback port,
 #     with a generated config that scrapes the daemon every second with
@@ -118,18 +118,18 @@ start_daemon() {
   grep -q -- '-metrics_listen' <<<"${help}" ||
     die "regserved has no --metrics_listen flag: wire server/metrics into server/regserved.cc (see server/metrics/metrics.h)"
   mkdir -p "${WORK}/data"
-  # Tokens for the client (regctl reads REGSERVE_TOKEN) and for Prometheus,
-  # which scrapes with basic auth (--metrics_auth): user = principal,
-  # password = its token.
+  # A gRPC token for the client (regctl reads REGSERVE_TOKEN), and a
+  # separate metrics token for Prometheus, which scrapes with basic auth
+  # (--metrics_tokens): user = the name on its line, password = its token.
   REGSERVE_TOKEN="deploy-test-client-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   SCRAPE_TOKEN="deploy-test-scrape-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export REGSERVE_TOKEN
-  printf 'deploy-test %s\nprometheus %s\n' "${REGSERVE_TOKEN}" "${SCRAPE_TOKEN}" \
-    >"${WORK}/tokens"
+  printf 'deploy-test %s\n' "${REGSERVE_TOKEN}" >"${WORK}/tokens"
+  printf 'prometheus %s\n' "${SCRAPE_TOKEN}" >"${WORK}/metrics_tokens"
   printf '%s' "${SCRAPE_TOKEN}" >"${WORK}/scrape_password"
-  chmod 600 "${WORK}/tokens" "${WORK}/scrape_password"
+  chmod 600 "${WORK}/tokens" "${WORK}/metrics_tokens" "${WORK}/scrape_password"
   "${REGSERVED}" --listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 \
-    --auth_tokens "${WORK}/tokens" --metrics_auth \
+    --auth_tokens "${WORK}/tokens" --metrics_tokens "${WORK}/metrics_tokens" \
     --data_dir "${WORK}/data" >"${WORK}/regserved.out" 2>"${WORK}/regserved.err" &
   DAEMON_PID=$!
   GRPC_ADDR="$(wait_for_line "${WORK}/regserved.out" "regserved listening on" 60 "${DAEMON_PID}")" ||
@@ -137,10 +137,11 @@ start_daemon() {
   METRICS_ADDR="$(wait_for_line "${WORK}/regserved.out" "regserved metrics on" 10 "${DAEMON_PID}")" ||
     { cat "${WORK}/regserved.err" >&2; die "regserved did not print 'regserved metrics on HOST:PORT'"; }
   log "regserved: gRPC ${GRPC_ADDR}, metrics ${METRICS_ADDR}"
-  # Without credentials, with a wrong password, or with the client's token
-  # under the scrape user, the endpoint answers 401.
+  # Without credentials, with a wrong password, or with the gRPC client's
+  # own name and token, the endpoint answers 401.
   local code auth
-  for auth in "" "prometheus:wrong-password-0000000" "prometheus:${REGSERVE_TOKEN}"; do
+  for auth in "" "prometheus:wrong-password-0000000" "prometheus:${REGSERVE_TOKEN}" \
+      "deploy-test:${REGSERVE_TOKEN}"; do
     code="$(metrics_status "${auth}")"
     [ "${code}" = 401 ] || die "/metrics with credentials '${auth%%:*}:...' answered ${code}, not 401"
   done
@@ -194,6 +195,8 @@ try:
     print(urllib.request.urlopen(req, timeout=5).status)
 except urllib.error.HTTPError as e:
     print(e.code)
+except Exception as e:  # refused, timed out: say so instead of a traceback
+    print(f"no answer ({e})")
 EOF
 }
 

@@ -874,7 +874,11 @@ TEST_F(SecurityE2eTest, UnprotectedNonLoopbackListenIsRefused) {
       {"--tls_cert=" + pki_->Path("server.ext"),
        "--tls_key=" + pki_->Path("server.key")},
       {"--auth_tokens=" + pki_->Path("missing-tokens")},
-      {"--max_message_size=1K"}};
+      {"--max_message_size=1K"},
+      // Metrics tokens without an endpoint, or a file that cannot be read.
+      {"--metrics_tokens=" + *tokens_path_},
+      {"--metrics_listen=127.0.0.1:0",
+       "--metrics_tokens=" + pki_->Path("missing-tokens")}};
   std::vector<Child> children;  // in parallel: each takes ~1 s to load
   for (const std::vector<std::string>& flags : bad) {
     std::vector<std::string> argv = {regserved, "--data_dir=" + data,
