@@ -18,6 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
 SECONDS_EACH=${FUZZ_SECONDS:-}
+if [ -n "$SECONDS_EACH" ] && ! [[ "$SECONDS_EACH" =~ ^[1-9][0-9]*$ ]]; then
+  # libFuzzer reads -max_total_time=0 as "no limit".
+  echo "FUZZ_SECONDS must be a positive number of seconds, got '$SECONDS_EACH'"
+  exit 2
+fi
 SEED=${FUZZ_SEED:-1}
 JOBS=${JOBS:-$(nproc)}
 read -r -a TARGETS <<<"${FUZZ_TARGETS:-image_io_fuzz parameters_fuzz job_spec_fuzz}"
@@ -42,6 +47,11 @@ runs_for() {
 failed=()
 for t in "${TARGETS[@]}"; do
   bin=$(find "$BUILD" -name "$t" -type f -perm -u+x | head -n 1)
+  if [ -z "$bin" ]; then
+    echo "== $t: not built in $BUILD"
+    failed+=("$t")
+    continue
+  fi
   seeds=("tests/fuzz/corpus/$t")
   max_len=4096
   if [ "$t" = image_io_fuzz ]; then
