@@ -410,6 +410,9 @@ const BadCase kBadCases[] = {
     {"bomb_200000x200000.png", absl::StatusCode::kResourceExhausted},
     {"bomb_1000000x1000000.tif", absl::StatusCode::kInvalidArgument},
     {"bomb_1000000x1000000.png", absl::StatusCode::kResourceExhausted},
+    // Headers that crash or exhaust OpenImageIO/libpng: refused by ours.
+    {"strip_rows_2pow31.tif", absl::StatusCode::kInvalidArgument},
+    {"long_text_chunk.png", absl::StatusCode::kInvalidArgument},
 };
 
 INSTANTIATE_TEST_SUITE_P(Corpus, BadImageTest, ::testing::ValuesIn(kBadCases),

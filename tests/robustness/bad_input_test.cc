@@ -339,7 +339,7 @@ TEST_F(BadInputTest, DamagedFilesOfEveryFormat) {
   for (const char* name :
        {"truncated.png", "truncated.jpg", "truncated.tif", "corrupt_header.png",
         "corrupt_header.jpg", "corrupt_header.tif", "garbage.png",
-        "five_channels.tif"}) {
+        "five_channels.tif", "strip_rows_2pow31.tif", "long_text_chunk.png"}) {
     const std::string n = name;
     cases.push_back(
         {n, C::INVALID_ARGUMENT, [this, n] { return MovingFile(Bad(n), n); }});

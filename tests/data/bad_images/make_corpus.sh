@@ -12,9 +12,10 @@ oiiotool "${PATTERN[@]}" -d uint8 -o valid_64x48.png
 oiiotool "${PATTERN[@]}" -d uint8 --attrib Compression jpeg:90 -o valid_64x48.jpg
 oiiotool --pattern constant:color=0.5 1x1 1 -d uint8 -o one_pixel.png
 oiiotool --pattern constant:color=0.1,0.2,0.3,0.4,0.5 8x8 5 -d uint8 -o five_channels.tif
+oiiotool valid_64x48.png --compression zip -o zip_strips.tif
 
 python3 - <<'PY'
-import random, struct, zlib
+import os, random, struct, zlib
 
 def tiff(width, height, spp, compression, data, strip_bytes=None):
     """Little-endian classic TIFF: header, IFD, BitsPerSample array, one strip."""
@@ -82,6 +83,27 @@ jpg = open('valid_64x48.jpg', 'rb').read()
 open('truncated.jpg', 'wb').write(jpg[:len(jpg) // 2])
 # SOI intact, then the first marker's bytes overwritten with garbage.
 open('corrupt_header.jpg', 'wb').write(jpg[:2] + b'\x13\x37\x13\x37' + jpg[6:])
+
+# Headers that made OpenImageIO 2.4 misbehave, found by fuzzing:
+# RowsPerStrip 2^31 (its TIFF reader frees a bad pointer: the process
+# aborts) and a tEXt chunk before IDAT declaring 1.8 GB (libpng allocates it).
+# The TIFF is valid_64x48.png written by oiiotool with deflate in strips of
+# 32 rows (zip_strips.tif, made above), its RowsPerStrip entry rewritten.
+tif = bytearray(open('zip_strips.tif', 'rb').read())
+ifd = struct.unpack_from('<I', tif, 4)[0]
+for i in range(struct.unpack_from('<H', tif, ifd)[0]):
+    entry = ifd + 2 + 12 * i
+    if struct.unpack_from('<H', tif, entry)[0] == 278:
+        struct.pack_into('<HII', tif, entry + 2, 4, 1, 2**31)
+        break
+else:
+    raise SystemExit('zip_strips.tif has no RowsPerStrip')
+open('strip_rows_2pow31.tif', 'wb').write(bytes(tif))
+os.remove('zip_strips.tif')
+ihdr_end = 8 + 8 + 13 + 4
+open('long_text_chunk.png', 'wb').write(
+    png[:ihdr_end] + struct.pack('>I', 1864398532) + b'tEXtComment\x00abc' +
+    png[ihdr_end:])
 
 # Random garbage and an empty file.
 open('garbage.png', 'wb').write(bytes(random.Random(99).randrange(256) for _ in range(2048)))
