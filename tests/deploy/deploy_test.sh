@@ -200,6 +200,27 @@ except Exception as e:  # refused, timed out: say so instead of a traceback
 EOF
 }
 
+# Rotates the scrape token: rewrite --metrics_tokens, SIGHUP, then the old
+# token gets 401 and the new one 200.
+check_metrics_token_reload() {
+  local old="${SCRAPE_TOKEN}" new i
+  new="deploy-test-scrape2-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  printf 'prometheus %s\n' "${new}" >"${WORK}/metrics_tokens"
+  kill -HUP "${DAEMON_PID}"
+  for ((i = 0; i < 100; i++)); do
+    grep -q "SIGHUP: reloaded 1 token(s) from ${WORK}/metrics_tokens" \
+      "${WORK}/regserved.err" && break
+    sleep 0.1
+  done
+  grep -q "SIGHUP: reloaded 1 token(s) from ${WORK}/metrics_tokens" \
+    "${WORK}/regserved.err" || die "no reload of --metrics_tokens after SIGHUP"
+  [ "$(metrics_status "prometheus:${old}")" = 401 ] ||
+    die "/metrics still accepts the scrape token replaced at SIGHUP"
+  [ "$(metrics_status "prometheus:${new}")" = 200 ] ||
+    die "/metrics refuses the scrape token loaded at SIGHUP"
+  log "/metrics: SIGHUP swapped the scrape token (old 401, new 200)"
+}
+
 # One sample from the daemon's own endpoint (not through Prometheus).
 daemon_metric() {  # SERIES (exact name{labels} as exposed)
   python3 - "${METRICS_ADDR}" "$1" "prometheus:${SCRAPE_TOKEN}" <<'EOF'
@@ -358,6 +379,7 @@ main() {
   run_jobs
   check_counts
   check_expressions
+  check_metrics_token_reload
   log "PASS"
 }
 
