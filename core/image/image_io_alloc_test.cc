@@ -42,7 +42,7 @@ namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
 
-// libFuzzer found this 165-byte TIFF (tests/fuzz/corpus/image_io_fuzz/
+// libFuzzer found this 133-byte TIFF (tests/fuzz/corpus/image_io_fuzz/
 // regressions/oom-84c7...): 3195728x2 RGB, one row per strip, a strip byte
 // count of 2 GiB. Its pixels are 19 MB; OIIO's default read_chunk of 256
 // scanlines made read_image ask for 2.45 GB.
