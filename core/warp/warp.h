@@ -35,18 +35,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/common/cancel.h"
+#include "core/common/tile_grid.h"
 #include "core/common/types.h"
 #include "core/image/displacement_field.h"
 #include "core/image/image.h"
 
 namespace regserve {
 
-struct TileRect {
-  int64_t x = 0;
-  int64_t y = 0;
-  int64_t w = 0;
-  int64_t h = 0;
-};
 
 struct WarpOptions {
   Interpolation interpolation = Interpolation::kLinear;
