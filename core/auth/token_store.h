@@ -8,9 +8,10 @@
 // tokens are at least 16 printable, non-space characters. A principal may
 // have several tokens (rotation); a token maps to one principal.
 //
-//   REGSERVE_ASSIGN_OR_RETURN(auto store,
-//   TokenStore::Load("/etc/regserve/tokens")); absl::StatusOr<std::string> who
-//   = store->Authenticate("Bearer abc...");
+//   REGSERVE_ASSIGN_OR_RETURN(std::unique_ptr<TokenStore> store,
+//                             TokenStore::Load("/etc/regserve/tokens"));
+//   absl::StatusOr<std::string> who =
+//       store->Authenticate("Bearer abc...");
 //
 // Thread safety: all methods are thread-safe. Reload() swaps the table
 // atomically; on error the previous table stays in force.

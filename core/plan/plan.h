@@ -6,9 +6,11 @@
 // human-readable reasons.
 //
 //   Budgets b = BudgetsFromHardware(snapshot, BudgetOverrides{});
-//   REGSERVE_ASSIGN_OR_RETURN(Plan plan, MakePlan(fixed_spec, moving_spec,
-//   opts, b)); for (const std::string& r : plan.reasons) std::cout << r <<
-//   "\n";
+//   REGSERVE_ASSIGN_OR_RETURN(
+//       Plan plan, MakePlan(fixed_spec, moving_spec, opts, b));
+//   for (const std::string& r : plan.reasons) {
+//     std::cout << r << "\n";
+//   }
 //
 // Memory models (measured, not megapixel constants):
 //  - elastix with the recursive pyramid: ~75 MB + 29 bytes per registration

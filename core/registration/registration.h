@@ -6,11 +6,13 @@
 //
 //   RegistrationRequest req;
 //   req.work_dir = "/var/lib/regserve/jobs/ab12/registration";  // absolute
-//   req.fixed = &fixed_gray;   req.moving = &moving_gray;  // float32, 1
-//   channel req.fixed_full_width = 18960; ...                       // full-res
-//   sizes req.transform = TransformKind::kBSpline;
-//   REGSERVE_ASSIGN_OR_RETURN(RegistrationResult r, Register(req,
-//   ElastixConfig{}));
+//   req.fixed = &fixed_gray;  // float32, 1 channel
+//   req.moving = &moving_gray;
+//   req.fixed_full_width = 18960;  // full-resolution sizes
+//   ...
+//   req.transform = TransformKind::kBSpline;
+//   REGSERVE_ASSIGN_OR_RETURN(RegistrationResult r,
+//                             Register(req, ElastixConfig{}));
 //   // r.field is in full-resolution pixels (see displacement_field.h).
 //
 // The registration copies are written as MetaImages whose spacing is the
@@ -52,8 +54,9 @@ struct RegistrationProgress {
   int max_iterations = 0;
   double metric = 0.0;
   double fraction = 0.0;  // overall 0..1
-  std::string message;  // e.g. "stage 2/2 (bspline), resolution 3/4, iteration
-                        // 120/500, metric -0.81"
+  // e.g. "stage 2/2 (bspline), resolution 3/4, iteration 120/500,
+  // metric -0.81"
+  std::string message;
 };
 
 struct RegistrationRequest {

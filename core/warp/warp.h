@@ -3,20 +3,24 @@
 // Full-resolution warp of the moving image into the fixed frame through a
 // DisplacementField, with LibTorch on CUDA or on the CPU.
 //
-//   REGSERVE_ASSIGN_OR_RETURN(auto warper, Warper::Create(WarpDevice::kCuda,
-//   0)); WarpOptions opts; opts.tile_size = plan.tile_size;   // 0: one pass
-//   REGSERVE_ASSIGN_OR_RETURN(WarpStats stats,
+//   REGSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Warper> warper,
+//                             Warper::Create(WarpDevice::kCuda, 0));
+//   WarpOptions opts;
+//   opts.tile_size = plan.tile_size;  // 0: one pass
+//   REGSERVE_ASSIGN_OR_RETURN(
+//       WarpStats stats,
 //       warper->Warp(moving, field, out_w, out_h, opts,
 //                    [&](const TileRect& r, const Image& tile) {
 //                      return writer->WriteRegion(r.x, r.y, tile);
 //                    }));
 //
 // Output pixel (i, j) samples the fixed-frame position
-// p = (output_origin_x + i * output_spacing_x, output_origin_y + j *
-// output_spacing_y) (full-resolution fixed pixels; default origin 0, spacing
-// 1), looks up d(p) in the field (bilinear, border-clamped), and samples the
-// moving image at p + d(p) with the chosen interpolation; positions outside the
-// moving image get fill_value. Coordinates are computed in fp32.
+//   p = (output_origin_x + i * output_spacing_x,
+//        output_origin_y + j * output_spacing_y)
+// (full-resolution fixed pixels; default origin 0, spacing 1), looks up d(p)
+// in the field (bilinear, border-clamped), and samples the moving image at
+// p + d(p) with the chosen interpolation; positions outside the moving image
+// get fill_value. Coordinates are computed in fp32.
 //
 // Tiled output is bit-identical to one-pass output: each output pixel's
 // arithmetic does not depend on the tiling.
@@ -42,7 +46,6 @@
 
 namespace regserve {
 
-
 struct WarpOptions {
   Interpolation interpolation = Interpolation::kLinear;
   // Value for outside samples, in sample units (e.g. 0..255 for uint8).
@@ -63,8 +66,8 @@ struct WarpOptions {
 struct WarpStats {
   int64_t tiles = 0;
   double seconds = 0.0;
-  uint64_t peak_device_bytes =
-      0;               // measured (CUDA caching allocator), 0 on CPU
+  // Measured (CUDA caching allocator); 0 on the CPU.
+  uint64_t peak_device_bytes = 0;
   std::string device;  // "cpu" or "cuda:0 (NVIDIA H100 ...)"
 };
 
