@@ -259,8 +259,8 @@ void JobInfoToProto(const JobInfo& info,
   out->set_result_path(info.result_path);
   out->set_transform_dir(info.transform_dir);
   FilesToProto(transform_files, out->mutable_transform_files());
-  out->set_tile_size(info.tile_size);
-  out->set_tile_count(info.tile_count);
+  out->set_tile_size(info.tiles.edge());
+  out->set_tile_count(info.tiles.count());
   out->set_attempts(info.attempts);
   out->set_created_unix_ms(UnixMillisOrZero(info.created));
   out->set_finished_unix_ms(UnixMillisOrZero(info.finished));
@@ -309,7 +309,7 @@ void EventToProto(const JobEvent& event, const TileContext& tiles,
       t->set_height(event.rect.h);
       t->set_channels(event.channels);
       t->set_sample_type(SampleTypeToProto(event.sample_type));
-      t->set_encoding(event.encoding.empty() ? "raw" : event.encoding);
+      t->set_encoding("raw");
       t->set_data(event.data);
       t->set_image_width(tiles.image_width);
       t->set_image_height(tiles.image_height);
@@ -326,8 +326,8 @@ void EventToProto(const JobEvent& event, const TileContext& tiles,
       c->set_result_path(info.result_path);
       c->set_transform_dir(info.transform_dir);
       FilesToProto(transform_files, c->mutable_transform_files());
-      c->set_tile_size(info.tile_size);
-      c->set_tile_count(info.tile_count);
+      c->set_tile_size(info.tiles.edge());
+      c->set_tile_count(info.tiles.count());
       break;
     }
     case JobEvent::Kind::kFailed: {

@@ -115,7 +115,7 @@ TEST(EventToProtoTest, Tile) {
   ev.rect = TileRect{512, 1024, 100, 37};
   ev.channels = 3;
   ev.sample_type = SampleType::kUInt16;
-  ev.encoding = "raw";
+  ev.encoding = TileEncoding::kRaw;
   ev.data = std::string(100 * 37 * 3 * 2, '\x7f');
   TileContext ctx{612, 1061, 512, 9};
   v1::JobEvent out;

@@ -50,8 +50,8 @@ TileContext TileContextOf(const JobInfo& info, int64_t default_tile_size) {
     ctx.image_width = info.plan.output_width;
     ctx.image_height = info.plan.output_height;
   }
-  ctx.tile_size = info.tile_size > 0 ? info.tile_size : default_tile_size;
-  ctx.tile_count = info.tile_count;
+  ctx.tile_size = info.tiles.edge() > 0 ? info.tiles.edge() : default_tile_size;
+  ctx.tile_count = info.tiles.count();
   if (ctx.tile_count == 0 && ctx.tile_size > 0 && ctx.image_width > 0) {
     ctx.tile_count = ((ctx.image_width + ctx.tile_size - 1) / ctx.tile_size) *
                      ((ctx.image_height + ctx.tile_size - 1) / ctx.tile_size);

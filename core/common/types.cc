@@ -64,6 +64,8 @@ absl::string_view DevicePreferenceName(DevicePreference d) {
       return "cpu";
     case DevicePreference::kCuda:
       return "cuda";
+    case DevicePreference::kUnspecified:
+      return "unspecified";
   }
   return "unknown";
 }

@@ -40,6 +40,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "core/common/file_util.h"
 #include "core/common/status_macros.h"
 #include "core/image/image_io.h"
 #include "core/jobs/job_env.h"
@@ -48,24 +49,6 @@
 #include "core/registration/process.h"
 
 namespace regserve {
-
-absl::string_view JobStateName(JobState state) {
-  switch (state) {
-    case JobState::kUploading:
-      return "uploading";
-    case JobState::kQueued:
-      return "queued";
-    case JobState::kRunning:
-      return "running";
-    case JobState::kCompleted:
-      return "completed";
-    case JobState::kFailed:
-      return "failed";
-    case JobState::kCancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
 
 namespace {
 
@@ -81,10 +64,6 @@ constexpr size_t kMaxPendingEvents = 256;
 // Most jobs one ListJobPage returns.
 constexpr int kMaxListPageSize = 1000;
 constexpr absl::Duration kProgressInterval = absl::Milliseconds(50);
-
-const char* RoleName(ImageRole role) {
-  return role == ImageRole::kFixed ? "fixed" : "moving";
-}
 
 // A path that a job's files recorded inside that job's directory
 // ("<old data_dir>/jobs/<id>/..."), rewritten to lie under `dir`, where the
@@ -128,7 +107,7 @@ bool SameSpec(const ImageSpec& a, const ImageSpec& b) {
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 bool ValidStreamTileSize(int64_t t) {
-  return t >= 16 && t <= 8192 && t % 16 == 0;  // the TIFF writer's bound
+  return TileGrid::ValidateEdge(t, "stream_tile_size").ok();
 }
 
 // ---------------------------------------------------------------------------
@@ -145,8 +124,7 @@ struct Subscriber {
   // Tiles replayed from the stored result before the terminal event.
   bool replay ABSL_GUARDED_BY(mu) = false;
   std::string result_path ABSL_GUARDED_BY(mu);
-  int64_t tile_size ABSL_GUARDED_BY(mu) = 0;
-  int64_t tile_count ABSL_GUARDED_BY(mu) = 0;
+  TileGrid tiles ABSL_GUARDED_BY(mu);
   int64_t next_tile ABSL_GUARDED_BY(mu) = 0;
 
   bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -192,11 +170,10 @@ struct Subscriber {
                          int64_t from_tile) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     have_terminal = true;
     terminal = std::move(terminal_event);
-    if (info.state == JobState::kCompleted && info.tile_count > 0) {
+    if (info.state == JobState::kCompleted && info.tiles.count() > 0) {
       replay = true;
       result_path = info.result_path;
-      tile_size = info.tile_size;
-      tile_count = info.tile_count;
+      tiles = info.tiles;
       next_tile = from_tile;
     }
   }
@@ -211,7 +188,7 @@ class JobEventStream final : public EventStream {
   absl::Status Next(JobEvent* event, absl::Time deadline) override {
     int64_t tile = -1;
     std::string path;
-    int64_t tile_size = 0;
+    TileGrid tiles;
     {
       absl::MutexLock lock(&sub_->mu);
       sub_->mu.AwaitWithDeadline(
@@ -224,10 +201,10 @@ class JobEventStream final : public EventStream {
         return absl::OkStatus();
       }
       if (sub_->have_terminal) {
-        if (sub_->replay && sub_->next_tile < sub_->tile_count) {
+        if (sub_->replay && sub_->next_tile < sub_->tiles.count()) {
           tile = sub_->next_tile++;
           path = sub_->result_path;
-          tile_size = sub_->tile_size;
+          tiles = sub_->tiles;
         } else {
           *event = sub_->terminal;
           sub_->done = true;
@@ -239,7 +216,7 @@ class JobEventStream final : public EventStream {
         return absl::DeadlineExceededError("no event yet");
       }
     }
-    absl::Status s = ReadTile(path, tile, tile_size, event);
+    absl::Status s = ReadTile(path, tile, tiles, event);
     if (!s.ok()) {
       absl::MutexLock lock(&sub_->mu);
       sub_->done = true;
@@ -254,17 +231,13 @@ class JobEventStream final : public EventStream {
 
  private:
   absl::Status ReadTile(const std::string& path, int64_t index,
-                        int64_t tile_size, JobEvent* event) {
+                        const TileGrid& tiles, JobEvent* event) {
     if (!reader_) {
       REGSERVE_ASSIGN_OR_RETURN(reader_, ResultReader::Open(path));
     }
     const ImageSpec& spec = reader_->spec();
-    const int64_t cols = CeilDiv(spec.width, tile_size);
-    TileRect rect;
-    rect.x = (index % cols) * tile_size;
-    rect.y = (index / cols) * tile_size;
-    rect.w = std::min(tile_size, spec.width - rect.x);
-    rect.h = std::min(tile_size, spec.height - rect.y);
+    const TileGrid grid(spec.width, spec.height, tiles.edge());
+    const TileRect rect = grid.rect(index);
     absl::StatusOr<std::string> data_or = reader_->ReadRegion(rect);
     if (!data_or.ok()) {
       // OutOfRange means "the stream has ended" to callers of Next: a tile
@@ -282,10 +255,11 @@ class JobEventStream final : public EventStream {
     ev.kind = JobEvent::Kind::kTile;
     ev.stage = Stage::kStream;
     ev.tile_index = index;
+    ev.grid = grid;
     ev.rect = rect;
     ev.channels = spec.channels;
     ev.sample_type = spec.type;
-    ev.encoding = "raw";
+    ev.encoding = TileEncoding::kRaw;
     ev.data = std::move(data);
     *event = std::move(ev);
     return absl::OkStatus();
@@ -385,6 +359,8 @@ class JobManagerImpl final : public JobManager {
                       const std::string& principal) override;
   absl::StatusOr<JobInfo> GetJob(const std::string& job_id,
                                  const std::string& principal) const override;
+  absl::StatusOr<std::vector<TransformFile>> ReadTransformFiles(
+      const std::string& job_id, const std::string& principal) const override;
   std::vector<JobInfo> ListJobs(const std::string& principal) const override;
   absl::StatusOr<JobPage> ListJobPage(
       const std::string& principal, int page_size,
@@ -650,12 +626,12 @@ absl::Status JobManagerImpl::Recover() {
     // --stream_tile_size gets the tiles after the ones it has. Jobs not yet
     // warped use this daemon's size. The count is recomputed either way.
     if (info.has_plan) {
-      if (info.state != JobState::kCompleted ||
-          !ValidStreamTileSize(info.tile_size)) {
-        info.tile_size = options_.stream_tile_size;
+      int64_t edge = info.tiles.edge();
+      if (info.state != JobState::kCompleted || !ValidStreamTileSize(edge)) {
+        edge = options_.stream_tile_size;
       }
-      info.tile_count = CeilDiv(info.plan.output_width, info.tile_size) *
-                        CeilDiv(info.plan.output_height, info.tile_size);
+      info.tiles =
+          TileGrid(info.plan.output_width, info.plan.output_height, edge);
     }
     jobs_[id] = job;
     switch (info.state) {
@@ -778,6 +754,9 @@ absl::StatusOr<JobSpec> JobManagerImpl::ValidateSpec(const JobSpec& in) const {
     }
     REGSERVE_RETURN_IF_ERROR(ValidateUploadName(field, src.upload_name));
   }
+  if (spec.options.device == DevicePreference::kUnspecified) {
+    spec.options.device = options_.device;
+  }
   const JobOptions& o = spec.options;
   if (static_cast<int>(o.transform) < 0 || static_cast<int>(o.transform) > 2) {
     return absl::InvalidArgumentError(
@@ -801,9 +780,7 @@ absl::StatusOr<JobSpec> JobManagerImpl::ValidateSpec(const JobSpec& in) const {
     spec.options.max_registration_megapixels =
         options_.default_max_registration_megapixels;
   }
-  if (spec.options.device == DevicePreference::kAuto) {
-    spec.options.device = options_.device;
-  }
+
   if (spec.custom_parameters.size() >
       static_cast<size_t>(kMaxCustomParameters)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -930,9 +907,8 @@ void JobManagerImpl::SetPlan(Job* job, Plan plan) const {
   JobInfo& info = job->rec.info;
   info.has_plan = true;
   info.plan = std::move(plan);
-  info.tile_size = options_.stream_tile_size;
-  info.tile_count = CeilDiv(info.plan.output_width, info.tile_size) *
-                    CeilDiv(info.plan.output_height, info.tile_size);
+  info.tiles = TileGrid(info.plan.output_width, info.plan.output_height,
+                        options_.stream_tile_size);
   // Known from the plan: the warp keeps the moving image's channels and type.
   info.output.width = info.plan.output_width;
   info.output.height = info.plan.output_height;
@@ -1392,11 +1368,9 @@ absl::Status JobManagerImpl::Cancel(const std::string& job_id,
       if (job->run_token) job->run_token->Cancel("cancelled by the client");
       return absl::OkStatus();
     case JobState::kCancelled:
-      return absl::OkStatus();
     case JobState::kCompleted:
     case JobState::kFailed:
-      return absl::FailedPreconditionError(absl::StrCat(
-          "job ", job_id, " has already ", JobStateName(info.state)));
+      return absl::OkStatus();  // idempotent: the job keeps its final state
   }
   return absl::OkStatus();
 }
@@ -1407,6 +1381,25 @@ absl::StatusOr<JobInfo> JobManagerImpl::GetJob(
   REGSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job,
                             FindOwnedLocked(job_id, principal));
   return job->rec.info;
+}
+
+absl::StatusOr<std::vector<TransformFile>> JobManagerImpl::ReadTransformFiles(
+    const std::string& job_id, const std::string& principal) const {
+  REGSERVE_ASSIGN_OR_RETURN(JobInfo info, GetJob(job_id, principal));
+  std::vector<TransformFile> out;
+  for (const std::string& path : info.transform_files) {
+    TransformFile file;
+    file.name = fs::path(path).filename().string();
+    absl::StatusOr<std::string> text = ReadFileToString(path);
+    if (!text.ok()) {
+      return absl::DataLossError(absl::StrCat(
+          "the stored transform ", file.name, " of job ", info.id,
+          " cannot be read"));
+    }
+    file.text = *std::move(text);
+    out.push_back(std::move(file));
+  }
+  return out;
 }
 
 std::vector<JobInfo> JobManagerImpl::ListJobs(
@@ -1473,10 +1466,10 @@ absl::StatusOr<std::unique_ptr<EventStream>> JobManagerImpl::OpenEventStream(
   if (from_tile < 0) {
     return absl::InvalidArgumentError("from_tile must be >= 0");
   }
-  if (info.has_plan && from_tile > info.tile_count) {
+  if (info.has_plan && from_tile > info.tiles.count()) {
     return absl::OutOfRangeError(absl::StrCat("from_tile ", from_tile,
                                               " is beyond the result's ",
-                                              info.tile_count, " tiles"));
+                                              info.tiles.count(), " tiles"));
   }
   auto sub = std::make_shared<Subscriber>();
   {
@@ -2046,9 +2039,7 @@ absl::Status JobManagerImpl::RunStages(const std::shared_ptr<Job>& job,
     JobInfo& info = job->rec.info;
     info.output = out_spec;
     info.result_path = final_path;
-    info.tile_size = options_.stream_tile_size;
-    info.tile_count =
-        CeilDiv(out_w, info.tile_size) * CeilDiv(out_h, info.tile_size);
+    info.tiles = TileGrid(out_w, out_h, options_.stream_tile_size);
     if (options_.observer != nullptr)
       options_.observer->OnWarped(out_w * out_h);
     ProgressLocked(job.get(), Stage::kWarp, 1.0,

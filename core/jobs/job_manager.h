@@ -44,105 +44,13 @@
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
 #include "core/image/image.h"
+#include "core/jobs/job_types.h"
 #include "core/plan/plan.h"
 #include "core/registration/registration.h"
 #include "core/scheduler/scheduler.h"
 #include "core/warp/warp.h"
 
 namespace regserve {
-
-enum class ImageRole { kFixed = 0, kMoving = 1 };
-
-enum class JobState {
-  kUploading = 0,
-  kQueued = 1,
-  kRunning = 2,  // see JobInfo::stage
-  kCompleted = 3,
-  kFailed = 4,
-  kCancelled = 5,
-};
-absl::string_view JobStateName(JobState state);
-inline bool IsTerminal(JobState s) {
-  return s == JobState::kCompleted || s == JobState::kFailed ||
-         s == JobState::kCancelled;
-}
-
-// Where an input image comes from.
-struct ImageSource {
-  // Server-side path, relative to (or absolute under) input_root. Empty when
-  // the image is uploaded.
-  std::string path;
-  // For uploads: the exact byte size the client will send, and a file name
-  // whose extension names the format ("scan.tif").
-  uint64_t upload_bytes = 0;
-  std::string upload_name;
-};
-
-struct JobSpec {
-  ImageSource fixed;
-  ImageSource moving;
-  JobOptions options;                          // transform, max MP, device, ...
-  std::vector<std::string> custom_parameters;  // elastix parameter texts
-  int priority = 0;                            // higher runs first; FIFO within
-  double fill_value = 0.0;
-  std::string client_label;  // free text, shown in ListJobs
-};
-
-struct StageTiming {
-  Stage stage;
-  double seconds = 0.0;
-};
-
-// A snapshot of a job, safe to copy.
-struct JobInfo {
-  std::string id;
-  std::string principal;
-  JobSpec spec;
-  JobState state = JobState::kQueued;
-  Stage stage = Stage::kUpload;  // current or last stage
-  double stage_fraction = 0.0;
-  std::string stage_detail;  // e.g. elastix progress message
-  int queue_position = 0;    // 1-based while queued, else 0
-  bool has_plan = false;
-  Plan plan;
-  absl::Status failure;  // kFailed / kCancelled: why
-  std::vector<StageTiming> timings;
-  double registration_metric = 0.0;
-  // Result (kCompleted).
-  ImageSpec output;         // width, height, channels, type (set with the plan)
-  std::string result_path;  // absolute path of result.tif
-  std::string transform_dir;  // absolute dir of TransformParameters.*.txt
-  std::vector<std::string> transform_files;
-  int64_t tile_size = 0;  // streamed tile edge
-  int64_t tile_count = 0;
-  int attempts = 0;
-  absl::Time created;
-  absl::Time finished;  // InfinitePast while not terminal
-};
-
-struct JobEvent {
-  enum class Kind { kAccepted, kQueued, kProgress, kTile, kCompleted, kFailed };
-  Kind kind = Kind::kProgress;
-  std::string job_id;
-  // kAccepted: info.plan holds the plan and its reasons.
-  // kCompleted / kFailed: info holds the final snapshot (failure for kFailed,
-  // which also covers cancellation with code CANCELLED).
-  JobInfo info;
-  // kQueued
-  int queue_position = 0;
-  // kProgress
-  Stage stage = Stage::kUpload;
-  double fraction = 0.0;  // of this stage, 0..1
-  std::string detail;
-  RegistrationProgress registration;  // valid for Stage::kRegistration
-  // kTile: row-major over the output in tile_size squares.
-  int64_t tile_index = 0;
-  TileRect rect;
-  int channels = 0;
-  SampleType sample_type = SampleType::kUInt8;
-  std::string encoding;  // "raw": interleaved, little-endian
-  std::string data;
-};
 
 // A blocking, per-reader view of a job's events. Not thread-safe: one reader.
 class EventStream {
@@ -245,11 +153,21 @@ class JobManager {
   virtual void AbortUpload(const std::string& job_id,
                            const absl::Status& why) = 0;
 
-  // NotFound unless the job exists and belongs to `principal` (an empty
-  // principal matches only jobs submitted with an empty principal).
+  // Cancels the job. Idempotent: OK for a job already finished (completed,
+  // failed or cancelled), which is left as it is; GetJob tells its state. A
+  // running job is stopped (elastix is killed) and reaches kCancelled
+  // shortly after. NotFound unless the job exists and belongs to
+  // `principal` (an empty principal matches only jobs submitted with an
+  // empty principal).
   virtual absl::Status Cancel(const std::string& job_id,
                               const std::string& principal) = 0;
   virtual absl::StatusOr<JobInfo> GetJob(
+      const std::string& job_id, const std::string& principal) const = 0;
+  // The TransformParameters files of a completed job, in chain order.
+  // NotFound as for GetJob; empty before the registration has finished;
+  // DataLoss when a stored file cannot be read (the message names the file,
+  // not its server path).
+  virtual absl::StatusOr<std::vector<TransformFile>> ReadTransformFiles(
       const std::string& job_id, const std::string& principal) const = 0;
   // Newest first.
   virtual std::vector<JobInfo> ListJobs(const std::string& principal) const = 0;

@@ -321,7 +321,7 @@ TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
   // The output geometry is known from the plan, before the warp.
   EXPECT_EQ(d.events.front().info.output.width, 181);
   EXPECT_EQ(d.events.front().info.output.channels, 3);
-  EXPECT_EQ(d.events.front().info.tile_count, 12);
+  EXPECT_EQ(d.events.front().info.tiles.count(), 12);
   std::set<Stage> stages;
   for (const JobEvent& e : d.events) {
     if (e.kind == JobEvent::Kind::kProgress) stages.insert(e.stage);
@@ -333,8 +333,8 @@ TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
   EXPECT_EQ(info.state, JobState::kCompleted);
   EXPECT_EQ(info.output.width, 181);
   EXPECT_EQ(info.output.height, 217);
-  EXPECT_EQ(info.tile_size, 64);
-  EXPECT_EQ(info.tile_count, 3 * 4);
+  EXPECT_EQ(info.tiles.edge(), 64);
+  EXPECT_EQ(info.tiles.count(), 3 * 4);
   EXPECT_EQ(d.Count(JobEvent::Kind::kTile), 12);
   EXPECT_EQ(info.registration_metric, -0.75);
   ASSERT_EQ(info.timings.size(), 3u);
@@ -805,7 +805,7 @@ TEST_F(JobManagerTest, StreamTileSizeMustSuitTheTiffWriter) {
   ASSERT_NE(m, nullptr);
   const std::string id = *m->CreateJob(BrainSpec(), "");
   ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
-  EXPECT_EQ(m->GetJob(id, "")->tile_count, 1);
+  EXPECT_EQ(m->GetJob(id, "")->tiles.count(), 1);
 }
 
 TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
@@ -819,7 +819,7 @@ TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
     ASSERT_NE(m, nullptr);
     id = *m->CreateJob(BrainSpec(), "");
     ASSERT_EQ(WaitTerminal(m.get(), id).state, JobState::kCompleted);
-    EXPECT_EQ(m->GetJob(id, "")->tile_count, 12);  // 64 px: 3 x 4
+    EXPECT_EQ(m->GetJob(id, "")->tiles.count(), 12);  // 64 px: 3 x 4
     auto stream = m->OpenEventStream(id, "", 0);
     ASSERT_TRUE(stream.ok()) << stream.status();
     before = TileRects(Drain(stream->get()));
@@ -829,8 +829,8 @@ TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
     opts_.stream_tile_size = tile;
     auto m = Make(FakeEnv());
     ASSERT_NE(m, nullptr);
-    EXPECT_EQ(m->GetJob(id, "")->tile_size, 64) << "daemon tile " << tile;
-    EXPECT_EQ(m->GetJob(id, "")->tile_count, 12) << "daemon tile " << tile;
+    EXPECT_EQ(m->GetJob(id, "")->tiles.edge(), 64) << "daemon tile " << tile;
+    EXPECT_EQ(m->GetJob(id, "")->tiles.count(), 12) << "daemon tile " << tile;
     auto stream = m->OpenEventStream(id, "", 0);
     ASSERT_TRUE(stream.ok()) << stream.status();
     Drained d = Drain(stream->get());
@@ -851,8 +851,8 @@ TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
     // A job this daemon finishes uses its own tile size.
     const std::string fresh = *m->CreateJob(BrainSpec(), "");
     ASSERT_EQ(WaitTerminal(m.get(), fresh).state, JobState::kCompleted);
-    EXPECT_EQ(m->GetJob(fresh, "")->tile_size, tile);
-    EXPECT_EQ(m->GetJob(fresh, "")->tile_count,
+    EXPECT_EQ(m->GetJob(fresh, "")->tiles.edge(), tile);
+    EXPECT_EQ(m->GetJob(fresh, "")->tiles.count(),
               ((181 + tile - 1) / tile) * ((217 + tile - 1) / tile));
   }
 }
@@ -1080,7 +1080,7 @@ TEST_F(JobManagerTest, FinishedJobReplaysTilesFromIndex) {
   std::string id = *m->CreateJob(BrainSpec(), "");
   JobInfo info = WaitTerminal(m.get(), id);
   ASSERT_EQ(info.state, JobState::kCompleted);
-  ASSERT_EQ(info.tile_count, 12);
+  ASSERT_EQ(info.tiles.count(), 12);
   absl::StatusOr<Image> result = ReadImageFile(info.result_path);
   ASSERT_TRUE(result.ok());
 
@@ -1099,7 +1099,7 @@ TEST_F(JobManagerTest, FinishedJobReplaysTilesFromIndex) {
     EXPECT_EQ(e.rect.y, (expect / 3) * 64);
     EXPECT_EQ(e.rect.w, std::min<int64_t>(64, 181 - e.rect.x));
     EXPECT_EQ(e.rect.h, std::min<int64_t>(64, 217 - e.rect.y));
-    EXPECT_EQ(e.encoding, "raw");
+    EXPECT_EQ(e.encoding, TileEncoding::kRaw);
     EXPECT_EQ(e.channels, result->channels());
     EXPECT_EQ(e.sample_type, SampleType::kUInt8);
     ASSERT_EQ(e.data.size(),

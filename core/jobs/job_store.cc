@@ -313,7 +313,12 @@ absl::Status DecodeJobSpec(absl::string_view text, JobRecord* record) {
   REGSERVE_ASSIGN_OR_RETURN(spec.options.max_registration_megapixels,
                             r.Double("options.max_registration_megapixels"));
   REGSERVE_ASSIGN_OR_RETURN(s, r.Str("options.device"));
-  REGSERVE_ASSIGN_OR_RETURN(spec.options.device, ParseDevicePreference(s));
+  // Specs are stored resolved; "unspecified" only in records built by hand.
+  if (s == DevicePreferenceName(DevicePreference::kUnspecified)) {
+    spec.options.device = DevicePreference::kUnspecified;
+  } else {
+    REGSERVE_ASSIGN_OR_RETURN(spec.options.device, ParseDevicePreference(s));
+  }
   REGSERVE_ASSIGN_OR_RETURN(s, r.Str("options.interpolation"));
   REGSERVE_ASSIGN_OR_RETURN(spec.options.interpolation, ParseInterpolation(s));
   REGSERVE_ASSIGN_OR_RETURN(int64_t full,
@@ -369,8 +374,8 @@ std::string EncodeJobState(const JobRecord& record) {
   w.Add("result_path", info.result_path);
   w.Add("transform_dir", info.transform_dir);
   AddList(&w, "transform_files", info.transform_files);
-  w.AddInt("tile_size", info.tile_size);
-  w.AddInt("tile_count", info.tile_count);
+  w.AddInt("tile_size", info.tiles.edge());
+  w.AddInt("tile_count", info.tiles.count());
   w.AddTime("finished", info.finished);
   return w.Finish();
 }
@@ -443,8 +448,11 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_ASSIGN_OR_RETURN(info.transform_dir, r.Str("transform_dir"));
   REGSERVE_RETURN_IF_ERROR(
       ReadList(r, "transform_files", &info.transform_files));
-  REGSERVE_ASSIGN_OR_RETURN(info.tile_size, r.Int("tile_size"));
-  REGSERVE_ASSIGN_OR_RETURN(info.tile_count, r.Int("tile_count"));
+  // The count is derived from the grid; the file keeps it for readers.
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t tile_edge, r.Int("tile_size"));
+  info.tiles = info.has_plan ? TileGrid(info.plan.output_width,
+                                        info.plan.output_height, tile_edge)
+                             : TileGrid(0, 0, tile_edge);
   REGSERVE_ASSIGN_OR_RETURN(info.finished, r.Time("finished"));
   return absl::OkStatus();
 }

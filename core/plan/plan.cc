@@ -328,7 +328,8 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
           "the GPU's VRAM budget of ", Mb(budgets.vram_bytes),
           " cannot hold even the smallest warp tile; falling back to the CPU"));
     }
-  } else if (options.device == DevicePreference::kAuto) {
+  } else if (options.device == DevicePreference::kAuto ||
+             options.device == DevicePreference::kUnspecified) {
     plan.reasons.push_back("no GPU available: warping on the CPU");
   }
   if (!placed) {

@@ -36,7 +36,9 @@ namespace regserve {
 struct JobOptions {
   TransformKind transform = TransformKind::kBSpline;
   double max_registration_megapixels = 20.0;
-  DevicePreference device = DevicePreference::kAuto;
+  // kUnspecified plans like kAuto; the job manager first replaces it with
+  // the daemon's default.
+  DevicePreference device = DevicePreference::kUnspecified;
   Interpolation interpolation = Interpolation::kLinear;
   // false: output at the registration size instead of full resolution.
   bool output_full_resolution = true;

@@ -8,6 +8,16 @@
 #include "absl/strings/str_format.h"
 
 namespace regserve {
+
+SchedulerConfig ToSchedulerConfig(const ResourceConfig& rc) {
+  SchedulerConfig c;
+  c.ram_budget_bytes = rc.ram_budget_bytes;
+  c.vram_budget_bytes = rc.vram_budget_bytes;
+  c.gpu_ordinals = rc.gpu_ordinals;
+  c.cpu_slots = rc.cpu_slots;
+  return c;
+}
+
 namespace {
 
 std::string Mb(uint64_t bytes) {

@@ -43,6 +43,7 @@
 #include "absl/time/time.h"
 #include "core/common/cancel.h"
 #include "core/hardware/hardware.h"
+#include "core/plan/resources.h"
 
 namespace regserve {
 
@@ -62,6 +63,9 @@ struct SchedulerConfig {
   // Headroom kept free according to live readings (other processes).
   uint64_t live_ram_headroom_bytes = 0;
 };
+
+// The scheduler's part of the machine's budgets (core/plan/resources.h).
+SchedulerConfig ToSchedulerConfig(const ResourceConfig& rc);
 
 struct ResourceRequest {
   Lane lane = Lane::kCpu;
