@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The test command: installs the packages, builds everything with the
-# project's warnings-as-errors, runs every test with CTest, then the
-# robustness stages: an AddressSanitizer+UBSan build, a ThreadSanitizer
+# The test command: installs the packages, checks the formatting and
+# (compiling with clang) the thread-safety annotations, builds everything
+# with the project's warnings-as-errors, runs every test with CTest, then
+# the robustness stages: an AddressSanitizer+UBSan build, a ThreadSanitizer
 # build and the fuzzers. CI (.ci/run) runs all stages.
 #   bash scripts/test.sh            # everything
-#   SKIP_ASAN=1 SKIP_TSAN=1 SKIP_FUZZ=1 bash scripts/test.sh   # main stage only
-#   SKIP_MAIN=1 SKIP_ASAN=1 SKIP_FUZZ=1 bash scripts/test.sh   # only TSan
+#   SKIP_ASAN=1 SKIP_TSAN=1 SKIP_FUZZ=1 bash scripts/test.sh   # checks, main
+#   SKIP_FORMAT=1 SKIP_TSA=1 SKIP_MAIN=1 SKIP_ASAN=1 SKIP_FUZZ=1 \
+#     bash scripts/test.sh                                      # only TSan
 #
 # Stages and their knobs:
+#   format  SKIP_FORMAT: scripts/check_format.sh, clang-format --dry-run
+#         --Werror over every tracked .h/.cc/.cu file (a few seconds).
+#   tsa   TSA_BUILD_DIR (build-tsa), TSA_SOURCES: clang with
+#         -DREGSERVE_THREAD_SAFETY=ON (-Wthread-safety -Werror), compile
+#         only: the object files of TSA_SOURCES, by default every tracked .cc
+#         file that uses absl::Mutex or an ABSL_* thread-safety annotation,
+#         or whose own header does (grep, so new ones are checked too).
 #   main  BUILD_DIR (build), CMAKE_ARGS, CTEST_ARGS: all targets, all tests.
 #   asan  ASAN_BUILD_DIR (build-asan): -DREGSERVE_SANITIZE=ON; the unit and
 #         e2e tests except ASAN_EXCLUDE (the long load test and the deploy
@@ -27,6 +36,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
+TSA_BUILD_DIR=${TSA_BUILD_DIR:-build-tsa}
 ASAN_EXCLUDE=${ASAN_EXCLUDE:-^(load_e2e_test|deploy_prometheus_e2e|security_e2e_test)$}
 TSAN_TESTS=${TSAN_TESTS:-scheduler_test job_manager_test job_manager_e2e_test server_util_test server_convert_test metrics_test}
 TSAN_GRPC_TESTS=${TSAN_GRPC_TESTS:-service_e2e_test}
@@ -45,6 +55,52 @@ configure() {
     cat "$dir/configure.log"; exit 1
   fi
 }
+
+if [ -z "${SKIP_FORMAT:-}" ]; then
+  stage "format: clang-format check of the tracked C++ files"
+  bash scripts/check_format.sh
+fi
+
+if [ -z "${SKIP_TSA:-}" ]; then
+  stage "tsa: clang -Wthread-safety compile check in $TSA_BUILD_DIR"
+  CC=clang CXX=clang++ configure "$TSA_BUILD_DIR" -DREGSERVE_THREAD_SAFETY=ON
+  if [ -n "${TSA_SOURCES:-}" ]; then
+    read -r -a tsa_sources <<<"$TSA_SOURCES"
+  else
+    tsa_re='ABSL_[A-Z_]*(GUARDED_BY|LOCK|ACQUIRED_|THREAD_SAFETY)|absl::[A-Za-z]*Mutex'
+    mapfile -t tsa_headers < <(git ls-files -- '*.h' | xargs grep -lE "$tsa_re")
+    mapfile -t tsa_sources < <({
+      git ls-files -- '*.cc' | xargs grep -lE "$tsa_re"
+      for h in "${tsa_headers[@]}"; do
+        [ -f "${h%.h}.cc" ] && echo "${h%.h}.cc"
+      done
+    } | sort -u)
+  fi
+  # Only the objects: building the library targets would build everything
+  # they link as well (core/warp, core/registration, the protobuf code...).
+  # A header's inline code is checked in each object that includes it.
+  mapfile -t tsa_all_objects < <(ninja -C "$TSA_BUILD_DIR" -t targets all |
+    sed -n 's/^\([^:]*\.o\): .*/\1/p')
+  tsa_objects=()
+  for src in "${tsa_sources[@]}"; do
+    # DIR/FILE.cc is compiled to DIR/CMakeFiles/TARGET.dir/FILE.cc.o; one
+    # object per source is enough (a file built in several targets).
+    dir=$(dirname "$src") file=$(basename "$src") found=""
+    for o in "${tsa_all_objects[@]}"; do
+      if [[ $o == "$dir"/CMakeFiles/*.dir/"$file".o ]]; then
+        found=$o; break
+      fi
+    done
+    if [ -n "$found" ]; then
+      tsa_objects+=("$found")
+    else
+      echo "tsa: $src is not compiled in this configuration; not checked"
+    fi
+  done
+  # -k 0: report every file with a finding, not only the first.
+  cmake --build "$TSA_BUILD_DIR" -j "$JOBS" --target "${tsa_objects[@]}" \
+    -- -k 0
+fi
 
 if [ -z "${SKIP_MAIN:-}" ]; then
   stage "main: build and all tests in $BUILD_DIR"
