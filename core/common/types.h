@@ -20,7 +20,12 @@ enum class WarpDevice { kCpu = 0, kCuda = 1 };
 // What a job asks for: auto picks CUDA when it is available and fits.
 // kUnspecified: the client did not say; spec validation replaces it with the
 // daemon's default before anything else sees it (never persisted or planned).
-enum class DevicePreference { kAuto = 0, kCpu = 1, kCuda = 2, kUnspecified = 3 };
+enum class DevicePreference {
+  kAuto = 0,
+  kCpu = 1,
+  kCuda = 2,
+  kUnspecified = 3
+};
 
 // The stages of a job, in order. kStream is the sending of result tiles.
 enum class Stage {

@@ -8,7 +8,7 @@
 //   JobManagerEnv env;
 //   env.fs = &failing_fs;                 // not owned
 //   env.pipeline_threads = 0;             // queue only, never run
-//   REGSERVE_ASSIGN_OR_RETURN(auto m,
+//   REGSERVE_ASSIGN_OR_RETURN(auto m,      // core/jobs/job_manager.h
 //       CreateJobManagerWithEnv(opts, &scheduler, &probe, std::move(env)));
 //
 // Thread safety: JobFileSystem implementations must be thread-safe; the hooks
@@ -24,7 +24,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "core/jobs/job_manager.h"
 #include "core/registration/registration.h"
 #include "core/warp/warp.h"
 
@@ -71,10 +70,6 @@ struct JobManagerEnv {
   // Called on the pipeline thread before a stage acquires its resources.
   std::function<void(const std::string& job_id, Stage stage)> before_stage;
 };
-
-absl::StatusOr<std::unique_ptr<JobManager>> CreateJobManagerWithEnv(
-    const JobManager::Options& options, ResourceScheduler* scheduler,
-    HardwareProbe* probe, JobManagerEnv env);
 
 }  // namespace regserve
 

@@ -1,31 +1,37 @@
 // Copyright regserve authors.
 //
-// JobManager: the engine of the service, with no gRPC. It owns the durable
-// job store under data_dir, the queue, and the pipeline threads that run each
-// job through its stages:
+// JobManager: the engine of the service, with no gRPC. It owns the job
+// table, the queue, uploads and the pipeline threads; each job runs through
+// the stages of core/jobs/stage_runner.h:
 //
-//   upload -> decode -> registration -> warp -> (stream)
+//   upload -> decode -> registration -> warp -> commit -> (stream)
 //
 // Each stage reserves its planned RAM/VRAM through the ResourceScheduler
 // before it starts and releases it when it ends. The server layer converts
 // RPCs to these calls and JobEvents to protocol messages, nothing more.
 //
-//   JobManager::Options opts;  opts.data_dir = "/var/lib/regserve"; ...
-//   REGSERVE_ASSIGN_OR_RETURN(auto manager, JobManager::Create(opts,
-//   &scheduler, probe)); REGSERVE_ASSIGN_OR_RETURN(std::string id,
-//   manager->CreateJob(spec, "alice")); manager->AppendUpload(id,
-//   ImageRole::kFixed, bytes) ... FinishUpload(id); auto stream =
-//   manager->OpenEventStream(id, "alice", /*from_tile=*/0); JobEvent ev; while
-//   ((*stream)->Next(&ev, absl::Now() + absl::Seconds(1)).ok()) {...}
+//   JobManager::Options opts;
+//   opts.data_dir = "/var/lib/regserve";
+//   REGSERVE_ASSIGN_OR_RETURN(auto manager,
+//                             JobManager::Create(opts, &scheduler, probe));
+//   REGSERVE_ASSIGN_OR_RETURN(std::string id,
+//                             manager->CreateJob(spec, "alice"));
+//   manager->AppendUpload(id, ImageRole::kFixed, bytes);   // ...
+//   manager->FinishUpload(id);
+//   auto stream = manager->OpenEventStream(id, "alice", /*from_tile=*/0);
+//   JobEvent ev;
+//   while ((*stream)->Next(&ev, absl::Now() + absl::Seconds(1)).ok()) {
+//     ...
+//   }
 //
-// Durability: each job lives in data_dir/jobs/<id>/ with its spec, its
-// inputs, its state (rewritten atomically: write temp, fsync, rename) and its
-// result (result.tif, a tiled TIFF, plus transform/TransformParameters.*.txt).
-// On Create, jobs found on disk are recovered: queued jobs are re-queued;
-// jobs interrupted mid-stage are re-run (their inputs are durable) up to
-// `max_attempts`, then failed with a reason naming the interruption; jobs
-// interrupted mid-upload fail with "upload interrupted by a daemon restart;
-// submit again"; finished jobs are served until `retention` expires.
+// Durability: each job lives in its JobDir (core/jobs/job_dir.h) with its
+// spec, inputs, state (rewritten atomically: write temp, fsync, rename) and
+// result. On Create, jobs found on disk are recovered (core/jobs/recovery.h):
+// queued jobs are re-queued; jobs interrupted mid-stage are re-run (their
+// inputs are durable) until `max_attempts` runs were lost to crashes, then
+// failed with a reason naming the interruption; jobs interrupted mid-upload
+// fail with "upload interrupted by a daemon restart; submit again";
+// finished jobs are served until `retention` expires.
 //
 // Thread safety: all methods are thread-safe.
 #ifndef REGSERVE_CORE_JOBS_JOB_MANAGER_H_
@@ -44,6 +50,8 @@
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
 #include "core/image/image.h"
+#include "core/jobs/event_stream.h"
+#include "core/jobs/job_env.h"
 #include "core/jobs/job_types.h"
 #include "core/plan/plan.h"
 #include "core/registration/registration.h"
@@ -51,18 +59,6 @@
 #include "core/warp/warp.h"
 
 namespace regserve {
-
-// A blocking, per-reader view of a job's events. Not thread-safe: one reader.
-class EventStream {
- public:
-  virtual ~EventStream() = default;
-  // Waits until the next event or `deadline`. OK with *event filled;
-  // DeadlineExceeded when nothing arrived by the deadline (call again);
-  // OutOfRange after the terminal event was returned; Cancelled after Close.
-  virtual absl::Status Next(JobEvent* event, absl::Time deadline) = 0;
-  // Wakes a blocked Next (from any thread); later calls return Cancelled.
-  virtual void Close() = 0;
-};
 
 // Hooks for metrics, called by the JobManager for EVERY job, whether or not
 // a client is attached. Called from pipeline and RPC threads, sometimes with
@@ -213,6 +209,11 @@ class JobManager {
   virtual Stats GetStats() const = 0;
   virtual const Options& options() const = 0;
 };
+
+// Create with the seams of core/jobs/job_env.h (tests inject fakes).
+absl::StatusOr<std::unique_ptr<JobManager>> CreateJobManagerWithEnv(
+    const JobManager::Options& options, ResourceScheduler* scheduler,
+    HardwareProbe* probe, JobManagerEnv env);
 
 }  // namespace regserve
 

@@ -429,7 +429,7 @@ TEST_F(JobManagerTest, TruncatedAndOversizedUploadsFail) {
   big.fixed.upload_bytes = opts_.max_upload_bytes + 1;
   s = m->CreateJob(big, "").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("fixed.upload_bytes"));
+  EXPECT_THAT(s.message(), HasSubstr("spec.fixed.upload.byte_size"));
 
   // Not an image.
   JobSpec garbage = UploadSpec();
@@ -473,9 +473,9 @@ TEST_F(JobManagerTest, InvalidSpecsNameTheField) {
       {[](JobSpec* s) { s->options.max_registration_megapixels = -1; },
        "max_registration_megapixels"},
       {[](JobSpec* s) { s->options.transform = static_cast<TransformKind>(9); },
-       "options.transform"},
+       "spec.transform"},
       {[](JobSpec* s) { s->custom_parameters = {"(Transform \"Euler"}; },
-       "custom_parameters[0]"},
+       "spec.elastix_parameters[0]"},
       {[](JobSpec* s) { s->client_label = std::string(1000, 'x'); },
        "client_label"},
       {[](JobSpec* s) {
@@ -483,7 +483,7 @@ TEST_F(JobManagerTest, InvalidSpecsNameTheField) {
          s->fixed.upload_bytes = 10;
          s->fixed.upload_name = "noext";
        },
-       "fixed.upload_name"},
+       "spec.fixed.upload.file_name"},
   };
   for (const Case& c : cases) {
     JobSpec spec = BrainSpec();
@@ -517,7 +517,8 @@ TEST_F(JobManagerTest, ServerPathsAreConfinedToInputRoot) {
   EXPECT_EQ(code_of(outside), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(code_of("/etc/passwd"), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(code_of("escape.png"), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(code_of("brain/nothing.png"), absl::StatusCode::kNotFound);
+  // NOT_FOUND is for unknown jobs: a missing file is a bad argument.
+  EXPECT_EQ(code_of("brain/nothing.png"), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code_of("brain"), absl::StatusCode::kInvalidArgument);
   // Inside: relative, absolute under the root, and a link that stays inside.
   EXPECT_EQ(code_of("brain/fixed.png"), absl::StatusCode::kOk);
@@ -1056,7 +1057,8 @@ TEST_F(JobManagerTest, ShutdownCheckpointsRunningJobAsQueued) {
   ASSERT_NE(m, nullptr);
   JobInfo info = WaitTerminal(m.get(), id);
   EXPECT_EQ(info.state, JobState::kCompleted) << info.failure;
-  EXPECT_EQ(info.attempts, 1);  // the interrupted run did not count
+  // Both runs count; the checkpointed one not against max_attempts.
+  EXPECT_EQ(info.attempts, 2);
 }
 
 TEST_F(JobManagerTest, RetentionExpiresFinishedJobs) {

@@ -333,6 +333,26 @@ absl::Status DecodeJobSpec(absl::string_view text, JobRecord* record) {
   return absl::OkStatus();
 }
 
+namespace {
+// Plan fields added after the state format was first written: older files
+// lack them, and recovery re-derives the stream tiles.
+absl::Status ReadPlanExtras(const Reader& r, Plan* p) {
+  if (!r.Has("plan.stream_tile_size")) return absl::OkStatus();
+  REGSERVE_ASSIGN_OR_RETURN(p->stream_tile_size,
+                            r.Int("plan.stream_tile_size"));
+  REGSERVE_ASSIGN_OR_RETURN(int64_t writer,
+                            r.Int("plan.result_writer_ram_bytes"));
+  p->result_writer_ram_bytes = static_cast<uint64_t>(writer);
+  REGSERVE_RETURN_IF_ERROR(
+      ReadStageMemory(r, "plan.warp_cpu_fallback", &p->warp_cpu_fallback));
+  REGSERVE_ASSIGN_OR_RETURN(p->warp_cpu_tile_size,
+                            r.Int("plan.warp_cpu_tile_size"));
+  REGSERVE_ASSIGN_OR_RETURN(writer, r.Int("plan.result_writer_cpu_ram_bytes"));
+  p->result_writer_cpu_ram_bytes = static_cast<uint64_t>(writer);
+  return absl::OkStatus();
+}
+}  // namespace
+
 std::string EncodeJobState(const JobRecord& record) {
   const JobInfo& info = record.info;
   Writer w;
@@ -340,6 +360,7 @@ std::string EncodeJobState(const JobRecord& record) {
   w.Add("state", JobStateName(info.state));
   w.Add("stage", StageName(info.stage));
   w.AddInt("attempts", info.attempts);
+  w.AddInt("checkpointed_runs", record.checkpointed_runs);
   w.AddInt("failure.code", static_cast<int>(info.failure.code()));
   w.Add("failure.message", info.failure.message());
   w.Add("fixed_input", record.fixed_input);
@@ -361,6 +382,13 @@ std::string EncodeJobState(const JobRecord& record) {
   AddStageMemory(&w, "plan.decode", p.decode);
   AddStageMemory(&w, "plan.registration", p.registration);
   AddStageMemory(&w, "plan.warp", p.warp);
+  w.AddInt("plan.stream_tile_size", p.stream_tile_size);
+  w.AddInt("plan.result_writer_ram_bytes",
+           static_cast<int64_t>(p.result_writer_ram_bytes));
+  AddStageMemory(&w, "plan.warp_cpu_fallback", p.warp_cpu_fallback);
+  w.AddInt("plan.warp_cpu_tile_size", p.warp_cpu_tile_size);
+  w.AddInt("plan.result_writer_cpu_ram_bytes",
+           static_cast<int64_t>(p.result_writer_cpu_ram_bytes));
   AddList(&w, "plan.reasons", p.reasons);
   w.AddInt("timings.count", static_cast<int64_t>(info.timings.size()));
   for (size_t i = 0; i < info.timings.size(); ++i) {
@@ -391,6 +419,11 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
                             ParseEnum("stage", s, kStages, &StageName));
   REGSERVE_ASSIGN_OR_RETURN(int64_t attempts, r.Int("attempts"));
   info.attempts = static_cast<int>(attempts);
+  record->checkpointed_runs = 0;  // absent in state files before it existed
+  if (r.Has("checkpointed_runs")) {
+    REGSERVE_ASSIGN_OR_RETURN(int64_t runs, r.Int("checkpointed_runs"));
+    record->checkpointed_runs = static_cast<int>(runs);
+  }
   REGSERVE_ASSIGN_OR_RETURN(int64_t code, r.Int("failure.code"));
   REGSERVE_ASSIGN_OR_RETURN(std::string message, r.Str("failure.message"));
   if (code < 0 || code > 16)
@@ -427,6 +460,7 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_RETURN_IF_ERROR(
       ReadStageMemory(r, "plan.registration", &p.registration));
   REGSERVE_RETURN_IF_ERROR(ReadStageMemory(r, "plan.warp", &p.warp));
+  REGSERVE_RETURN_IF_ERROR(ReadPlanExtras(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadList(r, "plan.reasons", &p.reasons));
   REGSERVE_ASSIGN_OR_RETURN(int64_t timings, r.Int("timings.count"));
   if (timings < 0 || timings > 64)

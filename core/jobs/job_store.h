@@ -21,7 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/image/image.h"
-#include "core/jobs/job_manager.h"
+#include "core/jobs/job_types.h"
 
 namespace regserve {
 
@@ -29,6 +29,10 @@ namespace regserve {
 struct JobRecord {
   JobInfo info;           // id, principal, spec, state, plan, result...
   uint64_t sequence = 0;  // submission order (FIFO within a priority)
+  // Runs ended by a graceful shutdown (checkpointed and re-queued). They
+  // count in info.attempts but not against max_attempts, which limits the
+  // runs lost to crashes.
+  int checkpointed_runs = 0;
   // Input files actually decoded: uploads under the job dir, or the resolved
   // server-side paths (re-resolved under input_root before decoding).
   std::string fixed_input;

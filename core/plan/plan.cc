@@ -133,9 +133,10 @@ Budgets BudgetsFromHardware(const HardwareSnapshot& hw,
   return b;
 }
 
-absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
-                              const JobOptions& options,
-                              const Budgets& budgets) {
+namespace {
+
+absl::Status ValidatePlanInputs(const ImageSpec& fixed, const ImageSpec& moving,
+                                const JobOptions& options) {
   absl::Status s = ValidateSpec(fixed);
   if (!s.ok())
     return absl::InvalidArgumentError(
@@ -158,10 +159,17 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
         kMinRegistrationEdge, " pixels to register; got fixed ", fixed.width,
         "x", fixed.height, " and moving ", moving.width, "x", moving.height));
   }
-  Plan plan;
+  return absl::OkStatus();
+}
 
-  // --- Registration size: the largest within the full size, the RAM budget
-  // and max_registration_megapixels.
+// The largest registration copy within the full size, the RAM budget and
+// max_registration_megapixels; fills the plan's registration fields.
+absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
+                                         const ImageSpec& moving,
+                                         const JobOptions& options,
+                                         const Budgets& budgets,
+                                         Plan* plan_out) {
+  Plan& plan = *plan_out;
   const double full_px = static_cast<double>(fixed.pixels());
   const double cap_px = options.max_registration_megapixels * 1e6;
   // RAM allows: solve RegistrationStageRam(P) <= budget for P by bisection
@@ -247,7 +255,12 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
       std::max(DecodeRam(fixed), DecodeRam(moving)) + GrayBytes(reg);
   plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
 
-  // --- Output grid.
+  return reg;
+}
+
+void PlanOutput(const ImageSpec& fixed, const JobOptions& options,
+                const RegSize& reg, Plan* plan_out) {
+  Plan& plan = *plan_out;
   if (options.output_full_resolution) {
     plan.output_width = fixed.width;
     plan.output_height = fixed.height;
@@ -259,8 +272,13 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
                         "(output_resolution=registration)",
                         reg.fw, reg.fh));
   }
+}
 
-  // --- Warp device and mode.
+// The warp's device and tile size, and its memory on each.
+absl::Status PlanWarp(const ImageSpec& moving, const JobOptions& options,
+                      const Budgets& budgets, const RegSize& reg,
+                      Plan* plan_out) {
+  Plan& plan = *plan_out;
   auto estimate = [&](int64_t tile, WarpDevice device) {
     return EstimateWarpMemory(moving, plan.output_width, plan.output_height,
                               reg.fw, reg.fh, tile, device);
@@ -354,6 +372,68 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
   plan.warp.ram_bytes = ram_for(w);
   plan.warp.vram_bytes =
       plan.warp_device == WarpDevice::kCuda ? w.device_bytes : 0;
+  if (plan.warp_device == WarpDevice::kCuda) {
+    // If the GPU warper cannot start, the job warps on the CPU instead.
+    int64_t cpu_tile = 0;
+    if (choose_tile(WarpDevice::kCpu, &cpu_tile)) {
+      plan.warp_cpu_fallback.ram_bytes =
+          ram_for(estimate(cpu_tile, WarpDevice::kCpu));
+      plan.warp_cpu_tile_size = cpu_tile;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int64_t StreamTileEdge(int64_t requested, const ImageSpec& pixel) {
+  const double bpp = std::max<double>(1.0, pixel.bytes_per_pixel());
+  int64_t cap = static_cast<int64_t>(
+      std::floor(std::sqrt(static_cast<double>(kMaxTileDataBytes) / bpp)));
+  cap -= cap % TileGrid::kEdgeMultiple;
+  cap = std::clamp(cap, TileGrid::kMinEdge, TileGrid::kMaxEdge);
+  return std::min(requested, cap);
+}
+
+void SetStreamTiles(int64_t requested_edge, const ImageSpec& moving,
+                    Plan* plan) {
+  plan->warp.ram_bytes -= plan->result_writer_ram_bytes;
+  plan->warp_cpu_fallback.ram_bytes -= plan->result_writer_cpu_ram_bytes;
+  plan->stream_tile_size = StreamTileEdge(requested_edge, moving);
+  plan->result_writer_ram_bytes = TiffWriterPartialBytes(
+      plan->tile_size, plan->output_width, plan->stream_tile_size, moving);
+  plan->result_writer_cpu_ram_bytes =
+      plan->warp_cpu_fallback.ram_bytes == 0
+          ? 0
+          : TiffWriterPartialBytes(plan->warp_cpu_tile_size, plan->output_width,
+                                   plan->stream_tile_size, moving);
+  plan->warp.ram_bytes += plan->result_writer_ram_bytes;
+  plan->warp_cpu_fallback.ram_bytes += plan->result_writer_cpu_ram_bytes;
+}
+
+absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
+                              const JobOptions& options, const Budgets& budgets,
+                              int64_t stream_tile_size) {
+  REGSERVE_RETURN_IF_ERROR(ValidatePlanInputs(fixed, moving, options));
+  REGSERVE_RETURN_IF_ERROR(
+      TileGrid::ValidateEdge(stream_tile_size, "stream_tile_size"));
+  Plan plan;
+  REGSERVE_ASSIGN_OR_RETURN(
+      const RegSize reg,
+      PlanRegistration(fixed, moving, options, budgets, &plan));
+  PlanOutput(fixed, options, reg, &plan);
+  REGSERVE_RETURN_IF_ERROR(PlanWarp(moving, options, budgets, reg, &plan));
+  SetStreamTiles(stream_tile_size, moving, &plan);
+  const TileGrid tiles(plan.output_width, plan.output_height,
+                       plan.stream_tile_size);
+  plan.reasons.push_back(
+      absl::StrCat("result stored and streamed as ", tiles.count(),
+                   " tiles of ", plan.stream_tile_size, " px",
+                   plan.stream_tile_size < stream_tile_size
+                       ? absl::StrCat(" (not ", stream_tile_size,
+                                      ": a tile's data stays within ",
+                                      kMaxTileDataBytes >> 10, " KiB)")
+                       : ""));
   plan.reasons.push_back(absl::StrFormat(
       "memory estimates: decode %s RAM; registration %s RAM; warp %s RAM, %s "
       "VRAM",

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/common/tile_grid.h"
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
 #include "core/image/image.h"
@@ -81,20 +82,50 @@ struct Plan {
   int64_t output_width = 0;
   int64_t output_height = 0;
   WarpDevice warp_device = WarpDevice::kCpu;
-  int64_t tile_size = 0;  // 0 = one pass
+  int64_t tile_size = 0;  // warp tile edge; 0 = one pass
+  // The stored and streamed result's tile edge (TIFF tile = streamed tile):
+  // the daemon's --stream_tile_size, smaller where a tile of this pixel type
+  // would hold more than kMaxTileDataBytes.
+  int64_t stream_tile_size = 0;
 
   StageMemory decode;        // full images + grayscale copies
   StageMemory registration;  // elastix + transformix (+ copies held)
-  StageMemory warp;          // moving image held + warp working set
+  StageMemory warp;          // moving image + warp working set + writer
+  // The part of warp.ram_bytes that the result writer holds (partly covered
+  // stream tiles; 0 when warp tiles line up with stream tiles).
+  uint64_t result_writer_ram_bytes = 0;
+  // A CUDA plan's CPU fallback, used when the GPU warper cannot start: its
+  // RAM (writer included) and warp tile. Zero for CPU plans.
+  StageMemory warp_cpu_fallback;
+  int64_t warp_cpu_tile_size = 0;
+  uint64_t result_writer_cpu_ram_bytes = 0;
 
   std::vector<std::string> reasons;
 };
 
-// Errors: InvalidArgument (bad specs/options), ResourceExhausted when even
-// the smallest registration copy / tile size cannot fit, with the numbers.
+// The whole plan of a job: registration size, output grid, warp device and
+// tiles, the result's stream tiles (from `stream_tile_size`, the daemon's
+// --stream_tile_size) and every stage's memory. Errors: InvalidArgument (bad
+// specs/options, a stream tile edge TileGrid refuses), ResourceExhausted
+// when even the smallest registration copy / tile size cannot fit, with the
+// numbers.
 absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
-                              const JobOptions& options,
-                              const Budgets& budgets);
+                              const JobOptions& options, const Budgets& budgets,
+                              int64_t stream_tile_size = 512);
+
+// Most bytes of samples in one streamed tile: with the tile's other fields a
+// message stays below gRPC's default 4 MiB receive limit.
+constexpr uint64_t kMaxTileDataBytes = 3584ull << 10;  // 3.5 MiB
+
+// The stream tile edge for `requested` (a valid TileGrid edge) and this
+// pixel type: `requested`, or the largest multiple of 16 whose tile fits
+// kMaxTileDataBytes.
+int64_t StreamTileEdge(int64_t requested, const ImageSpec& pixel);
+
+// Re-derives the plan's stream tiles for another requested edge (a daemon
+// restarted with another --stream_tile_size) and the writer's memory.
+void SetStreamTiles(int64_t requested_edge, const ImageSpec& moving,
+                    Plan* plan);
 
 // RAM the tiled TIFF writer holds for stream tiles that a warp tile covers
 // only partly: zero when warp tiles line up with stream tiles (or the warp

@@ -11,14 +11,15 @@ namespace {
 uint64_t RamBudget(const HardwareSnapshot& hw, const ResourceFlags& f) {
   return f.ram_bytes != 0
              ? f.ram_bytes
-             : static_cast<uint64_t>(0.8 * static_cast<double>(
-                                               hw.ram_available_bytes));
+             : static_cast<uint64_t>(
+                   0.8 * static_cast<double>(hw.ram_available_bytes));
 }
 
 uint64_t VramBudget(const GpuInfo& gpu, const ResourceFlags& f) {
-  return f.vram_bytes != 0 ? f.vram_bytes
-                           : static_cast<uint64_t>(
-                                 0.9 * static_cast<double>(gpu.vram_free_bytes));
+  return f.vram_bytes != 0
+             ? f.vram_bytes
+             : static_cast<uint64_t>(0.9 *
+                                     static_cast<double>(gpu.vram_free_bytes));
 }
 
 const GpuInfo* FindGpu(const HardwareSnapshot& hw, int ordinal) {
@@ -38,9 +39,8 @@ absl::StatusOr<ResourceConfig> MakeResourceConfig(const HardwareSnapshot& hw,
   const int cores = std::max(1, hw.cpu_cores);
   rc.elastix_threads =
       flags.elastix_threads > 0 ? flags.elastix_threads : std::min(4, cores);
-  rc.cpu_slots = flags.cpu_slots > 0
-                     ? flags.cpu_slots
-                     : std::max(1, cores / rc.elastix_threads);
+  rc.cpu_slots = flags.cpu_slots > 0 ? flags.cpu_slots
+                                     : std::max(1, cores / rc.elastix_threads);
   const DeviceSelection& sel = flags.devices;
   if (sel.preference == DevicePreference::kCpu) return rc;
   if (sel.gpus.empty()) {
@@ -61,22 +61,23 @@ absl::StatusOr<ResourceConfig> MakeResourceConfig(const HardwareSnapshot& hw,
   return rc;
 }
 
-Budgets PlanningBudgets(const HardwareSnapshot& hw, const ResourceConfig& rc) {
+Budgets PlanningBudgets(const HardwareSnapshot& hw, const ResourceFlags& flags,
+                        const std::vector<int>& managed_gpus) {
   Budgets b;
-  b.ram_bytes = RamBudget(hw, rc.flags);
+  b.ram_bytes = RamBudget(hw, flags);
   b.cpu_threads = std::max(1, hw.cpu_cores);
   const GpuInfo* best = nullptr;
-  for (int ordinal : rc.gpu_ordinals) {
+  for (int ordinal : managed_gpus) {
     const GpuInfo* g = FindGpu(hw, ordinal);
-    if (g != nullptr && (best == nullptr ||
-                         g->vram_free_bytes > best->vram_free_bytes)) {
+    if (g != nullptr &&
+        (best == nullptr || g->vram_free_bytes > best->vram_free_bytes)) {
       best = g;
     }
   }
   if (best != nullptr) {
     b.has_gpu = true;
     b.gpu_name = best->name;
-    b.vram_bytes = VramBudget(*best, rc.flags);
+    b.vram_bytes = VramBudget(*best, flags);
   }
   return b;
 }

@@ -7,9 +7,11 @@
 //
 //   ResourceFlags flags;                     // from --ram_budget, --device...
 //   REGSERVE_ASSIGN_OR_RETURN(ResourceConfig rc,
-//                             MakeResourceConfig(probe->Probe().value(), flags));
+//                             MakeResourceConfig(probe->Probe().value(),
+//                             flags));
 //   ResourceScheduler scheduler(rc.scheduler, probe);
-//   Budgets now = PlanningBudgets(fresh_snapshot, rc);   // per job
+//   Budgets now = PlanningBudgets(fresh_snapshot, rc.flags,
+//                                 rc.gpu_ordinals);        // per job
 //
 // Rules: RAM is 80% of what the system reports available unless
 // --ram_budget; each managed GPU's VRAM is 90% of its free memory unless
@@ -57,7 +59,8 @@ absl::StatusOr<ResourceConfig> MakeResourceConfig(const HardwareSnapshot& hw,
 // Budgets for planning a job now, from a fresh snapshot: the same RAM rule,
 // and the VRAM of the managed GPU with the most free memory (the scheduler
 // may place the warp there). No managed GPU: CPU only.
-Budgets PlanningBudgets(const HardwareSnapshot& hw, const ResourceConfig& rc);
+Budgets PlanningBudgets(const HardwareSnapshot& hw, const ResourceFlags& flags,
+                        const std::vector<int>& managed_gpus);
 
 }  // namespace regserve
 

@@ -1,0 +1,93 @@
+// Copyright regserve authors.
+//
+// Decode: reads the fixed image, makes its grayscale registration copy and
+// frees it; then the moving image (kept for the warp, in pinned memory when
+// the warp runs on CUDA) and its copy. Memory: Plan::decode.
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/common/status_macros.h"
+#include "core/jobs/stage_runner.h"
+
+namespace regserve {
+namespace {
+
+class DecodeStage final : public PipelineStage {
+ public:
+  explicit DecodeStage(const StageServices* services) : s_(*services) {}
+  std::optional<Stage> stage() const override { return Stage::kDecode; }
+
+  absl::Status Run(JobRun* run, StageHost* host) override {
+    const Plan& plan = run->rec.info.plan;
+    REGSERVE_ASSIGN_OR_RETURN(
+        Reservation r,
+        host->Acquire(Lane::kCpu, plan.decode.ram_bytes, 0, "decode"));
+    host->Started(Stage::kDecode);
+    const absl::Time start = absl::Now();
+    for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
+      host->Progress(Stage::kDecode, role == ImageRole::kFixed ? 0.0 : 0.5,
+                     absl::StrCat("reading the ", RoleName(role), " image"));
+      REGSERVE_RETURN_IF_ERROR(DecodeOne(role, run));
+    }
+    host->Progress(Stage::kDecode, 1.0, "decoded");
+    host->Finished(Stage::kDecode, start);
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status DecodeOne(ImageRole role, JobRun* run) {
+    const JobRecord& rec = run->rec;
+    const Plan& plan = rec.info.plan;
+    const bool is_fixed = role == ImageRole::kFixed;
+    REGSERVE_ASSIGN_OR_RETURN(std::string path, InputPathFor(s_, rec, role));
+    ReadOptions ro;
+    ro.max_bytes = plan.decode.ram_bytes;
+    ro.max_pixels = s_.max_pixels;
+    ro.threads = s_.threads;
+    // The moving image feeds the CUDA warp: pinned memory uploads faster.
+    if (!is_fixed && plan.warp_device == WarpDevice::kCuda) {
+      ro.allocator = PinnedHostAllocator();
+    }
+    const std::string name = absl::StrCat("the ", RoleName(role), " image");
+    absl::StatusOr<Image> image = ReadImageFile(path, ro);
+    if (!image.ok()) {
+      const absl::Status s = WithoutPath(image.status(), path, name);
+      return absl::Status(s.code(),
+                          absl::StrCat("decoding ", name, ": ", s.message()));
+    }
+    const ImageSpec& want = is_fixed ? rec.fixed_spec : rec.moving_spec;
+    const ImageSpec& got = image->spec();
+    if (got.width != want.width || got.height != want.height ||
+        got.channels != want.channels || got.type != want.type) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(name, " changed since submission (now ",
+                       got.DebugString(), ", was ", want.DebugString(), ")"));
+    }
+    REGSERVE_RETURN_IF_ERROR(run->cancel->Check());
+    absl::StatusOr<Image> gray =
+        MakeGrayscaleCopy(*image,
+                          is_fixed ? plan.registration_fixed_width
+                                   : plan.registration_moving_width,
+                          is_fixed ? plan.registration_fixed_height
+                                   : plan.registration_moving_height,
+                          s_.threads);
+    if (!gray.ok()) {
+      return absl::Status(
+          gray.status().code(),
+          absl::StrCat("making the ", RoleName(role),
+                       " registration copy: ", gray.status().message()));
+    }
+    (is_fixed ? run->fixed_gray : run->moving_gray) = *std::move(gray);
+    if (!is_fixed) run->moving = *std::move(image);  // the fixed one is freed
+    return absl::OkStatus();
+  }
+
+  const StageServices& s_;
+};
+
+}  // namespace
+
+std::unique_ptr<PipelineStage> MakeDecodeStage(const StageServices* services) {
+  return std::make_unique<DecodeStage>(services);
+}
+
+}  // namespace regserve

@@ -1,0 +1,41 @@
+// Copyright regserve authors.
+//
+// JobStageHost: what a running stage may ask of the job manager.
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/common/status_macros.h"
+#include "core/jobs/job_manager_impl.h"
+
+namespace regserve {
+namespace jobs_internal {
+
+void JobStageHost::Registered(const std::string& transform_dir,
+                              std::vector<std::string> transform_files,
+                              const RegistrationResult& result) {
+  const Plan& plan = rec_.info.plan;
+  absl::MutexLock lock(&m_->mu_);
+  JobInfo& info = job_->rec.info;
+  info.registration_metric = result.final_metric;
+  info.transform_dir = transform_dir;
+  info.transform_files = std::move(transform_files);
+  if (m_->options_.observer != nullptr) {
+    m_->options_.observer->OnRegistered(
+        plan.registration_fixed_width * plan.registration_fixed_height +
+            plan.registration_moving_width * plan.registration_moving_height,
+        result.iterations, result.final_metric);
+  }
+}
+
+void JobStageHost::Warped(const ImageSpec& output, const WarpStats& stats) {
+  (void)stats;
+  absl::MutexLock lock(&m_->mu_);
+  JobInfo& info = job_->rec.info;
+  info.output = output;
+  if (m_->options_.observer != nullptr) {
+    m_->options_.observer->OnWarped(output.width * output.height);
+  }
+}
+
+}  // namespace jobs_internal
+}  // namespace regserve

@@ -1,0 +1,114 @@
+// Copyright regserve authors.
+//
+// Registration: runs elastix (and transformix for the field) on the
+// grayscale copies, then keeps a self-contained copy of the transform files
+// in the job directory. Memory: Plan::registration.
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "core/common/file_util.h"
+#include "core/common/status_macros.h"
+#include "core/jobs/stage_runner.h"
+
+namespace regserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+class RegistrationStage final : public PipelineStage {
+ public:
+  explicit RegistrationStage(const StageServices* services) : s_(*services) {}
+  std::optional<Stage> stage() const override { return Stage::kRegistration; }
+
+  absl::Status Run(JobRun* run, StageHost* host) override {
+    const JobRecord& rec = run->rec;
+    REGSERVE_ASSIGN_OR_RETURN(
+        Reservation r,
+        host->Acquire(Lane::kCpu, rec.info.plan.registration.ram_bytes, 0,
+                      "registration"));
+    host->Started(Stage::kRegistration);
+    const absl::Time start = absl::Now();
+    RegistrationRequest req = Request(*run);
+    RemoveAllQuietly(req.work_dir);
+    req.on_progress = [host](const RegistrationProgress& p) {
+      host->Progress(Stage::kRegistration, p.fraction, p.message, &p,
+                     /*force=*/false);
+    };
+    absl::StatusOr<RegistrationResult> result = s_.register_fn(req, s_.elastix);
+    if (!result.ok()) {
+      const absl::Status s =
+          WithoutPath(result.status(), run->dir.path(), "the job directory");
+      return absl::Status(s.code(),
+                          absl::StrCat("registration: ", s.message()));
+    }
+    run->reg = *std::move(result);
+    run->fixed_gray = Image();
+    run->moving_gray = Image();
+    std::vector<std::string> copied;
+    REGSERVE_RETURN_IF_ERROR(
+        CopyTransformFiles(req.work_dir, run->dir.transform(),
+                           run->reg.transform_parameter_files, &copied));
+    RemoveAllQuietly(req.work_dir);
+    host->Registered(run->dir.transform(), std::move(copied), run->reg);
+    host->Progress(
+        Stage::kRegistration, 1.0,
+        absl::StrFormat("registered: final metric %.6g, %d iterations",
+                        run->reg.final_metric, run->reg.iterations));
+    host->Finished(Stage::kRegistration, start);
+    return absl::OkStatus();
+  }
+
+ private:
+  RegistrationRequest Request(const JobRun& run) const {
+    const JobRecord& rec = run.rec;
+    RegistrationRequest req;
+    req.work_dir = run.dir.registration();
+    req.fixed = &run.fixed_gray;
+    req.moving = &run.moving_gray;
+    req.fixed_full_width = rec.fixed_spec.width;
+    req.fixed_full_height = rec.fixed_spec.height;
+    req.moving_full_width = rec.moving_spec.width;
+    req.moving_full_height = rec.moving_spec.height;
+    req.transform = rec.info.spec.options.transform;
+    req.custom_parameters = rec.info.spec.custom_parameters;
+    req.threads = s_.threads;
+    req.timeout = s_.registration_timeout;
+    req.cancel = run.cancel;
+    return req;
+  }
+
+  // Chained files name their predecessor by absolute path: the copies point
+  // at each other, so the transform directory stands alone.
+  absl::Status CopyTransformFiles(const std::string& work_dir,
+                                  const std::string& transform_dir,
+                                  const std::vector<std::string>& files,
+                                  std::vector<std::string>* copied) const {
+    std::error_code ec;
+    fs::remove_all(transform_dir, ec);
+    fs::create_directories(transform_dir, ec);
+    if (ec) return WriteErrnoToStatus(ec.value(), "creating", transform_dir);
+    for (const std::string& file : files) {
+      REGSERVE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(file));
+      text = absl::StrReplaceAll(text, {{work_dir + "/", transform_dir + "/"}});
+      const std::string dest =
+          absl::StrCat(transform_dir, "/", fs::path(file).filename().string());
+      REGSERVE_RETURN_IF_ERROR(s_.fs->WriteFileAtomic(dest, text));
+      copied->push_back(dest);
+    }
+    return absl::OkStatus();
+  }
+
+  const StageServices& s_;
+};
+
+}  // namespace
+
+std::unique_ptr<PipelineStage> MakeRegistrationStage(
+    const StageServices* services) {
+  return std::make_unique<RegistrationStage>(services);
+}
+
+}  // namespace regserve

@@ -1,0 +1,178 @@
+// Copyright regserve authors.
+//
+// Warp: resamples the full-resolution moving image through the field into
+// the fixed frame, on the GPU the scheduler placed it on (falling back to
+// the CPU when that GPU's warper cannot start), and writes the tiles to the
+// partial result. Memory: Plan::warp, or Plan::warp_cpu_fallback.
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "core/common/status_macros.h"
+#include "core/jobs/stage_runner.h"
+
+namespace regserve {
+namespace {
+
+class WarpStage final : public PipelineStage {
+ public:
+  explicit WarpStage(const StageServices* services) : s_(*services) {}
+  std::optional<Stage> stage() const override { return Stage::kWarp; }
+
+  absl::Status Run(JobRun* run, StageHost* host) override {
+    const Plan& plan = run->rec.info.plan;
+    const bool cuda = plan.warp_device == WarpDevice::kCuda;
+    REGSERVE_ASSIGN_OR_RETURN(
+        Reservation r,
+        host->Acquire(cuda ? Lane::kGpu : Lane::kCpu, plan.warp.ram_bytes,
+                      plan.warp.vram_bytes, "warp"));
+    host->Started(Stage::kWarp);
+    const absl::Time start = absl::Now();
+    WarperPool::Lease lease;
+    std::unique_ptr<Warper> cpu;
+    Warper* warper = nullptr;
+    if (cuda) {
+      const int ordinal = OrdinalOf(r);
+      lease = s_.warpers->AcquireCuda(ordinal);
+      if (lease.ok()) {
+        warper = lease.warper();
+      } else {
+        REGSERVE_ASSIGN_OR_RETURN(
+            r, FallBack(plan, ordinal, lease, std::move(r), host));
+      }
+    }
+    if (warper == nullptr) {
+      REGSERVE_ASSIGN_OR_RETURN(cpu, s_.warpers->CreateCpu());
+      warper = cpu.get();
+    }
+    absl::StatusOr<WarpStats> stats = WarpInto(run, warper, host);
+    if (lease.ok() && r.gpu() >= 0) {
+      // Before the reservation goes: what the warper keeps cached on its
+      // GPU is ours, not another process's, for the next admission there.
+      s_.scheduler->SetRetainedVram(r.gpu(), warper->retained_device_bytes());
+    }
+    lease = WarperPool::Lease();
+    if (!stats.ok()) return stats.status();
+    r.Release();
+    run->moving = Image();
+    host->Progress(Stage::kWarp, 1.0,
+                   absl::StrCat("warped on ", stats->device, " in ",
+                                absl::StrFormat("%.2f", stats->seconds), " s"),
+                   nullptr, /*force=*/true);
+    host->Finished(Stage::kWarp, start);
+    return absl::OkStatus();
+  }
+
+ private:
+  int OrdinalOf(const Reservation& r) const {
+    const auto& ordinals = s_.scheduler->config().gpu_ordinals;
+    const int index = std::max(0, r.gpu());
+    return index < static_cast<int>(ordinals.size()) ? ordinals[index] : index;
+  }
+
+  // The GPU's warper is unavailable: trade the GPU reservation for the CPU
+  // warp's planned memory.
+  absl::StatusOr<Reservation> FallBack(const Plan& plan, int ordinal,
+                                       const WarperPool::Lease& lease,
+                                       Reservation gpu, StageHost* host) {
+    gpu.Release();
+    const std::string reason = absl::StrCat(
+        "CUDA warper for GPU ", ordinal, " unavailable (",
+        lease.failure().message(), "); warping on the CPU instead");
+    host->AddPlanReason(reason);
+    host->Progress(Stage::kWarp, 0.0, reason);
+    if (plan.warp_cpu_fallback.ram_bytes == 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          reason, ", but the CPU warp does not fit the RAM budget"));
+    }
+    return host->Acquire(Lane::kCpu, plan.warp_cpu_fallback.ram_bytes, 0,
+                         "warp (cpu fallback)");
+  }
+
+  absl::StatusOr<WarpStats> WarpInto(JobRun* run, Warper* warper,
+                                     StageHost* host);
+  WarpOptions Options(const JobRun& run, bool cpu) const;
+
+  const StageServices& s_;
+};
+
+WarpOptions WarpStage::Options(const JobRun& run, bool cpu) const {
+  const JobRecord& rec = run.rec;
+  const Plan& plan = rec.info.plan;
+  WarpOptions wo;
+  wo.interpolation = rec.info.spec.options.interpolation;
+  wo.fill_value = rec.info.spec.fill_value;
+  wo.tile_size = cpu && plan.warp_device == WarpDevice::kCuda
+                     ? plan.warp_cpu_tile_size
+                     : plan.tile_size;
+  if (!rec.info.spec.options.output_full_resolution) {
+    // The registration copy's pixel centres, per axis (its width and height
+    // are rounded separately, so the two factors differ slightly).
+    const double fx = static_cast<double>(rec.fixed_spec.width) /
+                      static_cast<double>(plan.registration_fixed_width);
+    const double fy = static_cast<double>(rec.fixed_spec.height) /
+                      static_cast<double>(plan.registration_fixed_height);
+    wo.output_origin_x = (fx - 1.0) / 2.0;
+    wo.output_origin_y = (fy - 1.0) / 2.0;
+    wo.output_spacing_x = fx;
+    wo.output_spacing_y = fy;
+  }
+  wo.cpu_threads = s_.threads;
+  wo.cancel = run.cancel;
+  return wo;
+}
+
+absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
+                                              StageHost* host) {
+  const Plan& plan = run->rec.info.plan;
+  ImageSpec out;
+  out.width = plan.output_width;
+  out.height = plan.output_height;
+  out.channels = run->moving.channels();
+  out.type = run->moving.type();
+  const std::string partial = run->dir.partial_result();
+  RemoveQuietly(partial);
+  RemoveQuietly(run->dir.result());
+  REGSERVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<TiledTiffWriter> writer,
+      OpenTiledTiffWriter(partial, out,
+                          static_cast<int>(plan.stream_tile_size)));
+  const double total = static_cast<double>(out.width) * out.height;
+  double done = 0;
+  int64_t tiles = 0;
+  const bool on_cpu = warper->device() == WarpDevice::kCpu;
+  absl::StatusOr<WarpStats> stats = warper->Warp(
+      run->moving, run->reg.field, out.width, out.height, Options(*run, on_cpu),
+      [&](const TileRect& rect, const Image& tile) -> absl::Status {
+        REGSERVE_RETURN_IF_ERROR(writer->WriteRegion(rect.x, rect.y, tile));
+        done += static_cast<double>(rect.w) * static_cast<double>(rect.h);
+        ++tiles;
+        host->Progress(Stage::kWarp, done / total,
+                       absl::StrFormat("warped %d tiles (%.0f%%)", tiles,
+                                       100.0 * done / total),
+                       nullptr, /*force=*/false);
+        return absl::OkStatus();
+      });
+  absl::Status closed =
+      stats.ok() ? writer->Close() : absl::Status(stats.status());
+  writer.reset();
+  if (!closed.ok()) {
+    RemoveQuietly(partial);
+    const absl::Status s = WithoutPath(closed, partial, "the result");
+    return absl::Status(
+        s.code(), absl::StrCat(stats.ok() ? "writing the result: " : "warp: ",
+                               s.message()));
+  }
+  run->result_written = true;
+  host->Warped(out, *stats);
+  return stats;
+}
+
+}  // namespace
+
+std::unique_ptr<PipelineStage> MakeWarpStage(const StageServices* services) {
+  return std::make_unique<WarpStage>(services);
+}
+
+}  // namespace regserve
