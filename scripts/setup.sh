@@ -35,6 +35,8 @@ PACKAGES=(
   # fuzzing (tests/fuzz/run_fuzzers.sh): clang with libFuzzer and the
   # sanitizer runtimes (clang-14 / libclang-rt-14-dev on Debian 12)
   clang libclang-rt-dev
+  # CI habits (scripts/check_format.sh): the formatter the style was checked with
+  clang-format
 )
 
 # REGSERVE_SETUP_SKIP="pkg ..." leaves packages out (the Dockerfile skips
