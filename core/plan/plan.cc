@@ -274,41 +274,53 @@ void PlanOutput(const ImageSpec& fixed, const JobOptions& options,
   }
 }
 
-// The warp's device and tile size, and its memory on each.
-absl::Status PlanWarp(const ImageSpec& moving, const JobOptions& options,
-                      const Budgets& budgets, const RegSize& reg,
-                      Plan* plan_out) {
-  Plan& plan = *plan_out;
-  auto estimate = [&](int64_t tile, WarpDevice device) {
-    return EstimateWarpMemory(moving, plan.output_width, plan.output_height,
-                              reg.fw, reg.fh, tile, device);
-  };
-  auto ram_for = [&](const WarpMemoryEstimate& e) {
+// The warp's memory for a device and tile size, for the plan's output size
+// and registration copy.
+struct WarpSizer {
+  const ImageSpec& moving;
+  const Budgets& budgets;
+  const RegSize& reg;
+  int64_t output_width;
+  int64_t output_height;
+
+  WarpMemoryEstimate Estimate(int64_t tile, WarpDevice device) const {
+    return EstimateWarpMemory(moving, output_width, output_height, reg.fw,
+                              reg.fh, tile, device);
+  }
+  // The warp holds the moving image and the field besides its own buffers.
+  uint64_t RamFor(const WarpMemoryEstimate& e) const {
     return moving.bytes() + e.host_bytes +
            static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);
-  };
+  }
+  bool Fits(const WarpMemoryEstimate& e, WarpDevice device) const {
+    return RamFor(e) <= budgets.ram_bytes &&
+           (device == WarpDevice::kCpu || e.device_bytes <= budgets.vram_bytes);
+  }
   // Largest tile (0 = one pass) that fits both budgets on `device`.
-  auto choose_tile = [&](WarpDevice device, int64_t* tile) {
-    const WarpMemoryEstimate one = estimate(0, device);
-    if (ram_for(one) <= budgets.ram_bytes &&
-        (device == WarpDevice::kCpu ||
-         one.device_bytes <= budgets.vram_bytes)) {
+  bool ChooseTile(WarpDevice device, int64_t* tile) const {
+    if (Fits(Estimate(0, device), device)) {
       *tile = 0;
       return true;
     }
     for (int64_t t : kTileCandidates) {
-      if (t >= std::max(plan.output_width, plan.output_height)) continue;
-      const WarpMemoryEstimate e = estimate(t, device);
-      if (ram_for(e) <= budgets.ram_bytes &&
-          (device == WarpDevice::kCpu ||
-           e.device_bytes <= budgets.vram_bytes)) {
+      if (t >= std::max(output_width, output_height)) continue;
+      if (Fits(Estimate(t, device), device)) {
         *tile = t;
         return true;
       }
     }
     return false;
-  };
+  }
+};
 
+// Places the warp on the GPU when the options allow it and it fits there.
+// Returns false when the warp goes to the CPU (with the reason in the plan
+// unless device=cpu asked for it).
+absl::StatusOr<bool> PlaceWarpOnGpu(const WarpSizer& sizer,
+                                    const JobOptions& options, int64_t* tile,
+                                    Plan* plan_out) {
+  Plan& plan = *plan_out;
+  const Budgets& budgets = sizer.budgets;
   const bool want_cuda = options.device == DevicePreference::kCuda;
   const bool may_cuda = options.device != DevicePreference::kCpu;
   if (want_cuda && !budgets.has_gpu) {
@@ -316,71 +328,94 @@ absl::Status PlanWarp(const ImageSpec& moving, const JobOptions& options,
         "device=cuda was requested but this server has no usable GPU; use "
         "device=auto or device=cpu");
   }
-  int64_t tile = 0;
-  bool placed = false;
-  if (may_cuda && budgets.has_gpu) {
-    if (choose_tile(WarpDevice::kCuda, &tile)) {
-      plan.warp_device = WarpDevice::kCuda;
-      placed = true;
-      const WarpMemoryEstimate one = estimate(0, WarpDevice::kCuda);
-      if (tile == 0) {
-        plan.reasons.push_back(absl::StrFormat(
-            "warping %dx%d in one pass on the GPU (%s): needs %s of VRAM, "
-            "budget %s",
-            plan.output_width, plan.output_height, budgets.gpu_name,
-            Mb(one.device_bytes), Mb(budgets.vram_bytes)));
-      } else {
-        plan.reasons.push_back(absl::StrFormat(
-            "warping %dx%d on the GPU (%s) in %dx%d tiles: one pass would "
-            "need %s of VRAM, budget %s",
-            plan.output_width, plan.output_height, budgets.gpu_name, tile, tile,
-            Mb(one.device_bytes), Mb(budgets.vram_bytes)));
-      }
-    } else if (want_cuda) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the warp does not fit the VRAM budget of ", Mb(budgets.vram_bytes),
-          " even with ", kTileCandidates[std::size(kTileCandidates) - 1],
-          " px tiles; raise --vram_budget or use device=cpu"));
+  if (!may_cuda || !budgets.has_gpu) {
+    if (options.device == DevicePreference::kAuto ||
+        options.device == DevicePreference::kUnspecified) {
+      plan.reasons.push_back("no GPU available: warping on the CPU");
+    }
+    return false;
+  }
+  if (sizer.ChooseTile(WarpDevice::kCuda, tile)) {
+    plan.warp_device = WarpDevice::kCuda;
+    const WarpMemoryEstimate one = sizer.Estimate(0, WarpDevice::kCuda);
+    if (*tile == 0) {
+      plan.reasons.push_back(absl::StrFormat(
+          "warping %dx%d in one pass on the GPU (%s): needs %s of VRAM, "
+          "budget %s",
+          plan.output_width, plan.output_height, budgets.gpu_name,
+          Mb(one.device_bytes), Mb(budgets.vram_bytes)));
     } else {
-      plan.reasons.push_back(absl::StrCat(
-          "the GPU's VRAM budget of ", Mb(budgets.vram_bytes),
-          " cannot hold even the smallest warp tile; falling back to the CPU"));
+      plan.reasons.push_back(absl::StrFormat(
+          "warping %dx%d on the GPU (%s) in %dx%d tiles: one pass would "
+          "need %s of VRAM, budget %s",
+          plan.output_width, plan.output_height, budgets.gpu_name, *tile, *tile,
+          Mb(one.device_bytes), Mb(budgets.vram_bytes)));
     }
-  } else if (options.device == DevicePreference::kAuto ||
-             options.device == DevicePreference::kUnspecified) {
-    plan.reasons.push_back("no GPU available: warping on the CPU");
+    return true;
   }
-  if (!placed) {
-    if (!choose_tile(WarpDevice::kCpu, &tile)) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the RAM budget of ", Mb(budgets.ram_bytes),
-                       " cannot hold the warp: the moving image alone is ",
-                       Mb(moving.bytes()), "; raise --ram_budget"));
-    }
-    plan.warp_device = WarpDevice::kCpu;
-    plan.reasons.push_back(
-        tile == 0 ? absl::StrFormat("warping %dx%d in one pass on the CPU",
-                                    plan.output_width, plan.output_height)
-                  : absl::StrFormat(
-                        "warping %dx%d on the CPU in %dx%d tiles to fit the "
-                        "RAM budget of %s",
-                        plan.output_width, plan.output_height, tile, tile,
-                        Mb(budgets.ram_bytes)));
+  if (want_cuda) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the warp does not fit the VRAM budget of ", Mb(budgets.vram_bytes),
+        " even with ", kTileCandidates[std::size(kTileCandidates) - 1],
+        " px tiles; raise --vram_budget or use device=cpu"));
   }
+  plan.reasons.push_back(absl::StrCat(
+      "the GPU's VRAM budget of ", Mb(budgets.vram_bytes),
+      " cannot hold even the smallest warp tile; falling back to the CPU"));
+  return false;
+}
+
+absl::Status PlaceWarpOnCpu(const WarpSizer& sizer, int64_t* tile,
+                            Plan* plan_out) {
+  Plan& plan = *plan_out;
+  if (!sizer.ChooseTile(WarpDevice::kCpu, tile)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the RAM budget of ", Mb(sizer.budgets.ram_bytes),
+                     " cannot hold the warp: the moving image alone is ",
+                     Mb(sizer.moving.bytes()), "; raise --ram_budget"));
+  }
+  plan.warp_device = WarpDevice::kCpu;
+  plan.reasons.push_back(
+      *tile == 0 ? absl::StrFormat("warping %dx%d in one pass on the CPU",
+                                   plan.output_width, plan.output_height)
+                 : absl::StrFormat(
+                       "warping %dx%d on the CPU in %dx%d tiles to fit the "
+                       "RAM budget of %s",
+                       plan.output_width, plan.output_height, *tile, *tile,
+                       Mb(sizer.budgets.ram_bytes)));
+  return absl::OkStatus();
+}
+
+// The warp's memory on its device and, for a GPU warp, on the CPU it falls
+// back to if the GPU warper cannot start.
+void RecordWarpMemory(const WarpSizer& sizer, int64_t tile, Plan* plan_out) {
+  Plan& plan = *plan_out;
   plan.tile_size = tile;
-  const WarpMemoryEstimate w = estimate(tile, plan.warp_device);
-  plan.warp.ram_bytes = ram_for(w);
+  const WarpMemoryEstimate w = sizer.Estimate(tile, plan.warp_device);
+  plan.warp.ram_bytes = sizer.RamFor(w);
   plan.warp.vram_bytes =
       plan.warp_device == WarpDevice::kCuda ? w.device_bytes : 0;
   if (plan.warp_device == WarpDevice::kCuda) {
-    // If the GPU warper cannot start, the job warps on the CPU instead.
     int64_t cpu_tile = 0;
-    if (choose_tile(WarpDevice::kCpu, &cpu_tile)) {
+    if (sizer.ChooseTile(WarpDevice::kCpu, &cpu_tile)) {
       plan.warp_cpu_fallback.ram_bytes =
-          ram_for(estimate(cpu_tile, WarpDevice::kCpu));
+          sizer.RamFor(sizer.Estimate(cpu_tile, WarpDevice::kCpu));
       plan.warp_cpu_tile_size = cpu_tile;
     }
   }
+}
+
+// The warp's device and tile size, and its memory on each.
+absl::Status PlanWarp(const ImageSpec& moving, const JobOptions& options,
+                      const Budgets& budgets, const RegSize& reg,
+                      Plan* plan_out) {
+  const WarpSizer sizer{moving, budgets, reg, plan_out->output_width,
+                        plan_out->output_height};
+  int64_t tile = 0;
+  REGSERVE_ASSIGN_OR_RETURN(const bool on_gpu,
+                            PlaceWarpOnGpu(sizer, options, &tile, plan_out));
+  if (!on_gpu) REGSERVE_RETURN_IF_ERROR(PlaceWarpOnCpu(sizer, &tile, plan_out));
+  RecordWarpMemory(sizer, tile, plan_out);
   return absl::OkStatus();
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/common/status_macros.h"
 #include "core/registration/registration.h"
 
 namespace regserve {
@@ -340,138 +341,172 @@ const std::vector<std::string>& ComponentsMissingFromDebianBuild() {
   return *kList;
 }
 
+namespace {
+
+// The one file key that is allowed: it must say there is no initial
+// transform.
+absl::Status CheckInitialTransform(const ParameterEntry& e,
+                                   absl::string_view src) {
+  if (e.values.size() != 1 || e.values[0] != "NoInitialTransform") {
+    return LineError(e.line, src,
+                     "InitialTransformParametersFileName must be "
+                     "\"NoInitialTransform\" (chained transforms are "
+                     "given as several parameter files instead)");
+  }
+  return absl::OkStatus();
+}
+
+// Keys that name files, directories or paths, or write extra files.
+absl::Status CheckFileKeys(const ParameterEntry& e, absl::string_view src) {
+  const std::string& key = e.key;
+  for (absl::string_view bad :
+       {"Path", "Directory", "FileName", "Filename", "File", "Folder"}) {
+    if (absl::StrContains(key, bad)) {
+      return LineError(e.line, src,
+                       absl::StrCat("key '", key,
+                                    "' names a file or directory, which "
+                                    "parameter files sent to the server may "
+                                    "not do"));
+    }
+  }
+  if (absl::StartsWith(key, "Write") && key != "WriteResultImage") {
+    for (const std::string& v : e.values) {
+      if (v != "false") {
+        return LineError(e.line, src,
+                         absl::StrCat("key '", key,
+                                      "' writes extra files; only \"false\" "
+                                      "is accepted"));
+      }
+    }
+  }
+  if (key == "ResultImageFormat") {
+    if (e.values.size() != 1 || (e.values[0] != "mhd" && e.values[0] != "nii" &&
+                                 e.values[0] != "tif")) {
+      return LineError(e.line, src,
+                       "ResultImageFormat must be \"mhd\", \"nii\" or "
+                       "\"tif\"");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Checks every value of any key: finite numbers, no paths, no control
+// characters.
+absl::Status CheckValues(const ParameterEntry& e, absl::string_view src) {
+  for (const std::string& v : e.values) {
+    // "nan" and "inf" parse as numbers but slip past every bound (NaN
+    // compares false), and elastix casts them to integers.
+    double d;
+    if (absl::SimpleAtod(v, &d) && !std::isfinite(d)) {
+      return LineError(
+          e.line, src,
+          absl::StrCat(e.key, ": value '", v, "' is not a finite number"));
+    }
+    if (v.find('/') != std::string::npos || v.find('\\') != std::string::npos ||
+        v.find("..") != std::string::npos) {
+      return LineError(e.line, src,
+                       absl::StrCat("value '", v,
+                                    "' contains '/', '\\' or '..'; paths "
+                                    "are not accepted"));
+    }
+    for (char c : v) {
+      if (static_cast<unsigned char>(c) < 0x20) {
+        return LineError(e.line, src, "control character in a value");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Component names must be quoted, installed and supported by the server.
+absl::Status CheckComponents(const ParameterEntry& e, absl::string_view src) {
+  if (!IsComponentKey(e.key)) return absl::OkStatus();
+  for (size_t i = 0; i < e.values.size(); ++i) {
+    const std::string& v = e.values[i];
+    if (!e.quoted[i]) {
+      return LineError(e.line, src, "component names must be quoted");
+    }
+    if (Contains(ComponentsMissingFromDebianBuild(), v)) {
+      return LineError(
+          e.line, src,
+          absl::StrCat(
+              "component '", v,
+              "' is not installed in this elastix build "
+              "(Debian 12 elastix 5.0.1); components it lacks: ",
+              absl::StrJoin(ComponentsMissingFromDebianBuild(), ", ")));
+    }
+    if (!Contains(SupportedComponents(), v)) {
+      return LineError(
+          e.line, src,
+          absl::StrCat("component '", v,
+                       "' is unknown or needs inputs the server does not "
+                       "provide (masks, point sets, image stacks); "
+                       "supported: ",
+                       absl::StrJoin(SupportedComponents(), ", ")));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The resource bounds of kBounds and kSpacingBounds.
+absl::Status CheckBounds(const ParameterEntry& e, absl::string_view src) {
+  const std::string& key = e.key;
+  for (const NumericBound& b : kBounds) {
+    if (key != b.key) continue;
+    for (size_t i = 0; i < e.values.size(); ++i) {
+      double d;
+      if (e.quoted[i] || !absl::SimpleAtod(e.values[i], &d) || d < b.min ||
+          d > b.max) {
+        return LineError(e.line, src,
+                         absl::StrCat(key, " must be a number in [", b.min,
+                                      ", ", b.max, "]"));
+      }
+    }
+  }
+  for (const SpacingBound& b : kSpacingBounds) {
+    if (key != b.key) continue;
+    for (size_t i = 0; i < e.values.size(); ++i) {
+      double d;
+      if (e.quoted[i] || !absl::SimpleAtod(e.values[i], &d)) {
+        return LineError(e.line, src,
+                         absl::StrCat(key, " must be unquoted numbers"));
+      }
+      if (d < b.min) {
+        return LineError(
+            e.line, src,
+            absl::StrCat(key, " value ", e.values[i],
+                         " is too small: the smallest accepted is ", b.min,
+                         ", because ", b.why));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// All checks of one entry, in the order their errors take precedence.
+absl::Status ValidateEntry(const ParameterEntry& e, absl::string_view src) {
+  if (e.key == "InitialTransformParametersFileName") {
+    return CheckInitialTransform(e, src);
+  }
+  REGSERVE_RETURN_IF_ERROR(CheckFileKeys(e, src));
+  REGSERVE_RETURN_IF_ERROR(CheckValues(e, src));
+  REGSERVE_RETURN_IF_ERROR(CheckComponents(e, src));
+  return CheckBounds(e, src);
+}
+
+}  // namespace
+
 absl::Status ValidateParameterText(absl::string_view text) {
   auto parsed = ParseParameterText(text);
   if (!parsed.ok()) return parsed.status();
   // Re-split the text so errors can quote the offending line.
   std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
-  auto source = [&](const ParameterEntry& e) -> absl::string_view {
-    if (e.line >= 1 && static_cast<size_t>(e.line) <= lines.size()) {
-      return absl::StripAsciiWhitespace(lines[e.line - 1]);
-    }
-    return e.key;
-  };
   for (const ParameterEntry& e : parsed->entries()) {
-    const std::string& key = e.key;
-    absl::string_view src = source(e);
-    // Keys that name files, directories or paths.
-    if (key == "InitialTransformParametersFileName") {
-      if (e.values.size() != 1 || e.values[0] != "NoInitialTransform") {
-        return LineError(e.line, src,
-                         "InitialTransformParametersFileName must be "
-                         "\"NoInitialTransform\" (chained transforms are "
-                         "given as several parameter files instead)");
-      }
-      continue;
-    }
-    for (absl::string_view bad :
-         {"Path", "Directory", "FileName", "Filename", "File", "Folder"}) {
-      if (absl::StrContains(key, bad)) {
-        return LineError(e.line, src,
-                         absl::StrCat("key '", key,
-                                      "' names a file or directory, which "
-                                      "parameter files sent to the server may "
-                                      "not do"));
-      }
-    }
-    if (absl::StartsWith(key, "Write") && key != "WriteResultImage") {
-      for (const std::string& v : e.values) {
-        if (v != "false") {
-          return LineError(e.line, src,
-                           absl::StrCat("key '", key,
-                                        "' writes extra files; only \"false\" "
-                                        "is accepted"));
-        }
-      }
-    }
-    if (key == "ResultImageFormat") {
-      if (e.values.size() != 1 ||
-          (e.values[0] != "mhd" && e.values[0] != "nii" &&
-           e.values[0] != "tif")) {
-        return LineError(e.line, src,
-                         "ResultImageFormat must be \"mhd\", \"nii\" or "
-                         "\"tif\"");
-      }
-    }
-    for (size_t i = 0; i < e.values.size(); ++i) {
-      const std::string& v = e.values[i];
-      // "nan" and "inf" parse as numbers but slip past every bound (NaN
-      // compares false), and elastix casts them to integers.
-      double d;
-      if (absl::SimpleAtod(v, &d) && !std::isfinite(d)) {
-        return LineError(
-            e.line, src,
-            absl::StrCat(key, ": value '", v, "' is not a finite number"));
-      }
-      if (v.find('/') != std::string::npos ||
-          v.find('\\') != std::string::npos ||
-          v.find("..") != std::string::npos) {
-        return LineError(e.line, src,
-                         absl::StrCat("value '", v,
-                                      "' contains '/', '\\' or '..'; paths "
-                                      "are not accepted"));
-      }
-      for (char c : v) {
-        if (static_cast<unsigned char>(c) < 0x20) {
-          return LineError(e.line, src, "control character in a value");
-        }
-      }
-    }
-    if (IsComponentKey(key)) {
-      for (size_t i = 0; i < e.values.size(); ++i) {
-        const std::string& v = e.values[i];
-        if (!e.quoted[i]) {
-          return LineError(e.line, src, "component names must be quoted");
-        }
-        if (Contains(ComponentsMissingFromDebianBuild(), v)) {
-          return LineError(
-              e.line, src,
-              absl::StrCat(
-                  "component '", v,
-                  "' is not installed in this elastix build "
-                  "(Debian 12 elastix 5.0.1); components it lacks: ",
-                  absl::StrJoin(ComponentsMissingFromDebianBuild(), ", ")));
-        }
-        if (!Contains(SupportedComponents(), v)) {
-          return LineError(
-              e.line, src,
-              absl::StrCat("component '", v,
-                           "' is unknown or needs inputs the server does not "
-                           "provide (masks, point sets, image stacks); "
-                           "supported: ",
-                           absl::StrJoin(SupportedComponents(), ", ")));
-        }
-      }
-    }
-    for (const NumericBound& b : kBounds) {
-      if (key != b.key) continue;
-      for (size_t i = 0; i < e.values.size(); ++i) {
-        double d;
-        if (e.quoted[i] || !absl::SimpleAtod(e.values[i], &d) || d < b.min ||
-            d > b.max) {
-          return LineError(e.line, src,
-                           absl::StrCat(key, " must be a number in [", b.min,
-                                        ", ", b.max, "]"));
-        }
-      }
-    }
-    for (const SpacingBound& b : kSpacingBounds) {
-      if (key != b.key) continue;
-      for (size_t i = 0; i < e.values.size(); ++i) {
-        double d;
-        if (e.quoted[i] || !absl::SimpleAtod(e.values[i], &d)) {
-          return LineError(e.line, src,
-                           absl::StrCat(key, " must be unquoted numbers"));
-        }
-        if (d < b.min) {
-          return LineError(
-              e.line, src,
-              absl::StrCat(key, " value ", e.values[i],
-                           " is too small: the smallest accepted is ", b.min,
-                           ", because ", b.why));
-        }
-      }
-    }
+    const absl::string_view src =
+        e.line >= 1 && static_cast<size_t>(e.line) <= lines.size()
+            ? absl::StripAsciiWhitespace(lines[e.line - 1])
+            : absl::string_view(e.key);
+    REGSERVE_RETURN_IF_ERROR(ValidateEntry(e, src));
   }
   return absl::OkStatus();
 }

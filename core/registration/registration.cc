@@ -1,6 +1,7 @@
 // Copyright regserve authors.
 #include "core/registration/registration.h"
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <system_error>
@@ -123,17 +124,8 @@ absl::Status ElastixFailure(const ProcessResult& run,
       "elastix failed with exit code ", run.exit_code, ": ", what));
 }
 
-}  // namespace
-
-absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
-                                            const ElastixConfig& config) {
-  return Register(request, config, ProcessRunner::Default());
-}
-
-absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
-                                            const ElastixConfig& config,
-                                            ProcessRunner* runner) {
-  // --- Validate the request.
+absl::Status ValidateRequest(const RegistrationRequest& request,
+                             const ProcessRunner* runner) {
   if (runner == nullptr) {
     return absl::InvalidArgumentError("registration: no process runner");
   }
@@ -156,18 +148,30 @@ absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
   if (request.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("registration: timeout must be positive");
   }
-  const bool custom = !request.custom_parameters.empty();
   if (request.custom_parameters.size() > kMaxCustomFiles) {
     return absl::InvalidArgumentError(absl::StrCat(
         "registration: at most ", kMaxCustomFiles, " parameter files, got ",
         request.custom_parameters.size()));
   }
+  return absl::OkStatus();
+}
+
+// The parameter files elastix runs, in order, and the schedule of each (for
+// the progress the log parser reports).
+struct StagePlan {
+  std::vector<ParameterFile> files;
+  std::vector<StageSchedule> schedules;
+};
+
+// Validates custom parameter files (a preset needs no validation), parses
+// them and forces the output settings the server relies on.
+absl::StatusOr<StagePlan> PrepareStages(const RegistrationRequest& request,
+                                        bool custom) {
   std::vector<std::string> texts =
       custom ? request.custom_parameters
              : PresetParameters(request.transform, request.fixed->width(),
                                 request.fixed->height());
-  std::vector<ParameterFile> files;
-  std::vector<StageSchedule> schedules;
+  StagePlan stages;
   for (size_t i = 0; i < texts.size(); ++i) {
     if (custom) {
       absl::Status valid = ValidateParameterText(texts[i]);
@@ -179,148 +183,222 @@ absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
     }
     REGSERVE_ASSIGN_OR_RETURN(ParameterFile file, ParseParameterText(texts[i]));
     ForceOutputSettings(&file);
-    schedules.push_back(ScheduleFromParameters(file));
-    files.push_back(std::move(file));
+    stages.schedules.push_back(ScheduleFromParameters(file));
+    stages.files.push_back(std::move(file));
   }
-  const absl::Time deadline = absl::Now() + request.timeout;
-  if (request.cancel != nullptr)
-    REGSERVE_RETURN_IF_ERROR(request.cancel->Check());
+  return stages;
+}
 
-  // --- Write the inputs.
+// A copy pixel's spacing is its size in full-resolution pixels, so the
+// elastix transform works in full-resolution pixel units.
+std::array<double, 2> SpacingOf(const Image& copy, int64_t full_width,
+                                int64_t full_height) {
+  return {static_cast<double>(full_width) / copy.width(),
+          static_cast<double>(full_height) / copy.height()};
+}
+
+// The centre of the first copy pixel, in full-resolution pixel coordinates.
+std::array<double, 2> OriginOf(const std::array<double, 2>& spacing) {
+  return {(spacing[0] - 1.0) / 2.0, (spacing[1] - 1.0) / 2.0};
+}
+
+// Writes the images and parameter files into the (cleaned) work directory;
+// returns the elastix command line that reads them.
+absl::StatusOr<std::vector<std::string>> WriteElastixInputs(
+    const RegistrationRequest& request, const ElastixConfig& config,
+    const std::vector<ParameterFile>& files) {
   const std::string& dir = request.work_dir;
   REGSERVE_RETURN_IF_ERROR(PrepareWorkDir(dir));
-  const Image& fixed = *request.fixed;
-  const Image& moving = *request.moving;
-  std::array<double, 2> fixed_spacing = {
-      static_cast<double>(request.fixed_full_width) / fixed.width(),
-      static_cast<double>(request.fixed_full_height) / fixed.height()};
-  std::array<double, 2> moving_spacing = {
-      static_cast<double>(request.moving_full_width) / moving.width(),
-      static_cast<double>(request.moving_full_height) / moving.height()};
-  auto origin_of = [](const std::array<double, 2>& s) {
-    return std::array<double, 2>{(s[0] - 1.0) / 2.0, (s[1] - 1.0) / 2.0};
-  };
+  const std::array<double, 2> fixed_spacing = SpacingOf(
+      *request.fixed, request.fixed_full_width, request.fixed_full_height);
+  const std::array<double, 2> moving_spacing = SpacingOf(
+      *request.moving, request.moving_full_width, request.moving_full_height);
   const std::string fixed_path = dir + "/fixed.mhd";
   const std::string moving_path = dir + "/moving.mhd";
-  REGSERVE_RETURN_IF_ERROR(WriteMetaImage(fixed_path, fixed, fixed_spacing,
-                                          origin_of(fixed_spacing)));
-  REGSERVE_RETURN_IF_ERROR(WriteMetaImage(moving_path, moving, moving_spacing,
-                                          origin_of(moving_spacing)));
-  std::vector<std::string> elastix_argv = {
+  REGSERVE_RETURN_IF_ERROR(WriteMetaImage(
+      fixed_path, *request.fixed, fixed_spacing, OriginOf(fixed_spacing)));
+  REGSERVE_RETURN_IF_ERROR(WriteMetaImage(
+      moving_path, *request.moving, moving_spacing, OriginOf(moving_spacing)));
+  std::vector<std::string> argv = {
       config.elastix_path, "-f", fixed_path, "-m", moving_path, "-out", dir};
   for (size_t i = 0; i < files.size(); ++i) {
     std::string p = absl::StrCat(dir, "/p", i, ".txt");
     REGSERVE_RETURN_IF_ERROR(WriteText(p, files[i].ToText()));
-    elastix_argv.push_back("-p");
-    elastix_argv.push_back(p);
+    argv.push_back("-p");
+    argv.push_back(p);
   }
-  elastix_argv.push_back("-threads");
-  elastix_argv.push_back(absl::StrCat(request.threads));
+  argv.push_back("-threads");
+  argv.push_back(absl::StrCat(request.threads));
+  return argv;
+}
 
-  // --- Run elastix, reporting progress (throttled to ~10 per second, plus
-  // every stage/resolution change).
-  ElastixLogParser parser(schedules);
-  absl::Time last_report = absl::InfinitePast();
-  int last_stage = -1;
-  int last_resolution = -1;
-  ProcessOptions elastix;
-  elastix.argv = elastix_argv;
-  elastix.working_dir = dir;
-  elastix.pid_file = dir + "/child.pid";
-  elastix.cancel = request.cancel;
-  elastix.deadline = deadline;
-  elastix.on_line = [&](absl::string_view line) {
-    if (!parser.Consume(line) || !request.on_progress) return;
-    const RegistrationProgress& p = parser.progress();
+// The settings elastix and transformix share: run in the work directory,
+// leave a pid file there for KillStaleChild, honour cancel and deadline.
+ProcessOptions ChildOptions(const RegistrationRequest& request,
+                            std::vector<std::string> argv,
+                            absl::Time deadline) {
+  ProcessOptions options;
+  options.argv = std::move(argv);
+  options.working_dir = request.work_dir;
+  options.pid_file = request.work_dir + "/child.pid";
+  options.cancel = request.cancel;
+  options.deadline = deadline;
+  return options;
+}
+
+// Feeds elastix's output to the log parser and forwards its progress,
+// throttled to ~10 reports per second plus every stage/resolution change.
+class ProgressForwarder {
+ public:
+  ProgressForwarder(const RegistrationRequest& request,
+                    ElastixLogParser* parser)
+      : request_(request), parser_(parser) {}
+
+  void OnLine(absl::string_view line) {
+    if (!parser_->Consume(line) || !request_.on_progress) return;
+    const RegistrationProgress& p = parser_->progress();
     absl::Time now = absl::Now();
-    if (p.stage != last_stage || p.resolution != last_resolution ||
-        now - last_report >= absl::Milliseconds(100)) {
-      last_stage = p.stage;
-      last_resolution = p.resolution;
-      last_report = now;
-      request.on_progress(p);
+    if (p.stage != last_stage_ || p.resolution != last_resolution_ ||
+        now - last_report_ >= absl::Milliseconds(100)) {
+      last_stage_ = p.stage;
+      last_resolution_ = p.resolution;
+      last_report_ = now;
+      request_.on_progress(p);
     }
+  }
+
+ private:
+  const RegistrationRequest& request_;
+  ElastixLogParser* const parser_;
+  absl::Time last_report_ = absl::InfinitePast();
+  int last_stage_ = -1;
+  int last_resolution_ = -1;
+};
+
+// Runs elastix and fills the result's transform files, metric, iterations
+// and resource use.
+absl::Status RunElastix(const RegistrationRequest& request,
+                        std::vector<std::string> argv, absl::Time deadline,
+                        size_t num_files, bool custom, ProcessRunner* runner,
+                        ElastixLogParser* parser, RegistrationResult* result) {
+  const std::string& dir = request.work_dir;
+  ProcessOptions elastix = ChildOptions(request, std::move(argv), deadline);
+  ProgressForwarder progress(request, parser);
+  elastix.on_line = [&progress](absl::string_view line) {
+    progress.OnLine(line);
   };
-  auto elastix_run = runner->Run(elastix);
-  if (!elastix_run.ok()) {
-    if (absl::IsDeadlineExceeded(elastix_run.status())) {
+  auto run = runner->Run(elastix);
+  if (!run.ok()) {
+    if (absl::IsDeadlineExceeded(run.status())) {
       return absl::DeadlineExceededError(absl::StrCat(
           "registration did not finish within its time limit (",
           absl::FormatDuration(request.timeout), "); elastix was at ",
-          parser.progress().message, ". ", elastix_run.status().message()));
+          parser->progress().message, ". ", run.status().message()));
     }
-    return elastix_run.status();
+    return run.status();
   }
-  if (elastix_run->exit_code != 0 || elastix_run->term_signal != 0) {
-    return ElastixFailure(*elastix_run, parser, custom, dir);
+  if (run->exit_code != 0 || run->term_signal != 0) {
+    return ElastixFailure(*run, *parser, custom, dir);
   }
-  RegistrationResult result;
-  for (size_t i = 0; i < files.size(); ++i) {
+  for (size_t i = 0; i < num_files; ++i) {
     std::string tp = absl::StrCat(dir, "/TransformParameters.", i, ".txt");
     std::error_code ec;
     if (!fs::exists(tp, ec)) {
       return absl::InternalError(
           absl::StrCat("elastix exited 0 but did not write '", tp,
-                       "'; last output: ", TailText(elastix_run->tail, 5)));
+                       "'; last output: ", TailText(run->tail, 5)));
     }
-    result.transform_parameter_files.push_back(tp);
+    result->transform_parameter_files.push_back(tp);
   }
-  result.final_metric = parser.final_metric();
-  result.iterations = parser.total_iterations();
-  result.elastix_seconds = elastix_run->seconds;
-  result.elastix_peak_rss_bytes = elastix_run->peak_rss_bytes;
+  result->final_metric = parser->final_metric();
+  result->iterations = parser->total_iterations();
+  result->elastix_seconds = run->seconds;
+  result->elastix_peak_rss_bytes = run->peak_rss_bytes;
+  return absl::OkStatus();
+}
 
-  // --- Run transformix for the dense deformation field.
-  ProcessOptions transformix;
-  transformix.argv = {config.transformix_path,
-                      "-def",
-                      "all",
-                      "-out",
-                      dir,
-                      "-tp",
-                      result.transform_parameter_files.back(),
-                      "-threads",
-                      absl::StrCat(request.threads)};
-  transformix.working_dir = dir;
-  transformix.pid_file = dir + "/child.pid";
-  transformix.cancel = request.cancel;
-  transformix.deadline = deadline;
-  auto transformix_run = runner->Run(transformix);
-  if (!transformix_run.ok()) {
-    if (absl::IsDeadlineExceeded(transformix_run.status())) {
+// Runs transformix on the last stage's transform for the dense deformation
+// field, and reads the field back into the result.
+absl::Status RunTransformix(const RegistrationRequest& request,
+                            const ElastixConfig& config, absl::Time deadline,
+                            ProcessRunner* runner, RegistrationResult* result) {
+  const std::string& dir = request.work_dir;
+  const ProcessOptions transformix =
+      ChildOptions(request,
+                   {config.transformix_path, "-def", "all", "-out", dir, "-tp",
+                    result->transform_parameter_files.back(), "-threads",
+                    absl::StrCat(request.threads)},
+                   deadline);
+  auto run = runner->Run(transformix);
+  if (!run.ok()) {
+    if (absl::IsDeadlineExceeded(run.status())) {
       return absl::DeadlineExceededError(
           absl::StrCat("registration did not finish within its time limit (",
                        absl::FormatDuration(request.timeout),
                        ") while transformix computed the deformation field"));
     }
-    return transformix_run.status();
+    return run.status();
   }
-  if (transformix_run->exit_code != 0 || transformix_run->term_signal != 0) {
+  if (run->exit_code != 0 || run->term_signal != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "transformix failed (exit code ", transformix_run->exit_code,
-        ", signal ", transformix_run->term_signal,
-        "): ", TailText(transformix_run->tail, 5)));
+        "transformix failed (exit code ", run->exit_code, ", signal ",
+        run->term_signal, "): ", TailText(run->tail, 5)));
   }
-  result.transformix_seconds = transformix_run->seconds;
-  result.transformix_peak_rss_bytes = transformix_run->peak_rss_bytes;
+  result->transformix_seconds = run->seconds;
+  result->transformix_peak_rss_bytes = run->peak_rss_bytes;
   REGSERVE_ASSIGN_OR_RETURN(
-      result.field, ReadDisplacementField(dir + "/deformationField.mhd"));
-  if (result.field.width != fixed.width() ||
-      result.field.height != fixed.height()) {
+      result->field, ReadDisplacementField(dir + "/deformationField.mhd"));
+  const Image& fixed = *request.fixed;
+  if (result->field.width != fixed.width() ||
+      result->field.height != fixed.height()) {
     return absl::InternalError(
-        absl::StrCat("transformix wrote a ", result.field.width, "x",
-                     result.field.height, " deformation field for a ",
+        absl::StrCat("transformix wrote a ", result->field.width, "x",
+                     result->field.height, " deformation field for a ",
                      fixed.width(), "x", fixed.height(), " fixed image"));
   }
-  if (request.on_progress) {
-    RegistrationProgress done = parser.progress();
-    done.fraction = 1.0;
-    done.metric = result.final_metric;
-    done.message =
-        absl::StrCat("done: ", result.iterations, " iterations, final metric ",
-                     result.final_metric);
-    request.on_progress(done);
-  }
+  return absl::OkStatus();
+}
+
+// The final progress report, with fraction 1 (see RegistrationRequest).
+void ReportDone(const RegistrationRequest& request,
+                const ElastixLogParser& parser,
+                const RegistrationResult& result) {
+  if (!request.on_progress) return;
+  RegistrationProgress done = parser.progress();
+  done.fraction = 1.0;
+  done.metric = result.final_metric;
+  done.message =
+      absl::StrCat("done: ", result.iterations, " iterations, final metric ",
+                   result.final_metric);
+  request.on_progress(done);
+}
+
+}  // namespace
+
+absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
+                                            const ElastixConfig& config) {
+  return Register(request, config, ProcessRunner::Default());
+}
+
+absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
+                                            const ElastixConfig& config,
+                                            ProcessRunner* runner) {
+  REGSERVE_RETURN_IF_ERROR(ValidateRequest(request, runner));
+  const bool custom = !request.custom_parameters.empty();
+  REGSERVE_ASSIGN_OR_RETURN(StagePlan stages, PrepareStages(request, custom));
+  const absl::Time deadline = absl::Now() + request.timeout;
+  if (request.cancel != nullptr)
+    REGSERVE_RETURN_IF_ERROR(request.cancel->Check());
+  REGSERVE_ASSIGN_OR_RETURN(std::vector<std::string> elastix_argv,
+                            WriteElastixInputs(request, config, stages.files));
+  ElastixLogParser parser(stages.schedules);
+  RegistrationResult result;
+  REGSERVE_RETURN_IF_ERROR(RunElastix(request, std::move(elastix_argv),
+                                      deadline, stages.files.size(), custom,
+                                      runner, &parser, &result));
+  REGSERVE_RETURN_IF_ERROR(
+      RunTransformix(request, config, deadline, runner, &result));
+  ReportDone(request, parser, result);
   return result;
 }
 

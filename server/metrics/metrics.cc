@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <exception>
+#include <iterator>
 #include <sstream>
 #include <utility>
 
@@ -189,155 +190,160 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
   return metrics;
 }
 
-Metrics::Metrics(const Options& options)
-    : registry_(std::make_shared<prometheus::Registry>()) {
-  using prometheus::BuildCounter;
-  using prometheus::BuildGauge;
-  using prometheus::BuildHistogram;
-  auto& r = *registry_;
+namespace {
 
-  submitted_ = &BuildCounter()
-                    .Name("regserve_jobs_submitted_total")
-                    .Help(
-                        "Job submissions received (Submit calls that sent "
-                        "a job spec), accepted or not.")
-                    .Register(r)
-                    .Add({});
-  auto& finished = BuildCounter()
-                       .Name("regserve_jobs_finished_total")
-                       .Help(
-                           "Job submissions that ended, by outcome: "
-                           "completed, failed, cancelled, or rejected "
-                           "before a job existed.")
-                       .Register(r);
+// Families with one unlabelled metric: the metric.
+prometheus::Counter* SingleCounter(prometheus::Registry& r,
+                                   const std::string& name,
+                                   const std::string& help) {
+  return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+prometheus::Gauge* SingleGauge(prometheus::Registry& r, const std::string& name,
+                               const std::string& help) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+prometheus::Histogram* SingleHistogram(
+    prometheus::Registry& r, const std::string& name, const std::string& help,
+    const prometheus::Histogram::BucketBoundaries& buckets) {
+  return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(
+      {}, buckets);
+}
+// A family whose metrics are labelled per GPU as GPUs appear (GpuLocked).
+prometheus::Family<prometheus::Gauge>* GpuGaugeFamily(prometheus::Registry& r,
+                                                      const std::string& name,
+                                                      const std::string& help) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(r);
+}
+
+// regserve_jobs_finished_total, one counter per outcome (indexed by it).
+template <size_t N>
+void AddOutcomeCounters(prometheus::Registry& r,
+                        prometheus::Counter* (&finished)[N]) {
+  auto& family = prometheus::BuildCounter()
+                     .Name("regserve_jobs_finished_total")
+                     .Help(
+                         "Job submissions that ended, by outcome: "
+                         "completed, failed, cancelled, or rejected "
+                         "before a job existed.")
+                     .Register(r);
   for (JobOutcome o : kAllOutcomes) {
-    finished_[static_cast<int>(o)] =
-        &finished.Add({{"outcome", std::string(JobOutcomeName(o))}});
+    finished[static_cast<int>(o)] =
+        &family.Add({{"outcome", std::string(JobOutcomeName(o))}});
   }
-  auto& failures = BuildCounter()
-                       .Name("regserve_job_failures_total")
-                       .Help(
-                           "Failed or rejected jobs, by the status code of "
-                           "the failure.")
-                       .Register(r);
-  // Index 0 (kOk) stays null: ReasonIndex never returns it.
-  for (int c = 1; c < kReasons; ++c) {
-    failures_[c] = &failures.Add({{"reason", std::string(kReasonNames[c])}});
-  }
+}
 
-  queue_length_ = &BuildGauge()
-                       .Name("regserve_queue_length")
-                       .Help("Jobs queued, waiting to start.")
-                       .Register(r)
-                       .Add({});
-  auto& running = BuildGauge()
-                      .Name("regserve_jobs_running")
-                      .Help("Jobs currently in each pipeline stage.")
-                      .Register(r);
-  auto& stage_seconds = BuildHistogram()
-                            .Name("regserve_stage_duration_seconds")
-                            .Help("Wall time of finished pipeline stages.")
-                            .Register(r);
+// regserve_job_failures_total, one counter per reason (indexed by
+// ReasonIndex).
+template <size_t N>
+void AddFailureCounters(prometheus::Registry& r,
+                        prometheus::Counter* (&failures)[N]) {
+  static_assert(N <= std::size(kReasonNames));
+  auto& family = prometheus::BuildCounter()
+                     .Name("regserve_job_failures_total")
+                     .Help(
+                         "Failed or rejected jobs, by the status code of "
+                         "the failure.")
+                     .Register(r);
+  // Index 0 (kOk) stays null: ReasonIndex never returns it.
+  for (size_t c = 1; c < N; ++c) {
+    failures[c] = &family.Add({{"reason", std::string(kReasonNames[c])}});
+  }
+}
+
+// The per-stage gauge and histogram (indexed by StageIndex).
+template <size_t N>
+void AddStageMetrics(prometheus::Registry& r, prometheus::Gauge* (&running)[N],
+                     prometheus::Histogram* (&stage_seconds)[N]) {
+  auto& running_family = prometheus::BuildGauge()
+                             .Name("regserve_jobs_running")
+                             .Help("Jobs currently in each pipeline stage.")
+                             .Register(r);
+  auto& seconds_family = prometheus::BuildHistogram()
+                             .Name("regserve_stage_duration_seconds")
+                             .Help("Wall time of finished pipeline stages.")
+                             .Register(r);
   for (Stage s : kAllStages) {
     const int i = StageIndex(s);
     const prometheus::Labels labels{{"stage", std::string(StageLabel(s))}};
-    running_[i] = &running.Add(labels);
-    stage_seconds_[i] = &stage_seconds.Add(labels, StageBuckets());
+    running[i] = &running_family.Add(labels);
+    stage_seconds[i] = &seconds_family.Add(labels, StageBuckets());
   }
-  job_seconds_ = &BuildHistogram()
-                      .Name("regserve_job_duration_seconds")
-                      .Help(
-                          "Wall time of finished jobs, from submission to "
-                          "the terminal event.")
-                      .Register(r)
-                      .Add({}, JobBuckets());
+}
 
-  pixels_registered_ = &BuildCounter()
-                            .Name("regserve_pixels_registered_total")
-                            .Help(
-                                "Pixels of registration copies (fixed + "
-                                "moving) given to elastix.")
-                            .Register(r)
-                            .Add({});
-  pixels_warped_ = &BuildCounter()
-                        .Name("regserve_pixels_warped_total")
-                        .Help("Full-resolution output pixels warped.")
-                        .Register(r)
-                        .Add({});
-  bytes_received_ = &BuildCounter()
-                         .Name("regserve_received_bytes_total")
-                         .Help("Image bytes received from clients.")
-                         .Register(r)
-                         .Add({});
-  bytes_sent_ = &BuildCounter()
-                     .Name("regserve_sent_bytes_total")
-                     .Help("Result tile bytes sent to clients.")
-                     .Register(r)
-                     .Add({});
-
-  ram_budget_ = &BuildGauge()
-                     .Name("regserve_ram_budget_bytes")
-                     .Help("RAM the scheduler may reserve for stages.")
-                     .Register(r)
-                     .Add({});
-  ram_reserved_ = &BuildGauge()
-                       .Name("regserve_ram_reserved_bytes")
-                       .Help("RAM reserved by running stages.")
-                       .Register(r)
-                       .Add({});
-  ram_free_ = &BuildGauge()
-                   .Name("regserve_ram_free_bytes")
-                   .Help(
-                       "RAM available on the machine (or cgroup), as "
-                       "measured at the last scrape.")
-                   .Register(r)
-                   .Add({});
-  stages_waiting_ = &BuildGauge()
-                         .Name("regserve_stages_waiting")
-                         .Help(
-                             "Stages waiting for the scheduler to admit "
-                             "them (RAM, VRAM or a slot).")
-                         .Register(r)
-                         .Add({});
-  vram_budget_family_ = &BuildGauge()
-                             .Name("regserve_vram_budget_bytes")
-                             .Help("VRAM the scheduler may reserve, per GPU.")
-                             .Register(r);
-  vram_reserved_family_ = &BuildGauge()
-                               .Name("regserve_vram_reserved_bytes")
-                               .Help("VRAM reserved by running warps, per GPU.")
-                               .Register(r);
-  vram_free_family_ = &BuildGauge()
-                           .Name("regserve_vram_free_bytes")
-                           .Help(
-                               "Free VRAM per GPU, as measured at the last "
-                               "scrape.")
-                           .Register(r);
-
-  elastix_iterations_ = &BuildCounter()
-                             .Name("regserve_elastix_iterations_total")
-                             .Help(
-                                 "elastix optimizer iterations, all "
-                                 "resolutions and stages.")
-                             .Register(r)
-                             .Add({});
-  final_metric_ = &BuildHistogram()
-                       .Name("regserve_registration_final_metric")
-                       .Help(
-                           "Final elastix metric value per registration "
-                           "(Mattes MI: about -2 good .. 0 none).")
-                       .Register(r)
-                       .Add({}, FinalMetricBuckets());
-
-  BuildGauge()
+void AddBuildInfo(prometheus::Registry& r, const BuildInfo& build) {
+  prometheus::BuildGauge()
       .Name("regserve_build_info")
       .Help("Always 1; labels give the versions regserved was built with.")
       .Register(r)
-      .Add({{"version", options.build.version},
-            {"libtorch", options.build.libtorch},
-            {"cuda", options.build.cuda}})
+      .Add({{"version", build.version},
+            {"libtorch", build.libtorch},
+            {"cuda", build.cuda}})
       .Set(1);
+}
 
+}  // namespace
+
+Metrics::Metrics(const Options& options)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+
+  // Jobs.
+  submitted_ = SingleCounter(r, "regserve_jobs_submitted_total",
+                             "Job submissions received (Submit calls that "
+                             "sent a job spec), accepted or not.");
+  AddOutcomeCounters(r, finished_);
+  AddFailureCounters(r, failures_);
+  queue_length_ =
+      SingleGauge(r, "regserve_queue_length", "Jobs queued, waiting to start.");
+  AddStageMetrics(r, running_, stage_seconds_);
+  job_seconds_ = SingleHistogram(r, "regserve_job_duration_seconds",
+                                 "Wall time of finished jobs, from submission "
+                                 "to the terminal event.",
+                                 JobBuckets());
+
+  // Throughput.
+  pixels_registered_ = SingleCounter(r, "regserve_pixels_registered_total",
+                                     "Pixels of registration copies (fixed + "
+                                     "moving) given to elastix.");
+  pixels_warped_ = SingleCounter(r, "regserve_pixels_warped_total",
+                                 "Full-resolution output pixels warped.");
+  bytes_received_ = SingleCounter(r, "regserve_received_bytes_total",
+                                  "Image bytes received from clients.");
+  bytes_sent_ = SingleCounter(r, "regserve_sent_bytes_total",
+                              "Result tile bytes sent to clients.");
+
+  // Resources.
+  ram_budget_ = SingleGauge(r, "regserve_ram_budget_bytes",
+                            "RAM the scheduler may reserve for stages.");
+  ram_reserved_ = SingleGauge(r, "regserve_ram_reserved_bytes",
+                              "RAM reserved by running stages.");
+  ram_free_ = SingleGauge(r, "regserve_ram_free_bytes",
+                          "RAM available on the machine (or cgroup), as "
+                          "measured at the last scrape.");
+  stages_waiting_ = SingleGauge(r, "regserve_stages_waiting",
+                                "Stages waiting for the scheduler to admit "
+                                "them (RAM, VRAM or a slot).");
+  vram_budget_family_ = GpuGaugeFamily(r, "regserve_vram_budget_bytes",
+                                       "VRAM the scheduler may reserve, per "
+                                       "GPU.");
+  vram_reserved_family_ = GpuGaugeFamily(r, "regserve_vram_reserved_bytes",
+                                         "VRAM reserved by running warps, per "
+                                         "GPU.");
+  vram_free_family_ = GpuGaugeFamily(r, "regserve_vram_free_bytes",
+                                     "Free VRAM per GPU, as measured at the "
+                                     "last scrape.");
+
+  // Registration.
+  elastix_iterations_ = SingleCounter(r, "regserve_elastix_iterations_total",
+                                      "elastix optimizer iterations, all "
+                                      "resolutions and stages.");
+  final_metric_ = SingleHistogram(r, "regserve_registration_final_metric",
+                                  "Final elastix metric value per "
+                                  "registration (Mattes MI: about -2 good .. "
+                                  "0 none).",
+                                  FinalMetricBuckets());
+
+  AddBuildInfo(r, options.build);
   collectable_ = std::make_shared<ScrapeCollectable>(this);
 }
 
