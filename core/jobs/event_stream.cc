@@ -17,6 +17,9 @@ namespace internal {
 
 // Pending live events per reader beyond which progress events are dropped.
 constexpr size_t kMaxPendingEvents = 256;
+// Unread live tiles per reader beyond which it switches to the stored
+// result: a slow reader must not hold the whole image in memory.
+constexpr int kMaxPendingTiles = 8;
 
 struct Subscriber {
   absl::Mutex mu;
@@ -33,6 +36,30 @@ struct Subscriber {
   std::string result_path ABSL_GUARDED_BY(mu);
   TileGrid tiles ABSL_GUARDED_BY(mu);
   int64_t next_tile ABSL_GUARDED_BY(mu) = 0;
+  // Live tiles: taken while in order and the reader keeps up.
+  bool live_tiles ABSL_GUARDED_BY(mu) = true;
+  int pending_tiles ABSL_GUARDED_BY(mu) = 0;
+
+  bool WantsTile(int64_t index) ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    return !closed && !have_terminal && error.ok() && live_tiles &&
+           next_tile == index && pending_tiles < kMaxPendingTiles;
+  }
+
+  void PushTile(const JobEvent& tile) ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    if (closed || have_terminal || !error.ok() || !live_tiles ||
+        tile.tile_index != next_tile) {
+      return;
+    }
+    if (pending_tiles >= kMaxPendingTiles) {
+      live_tiles = false;  // the rest comes from the stored result
+      return;
+    }
+    pending.push_back(tile);
+    ++pending_tiles;
+    ++next_tile;
+  }
 
   bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return closed || shutdown || done || !error.ok() || !pending.empty() ||
@@ -115,6 +142,7 @@ class JobEventStream final : public EventStream {
       if (!sub_->pending.empty()) {
         *event = std::move(sub_->pending.front());
         sub_->pending.pop_front();
+        if (event->kind == JobEvent::Kind::kTile) --sub_->pending_tiles;
         return absl::OkStatus();
       }
       if (!sub_->have_terminal) {
@@ -256,6 +284,17 @@ void JobEvents::Publish(const JobEvent& event) {
                              [](const auto& s) { return s->Closed(); }),
               subs_.end());
   for (const auto& sub : subs_) sub->Push(event);
+}
+
+bool JobEvents::WantsTile(int64_t index) const {
+  for (const auto& sub : subs_) {
+    if (sub->WantsTile(index)) return true;
+  }
+  return false;
+}
+
+void JobEvents::PublishTile(const JobEvent& tile) {
+  for (const auto& sub : subs_) sub->PushTile(tile);
 }
 
 void JobEvents::Finish(const JobEvent& terminal, const JobInfo& info) {

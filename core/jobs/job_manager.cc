@@ -25,7 +25,6 @@
 #include "core/image/image_io.h"
 #include "core/jobs/job_dir.h"
 #include "core/jobs/job_manager_impl.h"
-#include "core/jobs/job_manager_impl.h"
 #include "core/jobs/job_store.h"
 #include "core/jobs/recovery.h"
 #include "core/jobs/spec_validation.h"

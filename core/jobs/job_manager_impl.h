@@ -251,6 +251,8 @@ class JobStageHost final : public StageHost {
   void Registered(const std::string& transform_dir,
                   std::vector<std::string> transform_files,
                   const RegistrationResult& result) override;
+  bool WantsTile(int64_t index) override;
+  void PublishTile(const JobEvent& tile) override;
   void Warped(const ImageSpec& output, const WarpStats& stats) override;
   void Committed(const std::string& path) override {
     absl::MutexLock lock(&m_->mu_);

@@ -27,6 +27,18 @@ void JobStageHost::Registered(const std::string& transform_dir,
   }
 }
 
+bool JobStageHost::WantsTile(int64_t index) {
+  absl::MutexLock lock(&m_->mu_);
+  return job_->events.WantsTile(index);
+}
+
+void JobStageHost::PublishTile(const JobEvent& tile) {
+  absl::MutexLock lock(&m_->mu_);
+  JobEvent ev = tile;
+  ev.job_id = job_->rec.info.id;
+  job_->events.PublishTile(ev);
+}
+
 void JobStageHost::Warped(const ImageSpec& output, const WarpStats& stats) {
   (void)stats;
   absl::MutexLock lock(&m_->mu_);

@@ -70,6 +70,10 @@ class StageHost {
   virtual void Registered(const std::string& transform_dir,
                           std::vector<std::string> transform_files,
                           const RegistrationResult& result) = 0;
+  // Whether a reader waits for result tile `index` now (cheap).
+  virtual bool WantsTile(int64_t index) = 0;
+  // A finished result tile for the readers that wait for it.
+  virtual void PublishTile(const JobEvent& tile) = 0;
   // The warp's outcome, before the result is committed.
   virtual void Warped(const ImageSpec& output, const WarpStats& stats) = 0;
   // The stored result is durable at `path`.

@@ -4,6 +4,7 @@
 // the fixed frame, on the GPU the scheduler placed it on (falling back to
 // the CPU when that GPU's warper cannot start), and writes the tiles to the
 // partial result. Memory: Plan::warp, or Plan::warp_cpu_fallback.
+#include <cstring>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -92,6 +93,8 @@ class WarpStage final : public PipelineStage {
 
   absl::StatusOr<WarpStats> WarpInto(JobRun* run, Warper* warper,
                                      StageHost* host);
+  void StreamBand(const TileGrid& grid, const TileRect& rect, const Image& band,
+                  StageHost* host) const;
   WarpOptions Options(const JobRun& run, bool cpu) const;
 
   const StageServices& s_;
@@ -120,7 +123,44 @@ WarpOptions WarpStage::Options(const JobRun& run, bool cpu) const {
   }
   wo.cpu_threads = s_.threads;
   wo.cancel = run.cancel;
+  // A one-pass CPU warp hands over rows of stream tiles as they are done,
+  // so the first tiles reach readers early.
+  if (cpu && wo.tile_size == 0) wo.band_rows = plan.stream_tile_size;
   return wo;
+}
+
+// The stream tiles that a full-width band of whole tile rows completes, for
+// the readers that wait for them (live streaming while the warp goes on).
+void WarpStage::StreamBand(const TileGrid& grid, const TileRect& rect,
+                           const Image& band, StageHost* host) const {
+  const int64_t edge = grid.edge();
+  if (rect.x != 0 || rect.w != grid.width() || rect.y % edge != 0 ||
+      (rect.h % edge != 0 && rect.y + rect.h != grid.height())) {
+    return;  // not whole rows of stream tiles: readers get the stored ones
+  }
+  const size_t bpp = band.spec().bytes_per_pixel();
+  for (int64_t row = rect.y / edge; row * edge < rect.y + rect.h; ++row) {
+    for (int64_t col = 0; col < grid.cols(); ++col) {
+      const int64_t index = row * grid.cols() + col;
+      if (!host->WantsTile(index)) continue;
+      JobEvent ev;
+      ev.kind = JobEvent::Kind::kTile;
+      ev.stage = Stage::kWarp;
+      ev.tile_index = index;
+      ev.grid = grid;
+      ev.rect = grid.rect(index);
+      ev.channels = band.channels();
+      ev.sample_type = band.type();
+      ev.encoding = TileEncoding::kRaw;
+      const size_t line = static_cast<size_t>(ev.rect.w) * bpp;
+      ev.data.resize(line * static_cast<size_t>(ev.rect.h));
+      for (int64_t y = 0; y < ev.rect.h; ++y) {
+        std::memcpy(&ev.data[static_cast<size_t>(y) * line],
+                    band.row(ev.rect.y - rect.y + y) + ev.rect.x * bpp, line);
+      }
+      host->PublishTile(ev);
+    }
+  }
 }
 
 absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
@@ -138,6 +178,7 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
       std::unique_ptr<TiledTiffWriter> writer,
       OpenTiledTiffWriter(partial, out,
                           static_cast<int>(plan.stream_tile_size)));
+  const TileGrid grid(out.width, out.height, plan.stream_tile_size);
   const double total = static_cast<double>(out.width) * out.height;
   double done = 0;
   int64_t tiles = 0;
@@ -146,6 +187,7 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
       run->moving, run->reg.field, out.width, out.height, Options(*run, on_cpu),
       [&](const TileRect& rect, const Image& tile) -> absl::Status {
         REGSERVE_RETURN_IF_ERROR(writer->WriteRegion(rect.x, rect.y, tile));
+        StreamBand(grid, rect, tile, host);
         done += static_cast<double>(rect.w) * static_cast<double>(rect.h);
         ++tiles;
         host->Progress(Stage::kWarp, done / total,

@@ -149,18 +149,21 @@ WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
 }
 
 std::vector<TileRect> MakeTiles(int64_t out_width, int64_t out_height,
-                                int64_t tile_size) {
+                                int64_t tile_size, int64_t band_rows) {
   std::vector<TileRect> tiles;
   if (tile_size <= 0 || (tile_size >= out_width && tile_size >= out_height)) {
-    tiles.push_back(TileRect{0, 0, out_width, out_height});
+    if (band_rows <= 0 || band_rows >= out_height) {
+      tiles.push_back(TileRect{0, 0, out_width, out_height});
+      return tiles;
+    }
+    for (int64_t y = 0; y < out_height; y += band_rows) {
+      tiles.push_back(
+          TileRect{0, y, out_width, std::min(band_rows, out_height - y)});
+    }
     return tiles;
   }
-  for (int64_t y = 0; y < out_height; y += tile_size) {
-    for (int64_t x = 0; x < out_width; x += tile_size) {
-      tiles.push_back(TileRect{x, y, std::min(tile_size, out_width - x),
-                               std::min(tile_size, out_height - y)});
-    }
-  }
+  const TileGrid grid(out_width, out_height, tile_size);
+  for (int64_t i = 0; i < grid.count(); ++i) tiles.push_back(grid.rect(i));
   return tiles;
 }
 
@@ -408,7 +411,7 @@ class CpuWarper final : public Warper {
     base.src_stride = moving.width();
     const RowFn row_fn = SelectRowFn(base);
     const std::vector<TileRect> tiles =
-        MakeTiles(out_width, out_height, options.tile_size);
+        MakeTiles(out_width, out_height, options.tile_size, options.band_rows);
 
     ImageSpec tile_spec = moving.spec();
     tile_spec.width = tiles[0].w;

@@ -52,6 +52,11 @@ struct WarpOptions {
   double fill_value = 0.0;
   // Square output tile edge in pixels; 0 = one pass over the whole output.
   int64_t tile_size = 0;
+  // One pass on the CPU only: hand the output over in full-width bands of
+  // this many rows, so finished rows can be stored and streamed while the
+  // rest is computed (and only a band is held); 0 = one piece. The samples
+  // do not depend on it.
+  int64_t band_rows = 0;
   // Output grid in fixed full-resolution pixels (see header comment).
   double output_origin_x = 0.0;
   double output_origin_y = 0.0;

@@ -33,9 +33,10 @@ WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
                           const WarpOptions& options);
 
 // Output tiles in row-major order. tile_size 0 (or >= both dimensions) gives
-// one tile covering the whole output.
+// one tile covering the whole output, or, with band_rows > 0, full-width
+// bands of band_rows rows.
 std::vector<TileRect> MakeTiles(int64_t out_width, int64_t out_height,
-                                int64_t tile_size);
+                                int64_t tile_size, int64_t band_rows = 0);
 
 // Runs fn(begin, end) over [0, n) split into up to `threads` contiguous
 // ranges: the first on the calling thread, the others on new threads. A

@@ -120,6 +120,34 @@ TEST(WarpCpuTest, TiledIsBitIdenticalToOnePass) {
   }
 }
 
+TEST(WarpCpuTest, BandsAreBitIdenticalToOnePassAndComeInRowOrder) {
+  auto warper = Cpu();
+  const int64_t w = 97, h = 83;
+  const DisplacementField f = SmoothField(w, h, 9, 7, 6.0, 11);
+  const Image m = RandomImage({90, 88, 3, SampleType::kUInt8}, 5);
+  WarpOptions o;
+  o.cpu_threads = 2;
+  const Image one = WarpToImage(*warper, m, f, w, h, o).value();
+  for (int64_t band : {1, 16, 32, 82, 83, 500}) {
+    o.band_rows = band;
+    WarpStats stats;
+    const Image banded = WarpToImage(*warper, m, f, w, h, o, &stats).value();
+    EXPECT_TRUE(SameBytes(one, banded)) << "band " << band;
+    EXPECT_EQ(stats.tiles, band >= h ? 1 : (h + band - 1) / band);
+    int64_t next_y = 0;
+    absl::StatusOr<WarpStats> s = warper->Warp(
+        m, f, w, h, o, [&](const TileRect& r, const Image&) -> absl::Status {
+          EXPECT_EQ(r.x, 0);
+          EXPECT_EQ(r.w, w);
+          EXPECT_EQ(r.y, next_y);
+          next_y += r.h;
+          return absl::OkStatus();
+        });
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(next_y, h);
+  }
+}
+
 TEST(WarpCpuTest, MatchesNaiveReference) {
   auto warper = Cpu();
   const DisplacementField f = SmoothField(120, 90, 13, 10, 9.0, 5);

@@ -1,0 +1,105 @@
+// Copyright regserve authors.
+//
+// The on-disk job records: round trips and ids.
+#include "core/jobs/job_store.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "core/jobs/job_manager_test_fixture.h"
+
+namespace regserve {
+namespace jobs_test {
+namespace {
+
+TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
+  JobRecord rec;
+  rec.info.id = "0123456789abcdef0123456789abcdef";
+  rec.info.principal = "alice=admin\\x";
+  rec.info.spec.fixed.path = "a/b\nc.tif";
+  rec.info.spec.moving.upload_bytes = 77;
+  rec.info.spec.moving.upload_name = "m.png";
+  rec.info.spec.custom_parameters = {"(A 1)\r\n(B \"x\\y\")\n", ""};
+  rec.info.spec.priority = -3;
+  rec.info.spec.fill_value = 0.1;
+  rec.info.spec.options.transform = TransformKind::kAffine;
+  rec.info.created = absl::FromUnixNanos(1234567890123456789);
+  rec.info.finished = absl::InfinitePast();
+  rec.sequence = 99;
+  rec.info.state = JobState::kFailed;
+  rec.info.stage = Stage::kWarp;
+  rec.info.failure = absl::ResourceExhaustedError("line1\nline2 = x");
+  rec.info.has_plan = true;
+  rec.info.plan.registration_factor = 2.5;
+  rec.info.plan.reasons = {"r1", "r=2\n"};
+  rec.info.plan.warp.vram_bytes = 1ull << 40;
+  rec.info.timings = {{Stage::kDecode, 0.25}, {Stage::kRegistration, 3.5}};
+  rec.info.transform_files = {"/x/TransformParameters.0.txt"};
+  rec.info.output = {10, 20, 3, SampleType::kUInt16};
+  rec.have_input_specs = true;
+  rec.fixed_spec = {100, 50, 1, SampleType::kFloat32};
+  rec.fixed_spec.decode_scratch_bytes = 20000;
+
+  JobRecord back;
+  ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
+  ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
+  EXPECT_EQ(back.info.id, rec.info.id);
+  EXPECT_EQ(back.info.principal, rec.info.principal);
+  EXPECT_EQ(back.info.spec.fixed.path, rec.info.spec.fixed.path);
+  EXPECT_EQ(back.info.spec.moving.upload_bytes, 77u);
+  EXPECT_EQ(back.info.spec.custom_parameters, rec.info.spec.custom_parameters);
+  EXPECT_EQ(back.info.spec.priority, -3);
+  EXPECT_EQ(back.info.spec.fill_value, 0.1);
+  EXPECT_EQ(back.info.spec.options.transform, TransformKind::kAffine);
+  EXPECT_EQ(back.info.created, rec.info.created);
+  EXPECT_EQ(back.info.finished, absl::InfinitePast());
+  EXPECT_EQ(back.sequence, 99u);
+  EXPECT_EQ(back.info.state, JobState::kFailed);
+  EXPECT_EQ(back.info.stage, Stage::kWarp);
+  EXPECT_EQ(back.info.failure, rec.info.failure);
+  EXPECT_EQ(back.info.plan.registration_factor, 2.5);
+  EXPECT_EQ(back.info.plan.reasons, rec.info.plan.reasons);
+  EXPECT_EQ(back.info.plan.warp.vram_bytes, 1ull << 40);
+  ASSERT_EQ(back.info.timings.size(), 2u);
+  EXPECT_EQ(back.info.timings[1].stage, Stage::kRegistration);
+  EXPECT_EQ(back.info.timings[1].seconds, 3.5);
+  EXPECT_EQ(back.info.transform_files, rec.info.transform_files);
+  EXPECT_EQ(back.info.output.type, SampleType::kUInt16);
+  EXPECT_EQ(back.fixed_spec.width, 100);
+  EXPECT_EQ(back.fixed_spec.decode_scratch_bytes, 20000u);
+  EXPECT_EQ(back.moving_spec.decode_scratch_bytes, 0u);
+
+  // A state file from before decode_scratch_bytes existed reads it as
+  // unknown.
+  std::string old_state = EncodeJobState(rec);
+  const size_t at = old_state.find("fixed_spec.decode_scratch_bytes=");
+  ASSERT_NE(at, std::string::npos);
+  old_state.erase(at, old_state.find('\n', at) + 1 - at);
+  ASSERT_OK(DecodeJobState(old_state, &back));
+  EXPECT_EQ(back.fixed_spec.decode_scratch_bytes, 0u);
+  EXPECT_EQ(back.fixed_spec.height, 50);
+
+  // A truncated state file is refused rather than half-read.
+  std::string text = EncodeJobState(rec);
+  EXPECT_EQ(DecodeJobState(text.substr(0, text.size() / 2), &back).code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST(JobStoreTest, JobIdsAreRandomHex) {
+  std::set<std::string> ids;
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<std::string> id = NewJobId();
+    ASSERT_TRUE(id.ok());
+    EXPECT_TRUE(IsValidJobId(*id)) << *id;
+    ids.insert(*id);
+  }
+  EXPECT_EQ(ids.size(), 100u);
+  EXPECT_FALSE(IsValidJobId("../../etc"));
+  EXPECT_FALSE(IsValidJobId("0123456789ABCDEF0123456789abcdef"));
+}
+
+}  // namespace
+}  // namespace jobs_test
+}  // namespace regserve
