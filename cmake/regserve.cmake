@@ -100,3 +100,88 @@ function(regserve_program name)
   endif()
   install(TARGETS ${name} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endfunction()
+
+# libstdc++ first in every executable's DT_NEEDED list. The PyTorch wheel's
+# libraries (built with a toolchain whose libstdc++ is partly static) export
+# their own unversioned copies of libstdc++ functions such as
+# std::filesystem::remove_all. The dynamic linker binds each reference to the
+# first definition in load order, which is the executable's DT_NEEDED order;
+# the compiler driver adds -lstdc++ after every library, so libtorch came
+# first and regserved called torch's copy, which crashed (docs/gpu.md).
+# --no-as-needed keeps the early -lstdc++ even where the linker defaults to
+# --as-needed (Ubuntu); push/pop-state restores whatever was in force.
+# tests/e2e/stdlib_binding_test.cc checks the result.
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
+  add_link_options(
+    "$<$<AND:$<STREQUAL:$<TARGET_PROPERTY:TYPE>,EXECUTABLE>,$<LINK_LANGUAGE:CXX>>:-Wl,--push-state,--no-as-needed,-lstdc++,--pop-state>")
+endif()
+
+# regserve_check_protobuf_target(): call after find_package(Protobuf) and
+# find_package(Torch). A CUDA LibTorch from the PyTorch wheel defines
+# protobuf::libprotobuf as an ALIAS of an empty INTERFACE library ("dummy")
+# when that target does not exist yet; then nothing links libprotobuf (about
+# a thousand undefined references). The top CMakeLists finds Protobuf first,
+# so this only reports; should the target still be empty (another package
+# found first), it is given the library FindProtobuf found.
+function(regserve_check_protobuf_target)
+  if(NOT TARGET protobuf::libprotobuf)
+    message(FATAL_ERROR "regserve: no protobuf::libprotobuf target")
+  endif()
+  get_target_property(real protobuf::libprotobuf ALIASED_TARGET)
+  if(NOT real)
+    set(real protobuf::libprotobuf)
+  endif()
+  get_target_property(type ${real} TYPE)
+  if(NOT type STREQUAL "INTERFACE_LIBRARY")
+    return()
+  endif()
+  get_target_property(libs ${real} INTERFACE_LINK_LIBRARIES)
+  if(libs)
+    return()
+  endif()
+  if(Protobuf_LIBRARY_RELEASE)
+    set(lib "${Protobuf_LIBRARY_RELEASE}")
+  else()
+    set(lib "${Protobuf_LIBRARY}")
+  endif()
+  if(NOT lib)
+    message(FATAL_ERROR "regserve: protobuf::libprotobuf is an empty "
+      "INTERFACE target (${real}) and FindProtobuf found no library")
+  endif()
+  message(STATUS "regserve: protobuf::libprotobuf was an empty INTERFACE "
+    "target (${real}); linking ${lib}")
+  set_property(TARGET ${real} APPEND PROPERTY INTERFACE_LINK_LIBRARIES "${lib}")
+  set_property(TARGET ${real} APPEND PROPERTY INTERFACE_INCLUDE_DIRECTORIES
+    "${Protobuf_INCLUDE_DIR}")
+endfunction()
+
+# regserve_protobuf_headers_first(): call after find_package(Torch) and
+# before add_subdirectory(). The PyTorch wheel's torch/include holds an old
+# copy of google/protobuf; as an imported target's directory it is passed as
+# -isystem, which GCC searches before /usr/include, so every generated .pb.h
+# would see the old headers ("PROTOBUF_LONGLONG was not declared"). Putting
+# /usr/include itself first with -isystem breaks libstdc++'s #include_next,
+# so a directory in the build tree holding only a link `google` to the
+# system's google/ goes ahead of every target's include path instead.
+function(regserve_protobuf_headers_first)
+  file(REAL_PATH "${Protobuf_INCLUDE_DIR}" pb_dir)
+  set(shadowing "")
+  foreach(dir IN LISTS TORCH_INCLUDE_DIRS)
+    if(EXISTS "${dir}/google/protobuf")
+      file(REAL_PATH "${dir}" real_dir)
+      if(NOT real_dir STREQUAL pb_dir)
+        list(APPEND shadowing "${dir}")
+      endif()
+    endif()
+  endforeach()
+  if(NOT shadowing)
+    return()
+  endif()
+  set(first "${PROJECT_BINARY_DIR}/regserve_protobuf_first")
+  file(MAKE_DIRECTORY "${first}")
+  file(REMOVE "${first}/google")
+  file(CREATE_LINK "${pb_dir}/google" "${first}/google" SYMBOLIC)
+  include_directories(BEFORE SYSTEM "${first}")
+  message(STATUS "regserve: ${shadowing} has its own google/protobuf; "
+    "${pb_dir}/google comes first (through ${first})")
+endfunction()
