@@ -6,9 +6,11 @@
 #   link   unpack what was carried in this call, check every package of
 #          debs.txt is there, link them into the system (cp -rsn: only files
 #          Ubuntu lacks; never replaces one), ldconfig
+#   probe  LibTorch's bundled protobuf headers, and the libstdc++ and
+#          protobuf symbols its libraries export (nm -D)
 #   build  configure and build everything (-j$(nproc)) from the committed
-#          source (.gpu-debs/extra/src.tar.gz) in /opt/regserve-build, with
-#          evidence of the libstdc++ binding (readelf, LD_DEBUG, nm)
+#          source (.gpu-debs/extra/src.tar.gz) in /opt/regserve-build, and
+#          where remove_all binds, with and without the fix (LD_DEBUG)
 #   test   ctest -L gpu and stdlib_binding_test; the same test and regserved
 #          relinked without the link-order fix, to show what it catches
 #   small  the ITK brain pair through regserved + regctl, warp on CUDA and
@@ -29,10 +31,10 @@ SRC=/opt/regserve-src
 BUILD=/opt/regserve-build
 WORK=/opt/regserve-work
 RESULTS=/opt/regserve-results.txt   # the table, kept across calls
-mkdir -p "$OUT" "$WORK"
+mkdir -p "$OUT" "$WORK"; touch "$RESULTS"
 T0=$(date +%s)
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(link build test small big)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(link probe build test small big)
 
 step() { echo; echo "=== $* ($(date +%T), +$(( $(date +%s) - T0 )) s)"; }
 result() { printf '| %s | %s |\n' "$1" "$2" | tee -a "$RESULTS"; }
@@ -73,16 +75,8 @@ do_link() {
   touch "$PREFIX/.linked"
 }
 
-do_build() {
-  step "source"
-  if [ -f .gpu-debs/extra/src.tar.gz ]; then
-    rm -rf "$SRC"; mkdir -p "$SRC"; tar -xzf .gpu-debs/extra/src.tar.gz -C "$SRC"
-    echo "commit $(cat .gpu-debs/extra/src.commit 2>/dev/null)"
-  else
-    SRC=$REPO; echo "working tree $REPO"
-  fi
-  TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-  TORCH_DIR=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')
+do_probe() {
+  TORCH_DIR=${TORCH_DIR:-$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')}
   step "LibTorch: bundled protobuf headers and exported libstdc++ symbols"
   grep -h "define GOOGLE_PROTOBUF_VERSION " "$TORCH_DIR"/include/google/protobuf/stubs/common.h \
     "$TORCH_DIR"/include/google/protobuf/port_def.inc 2>/dev/null | head -2
@@ -97,12 +91,29 @@ do_build() {
     [ "$both$pb" != "00" ] && printf '%-28s also in libstdc++: %5d (std::filesystem %d), google::protobuf: %d\n' \
       "$(basename "$so")" "$both" "$fsys" "$pb"
   done
-  grep -l '^' /dev/null >/dev/null
   for so in "$TORCH_DIR"/lib/lib*.so*; do
     nm -D --defined-only "$so" 2>/dev/null | grep -q '_ZNSt10filesystem10remove_allERKNS_7__cxx114pathE$' \
       && nm -D --defined-only "$so" | grep '_ZNSt10filesystem10remove_allERKNS_7__cxx114pathE$' | sed "s|^|$(basename "$so"): |"
   done
-  readelf -V "$TORCH_DIR/lib/libtorch.so" 2>/dev/null | grep -A1 "Version definition" | head -3
+  for so in "$TORCH_DIR"/lib/libtorch.so "$TORCH_DIR"/lib/libtorch_cpu.so; do
+    echo "$(basename "$so"): version definitions: $(readelf -V "$so" | grep -c 'Version definition section');" \
+      "newest GLIBCXX needed: $(readelf -V "$so" | grep -o 'GLIBCXX_3\.4\.[0-9]*' | sort -V | tail -1);" \
+      "built by: $(readelf -p .comment "$so" 2>/dev/null | grep -o 'GCC: .*' | sort -u | head -2 | tr '\n' ' ')"
+    echo "  NEEDED: $(readelf -d "$so" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
+    echo "  weak undefined: $(nm -D --undefined-only "$so" | awk '$1=="w"{print $2}' | tr '\n' ' ' | cut -c1-400)"
+  done
+  echo "torch/include: $(ls "$TORCH_DIR/include" | tr '\n' ' ')"
+}
+
+do_build() {
+  step "source"
+  if [ -f .gpu-debs/extra/src.tar.gz ]; then
+    rm -rf "$SRC"; mkdir -p "$SRC"; tar -xzf .gpu-debs/extra/src.tar.gz -C "$SRC"
+    echo "commit $(cat .gpu-debs/extra/src.commit 2>/dev/null)"
+  else
+    SRC=$REPO; echo "working tree $REPO"
+  fi
+  TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 
   step "configure (the project's CMake, CMAKE_PREFIX_PATH = LibTorch only)"
   local t=$(date +%s)
@@ -121,6 +132,20 @@ do_build() {
   if [ $rc -ne 0 ]; then
     grep -E "error|FAILED|undefined reference" -A4 "$OUT/build.log" | head -80
   fi
+  if [ ! -x "$BUILD/server/regserved" ] && grep -q -- "-Werror" "$OUT/build.log"; then
+    # A warning of this compiler (gcc 13) that Debian's gcc 12 does not
+    # give, under the project's -Werror: record it, and build the copy in
+    # $SRC without -Werror so that the daemon can still be run.
+    echo "warnings that failed the build:"
+    grep -E "error: .*\[-Werror" "$OUT/build.log" | sed 's/.*error: //' | sort | uniq -c | head -20
+    sed -i 's/ -Werror)/)/' "$SRC/cmake/regserve.cmake"
+    cmake "$BUILD" >>"$OUT/configure.log" 2>&1
+    t=$(date +%s)
+    ninja -C "$BUILD" -j "$(nproc)" -k 0 >"$OUT/build2.log" 2>&1
+    rc=$?
+    result "rebuild without -Werror" "rc $rc, $(( $(date +%s) - t )) s"
+    [ $rc -ne 0 ] && grep -E "error|FAILED|undefined reference" -A4 "$OUT/build2.log" | head -60
+  fi
   for b in server/regserved client/regctl tests/e2e/stdlib_binding_test core/warp/warp_gpu_test; do
     [ -x "$BUILD/$b" ] || { echo "missing $b"; exit 1; }
   done
@@ -138,7 +163,7 @@ do_build() {
   readelf -d "$BUILD/server/regserved.nofix" | grep NEEDED | head -4 | sed 's/^/nofix: /'
   for v in "" .nofix; do
     LD_BIND_NOW=1 LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/ldbind$v \
-      "$BUILD/server/regserved$v" --version >/dev/null 2>&1
+      timeout 20 "$BUILD/server/regserved$v" --version >/dev/null 2>&1
     echo "regserved$v: $(grep -h '_ZNSt10filesystem10remove_allERKNS_7__cxx114pathE' /tmp/ldbind$v.* \
       | grep 'binding file .*/regserved' | sed 's/.*to \([^ ]*\) .*/\1/' | head -1)"
     rm -f /tmp/ldbind$v.*
@@ -284,6 +309,7 @@ PY
 for s in "${STEPS[@]}"; do
   case $s in
     link) do_link ;;
+    probe) do_probe ;;
     build) do_build ;;
     test) do_test ;;
     small) do_small ;;
