@@ -18,16 +18,11 @@
 // address in use, ...), 2 for bad flags (including unreadable or malformed
 // TLS and token files, and an unprotected non-loopback --listen).
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,7 +36,6 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/auth/token_store.h"
-#include "core/common/status_macros.h"
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
 #include "core/jobs/job_manager.h"
@@ -50,17 +44,10 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/security/server_credentials.h"
-#include "grpcpp/security/tls_certificate_provider.h"
-#include "grpcpp/security/tls_credentials_options.h"
-#include "openssl/bio.h"
-#include "openssl/err.h"
-#include "openssl/evp.h"
-#include "openssl/pem.h"
-#include "openssl/x509.h"
 #include "server/flag_util.h"
 #include "server/metrics/metrics.h"
 #include "server/registration_service.h"
+#include "server/tls.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to listen on, HOST:PORT. Port 0 picks a free port; the "
@@ -222,141 +209,6 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
-// The contents of the file named by --`flag`.
-absl::StatusOr<std::string> ReadFlagFile(const char* flag,
-                                         const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--", flag, ": cannot read \"", path, "\": ", std::strerror(errno)));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--", flag, ": \"", path, "\" holds no PEM block (-----BEGIN ...)"));
-  }
-  return text.str();
-}
-
-// Secrets should not be readable by other users.
-void WarnIfOthersCanRead(const char* flag, const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) == 0 && (st.st_mode & S_IROTH) != 0) {
-    std::fprintf(stderr,
-                 "regserved: warning: --%s file \"%s\" is readable by every "
-                 "user; chmod o-r it\n",
-                 flag, path.c_str());
-  }
-}
-
-// InvalidArgument unless `cert_pem` starts with a certificate whose public
-// key belongs to `key_pem`: checked here because gRPC would otherwise start
-// and fail every handshake.
-absl::Status CheckKeyMatchesCertificate(const std::string& cert_pem,
-                                        const std::string& key_pem) {
-  // OpenSSL queues an error per failed parse; leave none for gRPC to find.
-  struct ClearErrors {
-    ~ClearErrors() { ERR_clear_error(); }
-  } clear_errors;
-  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
-      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
-      &BIO_free);
-  std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
-      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())),
-      &BIO_free);
-  if (cert_bio == nullptr || key_bio == nullptr) {
-    return absl::ResourceExhaustedError("out of memory reading TLS files");
-  }
-  std::unique_ptr<X509, decltype(&X509_free)> x509(
-      PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr), &X509_free);
-  if (x509 == nullptr) {
-    return absl::InvalidArgumentError(
-        "--tls_cert holds no PEM certificate (\"-----BEGIN "
-        "CERTIFICATE-----\")");
-  }
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(
-      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr),
-      &EVP_PKEY_free);
-  if (pkey == nullptr) {
-    return absl::InvalidArgumentError(
-        "--tls_key holds no unencrypted PEM private key");
-  }
-  if (X509_check_private_key(x509.get(), pkey.get()) != 1) {
-    return absl::InvalidArgumentError(
-        "--tls_key does not match the certificate in --tls_cert (the first "
-        "certificate of the chain must be the server's own)");
-  }
-  return absl::OkStatus();
-}
-
-// The server's transport credentials from the --tls_* flags: TLS (and mutual
-// TLS) or plaintext. InvalidArgument for bad combinations and unreadable
-// files.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
-    std::string* description) {
-  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string key = absl::GetFlag(FLAGS_tls_key);
-  const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (cert.empty() != key.empty()) {
-    return absl::InvalidArgumentError(
-        "--tls_cert and --tls_key go together: give both to turn TLS on");
-  }
-  if (cert.empty()) {
-    if (!client_ca.empty()) {
-      return absl::InvalidArgumentError(
-          "--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is "
-          "TLS)");
-    }
-    *description = "plaintext";
-    return grpc::InsecureServerCredentials();
-  }
-  REGSERVE_ASSIGN_OR_RETURN(const std::string cert_pem,
-                            ReadFlagFile("tls_cert", cert));
-  REGSERVE_ASSIGN_OR_RETURN(const std::string key_pem,
-                            ReadFlagFile("tls_key", key));
-  WarnIfOthersCanRead("tls_key", key);
-  REGSERVE_RETURN_IF_ERROR(CheckKeyMatchesCertificate(cert_pem, key_pem));
-  std::string ca_pem;
-  if (!client_ca.empty()) {
-    REGSERVE_ASSIGN_OR_RETURN(ca_pem, ReadFlagFile("tls_client_ca", client_ca));
-  }
-  const grpc_ssl_client_certificate_request_type request =
-      client_ca.empty()
-          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  *description =
-      client_ca.empty() ? "TLS" : "mutual TLS (client certificates required)";
-  const absl::Duration reload = absl::GetFlag(FLAGS_tls_reload_interval);
-  if (reload > absl::ZeroDuration()) {
-    // gRPC re-reads the files every `reload` and takes up a new key and
-    // certificate only when they match; connections made before keep the
-    // credentials they were made with.
-    const unsigned int seconds = static_cast<unsigned int>(
-        std::max<int64_t>(1, absl::ToInt64Seconds(reload)));
-    using grpc::experimental::FileWatcherCertificateProvider;
-    auto provider = client_ca.empty()
-                        ? std::make_shared<FileWatcherCertificateProvider>(
-                              key, cert, seconds)
-                        : std::make_shared<FileWatcherCertificateProvider>(
-                              key, cert, client_ca, seconds);
-    grpc::experimental::TlsServerCredentialsOptions options(provider);
-    options.watch_identity_key_cert_pairs();
-    if (!client_ca.empty()) options.watch_root_certs();
-    options.set_cert_request_type(request);
-    absl::StrAppend(description, ", files re-read every ",
-                    absl::FormatDuration(absl::Seconds(seconds)));
-    return grpc::experimental::TlsServerCredentials(options);
-  }
-  grpc::SslServerCredentialsOptions ssl(request);
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  pair.cert_chain = cert_pem;
-  pair.private_key = key_pem;
-  ssl.pem_key_cert_pairs.push_back(std::move(pair));
-  ssl.pem_root_certs = ca_pem;
-  return grpc::SslServerCredentials(ssl);
-}
-
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "regserved: the regserve image-registration daemon.\n"
@@ -440,11 +292,14 @@ int Main(int argc, char** argv) {
   }
 
   // Transport security and authentication.
-  std::string transport;
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      MakeCredentials(&transport);
-  if (!credentials.ok()) {
-    return Fail(kExitBadFlags, std::string(credentials.status().message()));
+  TlsFiles tls_files;
+  tls_files.cert = absl::GetFlag(FLAGS_tls_cert);
+  tls_files.key = absl::GetFlag(FLAGS_tls_key);
+  tls_files.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  tls_files.reload_interval = absl::GetFlag(FLAGS_tls_reload_interval);
+  absl::StatusOr<ServerTransport> transport = MakeServerTransport(tls_files);
+  if (!transport.ok()) {
+    return Fail(kExitBadFlags, std::string(transport.status().message()));
   }
   std::unique_ptr<TokenStore> tokens;
   const std::string tokens_path = absl::GetFlag(FLAGS_auth_tokens);
@@ -626,7 +481,8 @@ int Main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, &port);
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), transport->credentials,
+                           &port);
   builder.SetMaxReceiveMessageSize(max_receive);
   builder.SetMaxSendMessageSize(static_cast<int>(max_send));
   builder.RegisterService(&service);
@@ -650,7 +506,7 @@ int Main(int argc, char** argv) {
       stderr,
       "regserved: transport %s; %s; max message %s, upload %s, "
       "image %lld pixels, %d unfinished job(s) per principal%s\n",
-      transport.c_str(),
+      transport->description.c_str(),
       tokens != nullptr
           ? absl::StrCat("bearer tokens required (", tokens->size(), " from ",
                          tokens_path, ")")
