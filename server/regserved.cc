@@ -18,6 +18,9 @@
 // neither TLS nor tokens it refuses non-loopback --listen addresses unless
 // --insecure_listen_any is given.
 //
+// Health: grpc.health.v1 answers SERVING for "" and for
+// "regserve.v1.Registration" until shutdown begins, NOT_SERVING after.
+//
 // Exit codes: 0 after a clean shutdown, 1 when it cannot start (data_dir not
 // writable, address in use, ...), 2 for bad flags (including unreadable or
 // malformed TLS and token files, an unprotected non-loopback --listen, a
@@ -257,6 +260,10 @@ std::unique_ptr<grpc::Server> StartServer(const DaemonConfig& c,
   builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || *port == 0) return nullptr;
+  // "" is SERVING from the start; the service answers by its name as well.
+  // The health service's Shutdown() turns both NOT_SERVING.
+  server->GetHealthCheckService()->SetServingStatus(
+      v1::Registration::service_full_name(), true);
   return server;
 }
 
