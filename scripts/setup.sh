@@ -22,6 +22,9 @@ PACKAGES=(
   # imaging and registration
   libinsighttoolkit5-dev elastix libopenimageio-dev openimageio-tools
   libopencv-core-dev libimath-dev
+  # robust initial alignment (core/registration/robust_start): SIFT, matching,
+  # robust homography fits
+  libopencv-imgproc-dev libopencv-features2d-dev libopencv-calib3d-dev
   # warp engine (CPU build of LibTorch in the distribution)
   libtorch-dev
   # metrics, base library
