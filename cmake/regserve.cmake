@@ -74,6 +74,9 @@ function(regserve_test name)
   target_compile_options(${name} PRIVATE ${REGSERVE_WARNINGS})
   target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gmock
                         GTest::gtest_main)
+  if(REGSERVE_STDLIB_FIRST)
+    target_link_options(${name} PRIVATE "${REGSERVE_STDLIB_FIRST}")
+  endif()
   if(REGSERVE_TSAN)
     target_link_libraries(${name} PRIVATE regserve_tsan_absl)
   endif()
@@ -95,6 +98,9 @@ function(regserve_program name)
   add_executable(${name} ${A_SOURCES})
   target_compile_options(${name} PRIVATE ${REGSERVE_WARNINGS})
   target_link_libraries(${name} PRIVATE ${A_DEPS})
+  if(REGSERVE_STDLIB_FIRST)
+    target_link_options(${name} PRIVATE "${REGSERVE_STDLIB_FIRST}")
+  endif()
   if(REGSERVE_TSAN)
     target_link_libraries(${name} PRIVATE regserve_tsan_absl)
   endif()
@@ -102,18 +108,44 @@ function(regserve_program name)
 endfunction()
 
 # libstdc++ first in every executable's DT_NEEDED list. The PyTorch wheel's
-# libraries (built with a toolchain whose libstdc++ is partly static) export
-# their own unversioned copies of libstdc++ functions such as
-# std::filesystem::remove_all. The dynamic linker binds each reference to the
-# first definition in load order, which is the executable's DT_NEEDED order;
-# the compiler driver adds -lstdc++ after every library, so libtorch came
-# first and regserved called torch's copy, which crashed (docs/gpu.md).
-# --no-as-needed keeps the early -lstdc++ even where the linker defaults to
-# --as-needed (Ubuntu); push/pop-state restores whatever was in force.
-# tests/e2e/stdlib_binding_test.cc checks the result.
+# libtorch.so and libtorch_cpu.so (built by Red Hat's gcc-toolset, whose
+# libstdc++ is partly static) export their own unversioned copies of
+# libstdc++ functions, all of std::filesystem among them. The dynamic linker
+# binds each reference to the first definition in load order, which starts
+# with the executable's DT_NEEDED list; libtorch came first there (the
+# driver adds libstdc++ after every library, and the GPU machine's g++ links
+# no shared libstdc++ at all), so regserved called torch's copy of
+# std::filesystem::remove_all, which crashed (docs/gpu.md). The shared
+# libstdc++ is therefore named by its path at the front of every
+# executable's link line; --no-as-needed keeps it even where the linker
+# defaults to --as-needed, and push/pop-state restores whatever was in
+# force. tests/e2e/stdlib_binding_test.cc checks the result.
+set(REGSERVE_STDLIB_FIRST "")
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
-  add_link_options(
-    "$<$<AND:$<STREQUAL:$<TARGET_PROPERTY:TYPE>,EXECUTABLE>,$<LINK_LANGUAGE:CXX>>:-Wl,--push-state,--no-as-needed,-lstdc++,--pop-state>")
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libstdc++.so
+    OUTPUT_VARIABLE _regserve_stdcxx OUTPUT_STRIP_TRAILING_WHITESPACE
+    ERROR_QUIET)
+  if(NOT IS_ABSOLUTE "${_regserve_stdcxx}" OR NOT EXISTS "${_regserve_stdcxx}")
+    # A compiler without a shared libstdc++ of its own (it links
+    # libstdc++.a): the system's, which is the one loaded at run time.
+    find_library(REGSERVE_LIBSTDCXX_SO NAMES libstdc++.so.6
+      PATHS ${CMAKE_CXX_IMPLICIT_LINK_DIRECTORIES}
+            /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE} /usr/lib/x86_64-linux-gnu
+            /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib)
+    set(_regserve_stdcxx "${REGSERVE_LIBSTDCXX_SO}")
+  endif()
+  if(_regserve_stdcxx)
+    set(REGSERVE_STDLIB_FIRST
+      "-Wl,--push-state,--no-as-needed,${_regserve_stdcxx},--pop-state")
+    message(STATUS "regserve: executables link ${_regserve_stdcxx} first")
+    # Executables made with add_executable directly (benchmarks, tools);
+    # regserve_program and regserve_test add it themselves as well.
+    add_link_options(
+      "$<$<STREQUAL:$<TARGET_PROPERTY:TYPE>,EXECUTABLE>:${REGSERVE_STDLIB_FIRST}>")
+  else()
+    message(WARNING "regserve: no shared libstdc++ found; executables that "
+      "link LibTorch may bind libstdc++ functions to LibTorch's copies")
+  endif()
 endif()
 
 # regserve_check_protobuf_target(): call after find_package(Protobuf) and

@@ -77,6 +77,16 @@ do_link() {
 
 do_probe() {
   TORCH_DIR=${TORCH_DIR:-$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')}
+  step "toolchain"
+  echo "g++: $(command -v g++): $(g++ --version | head -1)"
+  echo "g++ -print-file-name: libstdc++.so -> $(g++ -print-file-name=libstdc++.so), libstdc++.a -> $(g++ -print-file-name=libstdc++.a)"
+  echo "specs mentioning static-libstdc++: $(g++ -dumpspecs | grep -c static-libstdc)"
+  echo "$(cmake --version | head -1); $(ld --version | head -1)"
+  echo 'int main(){}' >/tmp/hello.cc && g++ /tmp/hello.cc -o /tmp/hello && \
+    echo "a plain g++ program needs: $(readelf -d /tmp/hello | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
+  echo '#include <iostream>
+int main(){std::cout<<1;}' >/tmp/hello2.cc && g++ /tmp/hello2.cc -o /tmp/hello2 && \
+    echo "an iostream program needs: $(readelf -d /tmp/hello2 | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
   step "LibTorch: bundled protobuf headers and exported libstdc++ symbols"
   grep -h "define GOOGLE_PROTOBUF_VERSION " "$TORCH_DIR"/include/google/protobuf/stubs/common.h \
     "$TORCH_DIR"/include/google/protobuf/port_def.inc 2>/dev/null | head -2
@@ -151,13 +161,14 @@ do_build() {
   done
 
   step "regserved: DT_NEEDED order and where remove_all binds"
+  echo "link option: $(ninja -C "$BUILD" -t commands server/regserved | tail -1 | grep -o -- '-Wl,--push-state,[^ ]*' | head -1)"
   readelf -d "$BUILD/server/regserved" | grep NEEDED | head -4
   echo "unresolved libraries: $(ldd "$BUILD/server/regserved" "$BUILD/client/regctl" "$(command -v elastix)" | grep -c 'not found')"
   # The same program linked without the fix: the link command minus the
   # early -lstdc++.
   for b in server/regserved tests/e2e/stdlib_binding_test; do
     (cd "$BUILD" && eval "$(ninja -t commands "$b" | tail -1 \
-      | sed -e 's/-Wl,--push-state,--no-as-needed,-lstdc++,--pop-state//' \
+      | sed -e 's/-Wl,--push-state,--no-as-needed,[^ ]*,--pop-state//g' \
             -e "s|-o $b |-o $b.nofix |")") || echo "relink of $b failed"
   done
   readelf -d "$BUILD/server/regserved.nofix" | grep NEEDED | head -4 | sed 's/^/nofix: /'
