@@ -81,9 +81,11 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
   if (o.registration_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("registration_timeout must be positive");
   }
-  if (o.max_upload_bytes == 0 || o.max_pixels < 1) {
-    return absl::InvalidArgumentError(
-        "max_upload_bytes and max_pixels must be positive");
+  if (o.max_upload_bytes == 0) {
+    return absl::InvalidArgumentError("max_upload_bytes must be positive");
+  }
+  if (o.max_pixels < 1) {
+    return absl::InvalidArgumentError("max_pixels must be positive");
   }
   if (!(o.default_max_registration_megapixels > 0) ||
       !std::isfinite(o.default_max_registration_megapixels)) {
@@ -121,6 +123,7 @@ JobManagerImpl::JobManagerImpl(const Options& options,
   warpers_ = std::make_unique<WarperPool>(env_.create_warper);
   services_.fs = fs_;
   services_.register_fn = env_.register_fn;
+  services_.align_fn = env_.align_fn;
   services_.warpers = warpers_.get();
   services_.scheduler = scheduler_;
   services_.input_root = &input_root_;
@@ -797,6 +800,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> CreateJobManagerWithEnv(
       options, scheduler, probe, std::move(env));
   REGSERVE_RETURN_IF_ERROR(manager->Init());
   return std::unique_ptr<JobManager>(std::move(manager));
+}
+
+absl::Status JobManager::ValidateOptions(const Options& options) {
+  return jobs_internal::ValidateOptions(options);
 }
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(

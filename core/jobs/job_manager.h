@@ -116,6 +116,10 @@ class JobManager {
     int pipeline_threads = 0;  // 0 = cpu slots + gpus + 1
   };
 
+  // The checks Create makes of `options` alone (InvalidArgument naming the
+  // field), for a caller that wants them before it starts anything else.
+  static absl::Status ValidateOptions(const Options& options);
+
   // `scheduler` and `probe` are not owned and must outlive the manager.
   // Recovers jobs found under data_dir (see header comment).
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(

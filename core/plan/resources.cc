@@ -44,6 +44,11 @@ absl::StatusOr<ResourceConfig> MakeResourceConfig(const HardwareSnapshot& hw,
   const DeviceSelection& sel = flags.devices;
   if (sel.preference == DevicePreference::kCpu) return rc;
   if (sel.gpus.empty()) {
+    if (sel.preference == DevicePreference::kCuda && hw.gpus.empty()) {
+      return absl::InvalidArgumentError(
+          "--device cuda, but the machine has no visible GPU; use auto or "
+          "cpu");
+    }
     for (const GpuInfo& g : hw.gpus) rc.gpu_ordinals.push_back(g.index);
   } else {
     for (int ordinal : sel.gpus) {

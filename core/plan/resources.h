@@ -9,7 +9,7 @@
 //   REGSERVE_ASSIGN_OR_RETURN(ResourceConfig rc,
 //                             MakeResourceConfig(probe->Probe().value(),
 //                             flags));
-//   ResourceScheduler scheduler(rc.scheduler, probe);
+//   ResourceScheduler scheduler(ToSchedulerConfig(rc), probe);
 //   Budgets now = PlanningBudgets(fresh_snapshot, rc.flags,
 //                                 rc.gpu_ordinals);        // per job
 //
