@@ -113,9 +113,10 @@ endfunction()
 # libstdc++ functions, all of std::filesystem among them. The dynamic linker
 # binds each reference to the first definition in load order, which starts
 # with the executable's DT_NEEDED list; libtorch came first there (the
-# driver adds libstdc++ after every library, and the GPU machine's g++ links
-# no shared libstdc++ at all), so regserved called torch's copy of
-# std::filesystem::remove_all, which crashed (docs/gpu.md). The shared
+# driver adds libstdc++ after every library, and the compiler CMake uses on
+# the GPU machine, /opt/gcc/bin/g++, has no shared libstdc++ on its search
+# path, so regserved needed none), so regserved called torch's copy of
+# std::filesystem::remove_all and crashed with SIGSEGV (docs/gpu.md). The shared
 # libstdc++ is therefore named by its path at the front of every
 # executable's link line; --no-as-needed keeps it even where the linker
 # defaults to --as-needed, and push/pop-state restores whatever was in

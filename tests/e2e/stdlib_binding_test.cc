@@ -1,13 +1,14 @@
 // libstdc++'s functions must bind to libstdc++ itself in a program linked
 // like regserved, with LibTorch.
 //
-// The PyTorch wheel's libraries export their own copies of some libstdc++
-// functions (std::filesystem among them: the wheel is built with a toolchain
-// that links the parts of libstdc++ newer than its base system statically).
-// The dynamic linker binds a reference to the first definition in load
-// order, and load order starts with the executable's DT_NEEDED list, which
-// listed libtorch before libstdc++.so.6; regserved then called torch's
-// std::filesystem::remove_all and crashed (SIGSEGV, a jump to address 0).
+// The PyTorch wheel's libtorch.so and libtorch_cpu.so export their own
+// unversioned copies of libstdc++ functions (all of std::filesystem among
+// them: the wheel is built by gcc-toolset, which links the parts of
+// libstdc++ newer than its base system statically). The dynamic linker binds
+// a reference to the first definition in load order, and load order starts
+// with the executable's DT_NEEDED list, which listed libtorch before
+// libstdc++.so.6 (or, on the GPU machine, had no libstdc++ at all); regserved
+// then called torch's std::filesystem::remove_all and crashed (SIGSEGV).
 // cmake/regserve.cmake puts libstdc++ first in every executable's DT_NEEDED
 // list; this test checks that in itself (linked with LibTorch through
 // regserve_test, like every test) and in the regserved and regctl files.
