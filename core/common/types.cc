@@ -24,6 +24,8 @@ absl::string_view StageName(Stage stage) {
       return "warp";
     case Stage::kStream:
       return "stream";
+    case Stage::kQuality:
+      return "quality";
   }
   return "unknown";
 }

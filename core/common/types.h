@@ -27,13 +27,16 @@ enum class DevicePreference {
   kUnspecified = 3
 };
 
-// The stages of a job, in order. kStream is the sending of result tiles.
+// The stages of a job. kStream is the sending of result tiles. The values
+// are stable ids, not the order: kQuality runs after registration and
+// before the warp.
 enum class Stage {
   kUpload = 0,
   kDecode = 1,
   kRegistration = 2,
   kWarp = 3,
-  kStream = 4
+  kStream = 4,
+  kQuality = 5,  // the estimated residual (core/quality)
 };
 
 absl::string_view StageName(Stage stage);  // "upload", "decode", ...

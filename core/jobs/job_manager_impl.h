@@ -253,6 +253,8 @@ class JobStageHost final : public StageHost {
                   const RegistrationResult& result) override;
   bool WantsTile(int64_t index) override;
   void PublishTile(const JobEvent& tile) override;
+  void QualityEstimated(const QualitySummary& summary,
+                        std::shared_ptr<const QualityMap> map) override;
   void Warped(const ImageSpec& output, const WarpStats& stats) override;
   void Committed(const std::string& path) override {
     absl::MutexLock lock(&m_->mu_);

@@ -48,9 +48,18 @@ TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
   EXPECT_EQ(info.tiles.count(), 3 * 4);
   EXPECT_EQ(d.Count(JobEvent::Kind::kTile), 12);
   EXPECT_EQ(info.registration_metric, -0.75);
-  ASSERT_EQ(info.timings.size(), 3u);
+  ASSERT_EQ(info.timings.size(), 4u);
   EXPECT_EQ(info.timings[0].stage, Stage::kDecode);
-  EXPECT_EQ(info.timings[2].stage, Stage::kWarp);
+  EXPECT_EQ(info.timings[2].stage, Stage::kQuality);
+  EXPECT_EQ(info.timings[3].stage, Stage::kWarp);
+  // The fake registration's exact shift leaves no residual to find.
+  EXPECT_TRUE(info.quality.computed) << info.quality.warning;
+  EXPECT_EQ(info.quality.verdict, QualityVerdict::kGood)
+      << info.quality.warning;
+  EXPECT_LT(info.quality.mean_px, 0.2);
+  ASSERT_NE(info.quality_map, nullptr);
+  EXPECT_EQ(info.quality_map->thumbnail.width(), 181);
+  EXPECT_EQ(info.quality_map->thumbnail.height(), 217);
   EXPECT_EQ(info.attempts, 1);
 
   // The result has the fixed image's size, and registration moved the moving

@@ -39,6 +39,15 @@ void JobStageHost::PublishTile(const JobEvent& tile) {
   job_->events.PublishTile(ev);
 }
 
+void JobStageHost::QualityEstimated(const QualitySummary& summary,
+                                    std::shared_ptr<const QualityMap> map) {
+  absl::MutexLock lock(&m_->mu_);
+  JobInfo& info = job_->rec.info;
+  info.quality = summary;
+  info.quality_map = std::move(map);
+  (void)m_->PersistLocked(job_.get());
+}
+
 void JobStageHost::Warped(const ImageSpec& output, const WarpStats& stats) {
   (void)stats;
   absl::MutexLock lock(&m_->mu_);

@@ -131,9 +131,9 @@ absl::StatusOr<E> ParseEnum(absl::string_view key, absl::string_view name,
       absl::StrCat("job file has unknown ", key, " '", name, "'"));
 }
 
-constexpr Stage kStages[] = {Stage::kUpload, Stage::kDecode,
+constexpr Stage kStages[] = {Stage::kUpload,       Stage::kDecode,
                              Stage::kRegistration, Stage::kWarp,
-                             Stage::kStream};
+                             Stage::kStream,       Stage::kQuality};
 constexpr JobState kStates[] = {JobState::kUploading, JobState::kQueued,
                                 JobState::kRunning,   JobState::kCompleted,
                                 JobState::kFailed,    JobState::kCancelled};
@@ -351,6 +351,57 @@ absl::Status ReadPlanExtras(const Reader& r, Plan* p) {
   p->result_writer_cpu_ram_bytes = static_cast<uint64_t>(writer);
   return absl::OkStatus();
 }
+
+constexpr QualityVerdict kVerdicts[] = {
+    QualityVerdict::kGood, QualityVerdict::kPoor, QualityVerdict::kUnchecked};
+
+// The quality stage's plan and summary (absent in files written before it
+// existed: the stage then reserves as much as the registration did).
+void AddQuality(Writer* w, const Plan& p, const QualitySummary& q) {
+  AddStageMemory(w, "plan.quality", p.quality);
+  w->AddInt("quality.computed", q.computed ? 1 : 0);
+  w->Add("quality.verdict", QualityVerdictName(q.verdict));
+  w->AddDouble("quality.mean_px", q.mean_px);
+  w->AddDouble("quality.p95_px", q.p95_px);
+  w->AddDouble("quality.max_px", q.max_px);
+  w->AddDouble("quality.checked_fraction", q.checked_fraction);
+  w->AddDouble("quality.unmatched_fraction", q.unmatched_fraction);
+  w->AddInt("quality.measured", q.measured);
+  w->AddInt("quality.unmatched", q.unmatched);
+  w->AddInt("quality.unknown", q.unknown);
+  w->Add("quality.warning", q.warning);
+}
+
+absl::Status ReadQuality(const Reader& r, Plan* p, QualitySummary* q) {
+  *q = QualitySummary();
+  if (!r.Has("plan.quality.ram")) {
+    p->quality = p->registration;
+    return absl::OkStatus();
+  }
+  REGSERVE_RETURN_IF_ERROR(ReadStageMemory(r, "plan.quality", &p->quality));
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t computed, r.Int("quality.computed"));
+  q->computed = computed != 0;
+  REGSERVE_ASSIGN_OR_RETURN(std::string s, r.Str("quality.verdict"));
+  REGSERVE_ASSIGN_OR_RETURN(
+      q->verdict,
+      ParseEnum("quality.verdict", s, kVerdicts, &QualityVerdictName));
+  REGSERVE_ASSIGN_OR_RETURN(q->mean_px, r.Double("quality.mean_px"));
+  REGSERVE_ASSIGN_OR_RETURN(q->p95_px, r.Double("quality.p95_px"));
+  REGSERVE_ASSIGN_OR_RETURN(q->max_px, r.Double("quality.max_px"));
+  REGSERVE_ASSIGN_OR_RETURN(q->checked_fraction,
+                            r.Double("quality.checked_fraction"));
+  REGSERVE_ASSIGN_OR_RETURN(q->unmatched_fraction,
+                            r.Double("quality.unmatched_fraction"));
+  int64_t n = 0;
+  REGSERVE_ASSIGN_OR_RETURN(n, r.Int("quality.measured"));
+  q->measured = static_cast<int>(n);
+  REGSERVE_ASSIGN_OR_RETURN(n, r.Int("quality.unmatched"));
+  q->unmatched = static_cast<int>(n);
+  REGSERVE_ASSIGN_OR_RETURN(n, r.Int("quality.unknown"));
+  q->unknown = static_cast<int>(n);
+  REGSERVE_ASSIGN_OR_RETURN(q->warning, r.Str("quality.warning"));
+  return absl::OkStatus();
+}
 }  // namespace
 
 std::string EncodeJobState(const JobRecord& record) {
@@ -398,6 +449,7 @@ std::string EncodeJobState(const JobRecord& record) {
                 info.timings[i].seconds);
   }
   w.AddDouble("registration_metric", info.registration_metric);
+  AddQuality(&w, p, info.quality);
   AddImageSpec(&w, "output", info.output);
   w.Add("result_path", info.result_path);
   w.Add("transform_dir", info.transform_dir);
@@ -477,6 +529,7 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   }
   REGSERVE_ASSIGN_OR_RETURN(info.registration_metric,
                             r.Double("registration_metric"));
+  REGSERVE_RETURN_IF_ERROR(ReadQuality(r, &p, &info.quality));
   REGSERVE_RETURN_IF_ERROR(ReadImageSpec(r, "output", &info.output));
   REGSERVE_ASSIGN_OR_RETURN(info.result_path, r.Str("result_path"));
   REGSERVE_ASSIGN_OR_RETURN(info.transform_dir, r.Str("transform_dir"));

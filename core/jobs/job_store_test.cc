@@ -8,6 +8,9 @@
 
 #include <cstring>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/jobs/job_manager_test_fixture.h"
 
 namespace regserve {
@@ -85,6 +88,62 @@ TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
   std::string text = EncodeJobState(rec);
   EXPECT_EQ(DecodeJobState(text.substr(0, text.size() / 2), &back).code(),
             absl::StatusCode::kDataLoss);
+}
+
+TEST(JobStoreTest, QualityRoundTripsAndOldFilesLackIt) {
+  JobRecord rec;
+  rec.info.id = "0123456789abcdef0123456789abcdef";
+  rec.info.state = JobState::kCompleted;
+  rec.info.stage = Stage::kQuality;
+  rec.info.has_plan = true;
+  rec.info.plan.registration.ram_bytes = 900;
+  rec.info.plan.quality.ram_bytes = 123456789;
+  rec.info.timings = {{Stage::kQuality, 0.5}};
+  QualitySummary& q = rec.info.quality;
+  q.computed = true;
+  q.verdict = QualityVerdict::kPoor;
+  q.mean_px = 2.31;
+  q.p95_px = 6.5;
+  q.max_px = 13.25;
+  q.checked_fraction = 0.4;
+  q.unmatched_fraction = 0.125;
+  q.measured = 70;
+  q.unmatched = 10;
+  q.unknown = 120;
+  q.warning = "the registration looks poor:\nest. mean 2.31 px";
+
+  JobRecord back;
+  ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
+  EXPECT_EQ(back.info.stage, Stage::kQuality);
+  EXPECT_EQ(back.info.timings[0].stage, Stage::kQuality);
+  EXPECT_EQ(back.info.plan.quality.ram_bytes, 123456789u);
+  const QualitySummary& b = back.info.quality;
+  EXPECT_TRUE(b.computed);
+  EXPECT_EQ(b.verdict, QualityVerdict::kPoor);
+  EXPECT_EQ(b.mean_px, 2.31);
+  EXPECT_EQ(b.p95_px, 6.5);
+  EXPECT_EQ(b.max_px, 13.25);
+  EXPECT_EQ(b.checked_fraction, 0.4);
+  EXPECT_EQ(b.unmatched_fraction, 0.125);
+  EXPECT_EQ(b.measured, 70);
+  EXPECT_EQ(b.unmatched, 10);
+  EXPECT_EQ(b.unknown, 120);
+  EXPECT_EQ(b.warning, q.warning);
+  EXPECT_EQ(back.info.quality_map, nullptr);  // the map is not stored
+
+  // A state file from before the quality stage: no summary, and the stage
+  // reserves what the registration did.
+  std::string old_state;
+  for (absl::string_view line : absl::StrSplit(EncodeJobState(rec), '\n')) {
+    if (absl::StartsWith(line, "quality.") ||
+        absl::StartsWith(line, "plan.quality.")) {
+      continue;
+    }
+    absl::StrAppend(&old_state, line, "\n");
+  }
+  ASSERT_OK(DecodeJobState(old_state, &back));
+  EXPECT_FALSE(back.info.quality.computed);
+  EXPECT_EQ(back.info.plan.quality.ram_bytes, 900u);
 }
 
 TEST(JobStoreTest, JobIdsAreRandomHex) {

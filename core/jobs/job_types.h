@@ -14,6 +14,7 @@
 #define REGSERVE_CORE_JOBS_JOB_TYPES_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "core/common/types.h"
 #include "core/image/image.h"
 #include "core/plan/plan.h"
+#include "core/quality/quality_map.h"
 #include "core/registration/registration.h"
 
 namespace regserve {
@@ -91,6 +93,12 @@ struct JobInfo {
   absl::Status failure;  // kFailed / kCancelled: why
   std::vector<StageTiming> timings;
   double registration_metric = 0.0;
+  // The quality stage's estimate of the residual (quality.computed is false
+  // until it ran), and its per-patch map with a thumbnail for the completed
+  // event. The map is kept in memory only: after a daemon restart a
+  // finished job has its summary but no map.
+  QualitySummary quality;
+  std::shared_ptr<const QualityMap> quality_map;
   // Result (kCompleted).
   ImageSpec output;         // width, height, channels, type (set with the plan)
   std::string result_path;  // absolute path of result.tif

@@ -45,8 +45,7 @@ class RegistrationStage final : public PipelineStage {
                           absl::StrCat("registration: ", s.message()));
     }
     run->reg = *std::move(result);
-    run->fixed_gray = Image();
-    run->moving_gray = Image();
+    // The grayscale copies stay for the later stages (quality frees them).
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(
         CopyTransformFiles(req.work_dir, run->dir.transform(),

@@ -11,6 +11,7 @@ std::vector<std::unique_ptr<PipelineStage>> DefaultPipeline(
   std::vector<std::unique_ptr<PipelineStage>> stages;
   stages.push_back(MakeDecodeStage(services));
   stages.push_back(MakeRegistrationStage(services));
+  stages.push_back(MakeQualityStage(services));
   stages.push_back(MakeWarpStage(services));
   stages.push_back(MakeCommitStage(services));
   return stages;

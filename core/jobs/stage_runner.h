@@ -6,7 +6,7 @@
 // which it reserves memory, reports progress and records results. A stage
 // never sees the job manager or its lock.
 //
-//   decode -> registration -> warp -> commit
+//   decode -> registration -> quality -> warp -> commit
 //
 //   StageServices services = ...;             // fs, elastix, warpers, ...
 //   std::vector<std::unique_ptr<PipelineStage>> stages =
@@ -41,6 +41,7 @@
 #include "core/jobs/job_env.h"
 #include "core/jobs/job_store.h"
 #include "core/jobs/warper_pool.h"
+#include "core/quality/quality_map.h"
 #include "core/registration/registration.h"
 #include "core/scheduler/scheduler.h"
 
@@ -74,6 +75,10 @@ class StageHost {
   virtual bool WantsTile(int64_t index) = 0;
   // A finished result tile for the readers that wait for it.
   virtual void PublishTile(const JobEvent& tile) = 0;
+  // The quality stage's estimate and its map, for the job's snapshot and
+  // completed event.
+  virtual void QualityEstimated(const QualitySummary& summary,
+                                std::shared_ptr<const QualityMap> map) = 0;
   // The warp's outcome, before the result is committed.
   virtual void Warped(const ImageSpec& output, const WarpStats& stats) = 0;
   // The stored result is durable at `path`.
@@ -102,7 +107,8 @@ struct JobRun {
   const JobRecord& rec;
   const JobDir dir;
   const CancelToken* const cancel;
-  // decode -> registration: the grayscale registration copies.
+  // decode -> registration (-> quality, which frees them): the grayscale
+  // registration copies.
   Image fixed_gray;
   Image moving_gray;
   // decode -> warp: the full-resolution moving image.
@@ -128,6 +134,9 @@ class PipelineStage {
 std::unique_ptr<PipelineStage> MakeDecodeStage(const StageServices* services);
 std::unique_ptr<PipelineStage> MakeRegistrationStage(
     const StageServices* services);
+// quality: the estimated residual of run->reg.field (core/quality); frees
+// the grayscale copies.
+std::unique_ptr<PipelineStage> MakeQualityStage(const StageServices* services);
 std::unique_ptr<PipelineStage> MakeWarpStage(const StageServices* services);
 std::unique_ptr<PipelineStage> MakeCommitStage(const StageServices* services);
 

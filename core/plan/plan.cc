@@ -37,6 +37,11 @@ uint64_t DecodeRam(const ImageSpec& spec) {
 }
 // The field we read back: 2 float32 per registration pixel.
 constexpr double kFieldBytesPerPixel = 8.0;
+// The quality map (core/quality): the moving copy warped onto the fixed
+// grid (4 B/px), plus the thumbnail, the patch grid and OpenCV's buffers.
+// Measured: docs/benchmarks.md, "Quality map".
+constexpr double kQualityBytesPerPixel = 4.0;
+constexpr uint64_t kQualityBaseBytes = 16ull << 20;
 // Smallest registration copy we accept (elastix needs a few pyramid levels).
 constexpr int64_t kMinRegistrationEdge = 32;
 // Tile edges the planner tries, largest first.
@@ -83,6 +88,13 @@ uint64_t GrayBytes(const RegSize& r) {
                                static_cast<double>(r.fw * r.fh + r.mw * r.mh));
 }
 
+// RAM of the quality stage: its own buffers, the copies and the field it
+// reads, and the full moving image held for the warp.
+uint64_t QualityStageRam(const RegSize& r, const ImageSpec& moving) {
+  return QualityRamBytes(r.fw * r.fh) + GrayBytes(r) + moving.bytes() +
+         static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
+}
+
 // RAM of the registration stage: elastix/transformix (children), our gray
 // copies, and the full moving image held for the warp.
 uint64_t RegistrationStageRam(const RegSize& r, const ImageSpec& moving) {
@@ -110,6 +122,11 @@ uint64_t RegistrationRamBytes(int64_t pixels) {
   const double transformix =
       kElastixBaseBytes + kTransformixBytesPerPixel * pixels;
   return static_cast<uint64_t>(std::max(elastix, transformix));
+}
+
+uint64_t QualityRamBytes(int64_t pixels) {
+  return kQualityBaseBytes + static_cast<uint64_t>(kQualityBytesPerPixel *
+                                                   static_cast<double>(pixels));
 }
 
 Budgets BudgetsFromHardware(const HardwareSnapshot& hw,
@@ -254,6 +271,7 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
   plan.decode.ram_bytes =
       std::max(DecodeRam(fixed), DecodeRam(moving)) + GrayBytes(reg);
   plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
+  plan.quality.ram_bytes = QualityStageRam(reg, moving);
 
   return reg;
 }
@@ -474,6 +492,11 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
       "VRAM",
       Mb(plan.decode.ram_bytes), Mb(plan.registration.ram_bytes),
       Mb(plan.warp.ram_bytes), Mb(plan.warp.vram_bytes)));
+  plan.reasons.push_back(absl::StrFormat(
+      "quality map: the residual is estimated on the %dx%d registration copy "
+      "by patch phase correlation before the warp; %s RAM",
+      plan.registration_fixed_width, plan.registration_fixed_height,
+      Mb(plan.quality.ram_bytes)));
   if (plan.decode.ram_bytes > budgets.ram_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "decoding needs ", Mb(plan.decode.ram_bytes),

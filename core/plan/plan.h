@@ -90,6 +90,7 @@ struct Plan {
 
   StageMemory decode;        // full images + grayscale copies
   StageMemory registration;  // elastix + transformix (+ copies held)
+  StageMemory quality;       // quality map: warped copy (+ copies held)
   StageMemory warp;          // moving image + warp working set + writer
   // The part of warp.ram_bytes that the result writer holds (partly covered
   // stream tiles; 0 when warp tiles line up with stream tiles).
@@ -136,6 +137,10 @@ uint64_t TiffWriterPartialBytes(int64_t warp_tile, int64_t out_width,
 
 // elastix + transformix RAM for a registration copy of `pixels` pixels.
 uint64_t RegistrationRamBytes(int64_t pixels);
+
+// The quality stage's own RAM (core/quality) for a fixed registration copy
+// of `pixels` pixels, besides the copies, field and moving image it holds.
+uint64_t QualityRamBytes(int64_t pixels);
 
 }  // namespace regserve
 

@@ -1,0 +1,654 @@
+// Copyright regserve authors.
+#include "core/quality/quality_map.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "core/common/status_macros.h"
+#include "opencv2/core.hpp"
+#include "opencv2/imgproc.hpp"
+
+namespace regserve {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+// Below this many copy pixels a patch has too few samples to correlate.
+constexpr int kMinPatch = 16;
+// A texture floor relative to the image's contrast squared: a structure
+// tensor eigenvalue of 4e-6 is a gradient of 0.2% of the contrast per pixel,
+// below what survives the copies' noise.
+constexpr double kTextureFloor = 4e-6;
+// Sub-pixel refinement: Gauss-Newton steps until the correction is below
+// this (copy pixels), at most kMaxRefinements of them.
+constexpr double kConverged = 0.01;
+constexpr int kMaxRefinements = 5;
+// Above this first estimate (copy px) the shift is re-estimated by phase
+// correlation before the Gauss-Newton steps, whose reach is a pixel or two.
+constexpr double kLargeShift = 1.5;
+// Phase-correlation peak (the share of the correlation energy within 5x5
+// of the peak) below which even a good NCC is not trusted: random patches
+// reach about 0.2.
+constexpr double kMinPeak = 0.1;
+
+// Runs fn(begin, end) over [0, n) split among `threads` threads.
+template <typename Fn>
+void ParallelFor(int n, int threads, const Fn& fn) {
+  threads = std::max(1, std::min(threads, n));
+  if (threads == 1) {
+    fn(0, n);
+    return;
+  }
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    const int begin = static_cast<int>(static_cast<int64_t>(n) * t / threads);
+    const int end =
+        static_cast<int>(static_cast<int64_t>(n) * (t + 1) / threads);
+    workers.emplace_back([&fn, begin, end] { fn(begin, end); });
+  }
+  for (std::thread& w : workers) w.join();
+}
+
+// Collects the first error of several threads.
+class FirstError {
+ public:
+  void Set(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    if (status_.ok()) status_ = std::move(s);
+  }
+  bool failed() {
+    absl::MutexLock lock(&mu_);
+    return !status_.ok();
+  }
+  absl::Status Get() {
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status ValidateInputs(const Image& fixed, const Image& moving,
+                            const DisplacementField& field,
+                            const QualityOptions& o) {
+  for (const Image* img : {&fixed, &moving}) {
+    if (img->empty() || img->channels() != 1 ||
+        img->type() != SampleType::kFloat32) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "quality: the ", img == &fixed ? "fixed" : "moving",
+          " registration copy must be a non-empty 1-channel float32 image"));
+    }
+  }
+  if (field.empty() ||
+      field.dx.size() != static_cast<size_t>(field.width * field.height) ||
+      field.dy.size() != field.dx.size() || !(field.spacing_x > 0) ||
+      !(field.spacing_y > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quality: the field (", field.width, "x", field.height,
+                     " nodes) is empty or inconsistent"));
+  }
+  if (o.fixed_full_width < fixed.width() ||
+      o.fixed_full_height < fixed.height() ||
+      o.moving_full_width < moving.width() ||
+      o.moving_full_height < moving.height()) {
+    return absl::InvalidArgumentError(
+        "quality: fixed/moving_full_width/height must be the images' "
+        "full-resolution sizes");
+  }
+  if (o.patch_size < kMinPatch || o.patch_size > 256 ||
+      (o.patch_size & (o.patch_size - 1)) != 0 || o.max_patches < 1) {
+    return absl::InvalidArgumentError(
+        "quality: patch_size must be a power of two in 16..256 and "
+        "max_patches positive");
+  }
+  return absl::OkStatus();
+}
+
+// Bilinear sample of a float image at (u, v) in pixel coordinates; NaN
+// outside [-0.5, size - 0.5] (the copy's footprint). Borders clamp.
+inline float Sample(const float* img, int64_t w, int64_t h, double u,
+                    double v) {
+  if (!(u >= -0.5 && u <= w - 0.5 && v >= -0.5 && v <= h - 0.5)) return kNaN;
+  u = std::clamp(u, 0.0, static_cast<double>(w - 1));
+  v = std::clamp(v, 0.0, static_cast<double>(h - 1));
+  const int64_t x =
+      std::min<int64_t>(static_cast<int64_t>(u), std::max<int64_t>(0, w - 2));
+  const int64_t y =
+      std::min<int64_t>(static_cast<int64_t>(v), std::max<int64_t>(0, h - 2));
+  const int64_t x1 = std::min(x + 1, w - 1);
+  const int64_t y1 = std::min(y + 1, h - 1);
+  const float fx = static_cast<float>(u - x);
+  const float fy = static_cast<float>(v - y);
+  const float a = img[y * w + x], b = img[y * w + x1];
+  const float c = img[y1 * w + x], d = img[y1 * w + x1];
+  return (a + (b - a) * fx) * (1 - fy) + (c + (d - c) * fx) * fy;
+}
+
+// A copy's pixel k lies at full resolution (s - 1) / 2 + k * s, with s the
+// copy's spacing (full size / copy size) along that axis.
+struct CopyAxis {
+  double origin, spacing;
+  CopyAxis(int64_t full, int64_t copy)
+      : origin((static_cast<double>(full) / copy - 1) / 2),
+        spacing(static_cast<double>(full) / copy) {}
+};
+
+// The field's displacement at a full-resolution position: bilinear between
+// nodes, clamped to the border nodes outside the grid.
+void FieldAt(const DisplacementField& f, double px, double py, double* dx,
+             double* dy) {
+  const double u = std::clamp((px - f.origin_x) / f.spacing_x, 0.0,
+                              static_cast<double>(f.width - 1));
+  const double v = std::clamp((py - f.origin_y) / f.spacing_y, 0.0,
+                              static_cast<double>(f.height - 1));
+  *dx = Sample(f.dx.data(), f.width, f.height, u, v);
+  *dy = Sample(f.dy.data(), f.width, f.height, u, v);
+}
+
+// The moving copy warped through the field onto the fixed copy's grid
+// (NaN where the field leaves the moving copy).
+absl::StatusOr<Image> WarpToFixedGrid(const Image& fixed, const Image& moving,
+                                      const DisplacementField& f,
+                                      const QualityOptions& o) {
+  REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(fixed.spec()));
+  const CopyAxis fx(o.fixed_full_width, fixed.width());
+  const CopyAxis fy(o.fixed_full_height, fixed.height());
+  const CopyAxis mx(o.moving_full_width, moving.width());
+  const CopyAxis my(o.moving_full_height, moving.height());
+  const float* src = moving.as<float>();
+  float* dst = out.as<float>();
+  ParallelFor(static_cast<int>(fixed.height()), o.threads, [&](int j0, int j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const double py = fy.origin + j * fy.spacing;
+      for (int64_t i = 0; i < fixed.width(); ++i) {
+        const double px = fx.origin + i * fx.spacing;
+        double dx = 0, dy = 0;
+        FieldAt(f, px, py, &dx, &dy);
+        dst[j * fixed.width() + i] =
+            Sample(src, moving.width(), moving.height(),
+                   (px + dx - mx.origin) / mx.spacing,
+                   (py + dy - my.origin) / my.spacing);
+      }
+    }
+  });
+  return out;
+}
+
+struct Layout {
+  int patch = 0;
+  int stride = 0;
+  std::vector<int> x0, y0;
+};
+
+std::vector<int> Origins(int64_t size, int patch, int stride) {
+  std::vector<int> out;
+  const int64_t n = (size - patch + stride - 1) / stride + 1;
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(
+        static_cast<int>(std::min<int64_t>(i * stride, size - patch)));
+  }
+  return out;
+}
+
+// Patches of the largest power of two up to options.patch_size that fits
+// the copy, overlapping by half unless that makes too many.
+Layout MakeLayout(int64_t w, int64_t h, const QualityOptions& o) {
+  Layout l;
+  int p = o.patch_size;
+  while (p > kMinPatch && (p > w || p > h)) p /= 2;
+  if (p > w || p > h) return l;
+  l.patch = p;
+  l.stride = p / 2;
+  for (;;) {
+    l.x0 = Origins(w, p, l.stride);
+    l.y0 = Origins(h, p, l.stride);
+    if (static_cast<int64_t>(l.x0.size()) * l.y0.size() <=
+        static_cast<size_t>(o.max_patches)) {
+      break;
+    }
+    l.stride += std::max(1, l.stride / 4);
+  }
+  return l;
+}
+
+// The smaller eigenvalue of the patch's windowed structure tensor, per
+// pixel: large only where the patch has structure in two directions (a
+// single edge leaves the shift along it unmeasurable).
+double Texture(const cv::Mat& patch, const cv::Mat& window) {
+  double sxx = 0, syy = 0, sxy = 0, sw = 0;
+  for (int y = 1; y + 1 < patch.rows; ++y) {
+    const float* r = patch.ptr<float>(y);
+    const float* up = patch.ptr<float>(y - 1);
+    const float* dn = patch.ptr<float>(y + 1);
+    const float* wr = window.ptr<float>(y);
+    for (int x = 1; x + 1 < patch.cols; ++x) {
+      const double gx = 0.5 * (r[x + 1] - r[x - 1]);
+      const double gy = 0.5 * (dn[x] - up[x]);
+      sxx += wr[x] * gx * gx;
+      syy += wr[x] * gy * gy;
+      sxy += wr[x] * gx * gy;
+      sw += wr[x];
+    }
+  }
+  if (sw <= 0) return 0;
+  sxx /= sw;
+  syy /= sw;
+  sxy /= sw;
+  return 0.5 *
+         (sxx + syy - std::sqrt((sxx - syy) * (sxx - syy) + 4 * sxy * sxy));
+}
+
+// The 1st and 99th percentiles of a float image (sampled).
+std::pair<float, float> Percentiles(const Image& img) {
+  const float* p = img.as<float>();
+  const size_t n = static_cast<size_t>(img.width() * img.height());
+  const size_t step = std::max<size_t>(1, n / 200000);
+  std::vector<float> v;
+  for (size_t i = 0; i < n; i += step) {
+    if (std::isfinite(p[i])) v.push_back(p[i]);
+  }
+  if (v.empty()) return {0.f, 1.f};
+  auto at = [&v](double q) {
+    const size_t k = static_cast<size_t>(q * (v.size() - 1));
+    std::nth_element(v.begin(), v.begin() + k, v.end());
+    return v[k];
+  };
+  const float lo = at(0.01), hi = at(0.99);
+  return {lo, hi};
+}
+
+// Copies a patch of a float image into `out` (mean removed); false when it
+// holds a NaN (outside the overlap).
+bool ExtractPatch(const Image& img, int x0, int y0, int p, cv::Mat* out) {
+  out->create(p, p, CV_32F);
+  const float* src = img.as<float>();
+  double sum = 0;
+  for (int y = 0; y < p; ++y) {
+    const float* r = src + static_cast<size_t>(y0 + y) * img.width() + x0;
+    float* d = out->ptr<float>(y);
+    for (int x = 0; x < p; ++x) {
+      if (!std::isfinite(r[x])) return false;
+      d[x] = r[x];
+      sum += r[x];
+    }
+  }
+  *out -= static_cast<float>(sum / (p * p));
+  return true;
+}
+
+// The warped image's patch at (x0, y0) re-sampled at an offset (copy px).
+bool ShiftedPatch(const Image& img, int x0, int y0, int p, cv::Point2d t,
+                  cv::Mat* out) {
+  out->create(p, p, CV_32F);
+  const float* src = img.as<float>();
+  double sum = 0;
+  for (int y = 0; y < p; ++y) {
+    float* d = out->ptr<float>(y);
+    for (int x = 0; x < p; ++x) {
+      const float v =
+          Sample(src, img.width(), img.height(), x0 + x + t.x, y0 + y + t.y);
+      if (!std::isfinite(v)) return false;
+      d[x] = v;
+      sum += v;
+    }
+  }
+  *out -= static_cast<float>(sum / (p * p));
+  return true;
+}
+
+struct PatchResult {
+  PatchState state = PatchState::kUnknown;
+  cv::Point2d shift;  // copy px: warped(x + shift) ~ fixed(x)
+  double response = 0;
+};
+
+// Windowed sums over two patches: sum w*a*a, w*b*b, w*a*b.
+struct WindowedSums {
+  double aa = 0, bb = 0, ab = 0;
+};
+WindowedSums Sums(const cv::Mat& a, const cv::Mat& b, const cv::Mat& w) {
+  WindowedSums s;
+  for (int y = 0; y < a.rows; ++y) {
+    const float* pa = a.ptr<float>(y);
+    const float* pb = b.ptr<float>(y);
+    const float* pw = w.ptr<float>(y);
+    for (int x = 0; x < a.cols; ++x) {
+      s.aa += pw[x] * pa[x] * pa[x];
+      s.bb += pw[x] * pb[x] * pb[x];
+      s.ab += pw[x] * pa[x] * pb[x];
+    }
+  }
+  return s;
+}
+
+// One Gauss-Newton (Lucas-Kanade) step: the residual shift e with
+// moved(x) ~ fixed(x - e), from the mean of both patches' gradients (which
+// converges in two or three steps). Also returns the windowed NCC of the
+// two patches as given.
+cv::Point2d LucasKanadeStep(const cv::Mat& fixed, const cv::Mat& moved,
+                            const cv::Mat& w, double* ncc) {
+  const WindowedSums s = Sums(fixed, moved, w);
+  *ncc = s.aa > 0 && s.bb > 0 ? s.ab / std::sqrt(s.aa * s.bb) : 0.0;
+  const double gain = s.bb > 0 ? std::sqrt(s.aa / s.bb) : 1.0;  // contrast
+  double a = 0, b = 0, c = 0, bx = 0, by = 0;
+  for (int y = 1; y + 1 < fixed.rows; ++y) {
+    const float* f = fixed.ptr<float>(y);
+    const float* fu = fixed.ptr<float>(y - 1);
+    const float* fd = fixed.ptr<float>(y + 1);
+    const float* m = moved.ptr<float>(y);
+    const float* mu = moved.ptr<float>(y - 1);
+    const float* md = moved.ptr<float>(y + 1);
+    const float* wr = w.ptr<float>(y);
+    for (int x = 1; x + 1 < fixed.cols; ++x) {
+      const double gx =
+          0.25 * (f[x + 1] - f[x - 1] + gain * (m[x + 1] - m[x - 1]));
+      const double gy = 0.25 * (fd[x] - fu[x] + gain * (md[x] - mu[x]));
+      const double diff = f[x] - gain * m[x];
+      a += wr[x] * gx * gx;
+      b += wr[x] * gx * gy;
+      c += wr[x] * gy * gy;
+      bx += wr[x] * gx * diff;
+      by += wr[x] * gy * diff;
+    }
+  }
+  const double det = a * c - b * b;
+  if (!(det > 1e-20)) return {0, 0};
+  return {(c * bx - b * by) / det, (a * by - b * bx) / det};
+}
+
+// cv::phaseCorrelate with a window multiplies its inputs by the window in
+// place (OpenCV 4.6, when no padding is needed), so the window is applied
+// here, to copies. Returns s with b(x) ~ a(x - s).
+cv::Point2d PhaseCorrelate(const cv::Mat& a, const cv::Mat& b,
+                           const cv::Mat& window, double* peak) {
+  return cv::phaseCorrelate(a.mul(window), b.mul(window), cv::noArray(), peak);
+}
+
+// Phase correlation finds the shift (robust to large shifts and contrast);
+// its peak's centroid is biased towards whole pixels, so the warped patch
+// is then re-sampled at the shift found and corrected by Gauss-Newton
+// steps (after one more phase correlation when the shift is large). The
+// response is the windowed NCC of the aligned patches.
+PatchResult MeasurePatch(const cv::Mat& fixed_patch, const Image& warped,
+                         int x0, int y0, const cv::Mat& window,
+                         double min_response) {
+  PatchResult res;
+  const int p = fixed_patch.rows;
+  cv::Mat moved;
+  if (!ExtractPatch(warped, x0, y0, p, &moved)) return res;  // outside
+  res.state = PatchState::kUnmatched;
+  double peak = 0;
+  cv::Point2d t = PhaseCorrelate(fixed_patch, moved, window, &peak);
+  if (std::hypot(t.x, t.y) > kLargeShift) {
+    if (!ShiftedPatch(warped, x0, y0, p, t, &moved)) return res;
+    t += PhaseCorrelate(fixed_patch, moved, window, &peak);
+  }
+  double ncc = 0;
+  for (int i = 0; i < kMaxRefinements; ++i) {
+    if (std::hypot(t.x, t.y) > p / 2.0) return res;  // no sensible peak
+    if (!ShiftedPatch(warped, x0, y0, p, t, &moved)) return res;
+    const cv::Point2d step = LucasKanadeStep(fixed_patch, moved, window, &ncc);
+    t += step;
+    if (std::hypot(step.x, step.y) < kConverged) break;
+  }
+  res.response = ncc;
+  res.shift = t;
+  if (res.response >= min_response && peak >= kMinPeak) {
+    res.state = PatchState::kMeasured;
+  }
+  return res;
+}
+
+void SizeGrid(const Layout& l, double scale_x, double scale_y, QualityGrid* g) {
+  g->cols = static_cast<int>(l.x0.size());
+  g->rows = static_cast<int>(l.y0.size());
+  g->patch_size = l.patch;
+  g->stride = l.stride;
+  g->x0 = l.x0;
+  g->y0 = l.y0;
+  g->scale_x = scale_x;
+  g->scale_y = scale_y;
+  const size_t n = static_cast<size_t>(g->cols) * g->rows;
+  g->state.assign(n, PatchState::kUnknown);
+  g->dx.assign(n, kNaN);
+  g->dy.assign(n, kNaN);
+  g->error_px.assign(n, kNaN);
+  g->response.assign(n, 0.f);
+}
+
+// Texture of every patch of the fixed copy, normalised by its contrast.
+std::vector<double> PatchTextures(const Image& fixed, const Layout& l,
+                                  const cv::Mat& window, int threads) {
+  const auto [lo, hi] = Percentiles(fixed);
+  const double contrast2 =
+      std::max(1e-12, static_cast<double>(hi - lo) * (hi - lo));
+  const int cols = static_cast<int>(l.x0.size());
+  std::vector<double> tex(l.x0.size() * l.y0.size(), 0.0);
+  ParallelFor(static_cast<int>(l.y0.size()), threads, [&](int r0, int r1) {
+    cv::Mat patch;
+    for (int r = r0; r < r1; ++r) {
+      for (int c = 0; c < cols; ++c) {
+        if (ExtractPatch(fixed, l.x0[c], l.y0[r], l.patch, &patch)) {
+          tex[static_cast<size_t>(r) * cols + c] =
+              Texture(patch, window) / contrast2;
+        }
+      }
+    }
+  });
+  return tex;
+}
+
+double TextureThreshold(std::vector<double> tex, double min_texture) {
+  if (tex.empty()) return kTextureFloor;
+  const size_t k = static_cast<size_t>(0.9 * (tex.size() - 1));
+  std::nth_element(tex.begin(), tex.begin() + k, tex.end());
+  return std::max(kTextureFloor, min_texture * tex[k]);
+}
+
+// Measures every textured patch into the grid.
+absl::Status MeasurePatches(const Image& fixed, const Image& warped,
+                            const Layout& l, const QualityOptions& o,
+                            QualityGrid* g) {
+  const cv::Mat window = [&] {
+    cv::Mat w;
+    cv::createHanningWindow(w, cv::Size(l.patch, l.patch), CV_32F);
+    return w;
+  }();
+  const std::vector<double> tex = PatchTextures(fixed, l, window, o.threads);
+  const double threshold = TextureThreshold(tex, o.min_texture);
+  FirstError error;
+  ParallelFor(g->rows, o.threads, [&](int r0, int r1) {
+    cv::Mat patch;
+    for (int r = r0; r < r1; ++r) {
+      if (o.cancel != nullptr) {
+        absl::Status s = o.cancel->Check();
+        if (!s.ok()) error.Set(std::move(s));
+      }
+      if (error.failed()) return;
+      try {
+        for (int c = 0; c < g->cols; ++c) {
+          const size_t k = static_cast<size_t>(r) * g->cols + c;
+          if (tex[k] < threshold ||
+              !ExtractPatch(fixed, l.x0[c], l.y0[r], l.patch, &patch)) {
+            continue;
+          }
+          const PatchResult m = MeasurePatch(patch, warped, l.x0[c], l.y0[r],
+                                             window, o.min_response);
+          g->state[k] = m.state;
+          g->response[k] = static_cast<float>(m.response);
+          if (m.state != PatchState::kMeasured) continue;
+          // The field lies off the truth by minus the shift that aligns.
+          g->dx[k] = static_cast<float>(-m.shift.x * g->scale_x);
+          g->dy[k] = static_cast<float>(-m.shift.y * g->scale_y);
+          g->error_px[k] = std::hypot(g->dx[k], g->dy[k]);
+        }
+      } catch (const cv::Exception& e) {
+        error.Set(absl::InternalError(absl::StrCat(
+            "quality: OpenCV phase correlation failed: ", e.what())));
+      }
+    }
+  });
+  return error.Get();
+}
+
+QualitySummary Summarize(const QualityGrid& g, const QualityOptions& o) {
+  QualitySummary s;
+  s.computed = true;
+  std::vector<float> errors;
+  for (size_t k = 0; k < g.state.size(); ++k) {
+    switch (g.state[k]) {
+      case PatchState::kMeasured:
+        ++s.measured;
+        errors.push_back(g.error_px[k]);
+        break;
+      case PatchState::kUnmatched:
+        ++s.unmatched;
+        break;
+      case PatchState::kUnknown:
+        ++s.unknown;
+        break;
+    }
+  }
+  const int checked = s.measured + s.unmatched;
+  const size_t total = g.state.size();
+  s.checked_fraction = total > 0 ? static_cast<double>(checked) / total : 0;
+  s.unmatched_fraction =
+      checked > 0 ? static_cast<double>(s.unmatched) / checked : 0;
+  if (!errors.empty()) {
+    std::sort(errors.begin(), errors.end());
+    double sum = 0;
+    for (float e : errors) sum += e;
+    s.mean_px = sum / errors.size();
+    const size_t rank = static_cast<size_t>(std::ceil(
+                            0.95 * static_cast<double>(errors.size()))) -
+                        1;
+    s.p95_px = errors[std::min(rank, errors.size() - 1)];
+    s.max_px = errors.back();
+  }
+  JudgeQuality(o, &s);
+  return s;
+}
+
+}  // namespace
+
+absl::string_view QualityVerdictName(QualityVerdict v) {
+  switch (v) {
+    case QualityVerdict::kGood:
+      return "good";
+    case QualityVerdict::kPoor:
+      return "poor";
+    case QualityVerdict::kUnchecked:
+      return "unchecked";
+  }
+  return "unknown";
+}
+
+void JudgeQuality(const QualityOptions& o, QualitySummary* s) {
+  const std::string figures =
+      absl::StrFormat("est. mean %.2f px, p95 %.2f px over %.0f%% of the area",
+                      s->mean_px, s->p95_px, 100 * s->checked_fraction);
+  s->warning.clear();
+  if (s->checked_fraction < o.min_checked || s->measured + s->unmatched < 4) {
+    s->verdict = QualityVerdict::kUnchecked;
+    s->warning = absl::StrFormat(
+        "the alignment could not be checked: only %.0f%% of the area has "
+        "enough texture to measure the residual",
+        100 * s->checked_fraction);
+  } else if (s->unmatched_fraction > o.max_unmatched) {
+    s->verdict = QualityVerdict::kPoor;
+    s->warning = absl::StrFormat(
+        "the registration looks poor: %.0f%% of the checked patches do not "
+        "match the fixed image (%s)",
+        100 * s->unmatched_fraction, figures);
+  } else if (s->mean_px > o.good_mean_px || s->p95_px > o.good_p95_px) {
+    s->verdict = QualityVerdict::kPoor;
+    s->warning = absl::StrFormat(
+        "the registration looks poor: %s (good: mean <= %g px, p95 <= %g px)",
+        figures, o.good_mean_px, o.good_p95_px);
+  } else {
+    s->verdict = QualityVerdict::kGood;
+  }
+}
+
+absl::StatusOr<QualityReport> EstimateQuality(const Image& fixed_gray,
+                                              const Image& moving_gray,
+                                              const DisplacementField& field,
+                                              const QualityOptions& options) {
+  REGSERVE_RETURN_IF_ERROR(
+      ValidateInputs(fixed_gray, moving_gray, field, options));
+  QualityReport report;
+  const Layout layout =
+      MakeLayout(fixed_gray.width(), fixed_gray.height(), options);
+  SizeGrid(layout,
+           static_cast<double>(options.fixed_full_width) / fixed_gray.width(),
+           static_cast<double>(options.fixed_full_height) / fixed_gray.height(),
+           &report.grid);
+  if (layout.patch > 0) {
+    REGSERVE_ASSIGN_OR_RETURN(
+        Image warped, WarpToFixedGrid(fixed_gray, moving_gray, field, options));
+    try {
+      REGSERVE_RETURN_IF_ERROR(
+          MeasurePatches(fixed_gray, warped, layout, options, &report.grid));
+    } catch (const cv::Exception& e) {
+      return absl::InternalError(
+          absl::StrCat("quality: OpenCV failed: ", e.what()));
+    }
+  }
+  report.summary = Summarize(report.grid, options);
+  return report;
+}
+
+absl::StatusOr<Image> MakeQualityThumbnail(const Image& gray, int max_edge) {
+  if (gray.empty() || gray.channels() != 1 ||
+      gray.type() != SampleType::kFloat32 || max_edge < 1) {
+    return absl::InvalidArgumentError(
+        "quality thumbnail: needs a 1-channel float32 image and max_edge >= 1");
+  }
+  const double scale = std::min(1.0, static_cast<double>(max_edge) /
+                                         std::max(gray.width(), gray.height()));
+  const int tw =
+      std::max(1, static_cast<int>(std::lround(gray.width() * scale)));
+  const int th =
+      std::max(1, static_cast<int>(std::lround(gray.height() * scale)));
+  REGSERVE_ASSIGN_OR_RETURN(Image out,
+                            Image::Allocate({.width = tw,
+                                             .height = th,
+                                             .channels = 1,
+                                             .type = SampleType::kUInt8}));
+  const auto [lo, hi] = Percentiles(gray);
+  const double gain = hi > lo ? 255.0 / (hi - lo) : 0.0;
+  try {
+    const cv::Mat src(static_cast<int>(gray.height()),
+                      static_cast<int>(gray.width()), CV_32F,
+                      const_cast<uint8_t*>(gray.data()));
+    cv::Mat small;
+    cv::resize(src, small, cv::Size(tw, th), 0, 0, cv::INTER_AREA);
+    cv::Mat dst(th, tw, CV_8U, out.data());
+    small.convertTo(dst, CV_8U, gain, -lo * gain);  // saturating
+  } catch (const cv::Exception& e) {
+    return absl::InternalError(
+        absl::StrCat("quality thumbnail: OpenCV failed: ", e.what()));
+  }
+  return out;
+}
+
+std::string QualitySummaryLine(const QualitySummary& s) {
+  if (!s.computed) return "quality: not estimated";
+  std::string line = absl::StrFormat(
+      "quality: est. mean %.2f px, p95 %.2f px, max %.2f px, checked %.0f%% "
+      "of the area",
+      s.mean_px, s.p95_px, s.max_px, 100 * s.checked_fraction);
+  if (s.verdict != QualityVerdict::kGood) {
+    absl::StrAppend(&line, " (", QualityVerdictName(s.verdict), ")");
+  }
+  return line;
+}
+
+}  // namespace regserve
