@@ -15,8 +15,9 @@
 //          [--max-registration-megapixels N] [--parameters FILE]...
 //          [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda]
 //          [--priority N] [--fill-value V] [--label TEXT]
-//          [--transform-out DIR] [--json]
-//   watch JOB [--output OUT] [--from-tile N] [--transform-out DIR] [--json]
+//          [--transform-out DIR] [--quality-map FILE.png] [--json]
+//   watch JOB [--output OUT] [--from-tile N] [--transform-out DIR]
+//         [--quality-map FILE.png] [--json]
 //   cancel JOB
 //   status JOB [--json]
 //   list [--json]
@@ -48,8 +49,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "client/quality_map_image.h"
 #include "client/regserve_client.h"
 #include "client/tile_assembler.h"
+#include "core/image/image_io.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace regserve {
@@ -94,8 +97,12 @@ constexpr char kUsage[] =
     "         [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda] "
     "[--priority N]\n"
     "         [--fill-value V] [--label TEXT] [--transform-out DIR] [--json]\n"
+    "         [--quality-map FILE.png]     heat map of the estimated residual "
+    "over a thumbnail\n"
+    "                                      (green good, red bad, grey not "
+    "checked)\n"
     "  watch JOB [--output OUT] [--from-tile N] [--transform-out DIR] "
-    "[--json]\n"
+    "[--quality-map FILE.png] [--json]\n"
     "         follow a job; with OUT.partial state present, continue where it "
     "stopped\n"
     "  cancel JOB\n"
@@ -438,6 +445,11 @@ class EventHandler {
         json.pop_back();  // '}'
         PrintJsonLine(absl::StrCat(
             json, ",\"tile_data_bytes\":", event.tile().data().size(), "}"));
+      } else if (event.completed().quality_map().thumbnail().size() > 0) {
+        // The thumbnail (up to 1 MiB) is for --quality-map, not for lines.
+        v1::JobEvent copy = event;
+        copy.mutable_completed()->mutable_quality_map()->clear_thumbnail();
+        PrintJsonLine(ToJson(copy));
       } else {
         PrintJsonLine(ToJson(event));
       }
@@ -504,6 +516,7 @@ class EventHandler {
           if (!s.ok()) return OutputFailed(s);
           output_written_ = true;
         }
+        if (!OnQuality(c)) return false;
         if (!json_) {
           std::vector<std::string> times;
           for (const v1::StageTiming& t : c.timings()) {
@@ -547,6 +560,7 @@ class EventHandler {
         std::fprintf(stdout, "wrote transform files to %s\n",
                      transform_out_.c_str());
       }
+      PrintQuality();
       return kExitOk;
     }
     if (status.ok()) {
@@ -564,8 +578,49 @@ class EventHandler {
   }
 
   const std::string& job_id() const { return job_id_; }
+  // Where --quality-map writes the heat map (empty: nowhere).
+  void set_quality_map_output(std::string path) {
+    quality_map_out_ = std::move(path);
+  }
 
  private:
+  // Keeps the quality summary for the end, and writes the heat map.
+  bool OnQuality(const v1::Completed& c) {
+    quality_ = c.quality();
+    if (quality_map_out_.empty()) return true;
+    if (!c.has_quality_map()) {
+      return OutputFailed(absl::NotFoundError(
+          "the server sent no quality map (a job finished before the "
+          "daemon's last restart, or a daemon without the quality stage)"));
+    }
+    absl::StatusOr<Image> rgb = RenderQualityMap(c.quality_map());
+    absl::Status s = rgb.ok() ? WriteImageFile(quality_map_out_, *rgb)
+                              : rgb.status();
+    if (!s.ok()) return OutputFailed(s);
+    quality_map_written_ = true;
+    return true;
+  }
+
+  // After completion: the estimated residual, and a warning on stdout when
+  // it looks poor, so that the result is not taken for a success.
+  void PrintQuality() const {
+    if (json_) {
+      if (quality_map_written_) {
+        PrintJsonLine(absl::StrCat("{\"quality_map\":",
+                                   JsonEscape(quality_map_out_), "}"));
+      }
+      return;
+    }
+    std::fprintf(stdout, "%s\n", QualitySummaryText(quality_).c_str());
+    if (quality_.estimated() && quality_.verdict() != v1::QUALITY_VERDICT_GOOD &&
+        !quality_.warning().empty()) {
+      std::fprintf(stdout, "WARNING: %s\n", quality_.warning().c_str());
+    }
+    if (quality_map_written_) {
+      std::fprintf(stdout, "wrote quality map %s\n", quality_map_out_.c_str());
+    }
+  }
+
   bool OutputFailed(const absl::Status& s) {
     output_error_ = s;
     return false;
@@ -581,6 +636,9 @@ class EventHandler {
   bool completed_ = false;
   bool output_written_ = false;
   absl::Status output_error_;
+  std::string quality_map_out_;
+  v1::QualitySummary quality_;
+  bool quality_map_written_ = false;
 };
 
 // ------------------------------------------------------------ commands
@@ -680,11 +738,13 @@ int Submit(RegistrationClient* client, Options& opt, const Args& args,
     spec.add_elastix_parameters(text.str());
   }
   const std::string transform_out = opt.Get("transform-out");
+  const std::string quality_map = opt.Get("quality-map");
   if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
   if (args.positional.size() > 1)
     return Usage("submit takes no positional arguments");
 
   EventHandler handler(args.json, output, transform_out, /*resume=*/false);
+  handler.set_quality_map_output(quality_map);
   grpc::Status status = client->Submit(
       spec, inputs, [&](const v1::JobEvent& e) { return handler.OnEvent(e); },
       [&](v1::ImageRole role, uint64_t sent, uint64_t total) {
@@ -711,8 +771,10 @@ int Watch(RegistrationClient* client, Options& opt, const Args& args,
     return Usage("--from-tile must be a non-negative integer");
   }
   const std::string transform_out = opt.Get("transform-out");
+  const std::string quality_map = opt.Get("quality-map");
   if (!opt.Unknown().empty()) return Usage("unknown option --" + opt.Unknown());
   EventHandler handler(args.json, output, transform_out, /*resume=*/true);
+  handler.set_quality_map_output(quality_map);
   if (!output.empty()) {
     absl::Status s = handler.OpenOutput(job);
     if (!s.ok()) {
@@ -776,6 +838,12 @@ void PrintJob(const v1::JobStatus& j) {
   }
   for (const v1::StageTiming& t : j.timings()) {
     std::printf("  %s: %.2f s\n", StageLabel(t.stage()), t.seconds());
+  }
+  if (j.has_quality()) {
+    std::printf("  %s\n", QualitySummaryText(j.quality()).c_str());
+    if (!j.quality().warning().empty()) {
+      std::printf("  WARNING: %s\n", j.quality().warning().c_str());
+    }
   }
   if (!j.result_path().empty())
     std::printf("  result on server: %s\n", j.result_path().c_str());

@@ -48,6 +48,8 @@ const char* StageLabel(v1::Stage stage) {
       return "warp";
     case v1::STAGE_STREAM:
       return "stream";
+    case v1::STAGE_QUALITY:
+      return "quality";
     default:
       return "unknown";
   }

@@ -171,6 +171,8 @@ v1::Stage StageToProto(Stage stage) {
       return v1::STAGE_WARP;
     case Stage::kStream:
       return v1::STAGE_STREAM;
+    case Stage::kQuality:
+      return v1::STAGE_QUALITY;
   }
   return v1::STAGE_UNSPECIFIED;
 }
@@ -231,6 +233,58 @@ void PlanToProto(const Plan& plan, v1::Plan* out) {
   MemoryToProto(plan.registration, out->mutable_registration_memory());
   MemoryToProto(plan.warp, out->mutable_warp_memory());
   for (const std::string& r : plan.reasons) out->add_reasons(r);
+  MemoryToProto(plan.quality, out->mutable_quality_memory());
+}
+
+void QualitySummaryToProto(const QualitySummary& s, v1::QualitySummary* out) {
+  out->set_estimated(s.computed);
+  switch (s.verdict) {
+    case QualityVerdict::kGood:
+      out->set_verdict(v1::QUALITY_VERDICT_GOOD);
+      break;
+    case QualityVerdict::kPoor:
+      out->set_verdict(v1::QUALITY_VERDICT_POOR);
+      break;
+    case QualityVerdict::kUnchecked:
+      out->set_verdict(v1::QUALITY_VERDICT_UNCHECKED);
+      break;
+  }
+  out->set_mean_px(s.mean_px);
+  out->set_p95_px(s.p95_px);
+  out->set_max_px(s.max_px);
+  out->set_checked_fraction(s.checked_fraction);
+  out->set_unmatched_fraction(s.unmatched_fraction);
+  out->set_measured_patches(s.measured);
+  out->set_unmatched_patches(s.unmatched);
+  out->set_unknown_patches(s.unknown);
+  out->set_warning(s.warning);
+}
+
+void QualityMapToProto(const QualityMap& map, v1::QualityMap* out) {
+  const QualityGrid& g = map.grid;
+  out->set_cols(g.cols);
+  out->set_rows(g.rows);
+  for (int x : g.x0) out->add_x0(x * g.scale_x);
+  for (int y : g.y0) out->add_y0(y * g.scale_y);
+  out->set_patch_width(g.patch_size * g.scale_x);
+  out->set_patch_height(g.patch_size * g.scale_y);
+  out->set_stride_x(g.stride * g.scale_x);
+  out->set_stride_y(g.stride * g.scale_y);
+  for (PatchState s : g.state) {
+    out->add_state(s == PatchState::kMeasured ? v1::QUALITY_PATCH_STATE_MEASURED
+                   : s == PatchState::kUnmatched
+                       ? v1::QUALITY_PATCH_STATE_UNMATCHED
+                       : v1::QUALITY_PATCH_STATE_UNKNOWN);
+  }
+  *out->mutable_error_px() = {g.error_px.begin(), g.error_px.end()};
+  *out->mutable_dx() = {g.dx.begin(), g.dx.end()};
+  *out->mutable_dy() = {g.dy.begin(), g.dy.end()};
+  const Image& t = map.thumbnail;
+  if (!t.empty() && t.channels() == 1 && t.type() == SampleType::kUInt8) {
+    out->set_thumbnail_width(static_cast<int32_t>(t.width()));
+    out->set_thumbnail_height(static_cast<int32_t>(t.height()));
+    out->set_thumbnail(reinterpret_cast<const char*>(t.data()), t.size_bytes());
+  }
 }
 
 void FailureToProto(const absl::Status& status, v1::Failed* out) {
@@ -267,6 +321,9 @@ void JobInfoToProto(const JobInfo& info,
   out->set_client_label(info.spec.client_label);
   out->set_priority(info.spec.priority);
   out->set_transform(TransformToProto(info.spec.options.transform));
+  if (info.quality.computed || !info.quality.warning.empty()) {
+    QualitySummaryToProto(info.quality, out->mutable_quality());
+  }
 }
 
 void EventToProto(const JobEvent& event, const TileContext& tiles,
@@ -328,6 +385,12 @@ void EventToProto(const JobEvent& event, const TileContext& tiles,
       FilesToProto(transform_files, c->mutable_transform_files());
       c->set_tile_size(info.tiles.edge());
       c->set_tile_count(info.tiles.count());
+      if (info.quality.computed || !info.quality.warning.empty()) {
+        QualitySummaryToProto(info.quality, c->mutable_quality());
+      }
+      if (info.quality_map != nullptr) {
+        QualityMapToProto(*info.quality_map, c->mutable_quality_map());
+      }
       break;
     }
     case JobEvent::Kind::kFailed: {

@@ -42,6 +42,11 @@ v1::SampleType SampleTypeToProto(SampleType type);
 v1::TransformKind TransformToProto(TransformKind kind);
 
 void PlanToProto(const Plan& plan, v1::Plan* out);
+// The quality stage's summary, and its map with the thumbnail (patch
+// rectangles in full-resolution pixels).
+void QualitySummaryToProto(const QualitySummary& summary,
+                           v1::QualitySummary* out);
+void QualityMapToProto(const QualityMap& map, v1::QualityMap* out);
 // code, code name and message of a non-OK status.
 void FailureToProto(const absl::Status& status, v1::Failed* out);
 

@@ -1,6 +1,9 @@
 // Copyright regserve authors.
 #include "server/convert.h"
 
+#include <cmath>
+#include <memory>
+
 #include "gtest/gtest.h"
 
 namespace regserve {
@@ -179,6 +182,60 @@ TEST(EventToProtoTest, CompletedAndProgress) {
   EXPECT_EQ(out.progress().registration().resolution(), 2);
   EXPECT_EQ(out.progress().registration().resolutions(), 4);
   EXPECT_EQ(out.progress().detail(), "resolution 3/4");
+}
+
+TEST(EventToProtoTest, CompletedCarriesQualitySummaryAndMap) {
+  JobEvent ev;
+  ev.kind = JobEvent::Kind::kCompleted;
+  ev.info.quality.computed = true;
+  ev.info.quality.verdict = QualityVerdict::kPoor;
+  ev.info.quality.mean_px = 2.5;
+  ev.info.quality.checked_fraction = 0.5;
+  ev.info.quality.warning = "the registration looks poor";
+  auto map = std::make_shared<QualityMap>();
+  QualityGrid& g = map->grid;
+  g.cols = 2;
+  g.rows = 1;
+  g.patch_size = 64;
+  g.stride = 32;
+  g.x0 = {0, 36};
+  g.y0 = {0};
+  g.scale_x = 2.0;
+  g.scale_y = 1.5;
+  g.state = {PatchState::kMeasured, PatchState::kUnmatched};
+  g.error_px = {0.25f, std::nanf("")};
+  g.dx = {0.25f, std::nanf("")};
+  g.dy = {0.0f, std::nanf("")};
+  map->thumbnail = *Image::AllocateZeroed(
+      {.width = 25, .height = 8, .channels = 1, .type = SampleType::kUInt8});
+  ev.info.quality_map = map;
+  v1::JobEvent out;
+  EventToProto(ev, {}, &out);
+  const v1::QualitySummary& q = out.completed().quality();
+  EXPECT_TRUE(q.estimated());
+  EXPECT_EQ(q.verdict(), v1::QUALITY_VERDICT_POOR);
+  EXPECT_EQ(q.mean_px(), 2.5);
+  EXPECT_EQ(q.warning(), "the registration looks poor");
+  const v1::QualityMap& m = out.completed().quality_map();
+  EXPECT_EQ(m.cols(), 2);
+  ASSERT_EQ(m.x0_size(), 2);
+  EXPECT_EQ(m.x0(1), 72.0);  // full-resolution pixels
+  EXPECT_EQ(m.patch_width(), 128.0);
+  EXPECT_EQ(m.patch_height(), 96.0);
+  EXPECT_EQ(m.stride_x(), 64.0);
+  ASSERT_EQ(m.state_size(), 2);
+  EXPECT_EQ(m.state(0), v1::QUALITY_PATCH_STATE_MEASURED);
+  EXPECT_EQ(m.state(1), v1::QUALITY_PATCH_STATE_UNMATCHED);
+  EXPECT_EQ(m.error_px(0), 0.25f);
+  EXPECT_EQ(m.thumbnail_width(), 25);
+  EXPECT_EQ(m.thumbnail().size(), 25u * 8);
+
+  // A job without an estimate sends neither.
+  ev.info.quality = QualitySummary();
+  ev.info.quality_map = nullptr;
+  EventToProto(ev, {}, &out);
+  EXPECT_FALSE(out.completed().has_quality());
+  EXPECT_FALSE(out.completed().has_quality_map());
 }
 
 TEST(JobInfoToProtoTest, Snapshot) {

@@ -99,6 +99,9 @@ class MetricsObserver final : public JobObserver, public JobLifecycleObserver {
     metrics_->AddPixelsWarped(static_cast<uint64_t>(pixels));
   }
   void OnJobFinished(const JobInfo& info) override {
+    if (info.state == JobState::kCompleted && info.quality.computed) {
+      metrics_->OnQualityEstimate(info.quality.mean_px);
+    }
     if (info.finished != absl::InfinitePast() &&
         info.created != absl::InfinitePast()) {
       metrics_->OnJobDone(absl::ToDoubleSeconds(info.finished - info.created));

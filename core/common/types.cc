@@ -26,6 +26,8 @@ absl::string_view StageName(Stage stage) {
       return "stream";
     case Stage::kQuality:
       return "quality";
+    case Stage::kInitialAlignment:
+      return "initial_alignment";
   }
   return "unknown";
 }

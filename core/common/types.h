@@ -37,6 +37,9 @@ enum class Stage {
   kWarp = 3,
   kStream = 4,
   kQuality = 5,  // the estimated residual (core/quality)
+  // The robust start (core/registration/robust_start), between decode and
+  // registration.
+  kInitialAlignment = 6,
 };
 
 absl::string_view StageName(Stage stage);  // "upload", "decode", ...

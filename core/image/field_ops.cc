@@ -179,6 +179,28 @@ absl::StatusOr<Image> WarpByHomography(const Image& src,
   return out;
 }
 
+absl::Status FillInvalid(const Image& valid, const Image& from, Image* image) {
+  const auto same = [&](const Image& a, SampleType type) {
+    return !a.empty() && a.channels() == 1 && a.type() == type &&
+           a.width() == image->width() && a.height() == image->height();
+  };
+  if (image == nullptr || image->empty() ||
+      !same(*image, SampleType::kFloat32) ||
+      !same(from, SampleType::kFloat32) || !same(valid, SampleType::kUInt8)) {
+    return absl::InvalidArgumentError(
+        "FillInvalid: needs a uint8 mask and two float32 grey images of one "
+        "size");
+  }
+  const uint8_t* v = valid.data();
+  const float* f = from.as<float>();
+  float* o = image->as<float>();
+  const size_t n = static_cast<size_t>(image->width() * image->height());
+  for (size_t i = 0; i < n; ++i) {
+    if (v[i] == 0) o[i] = f[i];
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DisplacementField> ComposeHomographyField(
     const Homography& h, const DisplacementField& d, int threads) {
   const size_t n = static_cast<size_t>(std::max<int64_t>(0, d.width)) *

@@ -78,6 +78,14 @@ absl::StatusOr<Image> WarpByHomography(const Image& src,
                                        float fill = 0.0f,
                                        Image* valid = nullptr, int threads = 1);
 
+// Where `valid` (uint8, from WarpByHomography) is 0, copies `from`'s sample
+// into `image`; all three the same size, `from` and `image` float32 grey.
+// The initial alignment fills the outside of its pre-warped moving copy with
+// the fixed copy: where there is no moving data, the pair then agrees at
+// zero displacement, instead of showing elastix an edge that is not in the
+// fixed image. InvalidArgument for mismatched images.
+absl::Status FillInvalid(const Image& valid, const Image& from, Image* image);
+
 // The total map of "first the field, then the homography": on d's grid,
 // total(x) = H(x + d(x)) - x, in full-resolution pixels. This is the field
 // of a registration whose moving copy was pre-warped by H onto the fixed

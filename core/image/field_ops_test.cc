@@ -155,6 +155,30 @@ TEST(WarpByHomographyTest, RefusesBadInputs) {
   EXPECT_THAT(out.status().message(), HasSubstr("target"));
 }
 
+TEST(FillInvalidTest, CopiesWhereTheMaskIsZero) {
+  const GridGeometry src_grid = RegistrationGrid(40, 30, 40, 30);
+  const Image src = PlaneImage(src_grid);
+  Homography shift;
+  shift.m = {1, 0, 10, 0, 1, 0, 0, 0, 1};  // the right 10 columns fall out
+  Image valid;
+  absl::StatusOr<Image> out =
+      WarpByHomography(src, src_grid, shift, src_grid, 0.0f, &valid);
+  ASSERT_TRUE(out.ok()) << out.status();
+  Image from = *Image::Allocate(src.spec());
+  for (int64_t i = 0; i < 40 * 30; ++i) from.as<float>()[i] = -7.0f;
+  ASSERT_TRUE(FillInvalid(valid, from, &*out).ok());
+  for (int64_t y = 0; y < 30; ++y) {
+    const float* row = reinterpret_cast<const float*>(out->row(y));
+    EXPECT_NEAR(row[29], Plane(39, y), 1e-4);
+    EXPECT_EQ(row[30], -7.0f);
+    EXPECT_EQ(row[39], -7.0f);
+  }
+  Image small = *Image::Allocate(
+      {.width = 4, .height = 4, .channels = 1, .type = SampleType::kFloat32});
+  EXPECT_EQ(FillInvalid(valid, small, &*out).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ComposeHomographyFieldTest, TotalIsHomographyAfterField) {
   // A field on a 2x grid: d(x, y) = (0.01 y + 1, -0.02 x + 2).
   DisplacementField d;

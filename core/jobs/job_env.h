@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/registration/registration.h"
+#include "core/registration/robust_start.h"
 #include "core/warp/warp.h"
 
 namespace regserve {
@@ -57,12 +58,16 @@ absl::Status WriteErrnoToStatus(int err, absl::string_view what,
 
 using RegisterFunction = std::function<absl::StatusOr<RegistrationResult>(
     const RegistrationRequest&, const ElastixConfig&)>;
+using AlignFunction = std::function<absl::StatusOr<InitialAlignment>(
+    const Image& fixed_gray, const Image& moving_gray,
+    const RobustStartOptions& options)>;
 using WarperFactory = std::function<absl::StatusOr<std::unique_ptr<Warper>>(
     WarpDevice device, int cuda_device)>;
 
 struct JobManagerEnv {
   JobFileSystem* fs = nullptr;   // null: DefaultJobFileSystem()
   RegisterFunction register_fn;  // empty: regserve::Register
+  AlignFunction align_fn;        // empty: EstimateInitialAlignment
   WarperFactory create_warper;   // empty: Warper::Create
   // -1: from Options (0 there means automatic); 0 here: no pipeline threads,
   // jobs are only queued (restart tests).

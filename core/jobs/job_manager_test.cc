@@ -48,10 +48,11 @@ TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
   EXPECT_EQ(info.tiles.count(), 3 * 4);
   EXPECT_EQ(d.Count(JobEvent::Kind::kTile), 12);
   EXPECT_EQ(info.registration_metric, -0.75);
-  ASSERT_EQ(info.timings.size(), 4u);
+  ASSERT_EQ(info.timings.size(), 5u);
   EXPECT_EQ(info.timings[0].stage, Stage::kDecode);
-  EXPECT_EQ(info.timings[2].stage, Stage::kQuality);
-  EXPECT_EQ(info.timings[3].stage, Stage::kWarp);
+  EXPECT_EQ(info.timings[1].stage, Stage::kInitialAlignment);
+  EXPECT_EQ(info.timings[3].stage, Stage::kQuality);
+  EXPECT_EQ(info.timings[4].stage, Stage::kWarp);
   // The fake registration's exact shift leaves no residual to find.
   EXPECT_TRUE(info.quality.computed) << info.quality.warning;
   EXPECT_EQ(info.quality.verdict, QualityVerdict::kGood)

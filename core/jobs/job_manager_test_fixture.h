@@ -112,6 +112,16 @@ class FakeRegistration {
   }
 };
 
+// An initial alignment that finds nothing. FakeRegistration's field is the
+// whole fixed -> moving map; after a found alignment it would be composed
+// with it (initial_alignment_stage_test runs the real one).
+inline absl::StatusOr<InitialAlignment> NoInitialAlignment(
+    const Image&, const Image&, const RobustStartOptions&) {
+  InitialAlignment a;
+  a.reason = "none in this test";
+  return a;
+}
+
 // Blocks registration until the job's token fires; tells when it started.
 inline absl::Status WaitForCancel(const RegistrationRequest& req,
                                   absl::Notification* started) {
@@ -177,6 +187,7 @@ class JobManagerTest : public ::testing::Test {
   JobManagerEnv FakeEnv(int threads = -1) {
     JobManagerEnv env;
     env.register_fn = fake_.Fn();
+    env.align_fn = NoInitialAlignment;
     env.pipeline_threads = threads;
     return env;
   }

@@ -131,9 +131,9 @@ absl::StatusOr<E> ParseEnum(absl::string_view key, absl::string_view name,
       absl::StrCat("job file has unknown ", key, " '", name, "'"));
 }
 
-constexpr Stage kStages[] = {Stage::kUpload,       Stage::kDecode,
-                             Stage::kRegistration, Stage::kWarp,
-                             Stage::kStream,       Stage::kQuality};
+constexpr Stage kStages[] = {
+    Stage::kUpload, Stage::kDecode,  Stage::kRegistration,    Stage::kWarp,
+    Stage::kStream, Stage::kQuality, Stage::kInitialAlignment};
 constexpr JobState kStates[] = {JobState::kUploading, JobState::kQueued,
                                 JobState::kRunning,   JobState::kCompleted,
                                 JobState::kFailed,    JobState::kCancelled};
@@ -352,6 +352,16 @@ absl::Status ReadPlanExtras(const Reader& r, Plan* p) {
   return absl::OkStatus();
 }
 
+// The initial alignment's memory; files written before the stage existed
+// lack it, and the stage then reserves as much as the registration did.
+absl::Status ReadInitialAlignmentPlan(const Reader& r, Plan* p) {
+  if (!r.Has("plan.initial_alignment.ram")) {
+    p->initial_alignment = p->registration;
+    return absl::OkStatus();
+  }
+  return ReadStageMemory(r, "plan.initial_alignment", &p->initial_alignment);
+}
+
 constexpr QualityVerdict kVerdicts[] = {
     QualityVerdict::kGood, QualityVerdict::kPoor, QualityVerdict::kUnchecked};
 
@@ -440,6 +450,7 @@ std::string EncodeJobState(const JobRecord& record) {
   w.AddInt("plan.warp_cpu_tile_size", p.warp_cpu_tile_size);
   w.AddInt("plan.result_writer_cpu_ram_bytes",
            static_cast<int64_t>(p.result_writer_cpu_ram_bytes));
+  AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);
   AddList(&w, "plan.reasons", p.reasons);
   w.AddInt("timings.count", static_cast<int64_t>(info.timings.size()));
   for (size_t i = 0; i < info.timings.size(); ++i) {
@@ -513,6 +524,7 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
       ReadStageMemory(r, "plan.registration", &p.registration));
   REGSERVE_RETURN_IF_ERROR(ReadStageMemory(r, "plan.warp", &p.warp));
   REGSERVE_RETURN_IF_ERROR(ReadPlanExtras(r, &p));
+  REGSERVE_RETURN_IF_ERROR(ReadInitialAlignmentPlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadList(r, "plan.reasons", &p.reasons));
   REGSERVE_ASSIGN_OR_RETURN(int64_t timings, r.Int("timings.count"));
   if (timings < 0 || timings > 64)

@@ -2,7 +2,10 @@
 //
 // Registration: runs elastix (and transformix for the field) on the
 // grayscale copies, then keeps a self-contained copy of the transform files
-// in the job directory. Memory: Plan::registration.
+// in the job directory. After an initial alignment H, elastix registers the
+// fixed copy against the moving copy pre-warped by H (on the fixed grid),
+// and the field kept is the total map x -> H(x + d(x)); the stored
+// TransformParameters then describe d alone. Memory: Plan::registration.
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "core/common/file_util.h"
 #include "core/common/status_macros.h"
+#include "core/image/field_ops.h"
 #include "core/jobs/stage_runner.h"
 
 namespace regserve {
@@ -46,6 +50,7 @@ class RegistrationStage final : public PipelineStage {
     }
     run->reg = *std::move(result);
     // The grayscale copies stay for the later stages (quality frees them).
+    REGSERVE_RETURN_IF_ERROR(ComposeWithInitial(run, host));
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(
         CopyTransformFiles(req.work_dir, run->dir.transform(),
@@ -61,16 +66,47 @@ class RegistrationStage final : public PipelineStage {
   }
 
  private:
+  // After an initial alignment the field is elastix's d on the pre-warped
+  // copy: the total map is H(x + d(x)). The pre-warped copy goes.
+  absl::Status ComposeWithInitial(JobRun* run, StageHost* host) const {
+    if (run->moving_prewarped.empty()) return absl::OkStatus();
+    run->moving_prewarped = Image();
+    const Homography& h = run->initial.fixed_to_moving;
+    absl::StatusOr<DisplacementField> total =
+        ComposeHomographyField(h, run->reg.field, s_.threads);
+    if (!total.ok()) {
+      return absl::Status(
+          total.status().code(),
+          absl::StrCat("registration: composing the field with the initial "
+                       "alignment: ",
+                       total.status().message()));
+    }
+    run->reg.field = *std::move(total);
+    host->AddPlanReason(absl::StrFormat(
+        "registration: the stored TransformParameters map the fixed image to "
+        "the moving image pre-warped by the initial alignment; the whole "
+        "fixed -> moving map (full-resolution pixels) is H(T(x)) with H = "
+        "[%.9g %.9g %.9g; %.9g %.9g %.9g; %.9g %.9g %.9g]",
+        h.m[0], h.m[1], h.m[2], h.m[3], h.m[4], h.m[5], h.m[6], h.m[7],
+        h.m[8]));
+    return absl::OkStatus();
+  }
+
   RegistrationRequest Request(const JobRun& run) const {
     const JobRecord& rec = run.rec;
+    // The pre-warped copy lies on the fixed grid: its full-resolution frame
+    // is the fixed image's.
+    const bool prewarped = !run.moving_prewarped.empty();
     RegistrationRequest req;
     req.work_dir = run.dir.registration();
     req.fixed = &run.fixed_gray;
-    req.moving = &run.moving_gray;
+    req.moving = prewarped ? &run.moving_prewarped : &run.moving_gray;
     req.fixed_full_width = rec.fixed_spec.width;
     req.fixed_full_height = rec.fixed_spec.height;
-    req.moving_full_width = rec.moving_spec.width;
-    req.moving_full_height = rec.moving_spec.height;
+    req.moving_full_width =
+        prewarped ? rec.fixed_spec.width : rec.moving_spec.width;
+    req.moving_full_height =
+        prewarped ? rec.fixed_spec.height : rec.moving_spec.height;
     req.transform = rec.info.spec.options.transform;
     req.custom_parameters = rec.info.spec.custom_parameters;
     req.threads = s_.threads;

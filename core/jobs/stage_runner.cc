@@ -10,6 +10,7 @@ std::vector<std::unique_ptr<PipelineStage>> DefaultPipeline(
     const StageServices* services) {
   std::vector<std::unique_ptr<PipelineStage>> stages;
   stages.push_back(MakeDecodeStage(services));
+  stages.push_back(MakeInitialAlignmentStage(services));
   stages.push_back(MakeRegistrationStage(services));
   stages.push_back(MakeQualityStage(services));
   stages.push_back(MakeWarpStage(services));

@@ -43,6 +43,7 @@
 #include "core/jobs/warper_pool.h"
 #include "core/quality/quality_map.h"
 #include "core/registration/registration.h"
+#include "core/registration/robust_start.h"
 #include "core/scheduler/scheduler.h"
 
 namespace regserve {
@@ -98,6 +99,8 @@ struct StageServices {
   absl::Duration registration_timeout = absl::Hours(2);
   // Test hook: called before a stage acquires its resources.
   std::function<void(const std::string& job_id, Stage stage)> before_stage;
+  // The initial alignment; empty: EstimateInitialAlignment.
+  AlignFunction align_fn;
 };
 
 // One run of one job: its inputs and what the stages hand each other.
@@ -113,6 +116,11 @@ struct JobRun {
   Image moving_gray;
   // decode -> warp: the full-resolution moving image.
   Image moving;
+  // initial_alignment -> registration: the robust start (initial.found
+  // false: none) and, when found, the moving copy pre-warped by it onto the
+  // fixed copy's grid (registration frees it).
+  InitialAlignment initial;
+  Image moving_prewarped;
   // registration -> warp: the displacement field (in reg.field).
   RegistrationResult reg;
   // warp -> commit: the written (closed) partial result.
@@ -132,6 +140,9 @@ class PipelineStage {
 
 // decode, registration, warp, commit, each in its own file.
 std::unique_ptr<PipelineStage> MakeDecodeStage(const StageServices* services);
+// initial_alignment: the robust start (core/registration/robust_start).
+std::unique_ptr<PipelineStage> MakeInitialAlignmentStage(
+    const StageServices* services);
 std::unique_ptr<PipelineStage> MakeRegistrationStage(
     const StageServices* services);
 // quality: the estimated residual of run->reg.field (core/quality); frees

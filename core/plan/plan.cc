@@ -96,11 +96,33 @@ uint64_t QualityStageRam(const RegSize& r, const ImageSpec& moving) {
 }
 
 // RAM of the registration stage: elastix/transformix (children), our gray
-// copies, and the full moving image held for the warp.
+// copies (kept for the later stages) and the moving copy pre-warped by the
+// initial alignment (on the fixed grid), and the full moving image held for
+// the warp.
 uint64_t RegistrationStageRam(const RegSize& r, const ImageSpec& moving) {
   const int64_t px = std::max(r.fw * r.fh, r.mw * r.mh);
-  return RegistrationRamBytes(px) + GrayBytes(r) + moving.bytes() +
+  return RegistrationRamBytes(px) + GrayBytes(r) +
+         static_cast<uint64_t>(kGrayBytesPerPixel * r.fw * r.fh) +
+         moving.bytes() +
          static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
+}
+
+// The initial alignment (core/registration/robust_start): OpenCV's SIFT
+// builds its scale space (first octave doubled) on one copy at a time,
+// downsampled to at most RobustStartOptions::detection_megapixels (1.5 MP):
+// about 237 B per detection pixel, measured from 0.5 to 2 MP
+// (docs/benchmarks.md, "Robust start"); the matcher's and the fits' buffers
+// are a few MB. The stage then writes the pre-warped copy and its validity
+// mask (5 B per fixed copy pixel).
+constexpr double kDetectionPixels = 1.5e6;
+constexpr double kSiftBytesPerDetectionPixel = 240.0;
+constexpr uint64_t kSiftBaseBytes = 16ull << 20;
+
+// RAM of the initial alignment stage: its own, plus the copies and the full
+// moving image it holds.
+uint64_t InitialAlignmentStageRam(const RegSize& r, const ImageSpec& moving) {
+  return InitialAlignmentRamBytes(r.fw * r.fh, r.mw * r.mh) + GrayBytes(r) +
+         moving.bytes();
 }
 
 }  // namespace
@@ -115,6 +137,16 @@ uint64_t TiffWriterPartialBytes(int64_t warp_tile, int64_t out_width,
   const uint64_t tile_pixels =
       static_cast<uint64_t>(stream_tile) * static_cast<uint64_t>(stream_tile);
   return 2 * tiles_across * tile_pixels * (pixel.bytes_per_pixel() + 1);
+}
+
+uint64_t InitialAlignmentRamBytes(int64_t fixed_pixels, int64_t moving_pixels) {
+  const double detection =
+      std::min(static_cast<double>(std::max(fixed_pixels, moving_pixels)),
+               kDetectionPixels);
+  return kSiftBaseBytes +
+         static_cast<uint64_t>(kSiftBytesPerDetectionPixel * detection +
+                               (kGrayBytesPerPixel + 1) *
+                                   static_cast<double>(fixed_pixels));
 }
 
 uint64_t RegistrationRamBytes(int64_t pixels) {
@@ -199,7 +231,7 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
   if (fits_ram(full_px)) {
     // Report how far RAM would stretch beyond the full size.
     const double per_px =
-        kElastixBytesPerPixel + 2 * kGrayBytesPerPixel + kFieldBytesPerPixel;
+        kElastixBytesPerPixel + 3 * kGrayBytesPerPixel + kFieldBytesPerPixel;
     const double fixed_cost = kElastixBaseBytes + moving.bytes();
     ram_px = budgets.ram_bytes > fixed_cost
                  ? (budgets.ram_bytes - fixed_cost) / per_px
@@ -271,6 +303,7 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
   plan.decode.ram_bytes =
       std::max(DecodeRam(fixed), DecodeRam(moving)) + GrayBytes(reg);
   plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
+  plan.initial_alignment.ram_bytes = InitialAlignmentStageRam(reg, moving);
   plan.quality.ram_bytes = QualityStageRam(reg, moving);
 
   return reg;
@@ -497,9 +530,20 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
       "by patch phase correlation before the warp; %s RAM",
       plan.registration_fixed_width, plan.registration_fixed_height,
       Mb(plan.quality.ram_bytes)));
+  plan.reasons.push_back(absl::StrFormat(
+      "initial alignment: SIFT features on the registration copies (at most "
+      "%.1f MP for detection) and a robust similarity/affine/homography fit "
+      "before elastix; %s RAM",
+      kDetectionPixels / 1e6, Mb(plan.initial_alignment.ram_bytes)));
   if (plan.decode.ram_bytes > budgets.ram_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "decoding needs ", Mb(plan.decode.ram_bytes),
+        " of RAM, more than the RAM budget of ", Mb(budgets.ram_bytes),
+        "; raise --ram_budget or send smaller images"));
+  }
+  if (plan.initial_alignment.ram_bytes > budgets.ram_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the initial alignment needs ", Mb(plan.initial_alignment.ram_bytes),
         " of RAM, more than the RAM budget of ", Mb(budgets.ram_bytes),
         "; raise --ram_budget or send smaller images"));
   }

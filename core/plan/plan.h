@@ -92,6 +92,10 @@ struct Plan {
   StageMemory registration;  // elastix + transformix (+ copies held)
   StageMemory quality;       // quality map: warped copy (+ copies held)
   StageMemory warp;          // moving image + warp working set + writer
+  // The initial alignment (robust start, between decode and registration):
+  // SIFT on copies of at most 1.5 MP, the pre-warped moving copy and its
+  // mask (+ the copies and the moving image held).
+  StageMemory initial_alignment;
   // The part of warp.ram_bytes that the result writer holds (partly covered
   // stream tiles; 0 when warp tiles line up with stream tiles).
   uint64_t result_writer_ram_bytes = 0;
@@ -137,6 +141,12 @@ uint64_t TiffWriterPartialBytes(int64_t warp_tile, int64_t out_width,
 
 // elastix + transformix RAM for a registration copy of `pixels` pixels.
 uint64_t RegistrationRamBytes(int64_t pixels);
+
+// The initial alignment's own RAM (core/registration/robust_start) for
+// registration copies of `fixed_pixels` and `moving_pixels`: SIFT's scale
+// space on the larger copy downsampled to its detection size, and the
+// moving copy pre-warped onto the fixed grid.
+uint64_t InitialAlignmentRamBytes(int64_t fixed_pixels, int64_t moving_pixels);
 
 // The quality stage's own RAM (core/quality) for a fixed registration copy
 // of `pixels` pixels, besides the copies, field and moving image it holds.

@@ -32,9 +32,9 @@
 namespace regserve {
 namespace {
 
-constexpr Stage kAllStages[] = {Stage::kUpload, Stage::kDecode,
+constexpr Stage kAllStages[] = {Stage::kUpload,       Stage::kDecode,
                                 Stage::kRegistration, Stage::kWarp,
-                                Stage::kStream};
+                                Stage::kStream,       Stage::kQuality};
 constexpr JobOutcome kAllOutcomes[] = {
     JobOutcome::kCompleted, JobOutcome::kFailed, JobOutcome::kCancelled,
     JobOutcome::kRejected};
@@ -69,7 +69,8 @@ int ReasonIndex(absl::StatusCode code) {
 
 int StageIndex(Stage stage) {
   const int i = static_cast<int>(stage);
-  return (i >= 0 && i < 5) ? i : -1;
+  // Stage values are dense from 0: the value is the index.
+  return (i >= 0 && i < static_cast<int>(std::size(kAllStages))) ? i : -1;
 }
 
 // Stage durations span 10 ms (decoding a small PNG) to an hour (elastix on
@@ -202,6 +203,14 @@ prometheus::Gauge* SingleGauge(prometheus::Registry& r, const std::string& name,
                                const std::string& help) {
   return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
 }
+// Estimated residuals in full-resolution pixels: sub-pixel (good) to tens
+// of pixels (a failed registration).
+const prometheus::Histogram::BucketBoundaries& ResidualBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50};
+  return *b;
+}
+
 prometheus::Histogram* SingleHistogram(
     prometheus::Registry& r, const std::string& name, const std::string& help,
     const prometheus::Histogram::BucketBoundaries& buckets) {
@@ -342,6 +351,11 @@ Metrics::Metrics(const Options& options)
                                   "registration (Mattes MI: about -2 good .. "
                                   "0 none).",
                                   FinalMetricBuckets());
+  residual_ = SingleHistogram(r, "regserve_estimated_residual_pixels",
+                              "Estimated mean residual misalignment per "
+                              "registration (quality map), in full-resolution "
+                              "pixels.",
+                              ResidualBuckets());
 
   AddBuildInfo(r, options.build);
   collectable_ = std::make_shared<ScrapeCollectable>(this);
@@ -425,6 +439,10 @@ void Metrics::OnRegistration(int64_t iterations, double final_metric) {
     elastix_iterations_->Increment(static_cast<double>(iterations));
   }
   if (Finite(final_metric)) final_metric_->Observe(final_metric);
+}
+
+void Metrics::OnQualityEstimate(double mean_px) {
+  if (Finite(mean_px) && mean_px >= 0) residual_->Observe(mean_px);
 }
 
 Metrics::GpuGauges* Metrics::GpuLocked(int ordinal) {

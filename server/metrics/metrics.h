@@ -41,6 +41,8 @@
 //   regserve_stages_waiting                         UpdateResources
 //   regserve_elastix_iterations_total               OnRegistration
 //   regserve_registration_final_metric              OnRegistration (histogram)
+//   regserve_estimated_residual_pixels              OnQualityEstimate
+//                                                   (histogram)
 //   regserve_build_info{version,libtorch,cuda} = 1
 //
 // Outcomes: each job submission ends in exactly one outcome, so
@@ -101,7 +103,8 @@ absl::string_view JobOutcomeName(JobOutcome outcome);
 // "unknown" for kOk and for values outside absl::StatusCode.
 absl::string_view FailureReasonLabel(absl::StatusCode code);
 
-// The stage label ("upload", "decode", "registration", "warp", "stream").
+// The stage label ("upload", "decode", "registration", "warp", "stream",
+// "quality").
 absl::string_view StageLabel(Stage stage);
 
 struct BuildInfo {
@@ -180,6 +183,9 @@ class Metrics {
   // parameter files and resolutions, and the final metric value of the
   // last parameter file (Mattes MI: about -2..0).
   void OnRegistration(int64_t iterations, double final_metric);
+  // Once per quality estimate (job): the estimated mean residual in
+  // full-resolution pixels (core/quality).
+  void OnQualityEstimate(double mean_px);
 
   // --- Resources ---
   // Budgets and reservations from the scheduler; free RAM/VRAM as measured
@@ -205,7 +211,7 @@ class Metrics {
     prometheus::Gauge* reserved = nullptr;
     prometheus::Gauge* free = nullptr;
   };
-  static constexpr int kStages = 5;
+  static constexpr int kStages = 6;
   static constexpr int kOutcomes = 4;
   static constexpr int kReasons = 17;  // indexed by absl::StatusCode 1..16
 
@@ -232,6 +238,7 @@ class Metrics {
   prometheus::Gauge* stages_waiting_ = nullptr;
   prometheus::Counter* elastix_iterations_ = nullptr;
   prometheus::Histogram* final_metric_ = nullptr;
+  prometheus::Histogram* residual_ = nullptr;
   prometheus::Family<prometheus::Gauge>* vram_budget_family_ = nullptr;
   prometheus::Family<prometheus::Gauge>* vram_reserved_family_ = nullptr;
   prometheus::Family<prometheus::Gauge>* vram_free_family_ = nullptr;

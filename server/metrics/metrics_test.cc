@@ -148,7 +148,8 @@ TEST(MetricsTest, EverySeriesExistsAtZeroWithHelpAndType) {
         "regserve_sent_bytes_total", "regserve_ram_budget_bytes",
         "regserve_ram_reserved_bytes", "regserve_ram_free_bytes",
         "regserve_stages_waiting", "regserve_elastix_iterations_total",
-        "regserve_registration_final_metric", "regserve_build_info"}) {
+        "regserve_registration_final_metric",
+        "regserve_estimated_residual_pixels", "regserve_build_info"}) {
     // prometheus-cpp writes counters' HELP/TYPE without the _total suffix
     // only in newer versions; accept both.
     std::string base = family;
@@ -163,7 +164,7 @@ TEST(MetricsTest, EverySeriesExistsAtZeroWithHelpAndType) {
   // All sixteen non-OK codes, "unknown" once.
   EXPECT_EQ(Count(s, "regserve_job_failures_total"), 16);
   for (const char* stage :
-       {"upload", "decode", "registration", "warp", "stream"}) {
+       {"upload", "decode", "registration", "warp", "stream", "quality"}) {
     EXPECT_EQ(Value(s, "regserve_jobs_running", {{"stage", stage}}), 0);
     EXPECT_EQ(
         Value(s, "regserve_stage_duration_seconds_count", {{"stage", stage}}),
@@ -277,6 +278,29 @@ TEST(MetricsTest, RegistrationMetricBucketsResolveMattesValues) {
   EXPECT_EQ(Bucket(s, h, 0.0), 2);
   EXPECT_EQ(Value(s, h + "_count"), 2);
   EXPECT_NEAR(Value(s, h + "_sum"), -1.77, 1e-9);
+}
+
+TEST(MetricsTest, EstimatedResidualBuckets) {
+  auto m = NewMetrics();
+  ASSERT_NE(m, nullptr);
+  m->OnQualityEstimate(0.21);
+  m->OnQualityEstimate(2.3);
+  m->OnQualityEstimate(-1);            // ignored
+  m->OnQualityEstimate(std::nan(""));  // ignored
+  m->StageStarted(Stage::kQuality);
+  m->OnStageDone(Stage::kQuality, 0.4);
+  auto s = Parse(m->Serialize());
+  const std::string h = "regserve_estimated_residual_pixels";
+  EXPECT_EQ(Bucket(s, h, 0.2), 0);
+  EXPECT_EQ(Bucket(s, h, 0.3), 1);
+  EXPECT_EQ(Bucket(s, h, 2), 1);
+  EXPECT_EQ(Bucket(s, h, 3), 2);
+  EXPECT_EQ(Value(s, h + "_count"), 2);
+  EXPECT_NEAR(Value(s, h + "_sum"), 2.51, 1e-9);
+  EXPECT_EQ(Value(s, "regserve_jobs_running", {{"stage", "quality"}}), 1);
+  EXPECT_EQ(Value(s, "regserve_stage_duration_seconds_count",
+                  {{"stage", "quality"}}),
+            1);
 }
 
 TEST(MetricsTest, GaugesAndCounters) {
