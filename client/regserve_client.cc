@@ -50,6 +50,8 @@ const char* StageLabel(v1::Stage stage) {
       return "stream";
     case v1::STAGE_QUALITY:
       return "quality";
+    case v1::STAGE_INITIAL_ALIGNMENT:
+      return "initial_alignment";
     default:
       return "unknown";
   }

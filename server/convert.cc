@@ -173,6 +173,8 @@ v1::Stage StageToProto(Stage stage) {
       return v1::STAGE_STREAM;
     case Stage::kQuality:
       return v1::STAGE_QUALITY;
+    case Stage::kInitialAlignment:
+      return v1::STAGE_INITIAL_ALIGNMENT;
   }
   return v1::STAGE_UNSPECIFIED;
 }

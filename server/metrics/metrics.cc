@@ -32,9 +32,9 @@
 namespace regserve {
 namespace {
 
-constexpr Stage kAllStages[] = {Stage::kUpload,       Stage::kDecode,
-                                Stage::kRegistration, Stage::kWarp,
-                                Stage::kStream,       Stage::kQuality};
+constexpr Stage kAllStages[] = {
+    Stage::kUpload, Stage::kDecode,  Stage::kRegistration,    Stage::kWarp,
+    Stage::kStream, Stage::kQuality, Stage::kInitialAlignment};
 constexpr JobOutcome kAllOutcomes[] = {
     JobOutcome::kCompleted, JobOutcome::kFailed, JobOutcome::kCancelled,
     JobOutcome::kRejected};

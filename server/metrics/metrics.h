@@ -104,7 +104,7 @@ absl::string_view JobOutcomeName(JobOutcome outcome);
 absl::string_view FailureReasonLabel(absl::StatusCode code);
 
 // The stage label ("upload", "decode", "registration", "warp", "stream",
-// "quality").
+// "quality", "initial_alignment").
 absl::string_view StageLabel(Stage stage);
 
 struct BuildInfo {
@@ -211,7 +211,7 @@ class Metrics {
     prometheus::Gauge* reserved = nullptr;
     prometheus::Gauge* free = nullptr;
   };
-  static constexpr int kStages = 6;
+  static constexpr int kStages = 7;
   static constexpr int kOutcomes = 4;
   static constexpr int kReasons = 17;  // indexed by absl::StatusCode 1..16
 
