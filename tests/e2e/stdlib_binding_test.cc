@@ -15,13 +15,12 @@
 // With Debian's LibTorch nothing is shadowed, but the load-order checks fail
 // there too without the fix.
 
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/ones.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
 #include <unistd.h>
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/ones.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -95,7 +94,8 @@ std::vector<std::string> NeededOf(const std::string& path) {
   auto section = [&](size_t i) {
     Elf64_Shdr sh{};
     size_t off = eh.e_shoff + i * eh.e_shentsize;
-    if (off + sizeof sh <= elf.size()) std::memcpy(&sh, elf.data() + off, sizeof sh);
+    if (off + sizeof sh <= elf.size())
+      std::memcpy(&sh, elf.data() + off, sizeof sh);
     return sh;
   };
   for (size_t i = 0; i < eh.e_shnum; ++i) {
@@ -131,8 +131,10 @@ const char* const kSymbols[] = {
     "_ZNSt10filesystem12current_pathB5cxx11Ev",
     "_ZNSt10filesystem19temp_directory_pathB5cxx11Ev",
     "_ZNSt10filesystem16weakly_canonicalERKNS_7__cxx114pathE",
-    "_ZNSt10filesystem7__cxx1118directory_iteratorC1ERKNS0_4pathENS_17directory_optionsEPSt10error_code",
-    "_ZNSt10filesystem7__cxx1128recursive_directory_iteratorC1ERKNS0_4pathENS_17directory_optionsEPSt10error_code",
+    "_ZNSt10filesystem7__cxx1118directory_iteratorC1ERKNS0_4pathENS_"
+    "17directory_optionsEPSt10error_code",
+    "_ZNSt10filesystem7__cxx1128recursive_directory_iteratorC1ERKNS0_4pathENS_"
+    "17directory_optionsEPSt10error_code",
     "_ZNSt10filesystem7__cxx114path14_M_split_cmptsEv",
 };
 
@@ -152,8 +154,10 @@ TEST(StdlibBindingTest, LibstdcxxIsSearchedBeforeTorch) {
   std::string order;
   for (size_t i = 0; i < objects.size(); ++i) {
     order += "  " + std::to_string(i) + " " + objects[i] + "\n";
-    if (first_stdcxx < 0 && IsLibstdcxx(objects[i])) first_stdcxx = static_cast<int>(i);
-    if (first_torch < 0 && IsTorch(objects[i])) first_torch = static_cast<int>(i);
+    if (first_stdcxx < 0 && IsLibstdcxx(objects[i]))
+      first_stdcxx = static_cast<int>(i);
+    if (first_torch < 0 && IsTorch(objects[i]))
+      first_torch = static_cast<int>(i);
   }
   ASSERT_GE(first_stdcxx, 0) << order;
   ASSERT_GE(first_torch, 0) << order;
@@ -178,7 +182,8 @@ TEST(StdlibBindingTest, SymbolsResolveIntoLibstdcxx) {
       if (handle == nullptr) continue;
       void* own = dlsym(handle, symbol);
       if (own != nullptr && ObjectOf(own) == name) {
-        std::printf("note: %s also defines %s\n", Basename(name).c_str(), symbol);
+        std::printf("note: %s also defines %s\n", Basename(name).c_str(),
+                    symbol);
       }
       dlclose(handle);
     }
@@ -227,8 +232,10 @@ TEST(StdlibBindingTest, ProgramsNeedLibstdcxxBeforeTorch) {
     std::string list;
     for (size_t i = 0; i < needed.size(); ++i) {
       list += " " + needed[i];
-      if (first_stdcxx < 0 && IsLibstdcxx(needed[i])) first_stdcxx = static_cast<int>(i);
-      if (first_torch < 0 && IsTorch(needed[i])) first_torch = static_cast<int>(i);
+      if (first_stdcxx < 0 && IsLibstdcxx(needed[i]))
+        first_stdcxx = static_cast<int>(i);
+      if (first_torch < 0 && IsTorch(needed[i]))
+        first_torch = static_cast<int>(i);
     }
     ASSERT_GE(first_stdcxx, 0) << program << ":" << list;
     if (first_torch >= 0) {

@@ -63,7 +63,8 @@ Shift MatchPatch(const std::vector<float>& a, const std::vector<float>& b,
     for (int sx = -radius; sx <= radius; ++sx) {
       double mean_b = 0;
       for (int j = 0; j < size; ++j)
-        for (int i = 0; i < size; ++i) mean_b += b[(y + sy + j) * w + x + sx + i];
+        for (int i = 0; i < size; ++i)
+          mean_b += b[(y + sy + j) * w + x + sx + i];
       mean_b /= size * size;
       double cov = 0, var_b = 0;
       for (int j = 0; j < size; ++j)
@@ -77,7 +78,8 @@ Shift MatchPatch(const std::vector<float>& a, const std::vector<float>& b,
           var_b > 0 ? cov / std::sqrt(var_a * var_b) : -2;
     }
   }
-  const int best = static_cast<int>(std::max_element(score.begin(), score.end()) - score.begin());
+  const int best = static_cast<int>(
+      std::max_element(score.begin(), score.end()) - score.begin());
   const int bx = best % n, by = best / n;
   if (score[best] < 0.6 || bx == 0 || by == 0 || bx == n - 1 || by == n - 1) {
     return {0, 0, false};
@@ -86,8 +88,10 @@ Shift MatchPatch(const std::vector<float>& a, const std::vector<float>& b,
     const double d = l - 2 * c + r;
     return d < 0 ? 0.5 * (l - r) / d : 0.0;
   };
-  const double fx = refine(score[by * n + bx - 1], score[by * n + bx], score[by * n + bx + 1]);
-  const double fy = refine(score[(by - 1) * n + bx], score[by * n + bx], score[(by + 1) * n + bx]);
+  const double fx = refine(score[by * n + bx - 1], score[by * n + bx],
+                           score[by * n + bx + 1]);
+  const double fy = refine(score[(by - 1) * n + bx], score[by * n + bx],
+                           score[(by + 1) * n + bx]);
   return {bx - radius + fx, by - radius + fy, true};
 }
 
@@ -101,7 +105,8 @@ double MeanResidual(const Image& a, const Image& b, int radius, int* count) {
   *count = 0;
   const int64_t margin = radius + 200;  // away from fill at the borders
   for (int64_t y = margin; y + size + margin < h; y += (h - 2 * margin) / 9) {
-    for (int64_t x = margin; x + size + margin < w; x += (w - 2 * margin) / 12) {
+    for (int64_t x = margin; x + size + margin < w;
+         x += (w - 2 * margin) / 12) {
       Shift s = MatchPatch(la, lb, w, x, y, size, radius);
       if (!s.ok) continue;
       sum += std::hypot(s.dx, s.dy);
@@ -125,8 +130,10 @@ DisplacementField KnownField(int64_t w, int64_t h) {
     for (int64_t gx = 0; gx < f.width; ++gx) {
       const double u = static_cast<double>(gx) / (f.width - 1);
       const double v = static_cast<double>(gy) / (f.height - 1);
-      f.dx[gy * f.width + gx] = static_cast<float>(7.0 + 6.0 * std::sin(2 * M_PI * v));
-      f.dy[gy * f.width + gx] = static_cast<float>(-4.0 + 5.0 * std::cos(M_PI * u));
+      f.dx[gy * f.width + gx] =
+          static_cast<float>(7.0 + 6.0 * std::sin(2 * M_PI * v));
+      f.dy[gy * f.width + gx] =
+          static_cast<float>(-4.0 + 5.0 * std::cos(M_PI * u));
     }
   }
   return f;
@@ -153,13 +160,15 @@ absl::StatusOr<Image> WarpAll(Warper& warper, const Image& src,
 }
 
 TEST(PhotoGolden, RecoversKnownSmoothDeformationWithinOnePixel) {
-  absl::StatusOr<Image> fixed = ReadImageFile(DataPath("photos/seeding_5312x2988.jpg"));
+  absl::StatusOr<Image> fixed =
+      ReadImageFile(DataPath("photos/seeding_5312x2988.jpg"));
   ASSERT_TRUE(fixed.ok()) << fixed.status();
   ASSERT_GE(fixed->width() * fixed->height(), 15'000'000);
   auto warper = Warper::Create(WarpDevice::kCpu);
   ASSERT_TRUE(warper.ok()) << warper.status();
 
-  absl::StatusOr<Image> moving = WarpAll(**warper, *fixed, KnownField(fixed->width(), fixed->height()));
+  absl::StatusOr<Image> moving =
+      WarpAll(**warper, *fixed, KnownField(fixed->width(), fixed->height()));
   ASSERT_TRUE(moving.ok()) << moving.status();
 
   // Plan as the daemon would, but cap the registration copy at 1.5 MP so the
@@ -168,7 +177,8 @@ TEST(PhotoGolden, RecoversKnownSmoothDeformationWithinOnePixel) {
   options.max_registration_megapixels = 1.5;
   Budgets budgets;
   budgets.ram_bytes = 8ull << 30;
-  absl::StatusOr<Plan> plan = MakePlan(fixed->spec(), moving->spec(), options, budgets);
+  absl::StatusOr<Plan> plan =
+      MakePlan(fixed->spec(), moving->spec(), options, budgets);
   ASSERT_TRUE(plan.ok()) << plan.status();
   auto fixed_gray = MakeGrayscaleCopy(*fixed, plan->registration_fixed_width,
                                       plan->registration_fixed_height, 2);
@@ -176,8 +186,9 @@ TEST(PhotoGolden, RecoversKnownSmoothDeformationWithinOnePixel) {
                                        plan->registration_moving_height, 2);
   ASSERT_TRUE(fixed_gray.ok() && moving_gray.ok());
 
-  const std::string work = std::filesystem::temp_directory_path() /
-                           ("regserve_photo_golden_" + std::to_string(getpid()));
+  const std::string work =
+      std::filesystem::temp_directory_path() /
+      ("regserve_photo_golden_" + std::to_string(getpid()));
   RegistrationRequest req;
   req.work_dir = work;
   req.fixed = &*fixed_gray;
@@ -197,8 +208,10 @@ TEST(PhotoGolden, RecoversKnownSmoothDeformationWithinOnePixel) {
   int before_n = 0, after_n = 0;
   const double before = MeanResidual(*fixed, *moving, 24, &before_n);
   const double after = MeanResidual(*fixed, *out, 24, &after_n);
-  std::printf("photo golden: %d/%d patches, mean residual before %.2f px, after %.3f px\n",
-              before_n, after_n, before, after);
+  std::printf(
+      "photo golden: %d/%d patches, mean residual before %.2f px, after %.3f "
+      "px\n",
+      before_n, after_n, before, after);
   EXPECT_GE(before_n, 20);
   EXPECT_GE(after_n, 20);
   EXPECT_GT(before, 4.0);  // the measurement sees the deformation...
