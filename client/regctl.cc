@@ -594,8 +594,8 @@ class EventHandler {
           "daemon's last restart, or a daemon without the quality stage)"));
     }
     absl::StatusOr<Image> rgb = RenderQualityMap(c.quality_map());
-    absl::Status s = rgb.ok() ? WriteImageFile(quality_map_out_, *rgb)
-                              : rgb.status();
+    absl::Status s =
+        rgb.ok() ? WriteImageFile(quality_map_out_, *rgb) : rgb.status();
     if (!s.ok()) return OutputFailed(s);
     quality_map_written_ = true;
     return true;
@@ -606,13 +606,14 @@ class EventHandler {
   void PrintQuality() const {
     if (json_) {
       if (quality_map_written_) {
-        PrintJsonLine(absl::StrCat("{\"quality_map\":",
-                                   JsonEscape(quality_map_out_), "}"));
+        PrintJsonLine(absl::StrCat(
+            "{\"quality_map\":", JsonEscape(quality_map_out_), "}"));
       }
       return;
     }
     std::fprintf(stdout, "%s\n", QualitySummaryText(quality_).c_str());
-    if (quality_.estimated() && quality_.verdict() != v1::QUALITY_VERDICT_GOOD &&
+    if (quality_.estimated() &&
+        quality_.verdict() != v1::QUALITY_VERDICT_GOOD &&
         !quality_.warning().empty()) {
       std::fprintf(stdout, "WARNING: %s\n", quality_.warning().c_str());
     }

@@ -298,9 +298,9 @@ TEST(MetricsTest, EstimatedResidualBuckets) {
   EXPECT_EQ(Value(s, h + "_count"), 2);
   EXPECT_NEAR(Value(s, h + "_sum"), 2.51, 1e-9);
   EXPECT_EQ(Value(s, "regserve_jobs_running", {{"stage", "quality"}}), 1);
-  EXPECT_EQ(Value(s, "regserve_stage_duration_seconds_count",
-                  {{"stage", "quality"}}),
-            1);
+  EXPECT_EQ(
+      Value(s, "regserve_stage_duration_seconds_count", {{"stage", "quality"}}),
+      1);
 }
 
 TEST(MetricsTest, GaugesAndCounters) {
