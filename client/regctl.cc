@@ -38,10 +38,11 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -52,6 +53,8 @@
 #include "client/quality_map_image.h"
 #include "client/regserve_client.h"
 #include "client/tile_assembler.h"
+#include "core/common/file_util.h"
+#include "core/common/format.h"
 #include "core/image/image_io.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -228,36 +231,17 @@ int ExitFor(const grpc::Status& status) {
   }
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
-  const int c = static_cast<int>(code);
-  return c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN";
-}
-
 int ReportStatus(const grpc::Status& status, const std::string& server) {
   if (status.ok()) return kExitOk;
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
     std::fprintf(stderr, "regctl: server %s unavailable: %s\n", server.c_str(),
                  status.error_message().c_str());
   } else {
-    std::fprintf(stderr, "regctl: %s: %s\n", CodeName(status.error_code()),
-                 status.error_message().c_str());
+    std::fprintf(
+        stderr, "regctl: %s: %s\n",
+        StatusCodeName(static_cast<absl::StatusCode>(status.error_code()))
+            .c_str(),
+        status.error_message().c_str());
   }
   return ExitFor(status);
 }
@@ -305,18 +289,6 @@ std::string ToJson(const google::protobuf::Message& message) {
 void PrintJsonLine(const std::string& json) {
   std::fprintf(stdout, "%s\n", json.c_str());
   std::fflush(stdout);
-}
-
-std::string Bytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrCat(b, " B")
-                : absl::StrFormat("%.1f %s", v, units[u]);
 }
 
 // One progress line per stage: redrawn in place on a terminal, a plain line
@@ -431,7 +403,7 @@ class EventHandler {
     progress_.Update(
         "upload", total > 0 ? static_cast<double>(sent) / total : 1.0,
         absl::StrCat(role == v1::IMAGE_ROLE_FIXED ? "fixed " : "moving ",
-                     Bytes(sent), " / ", Bytes(total)));
+                     FormatBytes(sent), " / ", FormatBytes(total)));
   }
 
   // False stops the call (output error).
@@ -730,13 +702,11 @@ int Submit(RegistrationClient* client, Options& opt, const Args& args,
   }
   spec.set_client_label(opt.Get("label"));
   for (const std::string& file : opt.GetAll("parameters")) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in)
+    absl::StatusOr<std::string> text = ReadFileToString(file);
+    if (!text.ok())
       return Usage(
           absl::StrCat("cannot read --parameters file \"", file, "\""));
-    std::ostringstream text;
-    text << in.rdbuf();
-    spec.add_elastix_parameters(text.str());
+    spec.add_elastix_parameters(*std::move(text));
   }
   const std::string transform_out = opt.Get("transform-out");
   const std::string quality_map = opt.Get("quality-map");
@@ -898,19 +868,19 @@ int ServerInfo(RegistrationClient* client, Options& opt, const Args& args,
   std::printf("regserved %s (%s) at %s\n", info.version().c_str(),
               info.protocol().c_str(), server.c_str());
   std::printf("RAM: %s total, %s available; budget %s, reserved %s\n",
-              Bytes(info.ram_total_bytes()).c_str(),
-              Bytes(info.ram_available_bytes()).c_str(),
-              Bytes(info.ram_budget_bytes()).c_str(),
-              Bytes(info.ram_reserved_bytes()).c_str());
+              FormatBytes(info.ram_total_bytes()).c_str(),
+              FormatBytes(info.ram_available_bytes()).c_str(),
+              FormatBytes(info.ram_budget_bytes()).c_str(),
+              FormatBytes(info.ram_reserved_bytes()).c_str());
   std::printf("CPU: %d cores, %d/%d stage slots busy\n", info.cpu_cores(),
               info.cpu_running(), info.cpu_slots());
   for (const v1::Gpu& g : info.gpus()) {
     std::printf(
         "GPU %d %s: %s free of %s; budget %s, reserved %s, %d warp(s)\n",
-        g.index(), g.name().c_str(), Bytes(g.vram_free_bytes()).c_str(),
-        Bytes(g.vram_total_bytes()).c_str(),
-        Bytes(g.vram_budget_bytes()).c_str(),
-        Bytes(g.vram_reserved_bytes()).c_str(), g.warps_running());
+        g.index(), g.name().c_str(), FormatBytes(g.vram_free_bytes()).c_str(),
+        FormatBytes(g.vram_total_bytes()).c_str(),
+        FormatBytes(g.vram_budget_bytes()).c_str(),
+        FormatBytes(g.vram_reserved_bytes()).c_str(), g.warps_running());
   }
   std::printf("jobs: %d queued, %d running, %d uploading (max queue %d)\n",
               info.jobs_queued(), info.jobs_running(), info.jobs_uploading(),

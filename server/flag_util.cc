@@ -9,7 +9,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 
 namespace regserve {
@@ -60,18 +59,6 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
         absl::StrCat("byte size \"", text, "\" does not fit in 64 bits"));
   }
   return value << shift;
-}
-
-std::string FormatBytes(uint64_t bytes) {
-  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(bytes);
-  int unit = 0;
-  while (v >= 1024.0 && unit < 5) {
-    v /= 1024.0;
-    ++unit;
-  }
-  if (unit == 0) return absl::StrCat(bytes, " B");
-  return absl::StrFormat("%.1f %s", v, kUnits[unit]);
 }
 
 absl::StatusOr<HostPort> SplitHostPort(absl::string_view address) {

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "core/common/format.h"  // FormatBytes, formerly declared here
 
 namespace regserve {
 
@@ -22,9 +23,6 @@ namespace regserve {
 // (meaning "derive from the hardware"). InvalidArgument otherwise, and for
 // values that overflow 64 bits.
 absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text);
-
-// Human-readable size: "1.5 GiB", "512 B".
-std::string FormatBytes(uint64_t bytes);
 
 struct HostPort {
   std::string host;  // without brackets for IPv6

@@ -15,7 +15,6 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "absl/strings/string_view.h"
 #include "grpcpp/support/status.h"
 
 namespace regserve {
@@ -25,7 +24,8 @@ namespace regserve {
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The canonical name of a gRPC code: "INVALID_ARGUMENT", "OK", ...
-absl::string_view GrpcCodeName(grpc::StatusCode code);
+// (StatusCodeName in core/common/format.h, which regctl uses too).
+std::string GrpcCodeName(grpc::StatusCode code);
 
 }  // namespace regserve
 

@@ -1,68 +1,49 @@
 // Copyright regserve authors.
+//
+// MetaImage I/O on ITK 5.2: itk::MetaImageIO writes both files and parses
+// headers; the data is read through the MetaIO MetaImage it is built on.
+// What stays here is the policy for untrusted headers (see ReadMetaImage in
+// the header): a bounded pre-scan that keeps inputs ITK 5.2 mishandles away
+// from it, and checks of what ITK parsed before anything the size of the
+// image is allocated.
 #include "core/registration/metaimage.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include <cmath>
-#include <cstdio>
+#include <cstdint>
 #include <cstring>
-#include <fstream>
+#include <exception>
 #include <limits>
-#include <map>
 #include <new>
-#include <sstream>
+#include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "itkMetaImageIO.h"
+#include "metaImage.h"
+#include "metaUtils.h"
 
 namespace regserve {
 namespace {
 
+// The header must end (with its ElementDataFile line) within this many bytes
+// and lines; elastix and transformix write about 20 lines.
+constexpr size_t kMaxHeaderBytes = 64 << 10;
+constexpr int kMaxHeaderLines = 200;
+// The largest DimSize accepted on each axis.
+constexpr int kMaxDim = 1 << 20;
+
 std::string Dirname(const std::string& path) {
   size_t slash = path.rfind('/');
   return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
-}
-
-std::string Basename(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-absl::Status WriteFile(const std::string& path, const void* data, size_t n) {
-  FILE* f = std::fopen(path.c_str(), "wbe");
-  if (f == nullptr) {
-    return absl::InternalError(
-        absl::StrCat("cannot create '", path, "': ", std::strerror(errno)));
-  }
-  size_t written = n == 0 ? 0 : std::fwrite(data, 1, n, f);
-  const int write_errno = errno;
-  int close_rc = std::fclose(f);
-  if (written != n || close_rc != 0) {
-    const int err = written != n ? write_errno : errno;
-    if (err == ENOSPC || err == EDQUOT) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot write '", path, "': ", std::strerror(err),
-          "; free space in the data directory (--data_dir) and submit again"));
-    }
-    return absl::InternalError(
-        absl::StrCat("cannot write '", path, "': ", std::strerror(err)));
-  }
-  return absl::OkStatus();
-}
-
-bool ParseDoubles(absl::string_view s, size_t n, double* out) {
-  std::vector<absl::string_view> parts =
-      absl::StrSplit(s, ' ', absl::SkipWhitespace());
-  if (parts.size() < n) return false;
-  for (size_t i = 0; i < n; ++i) {
-    if (!absl::SimpleAtod(parts[i], &out[i])) return false;
-  }
-  return true;
 }
 
 absl::Status HeaderError(const std::string& path, absl::string_view what) {
@@ -70,12 +51,215 @@ absl::Status HeaderError(const std::string& path, absl::string_view what) {
       absl::StrCat("MetaImage '", path, "': ", what));
 }
 
+// An ITK error's text on one line, without the "ITK ERROR: Class(0x...): "
+// prefix of its descriptions.
+std::string OneLine(absl::string_view text) {
+  if (absl::ConsumePrefix(&text, "ITK ERROR: ")) {
+    const size_t end = text.find("): ");
+    if (end != absl::string_view::npos) text.remove_prefix(end + 3);
+  }
+  return absl::StrReplaceAll(absl::StripTrailingAsciiWhitespace(text),
+                             {{"\n", "; "}});
+}
+
+// A header value for a message: quoted, and cut when long.
+std::string Quoted(absl::string_view value) {
+  constexpr size_t kMax = 64;
+  if (value.size() <= kMax) return absl::StrCat("'", value, "'");
+  return absl::StrCat("'", value.substr(0, kMax), "...' (", value.size(),
+                      " bytes)");
+}
+
+// What the pre-scan learns from the raw header bytes.
+struct HeaderScan {
+  std::string data_file;  // the ElementDataFile value
+  // Where LOCAL data starts: just after the ElementDataFile line; the file's
+  // size when that line has no newline (then there is no data).
+  uint64_t data_offset = 0;
+};
+
+// The value of a "Key = value" line as MetaIO reads it: it skips every '=',
+// ':' and blank after the key.
+absl::string_view FieldValue(absl::string_view rest) {
+  while (!rest.empty() &&
+         (rest[0] == '=' || rest[0] == ':' ||
+          absl::ascii_isspace(static_cast<unsigned char>(rest[0])))) {
+    rest.remove_prefix(1);
+  }
+  return absl::StripTrailingAsciiWhitespace(rest);
+}
+
+// Scans the header up to its ElementDataFile line, before ITK sees it.
+// ITK 5.2's MetaIO sizes its DimSize and TransformMatrix reads by NDims
+// without bounds: NDims = 11 with a full TransformMatrix crashes it, and a
+// negative NDims makes it loop for ever. So NDims is checked here, on every
+// line MetaIO could read as NDims. Lines must hold a '=' or ':' (MetaIO
+// would otherwise look for the value on the next lines) and no NUL (which
+// would end MetaIO's key early), so that MetaIO sees the same lines as this
+// scan does.
+absl::StatusOr<HeaderScan> ScanHeader(const std::string& path,
+                                      absl::string_view bytes,
+                                      uint64_t file_size) {
+  size_t pos = 0;
+  for (int line_no = 1; pos < bytes.size(); ++line_no) {
+    if (line_no > kMaxHeaderLines) {
+      return HeaderError(path, absl::StrCat("header is too long (more than ",
+                                            kMaxHeaderLines, " lines)"));
+    }
+    const size_t nl = bytes.find('\n', pos);
+    const bool has_newline = nl != absl::string_view::npos;
+    if (!has_newline && bytes.size() < file_size) break;  // cut at the limit
+    const absl::string_view line =
+        bytes.substr(pos, has_newline ? nl - pos : absl::string_view::npos);
+    pos = has_newline ? nl + 1 : bytes.size();
+    if (line.find('\0') != absl::string_view::npos) {
+      return HeaderError(path,
+                         absl::StrCat("header line ", line_no, " has a NUL"));
+    }
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    const size_t sep = line.find_first_of("=:");
+    if (sep == absl::string_view::npos) {
+      return HeaderError(
+          path, absl::StrCat("header line ", line_no, " is not 'Key = value'"));
+    }
+    const absl::string_view key =
+        absl::StripAsciiWhitespace(line.substr(0, sep));
+    const absl::string_view value = FieldValue(line.substr(sep));
+    if (absl::EqualsIgnoreCase(key, "NDims") && value != "2") {
+      return HeaderError(path,
+                         absl::StrCat("NDims must be 2, got ", Quoted(value)));
+    }
+    if (key == "ElementDataFile") {
+      HeaderScan scan;
+      scan.data_file = std::string(value);
+      scan.data_offset = has_newline ? pos : file_size;
+      return scan;
+    }
+  }
+  if (bytes.size() < file_size) {
+    return HeaderError(path, absl::StrCat("header is too long (no "
+                                          "ElementDataFile in the first ",
+                                          kMaxHeaderBytes, " bytes)"));
+  }
+  return HeaderError(path, "no ElementDataFile");
+}
+
+// ITK refused the header. MetaIO names the offending field on stderr only,
+// so the message lists the fields it requires.
+absl::Status ParseError(const std::string& path, absl::string_view itk_text) {
+  return HeaderError(
+      path, absl::StrCat("ITK cannot parse the header (a required field, "
+                         "NDims, DimSize, ElementType or ElementDataFile, is "
+                         "missing or malformed): ",
+                         OneLine(itk_text)));
+}
+
+// Opens `path` without blocking (a FIFO must not hang the caller), checks
+// that it is a regular file, and reads its first kMaxHeaderBytes.
+absl::Status ReadHeaderBytes(const std::string& path, std::string* bytes,
+                             uint64_t* file_size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    return absl::NotFoundError(absl::StrCat("cannot open MetaImage header '",
+                                            path, "': ", std::strerror(errno)));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return HeaderError(path, "the header is not a regular file");
+  }
+  *file_size = static_cast<uint64_t>(st.st_size);
+  bytes->resize(kMaxHeaderBytes);
+  size_t got = 0;
+  while (got < bytes->size()) {
+    const ssize_t n = ::read(fd, &(*bytes)[got], bytes->size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return absl::InternalError(absl::StrCat("cannot read MetaImage header '",
+                                              path, "': ", std::strerror(err)));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  bytes->resize(got);
+  return absl::OkStatus();
+}
+
+// Bytes per sample of the element types we read; 0 for the others.
+size_t ElementSize(MET_ValueEnumType type) {
+  switch (type) {
+    case MET_UCHAR:
+    case MET_CHAR:
+      return 1;
+    case MET_USHORT:
+    case MET_SHORT:
+      return 2;
+    case MET_UINT:
+    case MET_INT:
+    case MET_FLOAT:
+      return 4;
+    case MET_DOUBLE:
+      return 8;
+    default:
+      return 0;
+  }
+}
+
+std::string TypeName(MET_ValueEnumType type) {
+  char name[80] = "";
+  if (!MET_TypeToString(type, name)) return absl::StrCat("type ", type);
+  return name;
+}
+
+// A failed write. MetaIO fails on a system call whose errno is still set;
+// a full disk is the caller's resource problem, not an internal error.
+absl::Status WriteError(const std::string& path, int err,
+                        absl::string_view itk_text) {
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot write MetaImage '", path, "': ", std::strerror(err),
+        "; free space in the data directory (--data_dir) and submit again"));
+  }
+  return absl::InternalError(
+      absl::StrCat("cannot write MetaImage '", path,
+                   "': ", err != 0 ? std::strerror(err) : "I/O error", " (",
+                   OneLine(itk_text), ")"));
+}
+
 template <typename T>
-void Convert(const char* bytes, size_t count, float* out) {
+void Convert(const void* data, size_t count, float* out) {
+  const char* bytes = static_cast<const char*>(data);
   for (size_t i = 0; i < count; ++i) {
     T v;
     std::memcpy(&v, bytes + i * sizeof(T), sizeof(T));
     out[i] = static_cast<float>(v);
+  }
+}
+
+void ConvertToFloat(MET_ValueEnumType type, const void* data, size_t count,
+                    float* out) {
+  switch (type) {
+    case MET_UCHAR:
+      return Convert<uint8_t>(data, count, out);
+    case MET_CHAR:
+      return Convert<int8_t>(data, count, out);
+    case MET_USHORT:
+      return Convert<uint16_t>(data, count, out);
+    case MET_SHORT:
+      return Convert<int16_t>(data, count, out);
+    case MET_UINT:
+      return Convert<uint32_t>(data, count, out);
+    case MET_INT:
+      return Convert<int32_t>(data, count, out);
+    case MET_FLOAT:
+      return Convert<float>(data, count, out);
+    case MET_DOUBLE:
+      return Convert<double>(data, count, out);
+    default:
+      return;  // refused by ReadMetaImage before
   }
 }
 
@@ -94,157 +278,167 @@ absl::Status WriteMetaImage(const std::string& mhd_path, const Image& image,
     return absl::InvalidArgumentError(
         absl::StrCat("MetaImage path must end in .mhd: ", mhd_path));
   }
-  std::string raw_path = mhd_path.substr(0, mhd_path.size() - 4) + ".raw";
-  std::string header = absl::StrFormat(
-      "ObjectType = Image\n"
-      "NDims = 2\n"
-      "BinaryData = True\n"
-      "BinaryDataByteOrderMSB = False\n"
-      "CompressedData = False\n"
-      "TransformMatrix = 1 0 0 1\n"
-      "Offset = %.17g %.17g\n"
-      "ElementSpacing = %.17g %.17g\n"
-      "DimSize = %d %d\n"
-      "ElementNumberOfChannels = 1\n"
-      "ElementType = MET_FLOAT\n"
-      "ElementDataFile = %s\n",
-      origin[0], origin[1], spacing[0], spacing[1], image.width(),
-      image.height(), Basename(raw_path));
-  static_assert(std::numeric_limits<float>::is_iec559, "IEEE floats");
-  // The raw data is little-endian float32 (our only target is x86-64/arm64
-  // little-endian Linux).
-  absl::Status s = WriteFile(raw_path, image.data(), image.size_bytes());
-  if (!s.ok()) return s;
-  return WriteFile(mhd_path, header.data(), header.size());
+  itk::MetaImageIO::Pointer io = itk::MetaImageIO::New();
+  io->SetFileName(mhd_path);  // .mhd: the data goes to a .raw file beside it
+  io->SetNumberOfDimensions(2);
+  io->SetDimensions(0, static_cast<itk::SizeValueType>(image.width()));
+  io->SetDimensions(1, static_cast<itk::SizeValueType>(image.height()));
+  itk::ImageIORegion region(2);
+  for (unsigned i = 0; i < 2; ++i) {
+    io->SetSpacing(i, spacing[i]);
+    io->SetOrigin(i, origin[i]);
+    std::vector<double> axis(2, 0.0);
+    axis[i] = 1.0;
+    io->SetDirection(i, axis);
+    region.SetIndex(i, 0);
+    region.SetSize(i, io->GetDimensions(i));
+  }
+  io->SetIORegion(region);
+  io->SetPixelType(itk::IOPixelEnum::SCALAR);
+  io->SetComponentType(itk::IOComponentEnum::FLOAT);
+  io->SetNumberOfComponents(1);
+  io->SetUseCompression(false);
+  // Round-trip exact: elastix must see the spacing and origin we meant.
+  io->SetDoublePrecision(std::numeric_limits<double>::max_digits10);
+  errno = 0;
+  try {
+    io->WriteImageInformation();
+    io->Write(image.data());
+  } catch (const itk::ExceptionObject& e) {
+    return WriteError(mhd_path, errno, e.GetDescription());
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory writing MetaImage '", mhd_path, "'"));
+  } catch (const std::exception& e) {
+    return WriteError(mhd_path, errno, e.what());
+  }
+  // ITK 5.2's MetaIO notices a failed write (a full disk) only on stderr and
+  // still succeeds: check that both files are complete.
+  const int write_errno = errno;
+  const std::string raw_path = mhd_path.substr(0, mhd_path.size() - 4) + ".raw";
+  struct stat st;
+  const uint64_t raw_size = ::stat(raw_path.c_str(), &st) == 0
+                                ? static_cast<uint64_t>(st.st_size)
+                                : 0;
+  std::string header;
+  uint64_t header_size = 0;
+  const bool header_ok =
+      ReadHeaderBytes(mhd_path, &header, &header_size).ok() &&
+      ScanHeader(mhd_path, header, header_size).ok();
+  if (raw_size != image.size_bytes() || !header_ok) {
+    return WriteError(
+        mhd_path, write_errno,
+        absl::StrCat("wrote ", raw_size, " of ", image.size_bytes(),
+                     " bytes of '", raw_path, "'",
+                     header_ok ? "" : ", and an incomplete header"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
-  std::ifstream in(mhd_path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open MetaImage header '", mhd_path, "'"));
+  std::string header;
+  uint64_t header_size = 0;
+  absl::Status read = ReadHeaderBytes(mhd_path, &header, &header_size);
+  if (!read.ok()) return read;
+  absl::StatusOr<HeaderScan> scan = ScanHeader(mhd_path, header, header_size);
+  if (!scan.ok()) return scan.status();
+
+  itk::MetaImageIO::Pointer io = itk::MetaImageIO::New();
+  io->SetFileName(mhd_path);
+  try {
+    io->ReadImageInformation();  // the header only: no element data
+  } catch (const itk::ExceptionObject& e) {
+    return ParseError(mhd_path, e.GetDescription());
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of memory reading MetaImage header '", mhd_path, "'"));
+  } catch (const std::exception& e) {
+    return ParseError(mhd_path, e.what());
   }
-  std::map<std::string, std::string> fields;
-  std::string line;
-  std::streamoff local_data_offset = -1;
-  bool local_data = false;
-  int lines = 0;
-  while (std::getline(in, line)) {
-    if (++lines > 200) return HeaderError(mhd_path, "header is too long");
-    size_t eq = line.find('=');
-    if (eq == std::string::npos) continue;
-    std::string key(absl::StripAsciiWhitespace(line.substr(0, eq)));
-    std::string value(absl::StripAsciiWhitespace(line.substr(eq + 1)));
-    fields[key] = value;
-    if (key == "ElementDataFile") {
-      if (value == "LOCAL") {
-        local_data = true;
-        // tellg() is -1 when the header ends without a newline: no data.
-        local_data_offset = in.tellg();
-      }
-      break;  // ElementDataFile is always the last header field
-    }
-  }
-  auto get = [&](const char* key) -> std::string {
-    auto it = fields.find(key);
-    return it == fields.end() ? std::string() : it->second;
-  };
-  if (get("NDims") != "2") {
-    return HeaderError(
-        mhd_path, absl::StrCat("NDims must be 2, got '", get("NDims"), "'"));
-  }
+  ::MetaImage* meta = io->GetMetaImagePointer();
+
   MetaImage img;
-  double dims[2];
-  // Written as !(in range) so that NaN is refused too.
-  if (!ParseDoubles(get("DimSize"), 2, dims) ||
-      !(dims[0] >= 1 && dims[0] <= (1 << 20)) ||
-      !(dims[1] >= 1 && dims[1] <= (1 << 20))) {
+  if (meta->NDims() != 2) {
     return HeaderError(mhd_path,
-                       absl::StrCat("bad DimSize '", get("DimSize"), "'"));
+                       absl::StrCat("NDims must be 2, got ", meta->NDims()));
   }
-  img.width = static_cast<int64_t>(dims[0]);
-  img.height = static_cast<int64_t>(dims[1]);
-  std::string channels = get("ElementNumberOfChannels");
-  if (!channels.empty() && (!absl::SimpleAtoi(channels, &img.channels) ||
-                            img.channels < 1 || img.channels > 4)) {
+  const int w = meta->DimSize(0);
+  const int h = meta->DimSize(1);
+  if (w < 1 || w > kMaxDim || h < 1 || h > kMaxDim) {
+    return HeaderError(mhd_path, absl::StrCat("bad DimSize '", w, " ", h, "'"));
+  }
+  img.width = w;
+  img.height = h;
+  img.channels = meta->ElementNumberOfChannels();
+  if (img.channels < 1 || img.channels > 4) {
+    return HeaderError(mhd_path, absl::StrCat("bad ElementNumberOfChannels '",
+                                              img.channels, "'"));
+  }
+  for (int i = 0; i < 2; ++i) {
+    img.spacing[i] = meta->ElementSpacing(i);
+    img.origin[i] = meta->Offset(i);  // Offset, Origin or Position
+  }
+  const double* m = meta->TransformMatrix();  // row-major, NDims x NDims
+  if (m[0] != 1 || m[1] != 0 || m[2] != 0 || m[3] != 1) {
     return HeaderError(
-        mhd_path, absl::StrCat("bad ElementNumberOfChannels '", channels, "'"));
+        mhd_path,
+        absl::StrCat("only an identity TransformMatrix is supported, got '",
+                     m[0], " ", m[1], " ", m[2], " ", m[3], "'"));
   }
-  if (!get("ElementSpacing").empty() &&
-      !ParseDoubles(get("ElementSpacing"), 2, img.spacing.data())) {
-    return HeaderError(mhd_path, "bad ElementSpacing");
+  if (meta->BinaryDataByteOrderMSB()) {
+    return HeaderError(mhd_path, "big-endian data is not supported");
   }
-  for (const char* key : {"Offset", "Origin", "Position"}) {
-    if (!get(key).empty()) {
-      if (!ParseDoubles(get(key), 2, img.origin.data())) {
-        return HeaderError(mhd_path, absl::StrCat("bad ", key));
-      }
-      break;
-    }
-  }
-  std::string matrix = get("TransformMatrix");
-  if (!matrix.empty()) {
-    double m[4];
-    if (!ParseDoubles(matrix, 4, m) || m[0] != 1 || m[1] != 0 || m[2] != 0 ||
-        m[3] != 1) {
-      return HeaderError(mhd_path, absl::StrCat("only an identity "
-                                                "TransformMatrix is supported, "
-                                                "got '",
-                                                matrix, "'"));
-    }
-  }
-  for (const char* key : {"BinaryDataByteOrderMSB", "ElementByteOrderMSB"}) {
-    std::string v = absl::AsciiStrToLower(get(key));
-    if (v == "true") {
-      return HeaderError(mhd_path, "big-endian data is not supported");
-    }
-  }
-  if (absl::AsciiStrToLower(get("CompressedData")) == "true") {
+  if (meta->CompressedData()) {
     return HeaderError(mhd_path, "compressed data is not supported");
   }
-  std::string type = get("ElementType");
-  size_t elem = 0;
-  if (type == "MET_UCHAR" || type == "MET_CHAR") {
-    elem = 1;
-  } else if (type == "MET_USHORT" || type == "MET_SHORT") {
-    elem = 2;
-  } else if (type == "MET_UINT" || type == "MET_INT" || type == "MET_FLOAT") {
-    elem = 4;
-  } else if (type == "MET_DOUBLE") {
-    elem = 8;
-  } else {
+  if (!meta->BinaryData()) {
     return HeaderError(mhd_path,
-                       absl::StrCat("unsupported ElementType '", type, "'"));
+                       "text data (BinaryData = False) is not supported");
   }
-  std::string data_file = get("ElementDataFile");
-  if (data_file.empty()) return HeaderError(mhd_path, "no ElementDataFile");
+  if (meta->HeaderSize() != 0) {
+    return HeaderError(mhd_path, "HeaderSize is not supported");
+  }
+  const MET_ValueEnumType type = meta->ElementType();
+  const size_t elem = ElementSize(type);
+  if (elem == 0) {
+    return HeaderError(mhd_path, absl::StrCat("unsupported ElementType '",
+                                              TypeName(type), "'"));
+  }
+  const std::string data_file = meta->ElementDataFileName();
+  if (data_file != scan->data_file) {
+    // MetaIO cuts long values; the pre-scan must agree with what it read.
+    return HeaderError(mhd_path,
+                       absl::StrCat("ElementDataFile ", Quoted(scan->data_file),
+                                    " is too long or malformed"));
+  }
+  const bool local = data_file == "LOCAL";
+  // MetaIO reads "LIST" and names with '%' as lists of files, and opens
+  // names with '/', '\' or a drive letter outside the header's folder.
+  if (!local && (data_file.empty() || data_file == "LIST" ||
+                 data_file.find_first_of("/\\:%") != std::string::npos)) {
+    return HeaderError(mhd_path,
+                       absl::StrCat("ElementDataFile ", Quoted(data_file),
+                                    " must be a file name next to the "
+                                    "header"));
+  }
 
   // The header is untrusted: check what it implies against the bytes that
   // exist before allocating anything (a corrupt DimSize must not become a
   // multi-terabyte allocation), with the products checked for overflow.
   size_t count = 0;
   size_t needed = 0;
-  if (__builtin_mul_overflow(static_cast<size_t>(img.width),
-                             static_cast<size_t>(img.height), &count) ||
+  if (__builtin_mul_overflow(static_cast<size_t>(w), static_cast<size_t>(h),
+                             &count) ||
       __builtin_mul_overflow(count, static_cast<size_t>(img.channels),
                              &count) ||
       __builtin_mul_overflow(count, elem, &needed)) {
-    return HeaderError(mhd_path, absl::StrCat("DimSize '", get("DimSize"),
-                                              "' with ElementType ", type,
-                                              " overflows a byte count"));
+    return HeaderError(
+        mhd_path, absl::StrCat("DimSize '", w, " ", h, "' with ElementType ",
+                               TypeName(type), " overflows a byte count"));
   }
-  std::string data_path;
-  if (local_data) {
-    struct stat st;
-    if (::stat(mhd_path.c_str(), &st) != 0) {
-      return absl::NotFoundError(absl::StrCat(
-          "cannot stat MetaImage '", mhd_path, "': ", std::strerror(errno)));
-    }
-    const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-    const uint64_t offset = local_data_offset >= 0
-                                ? static_cast<uint64_t>(local_data_offset)
-                                : file_size;
-    const uint64_t available = file_size > offset ? file_size - offset : 0;
+  if (local) {
+    const uint64_t available =
+        header_size > scan->data_offset ? header_size - scan->data_offset : 0;
     if (available < needed) {
       return HeaderError(
           mhd_path,
@@ -252,12 +446,7 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
                        " bytes after the header, DimSize needs ", needed));
     }
   } else {
-    if (data_file.find('/') != std::string::npos || data_file == "LIST") {
-      return HeaderError(mhd_path, absl::StrCat("ElementDataFile '", data_file,
-                                                "' must be a file name next "
-                                                "to the header"));
-    }
-    data_path = Dirname(mhd_path) + "/" + data_file;
+    const std::string data_path = Dirname(mhd_path) + "/" + data_file;
     struct stat st;
     if (::stat(data_path.c_str(), &st) != 0) {
       return absl::NotFoundError(absl::StrCat("cannot open MetaImage data '",
@@ -274,46 +463,45 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
                                  " bytes, DimSize needs ", needed));
     }
   }
-  std::string bytes;
+
+  const auto out_of_memory = [&] {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("MetaImage '", mhd_path, "': out of memory reading a ", w,
+                     "x", h, " image (", needed, " bytes of data)"));
+  };
   try {
-    bytes.assign(needed, '\0');
     img.data.resize(count);
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "MetaImage '", mhd_path, "': out of memory reading a ", img.width, "x",
-        img.height, " image (", needed, " bytes of data)"));
+    return out_of_memory();
   }
-  if (local_data) {
-    in.clear();
-    in.seekg(local_data_offset);
-    in.read(&bytes[0], bytes.size());
-    if (static_cast<size_t>(in.gcount()) != bytes.size()) {
-      return HeaderError(mhd_path, "local data is shorter than DimSize says");
+  // MetaIO parses the header again to read the data. Letting it allocate
+  // the buffer from that second parse (rather than handing it one sized by
+  // the first, as MetaImageIO::Read does) means a header changed in between
+  // cannot overflow a buffer; the second parse is checked against the first.
+  ::MetaImage data_reader;
+  try {
+    if (!data_reader.Read(mhd_path.c_str(), /*_readElements=*/true)) {
+      return HeaderError(mhd_path,
+                         absl::StrCat("ITK cannot read the data (", needed,
+                                      " bytes) of '", data_file, "'"));
     }
-  } else {
-    std::ifstream raw(data_path, std::ios::binary);
-    if (!raw) {
-      return absl::NotFoundError(
-          absl::StrCat("cannot open MetaImage data '", data_path, "'"));
-    }
-    raw.read(&bytes[0], bytes.size());
-    if (static_cast<size_t>(raw.gcount()) != bytes.size()) {
-      return HeaderError(
-          mhd_path,
-          absl::StrCat("data file '", data_path, "' has ", raw.gcount(),
-                       " bytes, DimSize needs ", bytes.size()));
-    }
+  } catch (const itk::ExceptionObject& e) {
+    return HeaderError(mhd_path, absl::StrCat("ITK cannot read the data: ",
+                                              OneLine(e.GetDescription())));
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  } catch (const std::exception& e) {
+    return HeaderError(mhd_path, absl::StrCat("ITK cannot read the data: ",
+                                              OneLine(e.what())));
   }
-  const char* b = bytes.data();
-  float* out = img.data.data();
-  if (type == "MET_UCHAR") Convert<uint8_t>(b, count, out);
-  if (type == "MET_CHAR") Convert<int8_t>(b, count, out);
-  if (type == "MET_USHORT") Convert<uint16_t>(b, count, out);
-  if (type == "MET_SHORT") Convert<int16_t>(b, count, out);
-  if (type == "MET_UINT") Convert<uint32_t>(b, count, out);
-  if (type == "MET_INT") Convert<int32_t>(b, count, out);
-  if (type == "MET_FLOAT") Convert<float>(b, count, out);
-  if (type == "MET_DOUBLE") Convert<double>(b, count, out);
+  if (data_reader.NDims() != 2 || data_reader.DimSize(0) != w ||
+      data_reader.DimSize(1) != h ||
+      data_reader.ElementNumberOfChannels() != img.channels ||
+      data_reader.ElementType() != type ||
+      data_reader.ElementData() == nullptr) {
+    return HeaderError(mhd_path, "the header changed while it was read");
+  }
+  ConvertToFloat(type, data_reader.ElementData(), count, img.data.data());
   return img;
 }
 

@@ -1,20 +1,23 @@
 // Copyright regserve authors.
 //
-// Minimal 2-D MetaImage (.mhd header + .raw data) reading and writing, for
-// exchanging images and deformation fields with elastix/transformix.
+// 2-D MetaImage (.mhd header + .raw data) reading and writing, for
+// exchanging images and deformation fields with elastix/transformix. Built
+// on ITK's MetaImageIO; this layer adds the checks an untrusted header needs.
 //
 //   REGSERVE_RETURN_IF_ERROR(WriteMetaImage("/w/fixed.mhd", gray, {4, 4},
 //                                           {1.5, 1.5}));
 //   REGSERVE_ASSIGN_OR_RETURN(DisplacementField f,
 //                             ReadDisplacementField("/w/deformationField.mhd"));
 //
-// Supported on read: NDims 2, uncompressed little-endian data in a separate
-// file next to the header (or ElementDataFile = LOCAL), element types
-// MET_UCHAR/CHAR/USHORT/SHORT/UINT/INT/FLOAT/DOUBLE, 1 or 2 channels, an
-// identity TransformMatrix. Anything else gives InvalidArgument naming the
-// header field.
+// Supported on read: NDims 2, uncompressed little-endian binary data in a
+// separate file next to the header (or ElementDataFile = LOCAL), element
+// types MET_UCHAR/CHAR/USHORT/SHORT/UINT/INT/FLOAT/DOUBLE, 1 to 4 channels,
+// an identity TransformMatrix, no HeaderSize, a header of at most 200 lines
+// and 64 KiB. Anything else gives InvalidArgument naming the header field.
+// ITK's MetaIO prints its own parse diagnostics to stderr.
 //
-// Thread safety: all functions are thread-safe (no shared state).
+// Thread safety: all functions are thread-safe (each call uses its own ITK
+// IO objects).
 #ifndef REGSERVE_CORE_REGISTRATION_METAIMAGE_H_
 #define REGSERVE_CORE_REGISTRATION_METAIMAGE_H_
 

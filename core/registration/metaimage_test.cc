@@ -210,5 +210,44 @@ TEST(MetaImage, RejectsBadHeaders) {
             absl::StatusCode::kNotFound);
 }
 
+// Headers that ITK 5.2's MetaIO mishandles when it parses them itself: an
+// NDims above 10 with a full TransformMatrix crashes it, a negative NDims
+// makes it loop, and only its last NDims counts. All must be refused first.
+TEST(MetaImage, RefusesHeadersThatBreakItk) {
+  std::string dir = TempDir();
+  WriteString(dir + "/d.raw", std::string(16, '\0'));
+  static const char kNulInKey[] =
+      "NDims\0x = 12\nDimSize = 2 2\nElementType = MET_FLOAT\n"
+      "ElementDataFile = d.raw\n";
+  std::string dims11, matrix11;
+  for (int i = 0; i < 11; ++i) dims11 += " 2";
+  for (int i = 0; i < 121; ++i) matrix11 += " 1";
+  const std::string cases[] = {
+      "NDims = 11\nDimSize =" + dims11 + "\nTransformMatrix =" + matrix11 +
+          "\nElementType = MET_FLOAT\nElementDataFile = d.raw\n",
+      "NDims = -5\nDimSize = 2 2\nElementType = MET_FLOAT\n"
+      "ElementDataFile = d.raw\n",
+      "NDims = 2\nDimSize = 2 2\nNDims: 12\nElementType = MET_FLOAT\n"
+      "ElementDataFile = d.raw\n",
+      std::string(kNulInKey, sizeof(kNulInKey) - 1),
+      "NDims = 2\nDimSize\n= 2 2\nElementType = MET_FLOAT\n"
+      "ElementDataFile = d.raw\n",
+  };
+  for (const std::string& header : cases) {
+    WriteString(dir + "/h.mhd", header);
+    auto start = std::chrono::steady_clock::now();
+    auto img = ReadMetaImage(dir + "/h.mhd");
+    EXPECT_LT(std::chrono::steady_clock::now() - start,
+              std::chrono::seconds(1));
+    ASSERT_FALSE(img.ok()) << header;
+    EXPECT_EQ(img.status().code(), absl::StatusCode::kInvalidArgument)
+        << img.status();
+  }
+  // A FIFO as the header must not block the reader.
+  ASSERT_EQ(::mkfifo((dir + "/fifo.mhd").c_str(), 0600), 0);
+  EXPECT_EQ(ReadMetaImage(dir + "/fifo.mhd").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace regserve

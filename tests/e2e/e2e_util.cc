@@ -10,14 +10,13 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "core/common/file_util.h"
 #include "core/image/image_io.h"
 
 namespace regserve {
@@ -25,10 +24,7 @@ namespace e2e {
 namespace {
 
 std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ReadFileToString(path).value_or("");  // "" when missing
 }
 
 double SampleAt(const Image& img, int64_t x, int64_t y) {

@@ -16,7 +16,6 @@
 
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -24,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/regserve_client.h"
+#include "core/common/file_util.h"
 #include "core/image/image.h"
 #include "core/image/image_io.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -48,10 +48,7 @@ constexpr int64_t kMaxPixels = 80000;
 constexpr int64_t kMaxUpload = 1 << 20;
 
 std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ReadFileToString(path).value_or("");  // "" when missing
 }
 
 void WriteAll(const std::string& path, const std::string& text) {

@@ -10,7 +10,6 @@
 
 #include <atomic>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -19,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "client/regserve_client.h"
 #include "client/tile_assembler.h"
+#include "core/common/file_util.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
@@ -39,10 +39,7 @@ std::string Moving() {
 }
 
 std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ReadFileToString(path).value_or("");  // "" when missing
 }
 
 v1::JobSpec RigidSpec() {

@@ -11,12 +11,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_split.h"
+#include "core/common/file_util.h"
 #include "gtest/gtest.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
@@ -44,10 +44,9 @@ TEST(FuzzReplay, EveryCorpusFilePasses) {
   const std::vector<std::string> files = CorpusFiles();
   ASSERT_FALSE(files.empty()) << "no corpus under " << REGSERVE_FUZZ_CORPUS;
   for (const std::string& path : files) {
-    std::ifstream in(path, std::ios::binary);
-    ASSERT_TRUE(in.good()) << path;
-    const std::string bytes((std::istreambuf_iterator<char>(in)),
-                            std::istreambuf_iterator<char>());
+    const absl::StatusOr<std::string> read = regserve::ReadFileToString(path);
+    ASSERT_TRUE(read.ok()) << read.status();
+    const std::string& bytes = *read;
     fprintf(stderr, "replaying %s (%zu bytes)\n", path.c_str(), bytes.size());
     EXPECT_EQ(LLVMFuzzerTestOneInput(
                   reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()),

@@ -17,13 +17,13 @@
 #include <fstream>
 #include <functional>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/regserve_client.h"
+#include "core/common/file_util.h"
 #include "core/image/image.h"
 #include "core/image/image_io.h"
 #include "gtest/gtest.h"
@@ -36,10 +36,7 @@ namespace {
 using C = grpc::StatusCode;
 
 std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ReadFileToString(path).value_or("");  // "" when missing
 }
 
 void WriteAll(const std::string& path, const std::string& bytes) {

@@ -30,7 +30,6 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +40,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/regserve_client.h"
+#include "core/common/file_util.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_util.h"
 
@@ -51,10 +51,7 @@ namespace {
 using C = grpc::StatusCode;
 
 std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ReadFileToString(path).value_or("");  // "" when missing
 }
 
 void WriteAll(const std::string& path, const std::string& bytes) {
