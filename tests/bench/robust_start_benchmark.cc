@@ -9,11 +9,13 @@
 // the time of each step; with --memory, the initial alignment's peak RSS
 // growth for several detection sizes (each in a fresh child process).
 // --prewarp_fill=zero leaves the pre-warped copy black outside the moving
-// image instead of filling it with the fixed copy (the stage's way).
+// image instead of filling it with the fixed copy (the stage's way). --job
+// runs each pair as one whole job through a JobManager (real elastix, CPU
+// warp) and prints its stage times and the initial alignment's reasons.
 //
 //   build/tests/bench/robust_start_benchmark PHOTO [--graffiti=DIR]
 //       [--max_registration_mp=4] [--threads=2] [--no_elastix] [--memory]
-//       [--prewarp_fill=zero]
+//       [--prewarp_fill=zero] [--job]
 //
 // PHOTO gets the strong homography of the issue (60 degrees, scale 0.9,
 // keystone); DIR (tests/data/graffiti) holds graf1.png, graf3.png and their
@@ -36,8 +38,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "core/hardware/hardware.h"
 #include "core/image/field_ops.h"
 #include "core/image/image_io.h"
+#include "core/jobs/job_manager.h"
 #include "core/plan/plan.h"
 #include "core/registration/registration.h"
 #include "core/registration/robust_start.h"
@@ -75,6 +81,7 @@ struct Flags {
   bool elastix = true;
   bool memory = false;
   bool fill_fixed = true;  // --prewarp_fill=zero: outside the moving = 0
+  bool job = false;        // --job: the whole job through a JobManager
 };
 
 // Bilinear sample of `f` at full-resolution (x, y), clamped to the grid, as
@@ -345,6 +352,70 @@ void MemoryRow(const Case& c, double detection_mp, const Flags& flags) {
   _exit(0);
 }
 
+// The pair as one job through a JobManager with the real elastix and the CPU
+// warp, from server-side TIFF inputs: the stage times as a job records them.
+int RunJob(const Case& c, const Flags& flags) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      ("regserve_rs_job_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir / "inputs");
+  if (!WriteImageFile((dir / "inputs/fixed.tif").string(), c.fixed).ok() ||
+      !WriteImageFile((dir / "inputs/moving.tif").string(), c.moving).ok()) {
+    std::fprintf(stderr, "writing the inputs failed\n");
+    return 1;
+  }
+  HardwareSnapshot hw;
+  hw.ram_total_bytes = hw.ram_available_bytes = 16ull << 30;
+  hw.cpu_cores = flags.threads;
+  FakeProbe probe(hw);
+  SchedulerConfig sc;
+  sc.ram_budget_bytes = 12ull << 30;
+  sc.cpu_slots = 1;
+  ResourceScheduler scheduler(sc, &probe);
+  JobManager::Options opts;
+  opts.data_dir = (dir / "data").string();
+  opts.input_root = (dir / "inputs").string();
+  opts.device = DevicePreference::kCpu;
+  opts.elastix_threads = flags.threads;
+  auto m = JobManager::Create(opts, &scheduler, &probe);
+  if (!m.ok()) {
+    std::fprintf(stderr, "%s\n", m.status().ToString().c_str());
+    return 1;
+  }
+  JobSpec spec;
+  spec.fixed.path = "fixed.tif";
+  spec.moving.path = "moving.tif";
+  spec.options.transform = TransformKind::kBSpline;
+  spec.options.max_registration_megapixels = flags.max_registration_mp;
+  spec.options.device = DevicePreference::kCpu;
+  const double t0 = Now();
+  auto id = (*m)->CreateJob(spec, "");
+  if (!id.ok()) {
+    std::fprintf(stderr, "%s\n", id.status().ToString().c_str());
+    return 1;
+  }
+  JobInfo info;
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    info = *(*m)->GetJob(*id, "");
+  } while (!IsTerminal(info.state));
+  std::printf("\n%s as a job: %s in %.1f s\n", c.name.c_str(),
+              std::string(JobStateName(info.state)).c_str(), Now() - t0);
+  for (const StageTiming& t : info.timings) {
+    std::printf("  stage %-18s %7.2f s\n",
+                std::string(StageName(t.stage)).c_str(), t.seconds);
+  }
+  for (const std::string& r : info.plan.reasons) {
+    if (absl::StrContains(r, "initial alignment")) {
+      std::printf("  reason: %s\n", r.c_str());
+    }
+  }
+  std::fflush(stdout);
+  m->reset();
+  std::filesystem::remove_all(dir);
+  return info.state == JobState::kCompleted ? 0 : 1;
+}
+
 std::optional<Case> PhotoCase(const std::string& path) {
   auto photo = ReadImageFile(path);
   if (!photo.ok()) {
@@ -392,6 +463,8 @@ int Main(int argc, char** argv) {
       flags.fill_fixed = false;
     } else if (a == "--no_elastix") {
       flags.elastix = false;
+    } else if (a == "--job") {
+      flags.job = true;
     } else if (a == "--memory") {
       flags.memory = true;
     } else if (a.rfind("--", 0) != 0) {
@@ -417,6 +490,10 @@ int Main(int argc, char** argv) {
   for (const Case& c : cases) {
     if (flags.memory) {
       for (double mp : {0.5, 1.0, 1.5, 2.0}) MemoryRow(c, mp, flags);
+      continue;
+    }
+    if (flags.job) {
+      if (RunJob(c, flags) != 0) return 1;
       continue;
     }
     if (RunCase(c, flags) != 0) return 1;
