@@ -1,6 +1,7 @@
 // Copyright regserve authors.
 #include "core/plan/plan.h"
 
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -264,6 +265,38 @@ TEST(MakePlan, FiveHundredMegapixelsUnderSmallBudgetsStillPlans) {
   EXPECT_GT(plan->tile_size, 0);
   EXPECT_LE(plan->warp.vram_bytes, b.vram_bytes);
   EXPECT_LE(plan->warp.ram_bytes, b.ram_bytes);
+}
+
+TEST(MakePlan, InitialAlignmentReservesSiftAndThePreWarpedCopy) {
+  // The Kleiber photo's size with 4 MP registration copies.
+  const ImageSpec photo = Rgb(6028, 3391);
+  JobOptions o;
+  o.max_registration_megapixels = 4;
+  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  auto plan = MakePlan(photo, photo, o, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const int64_t fpx =
+      plan->registration_fixed_width * plan->registration_fixed_height;
+  const int64_t mpx =
+      plan->registration_moving_width * plan->registration_moving_height;
+  const uint64_t own = InitialAlignmentRamBytes(fpx, mpx);
+  // Measured on these copies: +363 MB for SIFT at 1.5 MP, plus the 4 MP
+  // pre-warped copy and its mask (docs/benchmarks.md, "Robust start").
+  EXPECT_GE(own, 363'000'000u + 5 * static_cast<uint64_t>(fpx));
+  EXPECT_LE(own, 450'000'000u);
+  // The stage holds the copies and the moving image besides.
+  EXPECT_EQ(plan->initial_alignment.ram_bytes,
+            own + 4 * static_cast<uint64_t>(fpx + mpx) + photo.bytes());
+  // Detection is capped at 1.5 MP: larger copies add only the pre-warp.
+  EXPECT_EQ(InitialAlignmentRamBytes(16'000'000, 16'000'000) -
+                InitialAlignmentRamBytes(4'000'000, 4'000'000),
+            5u * 12'000'000u);
+  // Registration holds the pre-warped copy beside both copies.
+  EXPECT_GE(plan->registration.ram_bytes,
+            RegistrationRamBytes(std::max(fpx, mpx)) +
+                4 * static_cast<uint64_t>(2 * fpx + mpx) + photo.bytes());
+  EXPECT_THAT(Reasons(*plan),
+              testing::HasSubstr("initial alignment: SIFT features"));
 }
 
 }  // namespace
