@@ -145,6 +145,20 @@ TEST_F(RobustStartTest, RecoversASimilarity) {
   EXPECT_THAT(a.reason, HasSubstr("similarity from"));
 }
 
+TEST_F(RobustStartTest, RecoversAnyRotationAndScalesFromHalfToTwice) {
+  struct Case {
+    double deg, scale;
+  };
+  for (const Case& c : {Case{180, 0.55}, Case{-120, 1.9}, Case{95, 1.0}}) {
+    SCOPED_TRACE(::testing::Message() << c.deg << " deg, scale " << c.scale);
+    const Homography truth = MakeMap(c.deg, c.scale, 1328, 747, 15, -10);
+    const InitialAlignment a = Recover(truth);
+    ASSERT_TRUE(a.found) << a.reason;
+    EXPECT_EQ(a.model, AlignmentModel::kSimilarity) << a.reason;
+    EXPECT_LT(CornerError(truth, a.fixed_to_moving, 2656, 1494), 1.0);
+  }
+}
+
 TEST_F(RobustStartTest, RecoversAnAffineMap) {
   Homography truth;
   truth.m = {0.85, 0.25, 120, -0.18, 1.1, 90, 0, 0, 1};
