@@ -562,8 +562,8 @@ class EventHandler {
     if (quality_map_out_.empty()) return true;
     if (!c.has_quality_map()) {
       return OutputFailed(absl::NotFoundError(
-          "the server sent no quality map (a job finished before the "
-          "daemon's last restart, or a daemon without the quality stage)"));
+          "the server sent no quality map (the estimate failed, or the "
+          "daemon has no quality stage)"));
     }
     absl::StatusOr<Image> rgb = RenderQualityMap(c.quality_map());
     absl::Status s =

@@ -51,6 +51,7 @@ void JobDir::RemoveWorkFiles(bool delete_uploads, bool keep_result) const {
   if (!keep_result) {
     RemoveQuietly(result());
     RemoveAllQuietly(transform());
+    RemoveQuietly(quality_map());
   }
 }
 

@@ -11,6 +11,7 @@
 //   transform/             TransformParameters.<i>.txt (self-contained)
 //   result.partial.tif     the result while it is written
 //   result.tif             the finished result (a tiled TIFF)
+//   quality_map.bin        the quality stage's map (core/quality_map_io.h)
 //
 //   JobDir dir(jobs_dir, id);
 //   fs->WriteFileAtomic(dir.state(), EncodeJobState(rec));
@@ -45,6 +46,7 @@ class JobDir {
   std::string transform() const { return path_ + "/transform"; }
   std::string partial_result() const { return path_ + "/result.partial.tif"; }
   std::string result() const { return path_ + "/result.tif"; }
+  std::string quality_map() const { return path_ + "/quality_map.bin"; }
 
   // A path recorded inside this job's directory when the data directory
   // was elsewhere ("<old data_dir>/jobs/<id>/..."), moved under path().
@@ -52,8 +54,9 @@ class JobDir {
   std::string Rebase(const std::string& recorded) const;
 
   // Removes what a job no longer needs: the registration work dir and a
-  // partial result always, the uploads if `delete_uploads`, and the result
-  // and transform unless `keep_result`. Errors are ignored (best effort).
+  // partial result always, the uploads if `delete_uploads`, and the result,
+  // transform and quality map unless `keep_result`. Errors are ignored
+  // (best effort).
   void RemoveWorkFiles(bool delete_uploads, bool keep_result) const;
   // The whole directory; the state file first, since a directory without
   // one is debris to recovery.

@@ -386,6 +386,9 @@ void JobManagerImpl::FinishJobLocked(Job* job, JobState state,
   CloseStageLocked(job, /*completed=*/false);
   if (options_.observer != nullptr) options_.observer->OnJobFinished(info);
   job->events.Finish(TerminalEvent(info), info);
+  // Up to ~1 MB a job for the whole retention: later readers read it from
+  // the job directory (OpenEventStream).
+  info.quality_map = nullptr;
 }
 
 void JobManagerImpl::ProgressLocked(Job* job, Stage stage, double fraction,
@@ -645,10 +648,24 @@ absl::StatusOr<JobManager::JobPage> JobManagerImpl::ListJobPage(
 absl::StatusOr<std::unique_ptr<EventStream>> JobManagerImpl::OpenEventStream(
     const std::string& job_id, const std::string& principal,
     int64_t from_tile) {
+  // A completed job's quality map is on disk: read outside the lock.
+  std::shared_ptr<const QualityMap> map;
+  {
+    absl::StatusOr<JobInfo> info = GetJob(job_id, principal);
+    if (info.ok() && info->state == JobState::kCompleted &&
+        info->quality.computed) {
+      map = ReadStoredQualityMap(DirOf(job_id)).value_or(nullptr);
+    }
+  }
   absl::MutexLock lock(&mu_);
   REGSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job,
                             FindOwnedLocked(job_id, principal));
-  return job->events.Open(job->rec.info, from_tile, shutting_down_);
+  if (map == nullptr || job->rec.info.state != JobState::kCompleted) {
+    return job->events.Open(job->rec.info, from_tile, shutting_down_);
+  }
+  JobInfo info = job->rec.info;
+  info.quality_map = std::move(map);
+  return job->events.Open(info, from_tile, shutting_down_);
 }
 
 JobManager::Stats JobManagerImpl::GetStats() const {

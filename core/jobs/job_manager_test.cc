@@ -61,6 +61,17 @@ TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
   ASSERT_NE(info.quality_map, nullptr);
   EXPECT_EQ(info.quality_map->thumbnail.width(), 181);
   EXPECT_EQ(info.quality_map->thumbnail.height(), 217);
+  // A reader that comes later gets the map from the job directory; the
+  // job's snapshot no longer holds it.
+  EXPECT_EQ(m->GetJob(*id, "alice")->quality_map, nullptr);
+  auto late = m->OpenEventStream(*id, "alice", 0);
+  ASSERT_TRUE(late.ok()) << late.status();
+  Drained again = Drain(late->get());
+  ASSERT_EQ(again.Last()->kind, JobEvent::Kind::kCompleted);
+  ASSERT_NE(again.Last()->info.quality_map, nullptr);
+  EXPECT_EQ(again.Last()->info.quality_map->grid.state,
+            info.quality_map->grid.state);
+  EXPECT_EQ(again.Last()->info.quality_map->thumbnail.width(), 181);
   EXPECT_EQ(info.attempts, 1);
 
   // The result has the fixed image's size, and registration moved the moving

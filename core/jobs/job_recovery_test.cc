@@ -153,6 +153,10 @@ TEST_F(JobManagerTest, RestartWithAnotherTileSizeKeepsAFinishedJobsTiles) {
     EXPECT_TRUE(inside);
     ASSERT_NE(d.Last(), nullptr);
     EXPECT_EQ(d.Last()->kind, JobEvent::Kind::kCompleted);
+    // The quality summary and map survive the restart.
+    EXPECT_TRUE(d.Last()->info.quality.computed);
+    ASSERT_NE(d.Last()->info.quality_map, nullptr);
+    EXPECT_EQ(d.Last()->info.quality_map->thumbnail.width(), 181);
 
     auto resumed = m->OpenEventStream(id, "", 5);
     ASSERT_TRUE(resumed.ok()) << resumed.status();

@@ -95,8 +95,9 @@ struct JobInfo {
   double registration_metric = 0.0;
   // The quality stage's estimate of the residual (quality.computed is false
   // until it ran), and its per-patch map with a thumbnail for the completed
-  // event. The map is kept in memory only: after a daemon restart a
-  // finished job has its summary but no map.
+  // event. The map is held here until the job's terminal event is out; the
+  // job directory keeps it for later readers (JobDir::quality_map), also
+  // across restarts.
   QualitySummary quality;
   std::shared_ptr<const QualityMap> quality_map;
   // Result (kCompleted).

@@ -3,15 +3,19 @@
 // Quality: estimates the residual misalignment of the registration's field
 // on the grayscale copies (core/quality), keeps the summary and the map
 // (with a thumbnail of the fixed copy) for the completed event, and frees
-// the copies. The estimate is advice: when it cannot be made the job goes
-// on, and says so. Memory: Plan::quality.
+// the copies. The map is kept on disk (JobDir::quality_map): a finished job
+// holds it in memory only until its terminal event is out. The estimate is
+// advice: when it cannot be made the job goes on, and says so. Memory:
+// Plan::quality.
 #include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "core/common/file_util.h"
 #include "core/common/status_macros.h"
 #include "core/jobs/stage_runner.h"
+#include "core/quality/quality_map_io.h"
 
 namespace regserve {
 namespace {
@@ -52,6 +56,12 @@ class QualityStage final : public PipelineStage {
       absl::StatusOr<Image> thumb =
           MakeQualityThumbnail(run->fixed_gray, kThumbnailEdge);
       if (thumb.ok()) map->thumbnail = *std::move(thumb);
+      const absl::Status stored = s_.fs->WriteFileAtomic(
+          run->dir.quality_map(), EncodeQualityMap(*map));
+      if (!stored.ok()) {  // then only the live readers get the map
+        host->AddPlanReason(
+            absl::StrCat("quality map: not stored: ", stored.message()));
+      }
     } else {
       summary.warning = absl::StrCat("the residual could not be estimated: ",
                                      report.status().message());
@@ -82,6 +92,16 @@ class QualityStage final : public PipelineStage {
 
 std::unique_ptr<PipelineStage> MakeQualityStage(const StageServices* services) {
   return std::make_unique<QualityStage>(services);
+}
+
+absl::StatusOr<std::shared_ptr<const QualityMap>> ReadStoredQualityMap(
+    const JobDir& dir) {
+  absl::StatusOr<std::string> bytes = ReadFileToString(dir.quality_map());
+  if (!bytes.ok()) {
+    return absl::NotFoundError("the job has no stored quality map");
+  }
+  REGSERVE_ASSIGN_OR_RETURN(QualityMap map, DecodeQualityMap(*bytes));
+  return std::make_shared<const QualityMap>(std::move(map));
 }
 
 }  // namespace regserve

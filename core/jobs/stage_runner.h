@@ -146,8 +146,12 @@ std::unique_ptr<PipelineStage> MakeInitialAlignmentStage(
 std::unique_ptr<PipelineStage> MakeRegistrationStage(
     const StageServices* services);
 // quality: the estimated residual of run->reg.field (core/quality); frees
-// the grayscale copies.
+// the grayscale copies. Keeps the map in JobDir::quality_map().
 std::unique_ptr<PipelineStage> MakeQualityStage(const StageServices* services);
+// The map a quality stage kept in `dir`. NotFound when there is none,
+// DataLoss when it cannot be read back.
+absl::StatusOr<std::shared_ptr<const QualityMap>> ReadStoredQualityMap(
+    const JobDir& dir);
 std::unique_ptr<PipelineStage> MakeWarpStage(const StageServices* services);
 std::unique_ptr<PipelineStage> MakeCommitStage(const StageServices* services);
 

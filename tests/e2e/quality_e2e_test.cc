@@ -112,6 +112,14 @@ TEST_F(QualityE2eTest, GoodRegistrationPrintsSmallResidualAndGreenMap) {
   EXPECT_EQ(status.exit_code, 0) << status.err;
   EXPECT_NE(status.out.find("quality: est. mean"), std::string::npos)
       << status.out;
+  // Watching the finished job again: the map comes from the job directory.
+  const std::string again = dir + "/again.png";
+  CommandResult watch = RunRegctl(
+      daemon_->address(), {"watch", m[1].str(), "--quality-map", again});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err;
+  absl::StatusOr<Image> rgb2 = ReadImageFile(again);
+  ASSERT_TRUE(rgb2.ok()) << rgb2.status();
+  EXPECT_EQ(CountColours(*rgb2).green, c.green);
 }
 
 // The fixed slice with a local bump of up to kBump px (Gaussian, sigma
