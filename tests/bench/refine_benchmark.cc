@@ -1,0 +1,539 @@
+// Copyright regserve authors.
+//
+// Refinement benchmark: a real photo is deformed by a known smooth map
+// (rotation about the centre, a shift, and a gentle bending in x and y);
+// elastix registers the planned copies, then RefineField refines elastix's
+// field on each requested device. Prints, against the known truth, the
+// residual (mean, median, p95, max over a grid of fixed points whose truth
+// lands inside the moving image; also split into textured and smooth
+// areas), the time, and the process's peak RSS growth during refinement;
+// with two devices, how far their refined fields differ.
+//
+//   apt-get download lomiri-wallpapers-20.04 && dpkg -x lomiri-*.deb /tmp/lw
+//   build/tests/bench/refine_benchmark
+//       --image=/tmp/lw/usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg
+//       --max_registration_mp=5 --refine_mp=1 --devices=cpu,cuda
+//
+// --field_cache=FILE keeps elastix's field (and its time) in FILE, so that
+// tuning runs, or a machine without elastix, skip the registration.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/common/status_macros.h"
+#include "core/image/image_io.h"
+#include "core/plan/plan.h"
+#include "core/refine/refine.h"
+#include "core/registration/registration.h"
+#include "core/warp/warp.h"
+
+ABSL_FLAG(std::string, image, "", "the photo (required)");
+ABSL_FLAG(double, max_registration_mp, 5.0, "registration copy cap (MP)");
+ABSL_FLAG(int, threads, 2, "elastix and LibTorch CPU threads");
+ABSL_FLAG(std::string, devices, "cpu", "refinement devices: cpu, cuda or both");
+ABSL_FLAG(double, refine_mp, 1.0,
+          "working size of the CPU refinement (MP); 0 = the copy's size");
+ABSL_FLAG(double, cuda_refine_mp, 0.0, "same for CUDA; 0 = the copy's size");
+ABSL_FLAG(int, levels, 3, "pyramid levels");
+ABSL_FLAG(int, iterations, 60, "Adam steps per level");
+ABSL_FLAG(double, smoothness, regserve::RefineOptions().smoothness,
+          "bending weight");
+ABSL_FLAG(double, learning_rate, regserve::RefineOptions().learning_rate,
+          "Adam step (level px)");
+ABSL_FLAG(double, control_spacing, regserve::RefineOptions().control_spacing,
+          "control grid spacing (level px)");
+ABSL_FLAG(int, ncc_window, regserve::RefineOptions().ncc_window,
+          "LNCC window (level px)");
+ABSL_FLAG(double, ncc_epsilon, regserve::RefineOptions().ncc_epsilon,
+          "LNCC epsilon");
+ABSL_FLAG(double, texture_variance, regserve::RefineOptions().texture_variance,
+          "LNCC texture weight");
+ABSL_FLAG(std::string, error_map, "",
+          "writes the refined field's error (0..2 px, grey) to this PNG");
+ABSL_FLAG(bool, verbose, false, "print the loss during refinement");
+ABSL_FLAG(double, rotation_deg, 1.0, "known rotation (degrees)");
+ABSL_FLAG(double, shift_x, 14.3, "known shift x (px)");
+ABSL_FLAG(double, shift_y, -9.6, "known shift y (px)");
+ABSL_FLAG(double, bend, 0.0035, "bending amplitude (fraction of the width)");
+ABSL_FLAG(int64_t, margin, 128,
+          "the fixed image is the photo less this margin on every side");
+ABSL_FLAG(std::string, field_cache, "", "file keeping elastix's field");
+ABSL_FLAG(std::string, initial, "elastix",
+          "the field to refine: elastix, or truth (the known map) plus "
+          "--error_px of smooth error");
+ABSL_FLAG(double, error_px, 0.0,
+          "a smooth bump of this many px added to the truth");
+ABSL_FLAG(double, error_shift_x, 0.0, "a shift added to the truth (px)");
+ABSL_FLAG(double, error_shift_y, 0.0, "a shift added to the truth (px)");
+
+namespace regserve {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+uint64_t RssBytes(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key, 0) == 0) {
+      return std::strtoull(line.c_str() + std::strlen(key), nullptr, 10) * 1024;
+    }
+  }
+  return 0;
+}
+
+// The known map T from fixed to moving full-resolution positions: bend in y
+// (by x), then in x (by y), then rotate about the centre and shift. Each
+// step inverts in closed form.
+struct Truth {
+  double w, h, cx, cy, c, s, tx, ty, a;
+  Truth(int64_t width, int64_t height) {
+    w = static_cast<double>(width);
+    h = static_cast<double>(height);
+    cx = (w - 1) / 2;
+    cy = (h - 1) / 2;
+    const double th = absl::GetFlag(FLAGS_rotation_deg) * M_PI / 180;
+    c = std::cos(th);
+    s = std::sin(th);
+    tx = absl::GetFlag(FLAGS_shift_x);
+    ty = absl::GetFlag(FLAGS_shift_y);
+    a = absl::GetFlag(FLAGS_bend) * w;
+  }
+  void Forward(double x, double y, double* X, double* Y) const {
+    y += a * std::sin(2 * M_PI * x / w);
+    x += a * std::sin(2 * M_PI * y / h);
+    const double u = x - cx, v = y - cy;
+    *X = cx + c * u - s * v + tx;
+    *Y = cy + s * u + c * v + ty;
+  }
+  void Inverse(double X, double Y, double* x, double* y) const {
+    const double u = X - tx - cx, v = Y - ty - cy;
+    double xx = cx + c * u + s * v, yy = cy - s * u + c * v;
+    xx -= a * std::sin(2 * M_PI * yy / h);
+    yy -= a * std::sin(2 * M_PI * xx / w);
+    *x = xx;
+    *y = yy;
+  }
+};
+
+// The field that makes the moving image: moving(q) = fixed(T^-1(q)).
+DisplacementField InverseField(const Truth& t, int64_t w, int64_t h,
+                               double margin) {
+  DisplacementField f;
+  f.spacing_x = f.spacing_y = 8;
+  f.width = (w - 1) / 8 + 2;
+  f.height = (h - 1) / 8 + 2;
+  f.dx.resize(f.width * f.height);
+  f.dy.resize(f.dx.size());
+  for (int64_t j = 0; j < f.height; ++j) {
+    for (int64_t i = 0; i < f.width; ++i) {
+      double x, y;
+      t.Inverse(i * 8.0, j * 8.0, &x, &y);
+      f.dx[j * f.width + i] = static_cast<float>(x + margin - i * 8.0);
+      f.dy[j * f.width + i] = static_cast<float>(y + margin - j * 8.0);
+    }
+  }
+  return f;
+}
+
+absl::StatusOr<Image> WarpWhole(const Image& src,
+                                const DisplacementField& field, int64_t w,
+                                int64_t h, int threads) {
+  REGSERVE_ASSIGN_OR_RETURN(auto warper, Warper::Create(WarpDevice::kCpu));
+  ImageSpec spec = src.spec();
+  spec.width = w;
+  spec.height = h;
+  REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(spec));
+  WarpOptions o;
+  o.tile_size = 2048;
+  o.cpu_threads = threads;
+  o.interpolation = Interpolation::kCubic;
+  const size_t bpp = src.spec().bytes_per_pixel();
+  REGSERVE_RETURN_IF_ERROR(
+      warper
+          ->Warp(src, field, w, h, o,
+                 [&](const TileRect& r, const Image& tile) {
+                   for (int64_t j = 0; j < r.h; ++j) {
+                     std::copy_n(tile.row(j), tile.row_bytes(),
+                                 out.row(r.y + j) + r.x * bpp);
+                   }
+                   return absl::OkStatus();
+                 })
+          .status());
+  return out;
+}
+
+// Bilinear, border-clamped, as the warp reads a field.
+void SampleField(const DisplacementField& f, double x, double y, double* dx,
+                 double* dy) {
+  double gx = std::clamp((x - f.origin_x) / f.spacing_x, 0.0,
+                         static_cast<double>(f.width - 1));
+  double gy = std::clamp((y - f.origin_y) / f.spacing_y, 0.0,
+                         static_cast<double>(f.height - 1));
+  const int64_t x0 = std::min<int64_t>(static_cast<int64_t>(gx),
+                                       f.width - 2 < 0 ? 0 : f.width - 2);
+  const int64_t y0 = std::min<int64_t>(static_cast<int64_t>(gy),
+                                       f.height - 2 < 0 ? 0 : f.height - 2);
+  const int64_t x1 = std::min(x0 + 1, f.width - 1),
+                y1 = std::min(y0 + 1, f.height - 1);
+  const double ax = gx - x0, ay = gy - y0;
+  auto at = [&](const std::vector<float>& v) {
+    return (1 - ay) *
+               ((1 - ax) * v[y0 * f.width + x0] + ax * v[y0 * f.width + x1]) +
+           ay * ((1 - ax) * v[y1 * f.width + x0] + ax * v[y1 * f.width + x1]);
+  };
+  *dx = at(f.dx);
+  *dy = at(f.dy);
+}
+
+struct Stats {
+  size_t n = 0;
+  double mean = 0, median = 0, p95 = 0, max = 0;
+};
+
+Stats Summarise(std::vector<double> e) {
+  Stats s;
+  s.n = e.size();
+  if (e.empty()) return s;
+  std::sort(e.begin(), e.end());
+  double sum = 0;
+  for (double v : e) sum += v;
+  s.mean = sum / e.size();
+  s.median = e[e.size() / 2];
+  s.p95 = e[std::min(e.size() - 1, static_cast<size_t>(0.95 * e.size()))];
+  s.max = e.back();
+  return s;
+}
+
+// Residual of `field` against the truth at fixed points every 4 px whose
+// image lies inside the moving image; `smooth` (per point, same order)
+// splits them by texture.
+struct Residual {
+  Stats all, textured, smooth;
+};
+
+Residual Measure(const DisplacementField& field, const Truth& t, int64_t w,
+                 int64_t h, const Image& texture_map, double texture_scale) {
+  std::vector<double> all, tex, smooth;
+  for (int64_t y = 0; y < h; y += 4) {
+    for (int64_t x = 0; x < w; x += 4) {
+      double X, Y;
+      t.Forward(x, y, &X, &Y);
+      if (X < 0 || Y < 0 || X > w - 1 || Y > h - 1) continue;
+      double dx, dy;
+      SampleField(field, x, y, &dx, &dy);
+      const double e = std::hypot(dx - (X - x), dy - (Y - y));
+      all.push_back(e);
+      const int64_t tx = std::min<int64_t>(
+          texture_map.width() - 1, static_cast<int64_t>(x / texture_scale));
+      const int64_t ty = std::min<int64_t>(
+          texture_map.height() - 1, static_cast<int64_t>(y / texture_scale));
+      (texture_map.as<float>()[ty * texture_map.width() + tx] > 0.5f ? tex
+                                                                     : smooth)
+          .push_back(e);
+    }
+  }
+  return {Summarise(all), Summarise(tex), Summarise(smooth)};
+}
+
+// 1 where the local standard deviation of `gray` (5x5 window) is above
+// 2/255, else 0.
+Image TextureMap(const Image& gray) {
+  Image m = Image::AllocateZeroed(gray.spec()).value();
+  const int64_t w = gray.width(), h = gray.height();
+  const float* g = gray.as<float>();
+  for (int64_t y = 2; y + 2 < h; ++y) {
+    for (int64_t x = 2; x + 2 < w; ++x) {
+      double s = 0, s2 = 0;
+      for (int j = -2; j <= 2; ++j)
+        for (int i = -2; i <= 2; ++i) {
+          const double v = g[(y + j) * w + x + i];
+          s += v;
+          s2 += v * v;
+        }
+      const double var = s2 / 25 - (s / 25) * (s / 25);
+      m.as<float>()[y * w + x] = var > (2.0 / 255) * (2.0 / 255) ? 1.f : 0.f;
+    }
+  }
+  return m;
+}
+
+void PrintRow(const char* name, const Residual& r, double seconds) {
+  auto one = [](const Stats& s) {
+    std::printf(" | %6.3f %6.3f %6.3f %7.2f", s.mean, s.median, s.p95, s.max);
+  };
+  std::printf("%-28s %7.1f", name, seconds);
+  one(r.all);
+  one(r.textured);
+  one(r.smooth);
+  std::printf("\n");
+}
+
+bool SaveField(const std::string& path, const DisplacementField& f,
+               double seconds) {
+  std::ofstream o(path, std::ios::binary);
+  const int64_t hdr[2] = {f.width, f.height};
+  const double geo[5] = {f.origin_x, f.origin_y, f.spacing_x, f.spacing_y,
+                         seconds};
+  o.write(reinterpret_cast<const char*>(hdr), sizeof(hdr));
+  o.write(reinterpret_cast<const char*>(geo), sizeof(geo));
+  o.write(reinterpret_cast<const char*>(f.dx.data()), f.dx.size() * 4);
+  o.write(reinterpret_cast<const char*>(f.dy.data()), f.dy.size() * 4);
+  return static_cast<bool>(o);
+}
+
+bool LoadField(const std::string& path, DisplacementField* f, double* seconds) {
+  std::ifstream in(path, std::ios::binary);
+  int64_t hdr[2];
+  double geo[5];
+  if (!in.read(reinterpret_cast<char*>(hdr), sizeof(hdr)) ||
+      !in.read(reinterpret_cast<char*>(geo), sizeof(geo))) {
+    return false;
+  }
+  f->width = hdr[0];
+  f->height = hdr[1];
+  f->origin_x = geo[0];
+  f->origin_y = geo[1];
+  f->spacing_x = geo[2];
+  f->spacing_y = geo[3];
+  *seconds = geo[4];
+  f->dx.resize(f->width * f->height);
+  f->dy.resize(f->dx.size());
+  in.read(reinterpret_cast<char*>(f->dx.data()), f->dx.size() * 4);
+  in.read(reinterpret_cast<char*>(f->dy.data()), f->dy.size() * 4);
+  return static_cast<bool>(in);
+}
+
+// elastix on the copies, or its field from --field_cache.
+absl::StatusOr<DisplacementField> ElastixField(const Image& fg, const Image& mg,
+                                               int64_t w, int64_t h,
+                                               double* seconds) {
+  const std::string cache = absl::GetFlag(FLAGS_field_cache);
+  DisplacementField field;
+  if (!cache.empty() && LoadField(cache, &field, seconds)) {
+    std::printf("elastix field read from %s\n", cache.c_str());
+    return field;
+  }
+  RegistrationRequest req;
+  req.work_dir = std::filesystem::temp_directory_path() /
+                 ("regserve_refine_bench_" + std::to_string(getpid()));
+  req.fixed = &fg;
+  req.moving = &mg;
+  req.fixed_full_width = req.moving_full_width = w;
+  req.fixed_full_height = req.moving_full_height = h;
+  req.threads = absl::GetFlag(FLAGS_threads);
+  const double t0 = Now();
+  REGSERVE_ASSIGN_OR_RETURN(RegistrationResult reg,
+                            Register(req, ElastixConfig{}));
+  *seconds = Now() - t0;
+  std::filesystem::remove_all(req.work_dir);
+  if (!cache.empty()) SaveField(cache, reg.field, *seconds);
+  return std::move(reg.field);
+}
+
+RefineOptions OptionsFor(WarpDevice device, int64_t w, int64_t h) {
+  RefineOptions o;
+  o.fixed_full_width = o.moving_full_width = w;
+  o.fixed_full_height = o.moving_full_height = h;
+  o.device = device;
+  o.threads = absl::GetFlag(FLAGS_threads);
+  const double mp = device == WarpDevice::kCpu
+                        ? absl::GetFlag(FLAGS_refine_mp)
+                        : absl::GetFlag(FLAGS_cuda_refine_mp);
+  o.max_pixels = static_cast<int64_t>(mp * 1e6);
+  o.levels = absl::GetFlag(FLAGS_levels);
+  o.iterations = absl::GetFlag(FLAGS_iterations);
+  o.smoothness = absl::GetFlag(FLAGS_smoothness);
+  o.learning_rate = absl::GetFlag(FLAGS_learning_rate);
+  o.control_spacing = absl::GetFlag(FLAGS_control_spacing);
+  o.ncc_window = absl::GetFlag(FLAGS_ncc_window);
+  o.ncc_epsilon = absl::GetFlag(FLAGS_ncc_epsilon);
+  o.texture_variance = absl::GetFlag(FLAGS_texture_variance);
+  if (absl::GetFlag(FLAGS_verbose)) {
+    o.on_progress = [](const RefineProgress& p) {
+      if (p.iteration == 1 || p.iteration == p.iterations ||
+          p.iteration % 10 == 0) {
+        std::printf("    level %d/%d iteration %d/%d loss %.5f\n", p.level + 1,
+                    p.num_levels, p.iteration, p.iterations, p.loss);
+      }
+    };
+  }
+  return o;
+}
+
+// The known map on `like`'s grid, plus a smooth error of `error` px (a
+// shift and a bump).
+DisplacementField TruthField(const Truth& t, const DisplacementField& like,
+                             double error) {
+  DisplacementField f = like;
+  for (int64_t j = 0; j < f.height; ++j) {
+    for (int64_t i = 0; i < f.width; ++i) {
+      const double x = f.origin_x + i * f.spacing_x;
+      const double y = f.origin_y + j * f.spacing_y;
+      double X, Y;
+      t.Forward(x, y, &X, &Y);
+      const double bump =
+          std::exp(-(std::pow((x - 0.3 * t.w) / (0.1 * t.w), 2) +
+                     std::pow((y - 0.6 * t.h) / (0.1 * t.w), 2)));
+      f.dx[j * f.width + i] = static_cast<float>(
+          X - x + absl::GetFlag(FLAGS_error_shift_x) + error * bump);
+      f.dy[j * f.width + i] =
+          static_cast<float>(Y - y + absl::GetFlag(FLAGS_error_shift_y));
+    }
+  }
+  return f;
+}
+
+// The error of `field` every 8 px as 8-bit grey, 0..2 px -> 0..255.
+void WriteErrorMap(const std::string& path, const DisplacementField& field,
+                   const Truth& t, int64_t w, int64_t h) {
+  Image img = Image::AllocateZeroed({.width = w / 8,
+                                     .height = h / 8,
+                                     .channels = 1,
+                                     .type = SampleType::kUInt8})
+                  .value();
+  for (int64_t j = 0; j < img.height(); ++j) {
+    for (int64_t i = 0; i < img.width(); ++i) {
+      double X, Y, dx, dy;
+      t.Forward(i * 8.0, j * 8.0, &X, &Y);
+      SampleField(field, i * 8.0, j * 8.0, &dx, &dy);
+      const double e = std::hypot(dx - (X - i * 8.0), dy - (Y - j * 8.0));
+      img.row(j)[i] = static_cast<uint8_t>(std::min(255.0, e * 127.5));
+    }
+  }
+  (void)WriteImageFile(path, img);
+}
+
+// Largest and mean distance between two fields on the same grid.
+void CompareFields(const DisplacementField& a, const DisplacementField& b) {
+  double mx = 0, sum = 0;
+  for (size_t k = 0; k < a.dx.size(); ++k) {
+    const double d = std::hypot(a.dx[k] - b.dx[k], a.dy[k] - b.dy[k]);
+    mx = std::max(mx, d);
+    sum += d;
+  }
+  std::printf(
+      "cpu vs cuda refined field: mean difference %.4f px, max %.4f px\n",
+      sum / std::max<size_t>(1, a.dx.size()), mx);
+}
+
+int Run() {
+  const int threads = absl::GetFlag(FLAGS_threads);
+  absl::StatusOr<Image> photo = ReadImageFile(absl::GetFlag(FLAGS_image));
+  if (!photo.ok()) {
+    std::fprintf(stderr, "%s\n", photo.status().ToString().c_str());
+    return 1;
+  }
+  // The fixed image is the photo without a margin; the moving one is made
+  // from the whole photo, so that real content, not fill, lies wherever the
+  // known map sends the fixed image's border.
+  const int64_t m = absl::GetFlag(FLAGS_margin);
+  const int64_t w = photo->width() - 2 * m, h = photo->height() - 2 * m;
+  const Truth truth(w, h);
+  absl::StatusOr<Image> moving = WarpWhole(
+      *photo, InverseField(truth, w, h, static_cast<double>(m)), w, h, threads);
+  DisplacementField crop;
+  crop.width = crop.height = 1;
+  crop.dx = {static_cast<float>(m)};
+  crop.dy = {static_cast<float>(m)};
+  absl::StatusOr<Image> fixed = WarpWhole(*photo, crop, w, h, threads);
+  if (!moving.ok() || !fixed.ok()) return 1;
+  photo = Image();
+  JobOptions jo;
+  jo.max_registration_megapixels = absl::GetFlag(FLAGS_max_registration_mp);
+  Budgets b;
+  b.ram_bytes = 16ull << 30;
+  absl::StatusOr<Plan> plan = MakePlan(fixed->spec(), moving->spec(), jo, b);
+  if (!plan.ok()) return 1;
+  auto fg = MakeGrayscaleCopy(*fixed, plan->registration_fixed_width,
+                              plan->registration_fixed_height, threads);
+  auto mg = MakeGrayscaleCopy(*moving, plan->registration_moving_width,
+                              plan->registration_moving_height, threads);
+  auto tg = MakeGrayscaleCopy(*fixed, w / 4, h / 4, threads);
+  if (!fg.ok() || !mg.ok() || !tg.ok()) return 1;
+  const Image texture = TextureMap(*tg);
+  std::printf(
+      "refine benchmark: %s %lldx%lld, rotation %g deg, shift (%g, %g), bend "
+      "%g of the width; registration copy %lldx%lld, %d threads\n",
+      absl::GetFlag(FLAGS_image).c_str(), static_cast<long long>(w),
+      static_cast<long long>(h), absl::GetFlag(FLAGS_rotation_deg), truth.tx,
+      truth.ty, absl::GetFlag(FLAGS_bend), static_cast<long long>(fg->width()),
+      static_cast<long long>(fg->height()), threads);
+  double elastix_s = 0;
+  absl::StatusOr<DisplacementField> field =
+      ElastixField(*fg, *mg, w, h, &elastix_s);
+  if (!field.ok()) {
+    std::fprintf(stderr, "%s\n", field.status().ToString().c_str());
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_initial) == "truth") {
+    *field = TruthField(truth, *field, absl::GetFlag(FLAGS_error_px));
+    elastix_s = 0;
+  }
+  std::printf("%-28s %7s | %-27s | %-27s | %-27s\n", "residual (px)", "s",
+              "all: mean median p95 max", "textured", "smooth");
+  PrintRow("elastix", Measure(*field, truth, w, h, texture, 4.0), elastix_s);
+  std::vector<DisplacementField> refined;
+  for (absl::string_view d :
+       absl::StrSplit(absl::GetFlag(FLAGS_devices), ',')) {
+    const WarpDevice device =
+        d == "cuda" ? WarpDevice::kCuda : WarpDevice::kCpu;
+    RefineOptions o = OptionsFor(device, w, h);
+    ResetPeakRss();
+    const uint64_t rss0 = RssBytes("VmRSS:");
+    absl::StatusOr<RefineResult> r = RefineField(*fg, *mg, *field, o);
+    if (!r.ok()) {
+      std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    const uint64_t peak = RssBytes("VmHWM:");
+    const std::string name = absl::StrCat("elastix + refine (", r->device, ")");
+    PrintRow(name.c_str(), Measure(r->field, truth, w, h, texture, 4.0),
+             r->seconds);
+    std::printf(
+        "  %s: work %lldx%lld, %d levels, %d steps, loss %.4f -> %.4f, LNCC "
+        "%.4f -> %.4f%s; RSS growth %.0f MB; peak device %.0f MB\n",
+        r->device.c_str(), static_cast<long long>(r->work_width),
+        static_cast<long long>(r->work_height), r->levels, r->iterations,
+        r->initial_loss, r->final_loss, r->initial_ncc, r->final_ncc,
+        r->improved ? "" : " (not improved: field kept)",
+        (peak - std::min(peak, rss0)) / 1e6, r->peak_device_bytes / 1e6);
+    if (!absl::GetFlag(FLAGS_error_map).empty()) {
+      WriteErrorMap(
+          absl::StrCat(absl::GetFlag(FLAGS_error_map), "_", d, ".png"),
+          r->field, truth, w, h);
+      WriteErrorMap(
+          absl::StrCat(absl::GetFlag(FLAGS_error_map), "_initial.png"), *field,
+          truth, w, h);
+    }
+    refined.push_back(std::move(r->field));
+  }
+  if (refined.size() == 2) CompareFields(refined[0], refined[1]);
+  return 0;
+}
+
+}  // namespace
+}  // namespace regserve
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return regserve::Run();
+}
