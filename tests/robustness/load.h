@@ -11,14 +11,25 @@
 //   LoadReport r = RunLoad(o);
 //   printf("%s", r.Summary().c_str());
 //
-// Thread safety: RunLoad is re-entrant; it runs its clients on its own
-// threads and returns when all are done.
+// RunWatchFlood opens many Watch streams on one job at once (through the
+// gRPC callback API, so the load generator itself needs no thread per
+// stream) and counts the daemon's threads while they are all open:
+//
+//   WatchFloodOptions w;  w.address = ...;  w.daemon_pid = pid;
+//   w.job_id = id;  w.streams = 1000;
+//   WatchFloodReport f = RunWatchFlood(w);   // streams still open
+//   ... cancel the job: every stream ends with CANCELLED ...
+//   f = FinishWatchFlood(std::move(f), absl::Seconds(60));
+//
+// Thread safety: RunLoad and RunWatchFlood are re-entrant; they run their
+// clients on their own threads (or gRPC's) and return when all are done.
 #ifndef REGSERVE_TESTS_ROBUSTNESS_LOAD_H_
 #define REGSERVE_TESTS_ROBUSTNESS_LOAD_H_
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -53,6 +64,20 @@ struct LoadReport {
   double p50_seconds = 0;  // job latency: submit to completed
   double p95_seconds = 0;
   double max_seconds = 0;
+  // Submit to the first event the client receives (p50, p95, max).
+  double first_event_p50 = 0;
+  double first_event_p95 = 0;
+  double first_event_max = 0;
+  // The result stream: first tile to `completed` (p50, p95, max), and the
+  // largest gap between two consecutive events of that stream.
+  double stream_p50 = 0;
+  double stream_p95 = 0;
+  double stream_max = 0;
+  double event_gap_max = 0;
+  // Daemon threads (/proc/PID/task): after the warm-up job, and the peak
+  // during the load.
+  int threads_baseline = 0;
+  int threads_peak = 0;
   // Daemon RSS in bytes: after one warm-up job, the peak during the load,
   // and after the load once idle and settled.
   int64_t rss_baseline = 0;
@@ -68,10 +93,66 @@ struct LoadReport {
 
 // Resident set size of `pid` in bytes (VmRSS), or -1.
 int64_t ProcessRss(pid_t pid);
+// Threads of `pid` (entries of /proc/PID/task), or -1.
+int ProcessThreads(pid_t pid);
+// CPU time `pid` has used (user + system), or a negative duration.
+absl::Duration ProcessCpuTime(pid_t pid);
 
 // Runs the warm-up job, takes the baseline, runs the load, waits until the
 // daemon is idle and reads the RSS again.
 LoadReport RunLoad(const LoadOptions& options);
+
+struct WatchFloodOptions {
+  std::string address;
+  pid_t daemon_pid = -1;  // for the thread count; -1 = none
+  std::string job_id;
+  int streams = 1000;
+  int channels = 8;  // the streams are spread over this many connections
+  // How long to wait for every stream to receive its first event.
+  absl::Duration open_timeout = absl::Seconds(120);
+  // Then how long to measure the daemon's CPU use with the streams open.
+  absl::Duration idle_sample = absl::Seconds(2);
+};
+
+class WatchFlood;  // the open streams (load.cc)
+
+struct WatchFloodReport {
+  int streams = 0;
+  // Streams that received at least one event, and those that ended early
+  // (before FinishWatchFlood), with the first few of their statuses.
+  int got_event = 0;
+  int ended_early = 0;
+  std::vector<std::string> early_errors;
+  // Time from the first stream's start to the last stream's first event,
+  // and each stream's start to its first event (p50, max).
+  double open_seconds = 0;
+  double first_event_p50 = 0;
+  double first_event_max = 0;
+  // Daemon threads before the streams were opened and once all were open,
+  // and the daemon's CPU use (user + system, in cores) over `idle_sample`
+  // while they were all open and waiting.
+  int threads_before = 0;
+  int threads_open = 0;
+  double idle_cpu_cores = 0;
+  // Set by FinishWatchFlood: streams that ended, how many with CANCELLED,
+  // how long the last took, and the daemon's threads afterwards.
+  int ended = 0;
+  int ended_cancelled = 0;
+  double end_seconds = 0;
+  int threads_after = 0;
+  std::shared_ptr<WatchFlood> flood;  // keeps the streams open
+
+  std::string Summary() const;
+};
+
+// Opens `streams` Watch calls of `job_id` and waits until each has received
+// an event (or ended, or open_timeout passed); the calls stay open.
+WatchFloodReport RunWatchFlood(const WatchFloodOptions& options);
+// Waits up to `timeout` for every stream to end (the caller has ended the
+// job, or cancels them: `cancel` = true cancels each call first), fills the
+// `ended` figures and closes the streams.
+WatchFloodReport FinishWatchFlood(WatchFloodReport report, bool cancel,
+                                  absl::Duration timeout);
 
 }  // namespace load
 }  // namespace regserve
