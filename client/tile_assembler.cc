@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/common/tile_grid.h"
 #include "core/image/image.h"
 #include "core/image/image_io.h"
 
@@ -39,6 +40,17 @@ absl::StatusOr<SampleType> CoreSampleType(int type) {
       return absl::InvalidArgumentError(
           absl::StrCat("tile has unknown sample type ", type));
   }
+}
+
+// The tile's encoding; a server older than Tile.encoding only sets the
+// deprecated text "raw".
+v1::TileEncoding EncodingOf(const v1::Tile& tile) {
+  if (tile.encoding() != v1::TILE_ENCODING_UNSPECIFIED) return tile.encoding();
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  if (tile.encoding_name() == "raw") return v1::TILE_ENCODING_RAW;
+#pragma GCC diagnostic pop
+  return v1::TILE_ENCODING_UNSPECIFIED;
 }
 
 bool PreadAll(int fd, void* buf, size_t n, off_t offset) {
@@ -100,7 +112,8 @@ absl::Status TileAssembler::LoadState() {
   in >> magic >> job >> l.width >> l.height >> l.channels >> l.sample_type >>
       l.tile_size >> l.tile_count >> next;
   if (!in || magic != kStateMagic || job != job_id_ || l.width <= 0 ||
-      l.height <= 0 || l.tile_size <= 0 || next < 0 || next > l.tile_count) {
+      l.height <= 0 || l.tile_size <= 0 || next < 0 || next > l.tile_count ||
+      TileGrid(l.width, l.height, l.tile_size).count() != l.tile_count) {
     return absl::DataLossError("state of another job or unreadable");
   }
   layout_ = l;
@@ -133,6 +146,13 @@ absl::Status TileAssembler::StartLayout(const Layout& layout) {
     return absl::InvalidArgumentError(
         "tile message without a valid image layout (image_width, "
         "image_height, channels, tile_size, tile_count)");
+  }
+  const TileGrid grid(layout.width, layout.height, layout.tile_size);
+  if (grid.count() != layout.tile_count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tile_count ", layout.tile_count, " does not match the ",
+                     layout.width, "x", layout.height, " image in ",
+                     layout.tile_size, "-px tiles (", grid.count(), " tiles)"));
   }
   auto type = CoreSampleType(layout.sample_type);
   if (!type.ok()) return type.status();
@@ -171,16 +191,18 @@ absl::Status TileAssembler::AddTile(const v1::Tile& tile) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tile ", tile.index(), " arrived but ", next_tile_, " was expected"));
   }
-  if (tile.encoding() != "raw") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unsupported tile encoding \"", tile.encoding(), "\""));
+  if (EncodingOf(tile) != v1::TILE_ENCODING_RAW) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unsupported tile encoding ", v1::TileEncoding_Name(tile.encoding()),
+        " (", static_cast<int>(tile.encoding()), "): this client reads RAW"));
   }
   auto type = CoreSampleType(tile.sample_type());
   if (!type.ok()) return type.status();
   const size_t pixel = static_cast<size_t>(l.channels) * SampleSize(*type);
-  if (tile.x() < 0 || tile.y() < 0 || tile.width() <= 0 || tile.height() <= 0 ||
-      tile.x() + tile.width() > l.width ||
-      tile.y() + tile.height() > l.height ||
+  const TileRect expected =
+      TileGrid(l.width, l.height, l.tile_size).rect(tile.index());
+  if (!(TileRect{tile.x(), tile.y(), tile.width(), tile.height()} ==
+        expected) ||
       tile.data().size() !=
           static_cast<size_t>(tile.width() * tile.height()) * pixel) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -219,12 +241,15 @@ absl::Status TileAssembler::Finish() {
   absl::Status written;
   if (absl::EndsWith(lower, ".tif") || absl::EndsWith(lower, ".tiff")) {
     // Band by band: one tile row of the output in memory at a time.
-    const int tile = static_cast<int>(layout_.tile_size);
-    auto writer = OpenTiledTiffWriter(output_path_, spec, tile);
+    const TileGrid grid(layout_.width, layout_.height, layout_.tile_size);
+    auto writer =
+        OpenTiledTiffWriter(output_path_, spec, static_cast<int>(grid.edge()));
     if (!writer.ok()) return writer.status();
-    for (int64_t y = 0; y < spec.height && written.ok(); y += tile) {
+    for (int64_t row = 0; row < grid.rows() && written.ok(); ++row) {
+      const TileRect first = grid.rect(row * grid.cols());
+      const int64_t y = first.y;
       ImageSpec band_spec = spec;
-      band_spec.height = std::min<int64_t>(tile, spec.height - y);
+      band_spec.height = first.h;
       auto band = Image::Allocate(band_spec);
       if (!band.ok()) return band.status();
       if (!PreadAll(fd_, band->data(), band->size_bytes(),

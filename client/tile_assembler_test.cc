@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/common/tile_grid.h"
 #include "core/image/image_io.h"
 #include "gtest/gtest.h"
 
@@ -22,30 +23,29 @@ uint8_t Pixel(int64_t x, int64_t y, int c) {
 
 std::vector<v1::Tile> MakeTiles() {
   std::vector<v1::Tile> tiles;
-  const int64_t tx = (kW + kTile - 1) / kTile, ty = (kH + kTile - 1) / kTile;
-  for (int64_t j = 0; j < ty; ++j) {
-    for (int64_t i = 0; i < tx; ++i) {
-      v1::Tile t;
-      t.set_index(j * tx + i);
-      t.set_x(i * kTile);
-      t.set_y(j * kTile);
-      t.set_width(std::min(kTile, kW - t.x()));
-      t.set_height(std::min(kTile, kH - t.y()));
-      t.set_channels(kChannels);
-      t.set_sample_type(v1::SAMPLE_TYPE_UINT8);
-      t.set_encoding("raw");
-      t.set_image_width(kW);
-      t.set_image_height(kH);
-      t.set_tile_size(kTile);
-      t.set_tile_count(tx * ty);
-      std::string data;
-      for (int64_t y = t.y(); y < t.y() + t.height(); ++y)
-        for (int64_t x = t.x(); x < t.x() + t.width(); ++x)
-          for (int c = 0; c < kChannels; ++c)
-            data.push_back(static_cast<char>(Pixel(x, y, c)));
-      t.set_data(data);
-      tiles.push_back(t);
-    }
+  const TileGrid grid(kW, kH, kTile);  // 3 x 2 tiles
+  for (int64_t i = 0; i < grid.count(); ++i) {
+    const TileRect r = grid.rect(i);
+    v1::Tile t;
+    t.set_index(i);
+    t.set_x(r.x);
+    t.set_y(r.y);
+    t.set_width(r.w);
+    t.set_height(r.h);
+    t.set_channels(kChannels);
+    t.set_sample_type(v1::SAMPLE_TYPE_UINT8);
+    t.set_encoding(v1::TILE_ENCODING_RAW);
+    t.set_image_width(kW);
+    t.set_image_height(kH);
+    t.set_tile_size(kTile);
+    t.set_tile_count(grid.count());
+    std::string data;
+    for (int64_t y = r.y; y < r.y + r.h; ++y)
+      for (int64_t x = r.x; x < r.x + r.w; ++x)
+        for (int c = 0; c < kChannels; ++c)
+          data.push_back(static_cast<char>(Pixel(x, y, c)));
+    t.set_data(data);
+    tiles.push_back(t);
   }
   return tiles;
 }
@@ -127,6 +127,40 @@ TEST(TileAssemblerTest, RefusesTilesOutsideTheImage) {
   t = MakeTiles()[0];
   t.set_sample_type(static_cast<v1::SampleType>(9));
   EXPECT_FALSE((*a)->AddTile(t).ok());
+}
+
+TEST(TileAssemblerTest, RefusesTilesOffTheGrid) {
+  const std::string path = TempDir() + "/out.png";
+  auto a = TileAssembler::Open(path, "j", false);
+  ASSERT_TRUE(a.ok());
+  // A tile count that is not the grid's.
+  std::vector<v1::Tile> tiles = MakeTiles();
+  for (v1::Tile& t : tiles) t.set_tile_count(7);
+  EXPECT_EQ((*a)->AddTile(tiles[0]).code(), absl::StatusCode::kInvalidArgument);
+  // Tile 1 at tile 2's place.
+  tiles = MakeTiles();
+  ASSERT_TRUE((*a)->AddTile(tiles[0]).ok());
+  v1::Tile moved = tiles[2];
+  moved.set_index(1);
+  EXPECT_EQ((*a)->AddTile(moved).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TileAssemblerTest, EncodingMustBeRaw) {
+  const std::string path = TempDir() + "/out.png";
+  auto a = TileAssembler::Open(path, "j", false);
+  ASSERT_TRUE(a.ok());
+  v1::Tile t = MakeTiles()[0];
+  t.set_encoding(v1::TILE_ENCODING_UNSPECIFIED);
+  EXPECT_EQ((*a)->AddTile(t).code(), absl::StatusCode::kInvalidArgument);
+  t.set_encoding(static_cast<v1::TileEncoding>(5));
+  EXPECT_EQ((*a)->AddTile(t).code(), absl::StatusCode::kInvalidArgument);
+  // A server older than the enum sends only the text.
+  t.set_encoding(v1::TILE_ENCODING_UNSPECIFIED);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  t.set_encoding_name("raw");
+#pragma GCC diagnostic pop
+  EXPECT_TRUE((*a)->AddTile(t).ok());
 }
 
 }  // namespace

@@ -58,19 +58,31 @@ void TimingsToProto(const std::vector<StageTiming>& timings,
   }
 }
 
-void FilesToProto(const std::vector<TransformFileText>& files,
+void FilesToProto(const std::vector<TransformFile>& files,
                   google::protobuf::RepeatedPtrField<v1::TransformFile>* out) {
-  for (const TransformFileText& f : files) {
+  for (const TransformFile& f : files) {
     v1::TransformFile* p = out->Add();
-    p->set_name(f.first);
-    p->set_content(f.second);
+    p->set_name(f.name);
+    p->set_content(f.text);
   }
+}
+
+// Sets the deprecated text twin of Tile.encoding, for clients that predate
+// the enum (the one place that touches the deprecated field).
+void SetLegacyEncodingName(TileEncoding encoding, v1::Tile* tile) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  switch (encoding) {
+    case TileEncoding::kRaw:
+      tile->set_encoding_name("raw");
+      break;
+  }
+#pragma GCC diagnostic pop
 }
 
 }  // namespace
 
-absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto,
-                                      const JobManager::Options& defaults) {
+absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto) {
   JobSpec spec;
   spec.fixed = SourceFromProto(proto.fixed());
   spec.moving = SourceFromProto(proto.moving());
@@ -119,7 +131,7 @@ absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto,
   }
   switch (static_cast<int>(proto.device())) {
     case v1::DEVICE_UNSPECIFIED:
-      spec.options.device = defaults.device;
+      spec.options.device = DevicePreference::kUnspecified;
       break;
     case v1::DEVICE_AUTO:
       spec.options.device = DevicePreference::kAuto;
@@ -134,9 +146,7 @@ absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto,
       return UnknownEnum("device", proto.device(), "AUTO, CPU, CUDA");
   }
   spec.options.max_registration_megapixels =
-      proto.max_registration_megapixels() == 0.0
-          ? defaults.default_max_registration_megapixels
-          : proto.max_registration_megapixels();
+      proto.max_registration_megapixels();
   spec.custom_parameters.assign(proto.elastix_parameters().begin(),
                                 proto.elastix_parameters().end());
   spec.priority = proto.priority();
@@ -289,6 +299,14 @@ void QualityMapToProto(const QualityMap& map, v1::QualityMap* out) {
   }
 }
 
+v1::TileEncoding TileEncodingToProto(TileEncoding encoding) {
+  switch (encoding) {
+    case TileEncoding::kRaw:
+      return v1::TILE_ENCODING_RAW;
+  }
+  return v1::TILE_ENCODING_UNSPECIFIED;
+}
+
 void FailureToProto(const absl::Status& status, v1::Failed* out) {
   grpc::Status g = ToGrpcStatus(status);
   out->set_code(static_cast<int>(g.error_code()));
@@ -297,7 +315,7 @@ void FailureToProto(const absl::Status& status, v1::Failed* out) {
 }
 
 void JobInfoToProto(const JobInfo& info,
-                    const std::vector<TransformFileText>& transform_files,
+                    const std::vector<TransformFile>& transform_files,
                     v1::JobStatus* out) {
   out->set_job_id(info.id);
   out->set_state(JobStateToProto(info.state));
@@ -328,8 +346,23 @@ void JobInfoToProto(const JobInfo& info,
   }
 }
 
-void EventToProto(const JobEvent& event, const TileContext& tiles,
-                  const std::vector<TransformFileText>& transform_files,
+void CancelResponseFromInfo(const JobInfo& info, v1::CancelResponse* out) {
+  out->set_state(JobStateToProto(info.state));
+  if ((info.state == JobState::kFailed || info.state == JobState::kCancelled) &&
+      !info.failure.ok()) {
+    FailureToProto(info.failure, out->mutable_failure());
+  }
+}
+
+void CreatedEventToProto(const std::string& job_id, uint64_t upload_bytes,
+                         v1::JobEvent* out) {
+  out->Clear();
+  out->set_job_id(job_id);
+  out->mutable_created()->set_upload_bytes(upload_bytes);
+}
+
+void EventToProto(const JobEvent& event,
+                  const std::vector<TransformFile>& transform_files,
                   v1::JobEvent* out) {
   out->Clear();
   out->set_job_id(event.job_id);
@@ -368,12 +401,13 @@ void EventToProto(const JobEvent& event, const TileContext& tiles,
       t->set_height(event.rect.h);
       t->set_channels(event.channels);
       t->set_sample_type(SampleTypeToProto(event.sample_type));
-      t->set_encoding("raw");
+      t->set_encoding(TileEncodingToProto(event.encoding));
+      SetLegacyEncodingName(event.encoding, t);
       t->set_data(event.data);
-      t->set_image_width(tiles.image_width);
-      t->set_image_height(tiles.image_height);
-      t->set_tile_size(tiles.tile_size);
-      t->set_tile_count(tiles.tile_count);
+      t->set_image_width(event.grid.width());
+      t->set_image_height(event.grid.height());
+      t->set_tile_size(event.grid.edge());
+      t->set_tile_count(event.grid.count());
       break;
     }
     case JobEvent::Kind::kCompleted: {

@@ -1,21 +1,20 @@
 // Copyright regserve authors.
 //
 // Conversions between the regserve.v1 protocol messages and the core types
-// of core/jobs. No validation of spec contents happens here (that is
-// JobManager's job); the only errors are for values the protocol cannot
-// express in core terms (unknown enum values).
+// of core/jobs. No validation of spec contents happens here, and no daemon
+// default is applied (both are JobManager's job, in CreateJob); the only
+// errors are for values the protocol cannot express in core terms (unknown
+// enum values).
 //
-//   REGSERVE_ASSIGN_OR_RETURN(JobSpec spec,
-//       SpecFromProto(request.spec(), manager->options()));
+//   REGSERVE_ASSIGN_OR_RETURN(JobSpec spec, SpecFromProto(request.spec()));
 //   v1::JobEvent out;
-//   EventToProto(event, tile_context, &out);
+//   EventToProto(event, /*transform_files=*/{}, &out);
 //
 // Thread safety: pure functions.
 #ifndef REGSERVE_SERVER_CONVERT_H_
 #define REGSERVE_SERVER_CONVERT_H_
 
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -27,11 +26,13 @@
 
 namespace regserve {
 
-// UNSPECIFIED enum values and a zero max_registration_megapixels take the
-// daemon defaults from `defaults`. InvalidArgument names the field of an
-// unknown enum value.
-absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto,
-                                      const JobManager::Options& defaults);
+// Converts only: DEVICE_UNSPECIFIED becomes DevicePreference::kUnspecified
+// and a max_registration_megapixels of 0 stays 0 (the core applies the
+// daemon's defaults when it validates the spec); the other UNSPECIFIED enum
+// values become the protocol's documented defaults (B-spline, full
+// resolution, linear). InvalidArgument names the field of an unknown enum
+// value by its proto path ("spec.transform").
+absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto);
 
 // FIXED / MOVING; InvalidArgument for UNSPECIFIED or unknown values.
 absl::StatusOr<ImageRole> RoleFromProto(int role);
@@ -47,31 +48,32 @@ void PlanToProto(const Plan& plan, v1::Plan* out);
 void QualitySummaryToProto(const QualitySummary& summary,
                            v1::QualitySummary* out);
 void QualityMapToProto(const QualityMap& map, v1::QualityMap* out);
+v1::TileEncoding TileEncodingToProto(TileEncoding encoding);
 // code, code name and message of a non-OK status.
 void FailureToProto(const absl::Status& status, v1::Failed* out);
 
-// A TransformParameters file: base name and text.
-using TransformFileText = std::pair<std::string, std::string>;
-
-// JobInfo -> JobStatus. `transform_files` are the files' texts (read by the
-// caller, which may do I/O; this function does none).
+// JobInfo -> JobStatus. `transform_files` are the files' texts (from
+// JobManager::ReadTransformFiles; this function does no I/O).
 void JobInfoToProto(const JobInfo& info,
-                    const std::vector<TransformFileText>& transform_files,
+                    const std::vector<TransformFile>& transform_files,
                     v1::JobStatus* out);
 
-// What a tile message repeats about the whole output.
-struct TileContext {
-  int64_t image_width = 0;
-  int64_t image_height = 0;
-  int64_t tile_size = 0;
-  int64_t tile_count = 0;
-};
+// Cancel's answer: the job's state after the request, and why it ended
+// when it is failed or cancelled.
+void CancelResponseFromInfo(const JobInfo& info, v1::CancelResponse* out);
 
-// Converts one event. For kCompleted, `transform_files` fills
-// Completed.transform_files; it is ignored for other kinds.
-void EventToProto(const JobEvent& event, const TileContext& tiles,
-                  const std::vector<TransformFileText>& transform_files,
+// Converts one event. A tile's geometry (rectangle, image size, tile edge
+// and count) comes from the event's own TileGrid. For kCompleted,
+// `transform_files` fills Completed.transform_files; it is ignored for other
+// kinds.
+void EventToProto(const JobEvent& event,
+                  const std::vector<TransformFile>& transform_files,
                   v1::JobEvent* out);
+
+// Submit's first event: the job exists. `upload_bytes` is the sum of the
+// spec's declared uploads.
+void CreatedEventToProto(const std::string& job_id, uint64_t upload_bytes,
+                         v1::JobEvent* out);
 
 // GetServerInfo's answer from the three sources. `hardware` may be an error
 // (the hardware fields are then left 0).

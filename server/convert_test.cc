@@ -9,19 +9,14 @@
 namespace regserve {
 namespace {
 
-JobManager::Options Defaults() {
-  JobManager::Options d;
-  d.default_max_registration_megapixels = 7.5;
-  d.device = DevicePreference::kCpu;
-  return d;
-}
-
-TEST(SpecFromProtoTest, UnspecifiedTakesDefaults) {
+// SpecFromProto only converts: the daemon's defaults (device, registration
+// size) are the core's to apply when it validates the spec.
+TEST(SpecFromProtoTest, UnspecifiedStaysUnspecifiedForTheCore) {
   v1::JobSpec p;
   p.mutable_fixed()->mutable_upload()->set_byte_size(100);
   p.mutable_fixed()->mutable_upload()->set_file_name("f.png");
   p.mutable_moving()->set_server_path("m.tif");
-  auto spec = SpecFromProto(p, Defaults());
+  auto spec = SpecFromProto(p);
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->fixed.upload_bytes, 100u);
   EXPECT_EQ(spec->fixed.upload_name, "f.png");
@@ -31,8 +26,24 @@ TEST(SpecFromProtoTest, UnspecifiedTakesDefaults) {
   EXPECT_EQ(spec->options.transform, TransformKind::kBSpline);
   EXPECT_TRUE(spec->options.output_full_resolution);
   EXPECT_EQ(spec->options.interpolation, Interpolation::kLinear);
-  EXPECT_EQ(spec->options.device, DevicePreference::kCpu);
-  EXPECT_DOUBLE_EQ(spec->options.max_registration_megapixels, 7.5);
+  EXPECT_EQ(spec->options.device, DevicePreference::kUnspecified);
+  EXPECT_DOUBLE_EQ(spec->options.max_registration_megapixels, 0.0);
+}
+
+TEST(SpecFromProtoTest, DeviceValues) {
+  const std::pair<v1::Device, DevicePreference> cases[] = {
+      {v1::DEVICE_UNSPECIFIED, DevicePreference::kUnspecified},
+      {v1::DEVICE_AUTO, DevicePreference::kAuto},
+      {v1::DEVICE_CPU, DevicePreference::kCpu},
+      {v1::DEVICE_CUDA, DevicePreference::kCuda},
+  };
+  for (const auto& [proto, core] : cases) {
+    v1::JobSpec p;
+    p.set_device(proto);
+    auto spec = SpecFromProto(p);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->options.device, core) << v1::Device_Name(proto);
+  }
 }
 
 TEST(SpecFromProtoTest, ExplicitValues) {
@@ -46,7 +57,7 @@ TEST(SpecFromProtoTest, ExplicitValues) {
   p.set_fill_value(255.0);
   p.set_client_label("lab");
   p.add_elastix_parameters("(Transform \"EulerTransform\")");
-  auto spec = SpecFromProto(p, Defaults());
+  auto spec = SpecFromProto(p);
   ASSERT_TRUE(spec.ok());
   EXPECT_EQ(spec->options.transform, TransformKind::kAffine);
   EXPECT_FALSE(spec->options.output_full_resolution);
@@ -83,7 +94,7 @@ TEST(SpecFromProtoTest, UnknownEnumValuesAreInvalidArgument) {
   for (const Case& c : cases) {
     v1::JobSpec p;
     c.set(&p);
-    auto spec = SpecFromProto(p, Defaults());
+    auto spec = SpecFromProto(p);
     ASSERT_FALSE(spec.ok()) << c.field;
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(spec.status().message().find(c.field), absl::string_view::npos)
@@ -97,7 +108,7 @@ TEST(SpecFromProtoTest, UnknownEnumSurvivesTheWire) {
   p.set_transform(static_cast<v1::TransformKind>(1000));
   v1::JobSpec parsed;
   ASSERT_TRUE(parsed.ParseFromString(p.SerializeAsString()));
-  EXPECT_EQ(SpecFromProto(parsed, Defaults()).status().code(),
+  EXPECT_EQ(SpecFromProto(parsed).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -115,14 +126,14 @@ TEST(EventToProtoTest, Tile) {
   ev.kind = JobEvent::Kind::kTile;
   ev.job_id = "j1";
   ev.tile_index = 5;
-  ev.rect = TileRect{512, 1024, 100, 37};
+  ev.grid = TileGrid(612, 1061, 512);  // 2 x 3 tiles
+  ev.rect = ev.grid.rect(5);
   ev.channels = 3;
   ev.sample_type = SampleType::kUInt16;
   ev.encoding = TileEncoding::kRaw;
   ev.data = std::string(100 * 37 * 3 * 2, '\x7f');
-  TileContext ctx{612, 1061, 512, 9};
   v1::JobEvent out;
-  EventToProto(ev, ctx, {}, &out);
+  EventToProto(ev, {}, &out);
   ASSERT_TRUE(out.has_tile());
   EXPECT_EQ(out.job_id(), "j1");
   EXPECT_EQ(out.tile().index(), 5);
@@ -132,8 +143,39 @@ TEST(EventToProtoTest, Tile) {
   EXPECT_EQ(out.tile().height(), 37);
   EXPECT_EQ(out.tile().sample_type(), v1::SAMPLE_TYPE_UINT16);
   EXPECT_EQ(out.tile().data().size(), ev.data.size());
+  EXPECT_EQ(out.tile().encoding(), v1::TILE_ENCODING_RAW);
   EXPECT_EQ(out.tile().image_width(), 612);
-  EXPECT_EQ(out.tile().tile_count(), 9);
+  EXPECT_EQ(out.tile().image_height(), 1061);
+  EXPECT_EQ(out.tile().tile_size(), 512);
+  EXPECT_EQ(out.tile().tile_count(), 6);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  EXPECT_EQ(out.tile().encoding_name(), "raw");  // for older clients
+#pragma GCC diagnostic pop
+}
+
+TEST(EventToProtoTest, Created) {
+  v1::JobEvent out;
+  CreatedEventToProto("j9", 1234, &out);
+  EXPECT_EQ(out.job_id(), "j9");
+  ASSERT_TRUE(out.has_created());
+  EXPECT_EQ(out.created().upload_bytes(), 1234u);
+}
+
+TEST(CancelResponseFromInfoTest, FinalStateAndWhy) {
+  JobInfo info;
+  info.state = JobState::kCompleted;
+  v1::CancelResponse out;
+  CancelResponseFromInfo(info, &out);
+  EXPECT_EQ(out.state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_FALSE(out.has_failure());
+  info.state = JobState::kFailed;
+  info.failure = absl::FailedPreconditionError("images do not overlap");
+  out.Clear();
+  CancelResponseFromInfo(info, &out);
+  EXPECT_EQ(out.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(out.failure().code_name(), "FAILED_PRECONDITION");
+  EXPECT_EQ(out.failure().message(), "images do not overlap");
 }
 
 TEST(EventToProtoTest, FailedCarriesCodeAndMessage) {
@@ -142,7 +184,7 @@ TEST(EventToProtoTest, FailedCarriesCodeAndMessage) {
   ev.job_id = "j2";
   ev.info.failure = absl::FailedPreconditionError("images do not overlap");
   v1::JobEvent out;
-  EventToProto(ev, {}, {}, &out);
+  EventToProto(ev, {}, &out);
   ASSERT_TRUE(out.has_failed());
   EXPECT_EQ(out.failed().code(), 9);
   EXPECT_EQ(out.failed().code_name(), "FAILED_PRECONDITION");
@@ -156,8 +198,7 @@ TEST(EventToProtoTest, CompletedAndProgress) {
   ev.info.timings = {{Stage::kRegistration, 1.5}, {Stage::kWarp, 0.25}};
   ev.info.registration_metric = -0.8;
   v1::JobEvent out;
-  EventToProto(ev, {}, {{"TransformParameters.0.txt", "(Transform \"x\")"}},
-               &out);
+  EventToProto(ev, {{"TransformParameters.0.txt", "(Transform \"x\")"}}, &out);
   ASSERT_TRUE(out.has_completed());
   EXPECT_EQ(out.completed().output().width(), 221);
   EXPECT_EQ(out.completed().output().sample_type(), v1::SAMPLE_TYPE_UINT8);
@@ -175,7 +216,7 @@ TEST(EventToProtoTest, CompletedAndProgress) {
   prog.registration.num_resolutions = 4;
   prog.registration.iteration = 100;
   prog.registration.message = "resolution 3/4";
-  EventToProto(prog, {}, {}, &out);
+  EventToProto(prog, {}, &out);
   ASSERT_TRUE(out.has_progress());
   EXPECT_FALSE(out.has_completed());
   EXPECT_EQ(out.progress().stage(), v1::STAGE_REGISTRATION);

@@ -8,15 +8,28 @@
 //   RegistrationService service(manager.get(), &scheduler, probe.get(), {});
 //   grpc::ServerBuilder builder;
 //   builder.RegisterService(&service);
+//   server = builder.BuildAndStart();
+//   server->GetHealthCheckService()->SetServingStatus(
+//       RegistrationService::kServiceName, true);
 //   ... on SIGTERM: service.StopAccepting(); manager->Shutdown();
 //   server->Shutdown(deadline); service.WaitForCalls();
 //
 // Threading (gRPC callback API): reactor callbacks only record what
-// happened and wake a worker. Blocking work — upload chunk writes (disk I/O)
-// and EventStream::Next loops — runs on one thread per streaming call that
-// this class owns; unary calls run on a small pool. A worker writes one
-// message at a time and waits for OnWriteDone, so a slow client holds back
-// the stream instead of growing a queue.
+// happened and wake a worker; they never block. The blocking work runs on
+// two small pools that this class owns:
+//   - unary calls (Cancel, GetJob, ListJobs, GetServerInfo) on
+//     Options::unary_threads threads;
+//   - streaming calls (Submit, Watch) on Options::stream_threads "stream
+//     pump" threads, whatever the number of open streams. A pump thread
+//     takes the next stream that is ready (a chunk arrived, its last write
+//     finished, or its event poll is due), does one bounded step — processes
+//     one upload chunk (disk I/O), or asks the job's EventStream for the next
+//     event with a short deadline and starts writing it — and moves on to the
+//     next ready stream. A stream with nothing to send is polled again after
+//     a back-off of 1 to 50 ms (a thread with no other stream ready waits on
+//     one stream's Next instead, for prompt delivery). Each stream has at
+//     most one message in flight: a slow client holds back its own stream
+//     only, never a pump thread, and events keep their order.
 //
 // Authentication: with Options::tokens set, every call must carry metadata
 // "authorization: Bearer <token>" naming a token of the TokenStore; the
@@ -27,13 +40,18 @@
 // (others' are NOT_FOUND). No client-supplied principal metadata is trusted.
 // Health checks and reflection are separate services and need no token.
 //
-// Client behaviour: a client that disconnects during the upload aborts the
-// job (JobManager::AbortUpload); one that disconnects later only stops its
-// own stream: the job keeps running and can be watched again.
+// Client behaviour: Submit sends `created` (the job id) as soon as the job
+// exists, then upload progress. A client that disconnects or cancels during
+// the upload has its job cancelled (JobManager::AbortUpload with a Cancelled
+// status); one that disconnects later only stops its own stream: the job
+// keeps running and can be watched again. A read that ends before the
+// declared bytes arrived is taken as a disconnection when the cancellation
+// follows within a short grace period (gRPC may report the two in either
+// order), otherwise as a truncated upload (INVALID_ARGUMENT).
 //
 // Ownership: the core objects are not owned and must outlive the service.
-// Thread safety: all public methods are thread-safe. The destructor waits
-// for the call threads; shut the grpc::Server down first.
+// Thread safety: all public methods are thread-safe. The destructor stops
+// the pools; shut the grpc::Server down first.
 #ifndef REGSERVE_SERVER_REGISTRATION_SERVICE_H_
 #define REGSERVE_SERVER_REGISTRATION_SERVICE_H_
 
@@ -41,11 +59,13 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -59,7 +79,8 @@ namespace regserve {
 
 // Transport-level hooks for the daemon's metrics (job stages and outcomes
 // are reported by core/jobs through JobLifecycleObserver, for every job).
-// Called from call threads; implementations must be thread-safe and quick.
+// Called from gRPC's threads and the service's own; implementations must be
+// thread-safe and quick.
 class JobObserver {
  public:
   virtual ~JobObserver() = default;
@@ -77,9 +98,18 @@ class JobObserver {
   }
 };
 
+// The stream pump's threads and queues (registration_service.cc).
+class StreamPump;
+
 class RegistrationService final
     : public ::regserve::v1::Registration::CallbackService {
  public:
+  // The service's full gRPC name, "regserve.v1.Registration": the name a
+  // health check asks about. The daemon marks it SERVING in its health
+  // service once the server has started (see the example above).
+  static constexpr const char* kServiceName =
+      ::regserve::v1::Registration::service_full_name();
+
   struct Options {
     // Not owned; may be null. Must outlive the service.
     JobObserver* observer = nullptr;
@@ -87,13 +117,17 @@ class RegistrationService final
     int64_t max_message_bytes = 16 << 20;
     // Threads for unary calls.
     int unary_threads = 2;
+    // Threads that pump every streaming call (Submit, Watch): upload chunk
+    // writes and event delivery; see "Threading" above. regserved's
+    // --stream_threads sets it. Values below 1 mean 1.
+    int stream_threads = 8;
     // Reported as ServerInfo.version.
     std::string version;
     // Bearer tokens; null: no authentication (everyone is principal "").
     // Not owned; must outlive the service. Reloading it is safe at any time.
     const TokenStore* tokens = nullptr;
-    // Streaming calls (Submit, Watch) open at once; each has its own thread.
-    // One more is refused with RESOURCE_EXHAUSTED.
+    // Streaming calls (Submit, Watch) open at once. One more is refused with
+    // RESOURCE_EXHAUSTED. An open stream costs memory, not a thread.
     int max_streams = 1000;
     // A Submit call that sends no message for this long (before its spec,
     // or between upload chunks) is cancelled and its job failed, so that a
@@ -109,7 +143,7 @@ class RegistrationService final
 
   // New Submit calls fail with UNAVAILABLE from now on; running calls go on.
   void StopAccepting();
-  // Waits until every call thread has returned (after server Shutdown).
+  // Waits until every streaming call has ended (after server Shutdown).
   void WaitForCalls();
 
   grpc::ServerBidiReactor<v1::SubmitRequest, v1::JobEvent>* Submit(
@@ -134,19 +168,24 @@ class RegistrationService final
   // Internal, used by the reactors in registration_service.cc.
   JobManager* manager() const { return manager_; }
   JobObserver* observer() const { return observer_; }
+  StreamPump* pump() const { return pump_.get(); }
   bool accepting() const { return accepting_.load(); }
+  const Options& options() const { return options_; }
   // The caller's principal (see "Authentication" above), or UNAUTHENTICATED.
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext& context) const;
-  // Runs `fn` on a new thread counted by WaitForCalls. RESOURCE_EXHAUSTED
-  // (and `fn` does not run) when Options::max_streams calls are open or the
-  // system refuses another thread.
-  absl::Status SpawnCallThread(std::function<void()> fn);
-  const Options& options() const { return options_; }
+  // Counts a new streaming call; RESOURCE_EXHAUSTED (and nothing counted)
+  // when Options::max_streams are open. Each OK is paired with StreamEnded.
+  absl::Status StreamStarted();
+  void StreamEnded();
 
  private:
-  // Runs `fn` on the unary pool.
-  void RunUnary(std::function<void()> fn);
+  // The unary calls' shared path: authenticates, then runs `body` with the
+  // caller's principal on the unary pool and finishes the call with its
+  // status (converted by ToGrpcStatus). `body` fills the response.
+  grpc::ServerUnaryReactor* RunUnary(
+      grpc::CallbackServerContext* context,
+      std::function<absl::Status(const std::string& principal)> body);
   void UnaryWorker();
 
   JobManager* const manager_;
@@ -158,10 +197,11 @@ class RegistrationService final
   std::atomic<bool> accepting_{true};
 
   absl::Mutex mu_;
-  int call_threads_ ABSL_GUARDED_BY(mu_) = 0;
+  int open_streams_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<std::function<void()>> unary_queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> unary_threads_;
+  std::unique_ptr<StreamPump> pump_;
 };
 
 }  // namespace regserve

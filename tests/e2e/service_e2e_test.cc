@@ -178,7 +178,11 @@ TEST_F(ServiceE2eTest, GrpcClientEventsInOrder) {
       [&](v1::ImageRole, uint64_t sent, uint64_t) { uploaded = sent; });
   ASSERT_TRUE(s.ok()) << s.error_message();
   ASSERT_GE(kinds.size(), 3u);
-  EXPECT_EQ(kinds.front(), v1::JobEvent::kAccepted);
+  // `created` (the job id) comes first, before the upload ends; `accepted`
+  // once the upload is planned.
+  EXPECT_EQ(kinds.front(), v1::JobEvent::kCreated);
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), v1::JobEvent::kAccepted),
+            kinds.end());
   EXPECT_EQ(kinds.back(), v1::JobEvent::kCompleted);
   EXPECT_EQ(tile_count, 4 * 3);  // 181x217 in 64-px tiles
   EXPECT_EQ(tiles, tile_count);

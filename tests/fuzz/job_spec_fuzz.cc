@@ -173,7 +173,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (!request.has_spec()) return 0;
   absl::StatusOr<regserve::JobSpec> spec =
-      regserve::SpecFromProto(request.spec(), harness->manager->options());
+      regserve::SpecFromProto(request.spec());
   if (!spec.ok()) {
     if (spec.status().code() != absl::StatusCode::kInvalidArgument) {
       std::abort();
