@@ -5,10 +5,14 @@
 
 #include <fstream>
 #include <future>
+#include <optional>
 #include <sstream>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/generic/generic_stub.h"
 
 namespace regserve {
@@ -140,25 +144,241 @@ bool RegistrationClient::WaitForConnected(absl::Duration timeout) {
   return channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + timeout));
 }
 
-grpc::Status RegistrationClient::Submit(v1::JobSpec spec, const Inputs& inputs,
-                                        const EventCallback& on_event,
-                                        const UploadCallback& on_upload,
-                                        grpc::ClientContext* context) {
+namespace {
+
+// How long Submit waits for `created` before it uploads anyway (a server
+// older than `created` sends nothing before the upload ends).
+constexpr absl::Duration kCreatedWait = absl::Seconds(10);
+
+// The Submit call on the callback API, driven from the calling thread: the
+// reactions only record what completed; Drive() reads the next chunk,
+// hands each event to the caller and starts the next operation, so that
+// events (`created`, upload progress) arrive while the upload goes on and
+// every callback runs on the calling thread. The chunks follow `created`:
+// a refused spec costs no upload, and the caller has the job id before the
+// first byte is sent.
+class SubmitStream final
+    : public grpc::ClientBidiReactor<v1::SubmitRequest, v1::JobEvent> {
+ public:
   struct Upload {
     v1::ImageRole role;
     std::string path;
     uint64_t size = 0;
   };
-  std::vector<Upload> uploads;
+
+  SubmitStream(v1::Registration::Stub* stub, grpc::ClientContext* context,
+               v1::JobSpec spec, std::vector<Upload> uploads,
+               size_t chunk_bytes)
+      : context_(context),
+        uploads_(std::move(uploads)),
+        buffer_(chunk_bytes > 0 ? chunk_bytes : 1 << 20) {
+    *request_.mutable_spec() = std::move(spec);
+    stub->async()->Submit(context, this);
+    // Operations start from Drive(), outside the reactions: hold the call
+    // open until the last of them has been started.
+    AddHold();
+    {
+      absl::MutexLock lock(&mu_);
+      read_pending_ = true;
+      write_pending_ = true;
+    }
+    StartRead(&event_);
+    StartWrite(&request_);
+    StartCall();
+  }
+
+  // Runs the call to its end; returns its status.
+  grpc::Status Drive(const RegistrationClient::EventCallback& on_event,
+                     const RegistrationClient::UploadCallback& on_upload) {
+    bool writing = true, following = true;
+    bool may_upload = uploads_.empty();  // after the first event
+    const absl::Time upload_anyway = absl::Now() + kCreatedWait;
+    grpc::Status local_error;
+    size_t upload = 0;  // index into uploads_
+    uint64_t sent = 0;  // bytes of uploads_[upload] sent
+    std::ifstream in;
+    // The chunk in flight, reported to on_upload once written.
+    std::optional<std::pair<size_t, uint64_t>> in_flight;
+    while (true) {
+      bool read_done = false, read_ok = false, write_done = false,
+           write_ok = false;
+      {
+        absl::MutexLock lock(&mu_);
+        if (!reading_ && !write_in_progress_) break;
+        mu_.AwaitWithDeadline(
+            absl::Condition(
+                +[](SubmitStream* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                  return (s->reading_ && !s->read_pending_) ||
+                         (s->write_in_progress_ && !s->write_pending_);
+                },
+                this),
+            may_upload ? absl::InfiniteFuture() : upload_anyway);
+        if (reading_ && !read_pending_) {
+          read_done = true;
+          read_ok = read_ok_;
+          if (!read_ok) reading_ = false;  // the server ended the stream
+        }
+        if (!write_pending_ && write_in_progress_) {
+          write_done = true;
+          write_ok = write_ok_;
+          write_in_progress_ = false;
+        }
+      }
+      if (write_done) {
+        if (!write_ok) writing = false;  // the call broke: its status says why
+        if (write_ok && in_flight && on_upload) {
+          on_upload(uploads_[in_flight->first].role, in_flight->second,
+                    uploads_[in_flight->first].size);
+        }
+        in_flight.reset();
+      }
+      if (read_done) {
+        if (!read_ok) {
+          writing = false;
+        } else {
+          may_upload = true;
+          if (following && on_event && !on_event(event_)) {
+            following = false;
+            context_->TryCancel();
+          }
+          StartNextRead();
+        }
+      }
+      if (!writing || write_busy()) continue;
+      if (!may_upload && absl::Now() < upload_anyway) continue;
+      // The write slot is free: the next chunk, or the half-close.
+      while (upload < uploads_.size() && sent >= uploads_[upload].size) {
+        ++upload;
+        sent = 0;
+        in.close();
+      }
+      if (upload == uploads_.size()) {
+        writing = false;
+        StartWritesDoneOp();
+        continue;
+      }
+      const Upload& u = uploads_[upload];
+      if (!in.is_open()) {
+        in.open(u.path, std::ios::binary);
+        if (!in) {
+          local_error =
+              grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                           absl::StrCat("cannot open \"", u.path, "\""));
+          writing = false;
+          context_->TryCancel();
+          continue;
+        }
+      }
+      in.read(buffer_.data(), static_cast<std::streamsize>(buffer_.size()));
+      const std::streamsize got = in.gcount();
+      if (got <= 0) {
+        // The file shrank: half-close; the server reports the truncation.
+        upload = uploads_.size();
+        writing = false;
+        StartWritesDoneOp();
+        continue;
+      }
+      request_.Clear();
+      v1::ImageChunk* chunk = request_.mutable_chunk();
+      chunk->set_role(u.role);
+      chunk->set_offset(sent);
+      chunk->set_data(buffer_.data(), static_cast<size_t>(got));
+      sent += static_cast<uint64_t>(got);
+      in_flight.emplace(upload, sent);
+      StartNextWrite();
+    }
+    RemoveHold();
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return local_error.ok() ? status_ : local_error;
+  }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    read_pending_ = false;
+    read_ok_ = ok;
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    write_pending_ = false;
+    write_ok_ = ok;
+  }
+  void OnWritesDoneDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    write_pending_ = false;
+    write_ok_ = ok;
+  }
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    status_ = status;
+    done_ = true;
+  }
+
+ private:
+  bool write_busy() {
+    absl::MutexLock lock(&mu_);
+    return write_in_progress_;
+  }
+  void StartNextRead() {
+    {
+      absl::MutexLock lock(&mu_);
+      read_pending_ = true;
+    }
+    StartRead(&event_);  // not under mu_: the reaction may run inline
+  }
+  void StartNextWrite() {
+    {
+      absl::MutexLock lock(&mu_);
+      write_pending_ = true;
+      write_in_progress_ = true;
+    }
+    StartWrite(&request_);
+  }
+  void StartWritesDoneOp() {
+    {
+      absl::MutexLock lock(&mu_);
+      write_pending_ = true;
+      write_in_progress_ = true;
+    }
+    StartWritesDone();
+  }
+
+  grpc::ClientContext* const context_;
+  const std::vector<Upload> uploads_;
+  std::vector<char> buffer_;
+  v1::SubmitRequest request_;  // the message being written
+  v1::JobEvent event_;         // the message being read
+
+  absl::Mutex mu_;
+  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_ok_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_ok_ ABSL_GUARDED_BY(mu_) = false;
+  // A write (or the half-close) was started and Drive has not yet seen it
+  // finish; the spec's write counts.
+  bool write_in_progress_ ABSL_GUARDED_BY(mu_) = true;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  // Until the server's stream has ended (set by Drive).
+  bool reading_ ABSL_GUARDED_BY(mu_) = true;
+};
+
+}  // namespace
+
+grpc::Status RegistrationClient::Submit(v1::JobSpec spec, const Inputs& inputs,
+                                        const EventCallback& on_event,
+                                        const UploadCallback& on_upload,
+                                        grpc::ClientContext* context) {
+  std::vector<SubmitStream::Upload> uploads;
   if (!inputs.fixed_path.empty()) {
-    Upload u{v1::IMAGE_ROLE_FIXED, inputs.fixed_path};
+    SubmitStream::Upload u{v1::IMAGE_ROLE_FIXED, inputs.fixed_path};
     grpc::Status s =
         DeclareUpload(u.path, "fixed", spec.mutable_fixed(), &u.size);
     if (!s.ok()) return s;
     uploads.push_back(u);
   }
   if (!inputs.moving_path.empty()) {
-    Upload u{v1::IMAGE_ROLE_MOVING, inputs.moving_path};
+    SubmitStream::Upload u{v1::IMAGE_ROLE_MOVING, inputs.moving_path};
     grpc::Status s =
         DeclareUpload(u.path, "moving", spec.mutable_moving(), &u.size);
     if (!s.ok()) return s;
@@ -168,50 +388,9 @@ grpc::Status RegistrationClient::Submit(v1::JobSpec spec, const Inputs& inputs,
   grpc::ClientContext own_context;
   if (context == nullptr) context = &own_context;
   Prepare(context);
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SubmitRequest, v1::JobEvent>>
-      stream = stub_->Submit(context);
-
-  v1::SubmitRequest request;
-  *request.mutable_spec() = spec;
-  bool writing = stream->Write(request);
-  std::vector<char> buffer(options_.chunk_bytes > 0 ? options_.chunk_bytes
-                                                    : 1 << 20);
-  for (const Upload& u : uploads) {
-    if (!writing) break;
-    std::ifstream in(u.path, std::ios::binary);
-    if (!in) {
-      context->TryCancel();
-      stream->Finish();
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("cannot open \"", u.path, "\""));
-    }
-    uint64_t sent = 0;
-    while (writing && sent < u.size) {
-      in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-      const std::streamsize got = in.gcount();
-      if (got <= 0) break;  // the file shrank: the server reports truncation
-      request.Clear();
-      v1::ImageChunk* chunk = request.mutable_chunk();
-      chunk->set_role(u.role);
-      chunk->set_offset(sent);
-      chunk->set_data(buffer.data(), static_cast<size_t>(got));
-      writing = stream->Write(request);
-      sent += static_cast<uint64_t>(got);
-      if (on_upload) on_upload(u.role, sent, u.size);
-    }
-  }
-  if (writing) stream->WritesDone();
-
-  v1::JobEvent event;
-  while (stream->Read(&event)) {
-    if (on_event && !on_event(event)) {
-      context->TryCancel();
-      while (stream->Read(&event)) {
-      }
-      break;
-    }
-  }
-  return stream->Finish();
+  SubmitStream call(stub_.get(), context, std::move(spec), std::move(uploads),
+                    options_.chunk_bytes);
+  return call.Drive(on_event, on_upload);
 }
 
 grpc::Status RegistrationClient::Watch(const std::string& job_id,

@@ -11,11 +11,18 @@
 //                                  [&](const v1::JobEvent& e) { ...; return
 //                                  true; });
 //
-// Submit sends the spec, uploads the local files in chunks (fixed, then
-// moving), half-closes, and hands every event to the callback until the
-// call ends; the returned status is the call's (OK after `completed`, the
-// job's error after `failed`). Returning false from the callback cancels the
-// call (the job itself goes on on the server; use Watch to follow it again).
+// Submit sends the spec, waits for the server's first event, `created`
+// (whose job_id is the job's), uploads the local files in chunks (fixed,
+// then moving), half-closes, and hands every event to the callback until
+// the call ends; the returned status is the call's (OK after `completed`,
+// the job's error after `failed`). So the caller has the job id before the
+// first byte is sent and can Cancel(job_id) a long upload (from a callback
+// or another thread), and a refused spec costs no upload. Events keep
+// arriving during the upload (upload `progress`). A server that sends no
+// `created` (older than it) gets the upload after 10 s anyway. Returning
+// false from the event callback cancels the call: during the upload that
+// cancels the job too; after it the job goes on on the server (use Watch to
+// follow it again).
 //
 // Security: with Options::tls.enabled the channel speaks TLS (give the CA
 // that signed the server's certificate, or rely on the system's roots; add
@@ -28,8 +35,8 @@
 //   absl::Status s = LoadTlsFiles("ca.pem", "", "", &o.tls);  // enables TLS
 //
 // Thread safety: a RegistrationClient may be used from several threads at
-// once; each call is independent. A call's callbacks run on the calling
-// thread.
+// once; each call is independent. A call's callbacks (events and upload
+// progress) run on the calling thread, one at a time.
 #ifndef REGSERVE_CLIENT_REGSERVE_CLIENT_H_
 #define REGSERVE_CLIENT_REGSERVE_CLIENT_H_
 
