@@ -238,8 +238,7 @@ RegistrationService::Options ServiceOptions(const DaemonConfig& c,
   o.tokens = tokens;
   o.max_streams = c.max_streams;
   o.upload_idle_timeout = c.upload_idle_timeout;
-  // TODO(registration_service): o.stream_threads = c.stream_threads; once
-  // RegistrationService::Options::stream_threads exists.
+  o.stream_threads = c.stream_threads;
   return o;
 }
 

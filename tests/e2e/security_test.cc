@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -282,8 +284,9 @@ class SecurityE2eTest : public ::testing::Test {
     outside_ = new std::string(MakeTempDir("regserve_sec_outside"));
     WriteAll(*input_root_ + "/fixed.png", ReadAll(Fixed()));
     WriteAll(*outside_ + "/secret.png", ReadAll(Fixed()));
-    symlink((*outside_ + "/secret.png").c_str(),
-            (*input_root_ + "/escape.png").c_str());
+    ASSERT_EQ(0, symlink((*outside_ + "/secret.png").c_str(),
+                         (*input_root_ + "/escape.png").c_str()))
+        << std::strerror(errno);
     // A 400x400 image: more pixels than kMaxPixels, few bytes.
     large_ = new std::string(*input_root_ + "/large.png");
     ImageSpec spec;

@@ -532,7 +532,8 @@ TEST_F(BadInputTest, BadSpecsAndStreams) {
          return Raw({spec, Chunk(v1::IMAGE_ROLE_FIXED, 0, fixed_)});
        }});
   cases.push_back(
-      {"server path not found under the root", C::NOT_FOUND, [this] {
+      // NOT_FOUND is kept for unknown jobs: a missing file is a bad argument.
+      {"server path not found under the root", C::INVALID_ARGUMENT, [this] {
          v1::SubmitRequest r;
          r.mutable_spec()->mutable_fixed()->set_server_path("missing.png");
          r.mutable_spec()->mutable_moving()->set_server_path("missing2.png");
