@@ -18,6 +18,7 @@
 #          (.gpu-debs/extra/ref/, from scripts/gpu/reference.sh)
 #   big    a 283.6 MP pair made from tests/data/photos at run time,
 #          server-side input paths, per-stage timings (GetJob)
+#   refine the LibTorch refinement on CUDA against the CPU (refine_benchmark)
 # Every step writes $OUT/<step>.log; a table of results is printed last.
 # The device calls (see docs/gpu.md), back to back so the machine stays warm:
 #   run(command="bash scripts/gpu/carry_part.sh", carry=[".gpu-debs/p1"]) ...
@@ -34,7 +35,7 @@ RESULTS=/opt/regserve-results.txt   # the table, kept across calls
 mkdir -p "$OUT" "$WORK"; touch "$RESULTS"
 T0=$(date +%s)
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(link probe build test small big)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(link probe build test small big refine)
 
 step() { echo; echo "=== $* ($(date +%T), +$(( $(date +%s) - T0 )) s)"; }
 result() { printf '| %s | %s |\n' "$1" "$2" | tee -a "$RESULTS"; }
@@ -317,8 +318,21 @@ PY
   fi
 }
 
+# The LibTorch refinement of a real photo's registration on CUDA and on the
+# CPU, the same input: the photo (lomiri-wallpapers-20.04's Kleiber, 20 MP)
+# travels as .gpu-debs/extra/Kleiber.jpg (see docs/gpu.md).
+do_refine() {
+  step "refinement on CUDA vs the CPU (tests/bench/refine_benchmark)"
+  local photo=.gpu-debs/extra/Kleiber.jpg
+  if [ ! -f "$photo" ]; then echo "no $photo: skipped"; return 0; fi
+  "$BUILD/tests/bench/refine_benchmark" --image="$photo" --devices=both \
+      --threads="$(nproc)" --max_registration_mp=20 2>&1 | tee "$OUT/refine.log"
+  result "refine_benchmark (CUDA vs CPU)" "$(grep -ciE 'cuda' "$OUT/refine.log") lines mention cuda; see refine.log"
+}
+
 for s in "${STEPS[@]}"; do
   case $s in
+    refine) do_refine ;;
     link) do_link ;;
     probe) do_probe ;;
     build) do_build ;;
