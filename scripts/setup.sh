@@ -22,6 +22,10 @@ PACKAGES=(
   # imaging and registration
   libinsighttoolkit5-dev elastix libopenimageio-dev openimageio-tools
   libopencv-core-dev libimath-dev
+  # the stored result's writer (core/image/tiled_tiff_writer): libtiff for
+  # the file, tiles compressed with libdeflate, zstd and libjpeg-turbo;
+  # tiffinfo for its tests
+  libtiff-dev libdeflate-dev libzstd-dev libjpeg-dev libtiff-tools
   # robust initial alignment (core/registration/robust_start): SIFT, matching,
   # robust homography fits
   libopencv-imgproc-dev libopencv-features2d-dev libopencv-calib3d-dev

@@ -53,6 +53,21 @@ struct ImageSpec {
   std::string DebugString() const;  // "640x480x3 uint8"
 };
 
+// What a file says about its pixels besides their values, carried from the
+// inputs into the stored result (ReadOptions::metadata fills it; the tiled
+// TIFF writer writes it). Empty / 0 means "not given".
+enum class ResolutionUnit { kNone = 1, kInch = 2, kCentimeter = 3 };
+struct ImageMetadata {
+  std::string icc_profile;  // the ICC profile's bytes, as embedded
+  // Pixels per `resolution_unit` (TIFF XResolution/YResolution, PNG pHYs,
+  // JFIF density); 0: none given.
+  double x_resolution = 0.0;
+  double y_resolution = 0.0;
+  ResolutionUnit resolution_unit = ResolutionUnit::kNone;
+  // TIFF/EXIF orientation 1..8 (how to display the stored rows); 0: none.
+  int orientation = 0;
+};
+
 // Checks 1 <= width, height <= 2^31-1, 1 <= channels <= 4, and that the byte
 // size is representable. Returns InvalidArgument naming the bad field.
 absl::Status ValidateSpec(const ImageSpec& spec);

@@ -22,7 +22,6 @@
 #include <new>
 #include <optional>
 #include <thread>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -354,6 +353,33 @@ absl::Status CheckBudget(const Source& src, const ImageSpec& spec,
   return absl::OkStatus();
 }
 
+// ICC profile, resolution and orientation, as OpenImageIO's readers name
+// them (TIFF tags, JPEG APP2/JFIF/EXIF, PNG iCCP/pHYs).
+ImageMetadata MetadataOf(const oiio::ImageSpec& s) {
+  ImageMetadata m;
+  const oiio::ParamValue* icc = s.find_attribute("ICCProfile");
+  if (icc != nullptr && icc->type().basetype == oiio::TypeDesc::UINT8) {
+    const char* bytes = static_cast<const char*>(icc->data());
+    m.icc_profile.assign(bytes, bytes + icc->datasize());
+  }
+  m.x_resolution = s.get_float_attribute("XResolution", 0.0f);
+  m.y_resolution = s.get_float_attribute("YResolution", 0.0f);
+  const std::string unit = absl::AsciiStrToLower(
+      std::string(s.get_string_attribute("ResolutionUnit")));
+  if (unit == "in" || unit == "inch" || unit == "inches") {
+    m.resolution_unit = ResolutionUnit::kInch;
+  } else if (unit == "cm" || unit == "centimeter") {
+    m.resolution_unit = ResolutionUnit::kCentimeter;
+  }
+  if (!(m.x_resolution > 0) || !(m.y_resolution > 0)) {
+    m.x_resolution = m.y_resolution = 0.0;
+    m.resolution_unit = ResolutionUnit::kNone;
+  }
+  const int orientation = s.get_int_attribute("Orientation", 0);
+  if (orientation >= 1 && orientation <= 8) m.orientation = orientation;
+  return m;
+}
+
 absl::StatusOr<Image> Read(const Source& src, const ReadOptions& options) {
   REGSERVE_ASSIGN_OR_RETURN(OpenInput in, Open(src));
   REGSERVE_RETURN_IF_ERROR(CheckBudget(src, in.ours, options));
@@ -383,6 +409,7 @@ absl::StatusOr<Image> Read(const Source& src, const ReadOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cannot decode ", Describe(src), ": OpenImageIO threw: ", e.what()));
   }
+  if (options.metadata != nullptr) *options.metadata = MetadataOf(in.spec);
   return image;
 }
 
@@ -555,212 +582,6 @@ void GrayscaleRowsByChannels(const Image& src, const AxisWeights& wx,
   }
 }
 
-// ---------------------------------------------------------------------------
-// Tiled TIFF writer.
-
-class TiledTiffWriterImpl final : public TiledTiffWriter {
- public:
-  TiledTiffWriterImpl(std::string path, const ImageSpec& spec, int tile,
-                      std::unique_ptr<oiio::ImageOutput> out)
-      : path_(std::move(path)),
-        spec_(spec),
-        tile_(tile),
-        tiles_x_((spec.width + tile - 1) / tile),
-        tiles_y_((spec.height + tile - 1) / tile),
-        out_(std::move(out)),
-        done_(static_cast<size_t>(tiles_x_ * tiles_y_), 0) {}
-
-  absl::Status WriteRegion(int64_t x, int64_t y, const Image& region) override {
-    if (closed_) return absl::FailedPreconditionError("tiled writer is closed");
-    if (!error_.ok()) return error_;
-    if (region.empty()) {
-      return absl::InvalidArgumentError("WriteRegion got an empty image");
-    }
-    if (region.channels() != spec_.channels || region.type() != spec_.type) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "region is ", region.spec().DebugString(), " but the output is ",
-          spec_.DebugString(), "; channels and sample type must match"));
-    }
-    if (x < 0 || y < 0 || x > spec_.width - region.width() ||
-        y > spec_.height - region.height()) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "region ", region.width(), "x", region.height(), " at (", x, ", ", y,
-          ") does not fit in the ", spec_.width, "x", spec_.height, " output"));
-    }
-    const int64_t tx0 = x / tile_, tx1 = (x + region.width() - 1) / tile_;
-    const int64_t ty0 = y / tile_, ty1 = (y + region.height() - 1) / tile_;
-    for (int64_t ty = ty0; ty <= ty1; ++ty) {
-      for (int64_t tx = tx0; tx <= tx1; ++tx) {
-        if (done_[ty * tiles_x_ + tx]) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "region at (", x, ", ", y, ") overlaps tile (", tx * tile_, ", ",
-              ty * tile_,
-              ") which is complete and already written; each pixel "
-              "may be supplied only until its tile is complete"));
-        }
-      }
-    }
-    for (int64_t ty = ty0; ty <= ty1; ++ty) {
-      for (int64_t tx = tx0; tx <= tx1; ++tx) {
-        absl::Status s;
-        try {
-          s = CopyIntoTile(tx, ty, x, y, region);
-        } catch (const std::bad_alloc&) {
-          s = absl::ResourceExhaustedError(absl::StrCat(
-              "cannot allocate a ", tile_, "x", tile_, " tile buffer for \"",
-              path_, "\"; use a smaller tile size"));
-        }
-        if (!s.ok()) {
-          error_ = s;
-          return s;
-        }
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Close() override {
-    if (closed_)
-      return absl::FailedPreconditionError("tiled writer already closed");
-    closed_ = true;
-    int64_t missing = 0;
-    int64_t first_tx = -1, first_ty = -1;
-    for (int64_t ty = 0; ty < tiles_y_; ++ty) {
-      for (int64_t tx = 0; tx < tiles_x_; ++tx) {
-        if (done_[ty * tiles_x_ + tx]) continue;
-        const int64_t area = TileWidth(tx) * TileHeight(ty);
-        auto it = partial_.find(ty * tiles_x_ + tx);
-        missing += area - (it == partial_.end() ? 0 : it->second.covered);
-        if (first_tx < 0) {
-          first_tx = tx;
-          first_ty = ty;
-        }
-      }
-    }
-    absl::Status close_status;
-    try {
-      if (!out_->close()) {
-        close_status = absl::InternalError(
-            absl::StrCat("closing tiled TIFF \"", path_,
-                         "\" failed: ", DrainErrors(out_.get())));
-      }
-    } catch (const std::exception& e) {
-      close_status = absl::InternalError(
-          absl::StrCat("closing tiled TIFF \"", path_, "\" threw: ", e.what()));
-    }
-    out_.reset();
-    partial_.clear();
-    if (!error_.ok() || missing > 0) {
-      std::remove(path_.c_str());
-      if (!error_.ok()) {
-        return absl::Status(
-            error_.code(),
-            absl::StrCat(error_.message(), "; \"", path_, "\" was removed"));
-      }
-      return absl::FailedPreconditionError(
-          absl::StrCat(missing, " of ", spec_.pixels(), " pixels of \"", path_,
-                       "\" were never written (first incomplete tile at x=",
-                       first_tx * tile_, ", y=", first_ty * tile_,
-                       "); the incomplete file was removed"));
-    }
-    return close_status;
-  }
-
- private:
-  struct Partial {
-    std::vector<uint8_t> data;  // tile_ x tile_ pixels
-    std::vector<uint8_t> mask;  // 1 where supplied
-    int64_t covered = 0;
-  };
-
-  int64_t TileWidth(int64_t tx) const {
-    return std::min<int64_t>(tile_, spec_.width - tx * tile_);
-  }
-  int64_t TileHeight(int64_t ty) const {
-    return std::min<int64_t>(tile_, spec_.height - ty * tile_);
-  }
-
-  absl::Status CopyIntoTile(int64_t tx, int64_t ty, int64_t x, int64_t y,
-                            const Image& region) {
-    const int64_t bx = tx * tile_, by = ty * tile_;
-    const int64_t vw = TileWidth(tx), vh = TileHeight(ty);
-    // Intersection of the region with the tile, in output coordinates.
-    const int64_t x0 = std::max(x, bx),
-                  x1 = std::min(x + region.width(), bx + vw);
-    const int64_t y0 = std::max(y, by),
-                  y1 = std::min(y + region.height(), by + vh);
-    const size_t bpp = spec_.bytes_per_pixel();
-    const size_t tile_row = static_cast<size_t>(tile_) * bpp;
-    const size_t span = static_cast<size_t>(x1 - x0) * bpp;
-    const int64_t key = ty * tiles_x_ + tx;
-    auto it = partial_.find(key);
-    if (it == partial_.end() && x0 == bx && y0 == by && x1 - x0 == vw &&
-        y1 - y0 == vh) {
-      // The region covers the whole tile: write it without buffering.
-      scratch_.resize(static_cast<size_t>(tile_) * tile_row);
-      for (int64_t yy = y0; yy < y1; ++yy) {
-        std::memcpy(scratch_.data() + (yy - by) * tile_row,
-                    region.row(yy - y) + (x0 - x) * bpp, span);
-      }
-      return WriteTile(tx, ty, scratch_.data());
-    }
-    if (it == partial_.end()) {
-      Partial p;
-      p.data.assign(static_cast<size_t>(tile_) * tile_row, 0);
-      p.mask.assign(static_cast<size_t>(tile_) * tile_, 0);
-      it = partial_.emplace(key, std::move(p)).first;
-    }
-    Partial& p = it->second;
-    for (int64_t yy = y0; yy < y1; ++yy) {
-      std::memcpy(p.data.data() + (yy - by) * tile_row + (x0 - bx) * bpp,
-                  region.row(yy - y) + (x0 - x) * bpp, span);
-      uint8_t* m = p.mask.data() + (yy - by) * tile_ + (x0 - bx);
-      for (int64_t xx = 0; xx < x1 - x0; ++xx) {
-        p.covered += 1 - m[xx];
-        m[xx] = 1;
-      }
-    }
-    if (p.covered == vw * vh) {
-      absl::Status s = WriteTile(tx, ty, p.data.data());
-      partial_.erase(it);
-      return s;
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status WriteTile(int64_t tx, int64_t ty, const uint8_t* data) {
-    bool ok = false;
-    std::string why;
-    try {
-      ok = out_->write_tile(static_cast<int>(tx * tile_),
-                            static_cast<int>(ty * tile_), 0,
-                            OiioTypeOf(spec_.type), data);
-      if (!ok) why = DrainErrors(out_.get());
-    } catch (const std::exception& e) {
-      why = absl::StrCat("OpenImageIO threw: ", e.what());
-    }
-    if (!ok) {
-      return absl::InternalError(absl::StrCat(
-          "writing tile at (", tx * tile_, ", ", ty * tile_, ") of \"", path_,
-          "\" failed: ", why, ". Check free disk space and permissions"));
-    }
-    done_[ty * tiles_x_ + tx] = 1;
-    return absl::OkStatus();
-  }
-
-  const std::string path_;
-  const ImageSpec spec_;
-  const int tile_;
-  const int64_t tiles_x_;
-  const int64_t tiles_y_;
-  std::unique_ptr<oiio::ImageOutput> out_;
-  std::vector<uint8_t> done_;  // per tile: written to the file
-  std::unordered_map<int64_t, Partial> partial_;
-  std::vector<uint8_t> scratch_;
-  absl::Status error_;
-  bool closed_ = false;
-};
-
 }  // namespace
 
 absl::StatusOr<ImageSpec> ReadImageSpecFile(const std::string& path) {
@@ -901,52 +722,6 @@ absl::Status WriteImageFile(const std::string& path, const Image& image) {
         absl::StrCat("writing \"", path, "\": OpenImageIO threw: ", e.what()));
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<TiledTiffWriter>> OpenTiledTiffWriter(
-    const std::string& path, const ImageSpec& spec, int tile_size) {
-  REGSERVE_RETURN_IF_ERROR(ValidateSpec(spec));
-  if (!IsTiff(path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tiled output \"", path, "\" must have a .tif or .tiff extension"));
-  }
-  // TIFF requires tile sides that are multiples of 16.
-  if (tile_size < 16 || tile_size > 8192 || tile_size % 16 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tile size ", tile_size,
-                     " must be a multiple of 16 between 16 and 8192"));
-  }
-  try {
-    std::unique_ptr<oiio::ImageOutput> out = oiio::ImageOutput::create(path);
-    if (out == nullptr) {
-      return absl::InternalError(
-          absl::StrCat("no TIFF writer available: ",
-                       DrainErrors<oiio::ImageOutput>(nullptr)));
-    }
-    // OIIO's TIFF writer does not advertise "random_access", but each
-    // write_tile goes straight to TIFFWriteTile, and libtiff accepts tiles in
-    // any order (it appends the data and records the offset per tile).
-    if (!out->supports("tiles")) {
-      return absl::InternalError(
-          "this OpenImageIO TIFF writer cannot write tiles");
-    }
-    oiio::ImageSpec ospec = OutputSpec(spec);
-    ospec.tile_width = tile_size;
-    ospec.tile_height = tile_size;
-    ospec.tile_depth = 1;
-    ospec.attribute("compression", "zip");
-    if (spec.bytes() > kBigTiffThreshold) ospec.attribute("tiff:bigtiff", 1);
-    if (!out->open(path, ospec)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot create tiled TIFF \"", path, "\" for ",
-                       spec.DebugString(), ": ", DrainErrors(out.get())));
-    }
-    return std::unique_ptr<TiledTiffWriter>(
-        new TiledTiffWriterImpl(path, spec, tile_size, std::move(out)));
-  } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("creating \"", path, "\": OpenImageIO threw: ", e.what()));
-  }
 }
 
 OIIO::TypeDesc OiioTypeOf(SampleType type) {

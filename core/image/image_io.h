@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/image/image.h"
+#include "core/image/tiled_tiff_writer.h"
 
 namespace regserve {
 
@@ -35,6 +36,9 @@ struct ReadOptions {
   int threads = 1;
   // Where pixel memory comes from (nullptr = default malloc allocator).
   HostAllocator* allocator = nullptr;
+  // When set, filled with what the file says beside the pixels: its ICC
+  // profile, resolution and orientation (ImageMetadata; absent ones empty).
+  ImageMetadata* metadata = nullptr;
 };
 
 // Header only: dimensions, channels and the sample type we would decode to
@@ -82,36 +86,8 @@ absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
 // Internal (I/O failure, with OIIO's message).
 absl::Status WriteImageFile(const std::string& path, const Image& image);
 
-// Writes a tiled (Big)TIFF incrementally, tile by tile, so that the whole
-// image never has to be in memory. Tiles may arrive in any order; each output
-// tile of `tile_size` x `tile_size` is written once all its pixels have been
-// supplied (WriteRegion may be called with any rectangle; partially covered
-// tiles are buffered). Close() fails if any pixel was never written.
-// Not thread-safe: one writer per thread, or external locking.
-//
-// Details: deflate ("zip") compression; BigTIFF when the uncompressed size
-// exceeds 4 GiB - 256 MiB, classic TIFF otherwise. Memory is the partially
-// covered tiles only (writing in horizontal bands: about one band of tile
-// rows). A pixel may be supplied again while its tile is incomplete (last
-// write wins); touching a tile already written gives FailedPrecondition.
-// After any error, or if Close() finds unwritten pixels, Close() removes the
-// file and returns the error.
-class TiledTiffWriter {
- public:
-  virtual ~TiledTiffWriter() = default;
-  // Copies the pixels of `region` (spec must match channels/type) to
-  // position (x, y) of the output.
-  virtual absl::Status WriteRegion(int64_t x, int64_t y,
-                                   const Image& region) = 0;
-  // Flushes and closes the file. Must be called; the destructor only
-  // releases resources and leaves an incomplete file if Close was not called.
-  virtual absl::Status Close() = 0;
-};
-
-// tile_size must be a multiple of 16 in [16, 8192] (TIFF rule); the path must
-// end in .tif or .tiff.
-absl::StatusOr<std::unique_ptr<TiledTiffWriter>> OpenTiledTiffWriter(
-    const std::string& path, const ImageSpec& spec, int tile_size = 512);
+// The tiled (Big)TIFF writer of stored results lives in tiled_tiff_writer.h
+// (included above for its users).
 
 }  // namespace regserve
 

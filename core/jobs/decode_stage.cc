@@ -43,6 +43,7 @@ class DecodeStage final : public PipelineStage {
     ro.max_bytes = plan.decode.ram_bytes;
     ro.max_pixels = s_.max_pixels;
     ro.threads = s_.threads;
+    ro.metadata = is_fixed ? &run->fixed_metadata : &run->moving_metadata;
     // The moving image feeds the CUDA warp: pinned memory uploads faster.
     if (!is_fixed && plan.warp_device == WarpDevice::kCuda) {
       ro.allocator = PinnedHostAllocator();

@@ -290,6 +290,8 @@ std::string EncodeJobSpec(const JobRecord& record) {
   w.Add("options.interpolation", InterpolationName(spec.options.interpolation));
   w.AddInt("options.output_full_resolution",
            spec.options.output_full_resolution ? 1 : 0);
+  w.Add("options.compression", CompressionName(spec.options.compression));
+  w.AddInt("options.jpeg_quality", spec.options.jpeg_quality);
   AddList(&w, "custom_parameters", spec.custom_parameters);
   w.AddInt("priority", spec.priority);
   w.AddDouble("fill_value", spec.fill_value);
@@ -324,6 +326,13 @@ absl::Status DecodeJobSpec(absl::string_view text, JobRecord* record) {
   REGSERVE_ASSIGN_OR_RETURN(int64_t full,
                             r.Int("options.output_full_resolution"));
   spec.options.output_full_resolution = full != 0;
+  // Specs stored before the option existed: deflate, as results were then.
+  if (r.Has("options.compression")) {
+    REGSERVE_ASSIGN_OR_RETURN(s, r.Str("options.compression"));
+    REGSERVE_ASSIGN_OR_RETURN(spec.options.compression, ParseCompression(s));
+    REGSERVE_ASSIGN_OR_RETURN(int64_t quality, r.Int("options.jpeg_quality"));
+    spec.options.jpeg_quality = static_cast<int>(quality);
+  }
   REGSERVE_RETURN_IF_ERROR(
       ReadList(r, "custom_parameters", &spec.custom_parameters));
   REGSERVE_ASSIGN_OR_RETURN(int64_t priority, r.Int("priority"));
@@ -349,6 +358,11 @@ absl::Status ReadPlanExtras(const Reader& r, Plan* p) {
                             r.Int("plan.warp_cpu_tile_size"));
   REGSERVE_ASSIGN_OR_RETURN(writer, r.Int("plan.result_writer_cpu_ram_bytes"));
   p->result_writer_cpu_ram_bytes = static_cast<uint64_t>(writer);
+  if (r.Has("plan.result_writer_threads")) {
+    REGSERVE_ASSIGN_OR_RETURN(int64_t threads,
+                              r.Int("plan.result_writer_threads"));
+    p->result_writer_threads = static_cast<int>(threads);
+  }
   return absl::OkStatus();
 }
 
@@ -450,6 +464,7 @@ std::string EncodeJobState(const JobRecord& record) {
   w.AddInt("plan.warp_cpu_tile_size", p.warp_cpu_tile_size);
   w.AddInt("plan.result_writer_cpu_ram_bytes",
            static_cast<int64_t>(p.result_writer_cpu_ram_bytes));
+  w.AddInt("plan.result_writer_threads", p.result_writer_threads);
   AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);
   AddList(&w, "plan.reasons", p.reasons);
   w.AddInt("timings.count", static_cast<int64_t>(info.timings.size()));

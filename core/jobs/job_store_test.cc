@@ -146,6 +146,43 @@ TEST(JobStoreTest, QualityRoundTripsAndOldFilesLackIt) {
   EXPECT_EQ(back.info.plan.quality.ram_bytes, 900u);
 }
 
+TEST(JobStoreTest, CompressionAndWriterThreadsRoundTripAndOldFilesLackThem) {
+  JobRecord rec;
+  rec.info.id = "0123456789abcdef0123456789abcdef";
+  rec.info.spec.options.compression = Compression::kJpeg;
+  rec.info.spec.options.jpeg_quality = 77;
+  rec.info.state = JobState::kQueued;
+  rec.info.has_plan = true;
+  rec.info.plan.stream_tile_size = 512;
+  rec.info.plan.result_writer_threads = 16;
+  JobRecord back;
+  ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
+  ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
+  EXPECT_EQ(back.info.spec.options.compression, Compression::kJpeg);
+  EXPECT_EQ(back.info.spec.options.jpeg_quality, 77);
+  EXPECT_EQ(back.info.plan.result_writer_threads, 16);
+
+  // Files from before the options: deflate, as results were then, and a
+  // writer sized for one thread.
+  auto without = [](const std::string& text, absl::string_view prefix) {
+    std::string out;
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (!absl::StartsWith(line, prefix)) absl::StrAppend(&out, line, "\n");
+    }
+    return out;
+  };
+  JobRecord old;
+  ASSERT_OK(
+      DecodeJobSpec(without(without(EncodeJobSpec(rec), "options.compression"),
+                            "options.jpeg_quality"),
+                    &old));
+  ASSERT_OK(DecodeJobState(
+      without(EncodeJobState(rec), "plan.result_writer_threads"), &old));
+  EXPECT_EQ(old.info.spec.options.compression, Compression::kDeflate);
+  EXPECT_EQ(old.info.spec.options.jpeg_quality, kDefaultJpegQuality);
+  EXPECT_EQ(old.info.plan.result_writer_threads, 0);
+}
+
 TEST(JobStoreTest, JobIdsAreRandomHex) {
   std::set<std::string> ids;
   for (int i = 0; i < 100; ++i) {

@@ -86,6 +86,17 @@ absl::Status ValidateOptions(const JobOptions& o) {
     return absl::InvalidArgumentError(
         "spec.max_registration_megapixels must be >= 0 (0 = server default)");
   }
+  if (static_cast<int>(o.compression) < 0 ||
+      static_cast<int>(o.compression) > 3) {
+    return absl::InvalidArgumentError(
+        "spec.compression is not a known compression (none, deflate, zstd, "
+        "jpeg)");
+  }
+  if (o.jpeg_quality < 0 || o.jpeg_quality > 100) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.jpeg_quality must be from 1 to 100 (0 = ", kDefaultJpegQuality,
+        "), not ", o.jpeg_quality));
+  }
   return absl::OkStatus();
 }
 
@@ -129,6 +140,9 @@ absl::StatusOr<JobSpec> ValidateJobSpec(const JobSpec& in,
   REGSERVE_RETURN_IF_ERROR(ValidateOptions(spec.options));
   if (spec.options.max_registration_megapixels == 0) {
     spec.options.max_registration_megapixels = d.max_registration_megapixels;
+  }
+  if (spec.options.jpeg_quality == 0) {
+    spec.options.jpeg_quality = kDefaultJpegQuality;
   }
   REGSERVE_RETURN_IF_ERROR(ValidateParameters(spec.custom_parameters));
   if (spec.priority < -kMaxPriority || spec.priority > kMaxPriority) {

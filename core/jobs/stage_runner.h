@@ -116,6 +116,10 @@ struct JobRun {
   Image moving_gray;
   // decode -> warp: the full-resolution moving image.
   Image moving;
+  // decode -> warp: what both files say beside their pixels (ICC profile,
+  // resolution, orientation), for the stored result.
+  ImageMetadata fixed_metadata;
+  ImageMetadata moving_metadata;
   // initial_alignment -> registration: the robust start (initial.found
   // false: none) and, when found, the moving copy pre-warped by it onto the
   // fixed copy's grid (registration frees it).

@@ -4,6 +4,7 @@
 // the fixed frame, on the GPU the scheduler placed it on (falling back to
 // the CPU when that GPU's warper cannot start), and writes the tiles to the
 // partial result. Memory: Plan::warp, or Plan::warp_cpu_fallback.
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -96,6 +97,7 @@ class WarpStage final : public PipelineStage {
   void StreamBand(const TileGrid& grid, const TileRect& rect, const Image& band,
                   StageHost* host) const;
   WarpOptions Options(const JobRun& run, bool cpu) const;
+  TiledTiffOptions WriterOptions(const JobRun& run) const;
 
   const StageServices& s_;
 };
@@ -127,6 +129,41 @@ WarpOptions WarpStage::Options(const JobRun& run, bool cpu) const {
   // so the first tiles reach readers early.
   if (cpu && wo.tile_size == 0) wo.band_rows = plan.stream_tile_size;
   return wo;
+}
+
+// The stored result: a pyramid in the job's compression, on the stage's
+// threads (at most those the plan sized the writer for). Its colours are
+// the moving image's, so its ICC profile; its pixels lie on the fixed
+// image's grid, so the fixed image's resolution (scaled when the output is
+// at the registration size) and orientation, else the moving image's.
+TiledTiffOptions WarpStage::WriterOptions(const JobRun& run) const {
+  const Plan& plan = run.rec.info.plan;
+  const JobOptions& jo = run.rec.info.spec.options;
+  TiledTiffOptions o;
+  o.tile = static_cast<int>(plan.stream_tile_size);
+  o.compression = jo.compression;
+  o.jpeg_quality = jo.jpeg_quality > 0 ? jo.jpeg_quality : kDefaultJpegQuality;
+  o.threads =
+      std::clamp(s_.threads, 1, std::max(1, plan.result_writer_threads));
+  o.pyramid = true;
+  ImageMetadata& m = o.metadata;
+  m.icc_profile = run.moving_metadata.icc_profile;
+  const ImageMetadata& geometry = run.fixed_metadata.x_resolution > 0
+                                      ? run.fixed_metadata
+                                      : run.moving_metadata;
+  m.x_resolution = geometry.x_resolution;
+  m.y_resolution = geometry.y_resolution;
+  m.resolution_unit = geometry.resolution_unit;
+  if (!jo.output_full_resolution && m.x_resolution > 0) {
+    m.x_resolution *= static_cast<double>(plan.output_width) /
+                      static_cast<double>(run.rec.fixed_spec.width);
+    m.y_resolution *= static_cast<double>(plan.output_height) /
+                      static_cast<double>(run.rec.fixed_spec.height);
+  }
+  m.orientation = run.fixed_metadata.orientation > 0
+                      ? run.fixed_metadata.orientation
+                      : run.moving_metadata.orientation;
+  return o;
 }
 
 // The stream tiles that a full-width band of whole tile rows completes, for
@@ -176,8 +213,7 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
   RemoveQuietly(run->dir.result());
   REGSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<TiledTiffWriter> writer,
-      OpenTiledTiffWriter(partial, out,
-                          static_cast<int>(plan.stream_tile_size)));
+      OpenTiledTiffWriter(partial, out, WriterOptions(*run)));
   const TileGrid grid(out.width, out.height, plan.stream_tile_size);
   const double total = static_cast<double>(out.width) * out.height;
   double done = 0;

@@ -30,6 +30,7 @@
 #include "core/common/tile_grid.h"
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
+#include "core/image/compression.h"
 #include "core/image/image.h"
 
 namespace regserve {
@@ -43,6 +44,10 @@ struct JobOptions {
   Interpolation interpolation = Interpolation::kLinear;
   // false: output at the registration size instead of full resolution.
   bool output_full_resolution = true;
+  // How the stored result's tiles are compressed; jpeg_quality (1..100)
+  // for kJpeg, which takes 8-bit grey or RGB images only.
+  Compression compression = Compression::kDeflate;
+  int jpeg_quality = kDefaultJpegQuality;
 };
 
 // Budgets the plan must fit. VRAM budget 0 or has_gpu=false means CPU only.
@@ -97,8 +102,11 @@ struct Plan {
   // mask (+ the copies and the moving image held).
   StageMemory initial_alignment;
   // The part of warp.ram_bytes that the result writer holds (partly covered
-  // stream tiles; 0 when warp tiles line up with stream tiles).
+  // stream tiles, tiles being compressed, pyramid rows: ResultWriterRamBytes)
+  // and the compression threads it was sized for (the warp stage uses at
+  // most these; 0 in plans persisted before: 1).
   uint64_t result_writer_ram_bytes = 0;
+  int result_writer_threads = 0;
   // A CUDA plan's CPU fallback, used when the GPU warper cannot start: its
   // RAM (writer included) and warp tile. Zero for CPU plans.
   StageMemory warp_cpu_fallback;
@@ -138,6 +146,18 @@ void SetStreamTiles(int64_t requested_edge, const ImageSpec& moving,
 // the output, each pixel with its coverage byte.
 uint64_t TiffWriterPartialBytes(int64_t warp_tile, int64_t out_width,
                                 int64_t stream_tile, const ImageSpec& pixel);
+
+// RAM of the stored result's writer (core/image/tiled_tiff_writer.h) for an
+// out_width x out_height result in stream tiles of `stream_tile` with
+// `threads` compression threads: TiffWriterPartialBytes, 4 tiles and 4 MiB
+// per thread (2 x threads tiles in flight, raw or compressed, each thread's
+// output buffer, its codec and its malloc arena), and with `pyramid` two
+// rows of tiles per reduced level. Measured: docs/benchmarks.md, "Result
+// writer".
+uint64_t ResultWriterRamBytes(int64_t warp_tile, int64_t out_width,
+                              int64_t out_height, int64_t stream_tile,
+                              const ImageSpec& pixel, int threads,
+                              bool pyramid);
 
 // elastix + transformix RAM for a registration copy of `pixels` pixels.
 uint64_t RegistrationRamBytes(int64_t pixels);

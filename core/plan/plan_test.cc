@@ -167,6 +167,43 @@ TEST(TiffWriterPartialBytes, OnlyWhenWarpTilesCutStreamTiles) {
             2ull * 3 * 48 * 48 * 4);
 }
 
+TEST(ResultWriterRamBytes, TilesPerThreadAndPyramidRows) {
+  // One pass, 512 px RGB tiles (786 KB): 4 tiles and 4 MiB per thread,
+  // and two rows of tiles per reduced level: 19+10+5+3+2+1 tiles across.
+  const uint64_t tile = 512ull * 512 * 3;
+  const uint64_t levels = 2 * (19 + 10 + 5 + 3 + 2 + 1) * tile;
+  EXPECT_EQ(ResultWriterRamBytes(0, 18960, 14960, 512, kFabric, 1, false),
+            4 * tile + (4ull << 20));
+  EXPECT_EQ(ResultWriterRamBytes(0, 18960, 14960, 512, kFabric, 16, true),
+            16 * (4 * tile + (4ull << 20)) + levels);
+  // Warp tiles that cut stream tiles add the partly covered ones.
+  EXPECT_EQ(ResultWriterRamBytes(768, 18960, 14960, 512, kFabric, 2, true) -
+                ResultWriterRamBytes(0, 18960, 14960, 512, kFabric, 2, true),
+            TiffWriterPartialBytes(768, 18960, 512, kFabric));
+}
+
+TEST(MakePlan, ResultWriterSizedForTheCoresAndJpegNeedsEightBitGreyOrRgb) {
+  Budgets b;
+  b.ram_bytes = 64 * kGiB;
+  b.cpu_threads = 8;
+  auto plan = MakePlan(kFabric, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->result_writer_threads, 8);
+  EXPECT_EQ(plan->result_writer_ram_bytes,
+            ResultWriterRamBytes(plan->tile_size, 18960, 14960,
+                                 plan->stream_tile_size, kFabric, 8, true));
+  JobOptions jpeg;
+  jpeg.compression = Compression::kJpeg;
+  EXPECT_TRUE(MakePlan(kFabric, kFabric, jpeg, b).ok());
+  ImageSpec rgba = kFabric;
+  rgba.channels = 4;
+  auto refused = MakePlan(kFabric, rgba, jpeg, b);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("spec.compression=jpeg"),
+            std::string::npos)
+      << refused.status();
+}
+
 TEST(MakePlan, TinyRamBudgetShrinksRegistrationCopy) {
   // 1.5 GiB: the moving image (851 MB) plus elastix must fit, so the copy
   // is limited by RAM rather than by the 20 MP cap, and the CPU warp tiles.
