@@ -2,6 +2,7 @@
 #include "core/registration/registration.h"
 
 #include <array>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <system_error>
@@ -319,6 +320,16 @@ absl::Status RunElastix(const RegistrationRequest& request,
 
 // Runs transformix on the last stage's transform for the dense deformation
 // field, and reads the field back into the result.
+// True when transformix was killed by a signal only after it had reported
+// success ("transformix has finished at ..."): its output is complete.
+bool FinishedThenCrashed(const ProcessResult& run) {
+  if (run.term_signal == 0) return false;
+  for (const std::string& line : run.tail) {
+    if (absl::StartsWith(line, "transformix has finished")) return true;
+  }
+  return false;
+}
+
 absl::Status RunTransformix(const RegistrationRequest& request,
                             const ElastixConfig& config, absl::Time deadline,
                             ProcessRunner* runner, RegistrationResult* result) {
@@ -340,9 +351,18 @@ absl::Status RunTransformix(const RegistrationRequest& request,
     return run.status();
   }
   if (run->exit_code != 0 || run->term_signal != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "transformix failed (exit code ", run->exit_code, ", signal ",
-        run->term_signal, "): ", TailText(run->tail, 5)));
+    if (!FinishedThenCrashed(*run)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "transformix failed (exit code ", run->exit_code, ", signal ",
+          run->term_signal, "): ", TailText(run->tail, 5)));
+    }
+    // Debian's transformix 5.0.1 now and then dies with SIGSEGV while it
+    // exits, after it has written the field and said so. The field is
+    // checked below (size against its header and the fixed grid).
+    std::fprintf(stderr,
+                 "regserve: transformix crashed (signal %d) after it "
+                 "finished; its deformation field is used\n",
+                 run->term_signal);
   }
   result->transformix_seconds = run->seconds;
   result->transformix_peak_rss_bytes = run->peak_rss_bytes;

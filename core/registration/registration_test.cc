@@ -59,6 +59,8 @@ class FakeRunner : public ProcessRunner {
   std::vector<std::string> elastix_lines;
   int elastix_exit = 0;
   int transformix_exit = 0;
+  int transformix_signal = 0;  // with exit 0: a crash after its output
+  bool transformix_says_finished = true;
   bool transformix_writes_field = true;
   float field_dx = 3.0f;
   float field_dy = -2.0f;
@@ -71,10 +73,14 @@ class FakeRunner : public ProcessRunner {
     std::string out_dir = ArgAfter(o.argv, "-out");
     if (absl::EndsWith(o.argv[0], "transformix")) {
       r.exit_code = transformix_exit;
+      r.term_signal = transformix_signal;
       if (transformix_exit == 0 && transformix_writes_field) {
         auto fixed = ReadMetaImage(out_dir + "/fixed.mhd");
         if (!fixed.ok()) return fixed.status();
         WriteField(out_dir, *fixed);
+        if (transformix_says_finished) {
+          r.tail.push_back("transformix has finished at Tue Dec  1 2026.");
+        }
       }
       return r;
     }
@@ -249,6 +255,22 @@ TEST_F(RegisterWithFake, TransformixFailureAndStaleOutputs) {
   silent.transformix_writes_field = false;
   r = Register(req_, ElastixConfig{}, &silent);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
+}
+
+TEST_F(RegisterWithFake, TransformixCrashAfterItFinishedKeepsItsField) {
+  // Debian's transformix 5.0.1 was seen dying with SIGSEGV on exit, after
+  // writing its field and saying it had finished.
+  fake_.transformix_signal = 11;
+  auto r = Register(req_, ElastixConfig{}, &fake_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->field.dx[0], fake_.field_dx);
+  // The same signal before it said so is a failure.
+  FakeRunner early;
+  early.transformix_signal = 11;
+  early.transformix_says_finished = false;
+  r = Register(req_, ElastixConfig{}, &early);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("signal 11"));
 }
 
 TEST_F(RegisterWithFake, RejectsBadRequestsWithoutRunningAnything) {
