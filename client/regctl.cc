@@ -14,6 +14,7 @@
 //          full|registration]
 //          [--max-registration-megapixels N] [--parameters FILE]...
 //          [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda]
+//          [--refine auto|off|on]
 //          [--priority N] [--fill-value V] [--label TEXT]
 //          [--transform-out DIR] [--quality-map FILE.png] [--json]
 //   watch JOB [--output OUT] [--from-tile N] [--transform-out DIR]
@@ -99,6 +100,8 @@ constexpr char kUsage[] =
     "(custom elastix parameter files)\n"
     "         [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda] "
     "[--priority N]\n"
+    "         [--refine auto|off|on]    LibTorch refinement of elastix's "
+    "field (auto: when it pays)\n"
     "         [--fill-value V] [--label TEXT] [--transform-out DIR] [--json]\n"
     "         [--quality-map FILE.png]     heat map of the estimated residual "
     "over a thumbnail\n"
@@ -677,6 +680,12 @@ int Submit(RegistrationClient* client, Options& opt, const Args& args,
       return Usage("--device must be auto, cpu or cuda");
     }
     spec.set_device(static_cast<v1::Device>(value));
+  }
+  if (opt.Has("refine")) {
+    if (!ParseEnum(opt.Get("refine"), {"auto", "off", "on"}, &value)) {
+      return Usage("--refine must be auto, off or on");
+    }
+    spec.set_refine(static_cast<v1::Refine>(value));
   }
   if (opt.Has("max-registration-megapixels")) {
     double mp = 0;

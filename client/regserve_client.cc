@@ -56,6 +56,8 @@ const char* StageLabel(v1::Stage stage) {
       return "quality";
     case v1::STAGE_INITIAL_ALIGNMENT:
       return "initial_alignment";
+    case v1::STAGE_REFINE:
+      return "refine";
     default:
       return "unknown";
   }

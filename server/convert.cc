@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "core/common/status_macros.h"
 #include "server/status_util.h"
 
 namespace regserve {
@@ -80,6 +81,20 @@ void SetLegacyEncodingName(TileEncoding encoding, v1::Tile* tile) {
 #pragma GCC diagnostic pop
 }
 
+absl::StatusOr<RefineMode> RefineFromProto(int refine) {
+  switch (refine) {
+    case v1::REFINE_UNSPECIFIED:
+    case v1::REFINE_AUTO:
+      return RefineMode::kAuto;
+    case v1::REFINE_OFF:
+      return RefineMode::kOff;
+    case v1::REFINE_ON:
+      return RefineMode::kOn;
+    default:
+      return UnknownEnum("refine", refine, "AUTO, OFF, ON");
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto) {
@@ -145,6 +160,8 @@ absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto) {
     default:
       return UnknownEnum("device", proto.device(), "AUTO, CPU, CUDA");
   }
+  REGSERVE_ASSIGN_OR_RETURN(spec.options.refine,
+                            RefineFromProto(proto.refine()));
   spec.options.max_registration_megapixels =
       proto.max_registration_megapixels();
   spec.custom_parameters.assign(proto.elastix_parameters().begin(),
@@ -185,6 +202,8 @@ v1::Stage StageToProto(Stage stage) {
       return v1::STAGE_QUALITY;
     case Stage::kInitialAlignment:
       return v1::STAGE_INITIAL_ALIGNMENT;
+    case Stage::kRefine:
+      return v1::STAGE_REFINE;
   }
   return v1::STAGE_UNSPECIFIED;
 }
@@ -246,6 +265,10 @@ void PlanToProto(const Plan& plan, v1::Plan* out) {
   MemoryToProto(plan.warp, out->mutable_warp_memory());
   for (const std::string& r : plan.reasons) out->add_reasons(r);
   MemoryToProto(plan.quality, out->mutable_quality_memory());
+  if (plan.refine_enabled) {
+    out->set_refine_device(std::string(WarpDeviceName(plan.refine_device)));
+  }
+  MemoryToProto(plan.refine, out->mutable_refine_memory());
 }
 
 void QualitySummaryToProto(const QualitySummary& s, v1::QualitySummary* out) {

@@ -102,6 +102,45 @@ TEST(SpecFromProtoTest, UnknownEnumValuesAreInvalidArgument) {
   }
 }
 
+TEST(SpecFromProtoTest, RefineValues) {
+  const std::pair<v1::Refine, RefineMode> cases[] = {
+      {v1::REFINE_UNSPECIFIED, RefineMode::kAuto},
+      {v1::REFINE_AUTO, RefineMode::kAuto},
+      {v1::REFINE_OFF, RefineMode::kOff},
+      {v1::REFINE_ON, RefineMode::kOn},
+  };
+  for (const auto& [proto, core] : cases) {
+    v1::JobSpec p;
+    p.set_refine(proto);
+    auto spec = SpecFromProto(p);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->options.refine, core) << v1::Refine_Name(proto);
+  }
+  v1::JobSpec p;
+  p.set_refine(static_cast<v1::Refine>(7));
+  auto spec = SpecFromProto(p);
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(spec.status().message().find("spec.refine"),
+            absl::string_view::npos)
+      << spec.status();
+}
+
+TEST(PlanToProtoTest, Refinement) {
+  Plan plan;
+  plan.refine_enabled = true;
+  plan.refine_device = WarpDevice::kCuda;
+  plan.refine = {1000, 2000};
+  v1::Plan out;
+  PlanToProto(plan, &out);
+  EXPECT_EQ(out.refine_device(), "cuda");
+  EXPECT_EQ(out.refine_memory().ram_bytes(), 1000u);
+  EXPECT_EQ(out.refine_memory().vram_bytes(), 2000u);
+  plan.refine_enabled = false;
+  out.Clear();
+  PlanToProto(plan, &out);
+  EXPECT_EQ(out.refine_device(), "");  // skipped: the reasons say why
+}
+
 TEST(SpecFromProtoTest, UnknownEnumSurvivesTheWire) {
   // A client with a newer proto sends an enum value we do not know.
   v1::JobSpec p;

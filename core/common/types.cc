@@ -28,6 +28,8 @@ absl::string_view StageName(Stage stage) {
       return "quality";
     case Stage::kInitialAlignment:
       return "initial_alignment";
+    case Stage::kRefine:
+      return "refine";
   }
   return "unknown";
 }

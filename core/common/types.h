@@ -40,6 +40,9 @@ enum class Stage {
   // The robust start (core/registration/robust_start), between decode and
   // registration.
   kInitialAlignment = 6,
+  // The LibTorch refinement of the field (core/refine), between
+  // registration and quality.
+  kRefine = 7,
 };
 
 absl::string_view StageName(Stage stage);  // "upload", "decode", ...

@@ -132,8 +132,8 @@ absl::StatusOr<E> ParseEnum(absl::string_view key, absl::string_view name,
 }
 
 constexpr Stage kStages[] = {
-    Stage::kUpload, Stage::kDecode,  Stage::kRegistration,    Stage::kWarp,
-    Stage::kStream, Stage::kQuality, Stage::kInitialAlignment};
+    Stage::kUpload, Stage::kDecode,  Stage::kRegistration,     Stage::kWarp,
+    Stage::kStream, Stage::kQuality, Stage::kInitialAlignment, Stage::kRefine};
 constexpr JobState kStates[] = {JobState::kUploading, JobState::kQueued,
                                 JobState::kRunning,   JobState::kCompleted,
                                 JobState::kFailed,    JobState::kCancelled};
@@ -292,6 +292,7 @@ std::string EncodeJobSpec(const JobRecord& record) {
            spec.options.output_full_resolution ? 1 : 0);
   w.Add("options.compression", CompressionName(spec.options.compression));
   w.AddInt("options.jpeg_quality", spec.options.jpeg_quality);
+  w.Add("options.refine", RefineModeName(spec.options.refine));
   AddList(&w, "custom_parameters", spec.custom_parameters);
   w.AddInt("priority", spec.priority);
   w.AddDouble("fill_value", spec.fill_value);
@@ -332,6 +333,11 @@ absl::Status DecodeJobSpec(absl::string_view text, JobRecord* record) {
     REGSERVE_ASSIGN_OR_RETURN(spec.options.compression, ParseCompression(s));
     REGSERVE_ASSIGN_OR_RETURN(int64_t quality, r.Int("options.jpeg_quality"));
     spec.options.jpeg_quality = static_cast<int>(quality);
+  }
+  // Specs stored before the option existed: auto, the default.
+  if (r.Has("options.refine")) {
+    REGSERVE_ASSIGN_OR_RETURN(s, r.Str("options.refine"));
+    REGSERVE_ASSIGN_OR_RETURN(spec.options.refine, ParseRefineMode(s));
   }
   REGSERVE_RETURN_IF_ERROR(
       ReadList(r, "custom_parameters", &spec.custom_parameters));
@@ -374,6 +380,46 @@ absl::Status ReadInitialAlignmentPlan(const Reader& r, Plan* p) {
     return absl::OkStatus();
   }
   return ReadStageMemory(r, "plan.initial_alignment", &p->initial_alignment);
+}
+
+// The refinement's plan (absent in files written before it existed: no
+// refinement, which a recovered job then skips).
+void AddRefinePlan(Writer* w, const Plan& p) {
+  w->AddInt("plan.refine_enabled", p.refine_enabled ? 1 : 0);
+  w->Add("plan.refine_device", WarpDeviceName(p.refine_device));
+  w->AddInt("plan.refine_max_pixels", p.refine_max_pixels);
+  w->AddInt("plan.refine_width", p.refine_width);
+  w->AddInt("plan.refine_height", p.refine_height);
+  w->AddInt("plan.refine_levels", p.refine_levels);
+  w->AddInt("plan.refine_iterations", p.refine_iterations);
+  AddStageMemory(w, "plan.refine", p.refine);
+}
+
+absl::Status ReadRefinePlan(const Reader& r, Plan* p) {
+  if (!r.Has("plan.refine_enabled")) {
+    p->refine_enabled = false;
+    return absl::OkStatus();
+  }
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t enabled,
+                            r.Int("plan.refine_enabled"));
+  p->refine_enabled = enabled != 0;
+  REGSERVE_ASSIGN_OR_RETURN(std::string s, r.Str("plan.refine_device"));
+  REGSERVE_ASSIGN_OR_RETURN(
+      p->refine_device,
+      ParseEnum("plan.refine_device", s, kWarpDevices, &WarpDeviceName));
+  REGSERVE_ASSIGN_OR_RETURN(p->refine_max_pixels,
+                            r.Int("plan.refine_max_pixels"));
+  REGSERVE_ASSIGN_OR_RETURN(p->refine_width, r.Int("plan.refine_width"));
+  REGSERVE_ASSIGN_OR_RETURN(p->refine_height, r.Int("plan.refine_height"));
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t levels, r.Int("plan.refine_levels"));
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t iterations,
+                            r.Int("plan.refine_iterations"));
+  if (levels < 0 || levels > 16 || iterations < 0 || iterations > 100000) {
+    return absl::DataLossError("job file: bad plan.refine_levels/iterations");
+  }
+  p->refine_levels = static_cast<int>(levels);
+  p->refine_iterations = static_cast<int>(iterations);
+  return ReadStageMemory(r, "plan.refine", &p->refine);
 }
 
 constexpr QualityVerdict kVerdicts[] = {
@@ -466,6 +512,7 @@ std::string EncodeJobState(const JobRecord& record) {
            static_cast<int64_t>(p.result_writer_cpu_ram_bytes));
   w.AddInt("plan.result_writer_threads", p.result_writer_threads);
   AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);
+  AddRefinePlan(&w, p);
   AddList(&w, "plan.reasons", p.reasons);
   w.AddInt("timings.count", static_cast<int64_t>(info.timings.size()));
   for (size_t i = 0; i < info.timings.size(); ++i) {
@@ -540,6 +587,7 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_RETURN_IF_ERROR(ReadStageMemory(r, "plan.warp", &p.warp));
   REGSERVE_RETURN_IF_ERROR(ReadPlanExtras(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadInitialAlignmentPlan(r, &p));
+  REGSERVE_RETURN_IF_ERROR(ReadRefinePlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadList(r, "plan.reasons", &p.reasons));
   REGSERVE_ASSIGN_OR_RETURN(int64_t timings, r.Int("timings.count"));
   if (timings < 0 || timings > 64)

@@ -183,6 +183,61 @@ TEST(JobStoreTest, CompressionAndWriterThreadsRoundTripAndOldFilesLackThem) {
   EXPECT_EQ(old.info.plan.result_writer_threads, 0);
 }
 
+TEST(JobStoreTest, RefineOptionAndPlanRoundTripAndOldFilesLackThem) {
+  JobRecord rec;
+  rec.info.id = "0123456789abcdef0123456789abcdef";
+  rec.info.spec.options.refine = RefineMode::kOn;
+  rec.info.state = JobState::kRunning;
+  rec.info.stage = Stage::kRefine;
+  rec.info.has_plan = true;
+  rec.info.plan.refine_enabled = true;
+  rec.info.plan.refine_device = WarpDevice::kCuda;
+  rec.info.plan.refine_max_pixels = 1250000;
+  rec.info.plan.refine_width = 1490;
+  rec.info.plan.refine_height = 838;
+  rec.info.plan.refine_levels = 4;
+  rec.info.plan.refine_iterations = 40;
+  rec.info.plan.refine = {123456789, 987654321};
+  rec.info.timings = {{Stage::kRefine, 2.5}};
+  JobRecord back;
+  ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
+  ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
+  EXPECT_EQ(back.info.spec.options.refine, RefineMode::kOn);
+  EXPECT_EQ(back.info.stage, Stage::kRefine);
+  EXPECT_EQ(back.info.timings[0].stage, Stage::kRefine);
+  const Plan& p = back.info.plan;
+  EXPECT_TRUE(p.refine_enabled);
+  EXPECT_EQ(p.refine_device, WarpDevice::kCuda);
+  EXPECT_EQ(p.refine_max_pixels, 1250000);
+  EXPECT_EQ(p.refine_width, 1490);
+  EXPECT_EQ(p.refine_height, 838);
+  EXPECT_EQ(p.refine_levels, 4);
+  EXPECT_EQ(p.refine_iterations, 40);
+  EXPECT_EQ(p.refine.ram_bytes, 123456789u);
+  EXPECT_EQ(p.refine.vram_bytes, 987654321u);
+
+  // Files from before the option: auto, and a plan without refinement.
+  auto without = [](const std::string& text, absl::string_view prefix) {
+    std::string out;
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (!absl::StartsWith(line, prefix)) absl::StrAppend(&out, line, "\n");
+    }
+    return out;
+  };
+  rec.info.stage = Stage::kWarp;
+  rec.info.timings.clear();
+  JobRecord old;
+  ASSERT_OK(DecodeJobSpec(without(EncodeJobSpec(rec), "options.refine"), &old));
+  ASSERT_OK(DecodeJobState(without(EncodeJobState(rec), "plan.refine"), &old));
+  EXPECT_EQ(old.info.spec.options.refine, RefineMode::kAuto);
+  EXPECT_FALSE(old.info.plan.refine_enabled);
+  EXPECT_EQ(old.info.plan.refine.ram_bytes, 0u);
+  // A damaged mode is refused, not guessed.
+  std::string bad = EncodeJobSpec(rec);
+  bad.replace(bad.find("options.refine=on"), 17, "options.refine=sometimes");
+  EXPECT_FALSE(DecodeJobSpec(bad, &old).ok());
+}
+
 TEST(JobStoreTest, JobIdsAreRandomHex) {
   std::set<std::string> ids;
   for (int i = 0; i < 100; ++i) {

@@ -81,6 +81,9 @@ absl::Status ValidateOptions(const JobOptions& o) {
   if (static_cast<int>(o.device) < 0 || static_cast<int>(o.device) > 2) {
     return absl::InvalidArgumentError("spec.device is not a known device");
   }
+  if (static_cast<int>(o.refine) < 0 || static_cast<int>(o.refine) > 2) {
+    return absl::InvalidArgumentError("spec.refine is not a known mode");
+  }
   if (!std::isfinite(o.max_registration_megapixels) ||
       o.max_registration_megapixels < 0) {
     return absl::InvalidArgumentError(

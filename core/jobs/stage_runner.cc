@@ -12,6 +12,7 @@ std::vector<std::unique_ptr<PipelineStage>> DefaultPipeline(
   stages.push_back(MakeDecodeStage(services));
   stages.push_back(MakeInitialAlignmentStage(services));
   stages.push_back(MakeRegistrationStage(services));
+  stages.push_back(MakeRefineStage(services));
   stages.push_back(MakeQualityStage(services));
   stages.push_back(MakeWarpStage(services));
   stages.push_back(MakeCommitStage(services));

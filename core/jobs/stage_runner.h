@@ -6,7 +6,7 @@
 // which it reserves memory, reports progress and records results. A stage
 // never sees the job manager or its lock.
 //
-//   decode -> registration -> quality -> warp -> commit
+//   decode -> registration -> refine -> quality -> warp -> commit
 //
 //   StageServices services = ...;             // fs, elastix, warpers, ...
 //   std::vector<std::unique_ptr<PipelineStage>> stages =
@@ -149,6 +149,9 @@ std::unique_ptr<PipelineStage> MakeInitialAlignmentStage(
     const StageServices* services);
 std::unique_ptr<PipelineStage> MakeRegistrationStage(
     const StageServices* services);
+// refine: the LibTorch refinement of run->reg.field (core/refine), when the
+// plan enables it.
+std::unique_ptr<PipelineStage> MakeRefineStage(const StageServices* services);
 // quality: the estimated residual of run->reg.field (core/quality); frees
 // the grayscale copies. Keeps the map in JobDir::quality_map().
 std::unique_ptr<PipelineStage> MakeQualityStage(const StageServices* services);

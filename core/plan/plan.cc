@@ -534,6 +534,147 @@ void SetStreamTiles(int64_t requested_edge, const ImageSpec& moving,
   plan->warp_cpu_fallback.ram_bytes += plan->result_writer_cpu_ram_bytes;
 }
 
+double RefineCpuBudgetSeconds(int64_t pixels) {
+  // elastix 5.0.1, 2 threads: ~10 s + 1.15 s per MP (shared/notes/stack.md).
+  const double elastix = 10.0 + 1.15 * static_cast<double>(pixels) / 1e6;
+  return std::max(3.0, 0.25 * elastix);
+}
+
+RefineOptions PlannedRefineOptions(const Plan& plan) {
+  RefineOptions o;
+  o.device = plan.refine_device;
+  o.max_pixels = plan.refine_max_pixels;
+  o.levels = plan.refine_levels;
+  o.iterations = plan.refine_iterations;
+  return o;
+}
+
+namespace {
+
+// On the CPU, a working level pooled by more than this from the
+// registration copy is too coarse to pay under refine=auto.
+constexpr int64_t kMaxPayingCpuPool = 4;
+// A working level must keep this many pixels per edge (RefineField's
+// smallest level).
+constexpr int64_t kMinRefineEdge = 24;
+
+// The refinement's RAM with what the stage holds: the copies, the field
+// and the full moving image (for the warp).
+uint64_t RefineStageRam(const RefineCost& c, const RegSize& r,
+                        const ImageSpec& moving) {
+  return c.ram_bytes + GrayBytes(r) + moving.bytes() +
+         static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
+}
+
+// The least pooling of the fixed copy at which the refinement on `device`
+// fits the budgets (VRAM on CUDA; RAM; on the CPU also `seconds`), or
+// false.
+bool ChooseRefinePool(const RegSize& reg, const ImageSpec& moving,
+                      const Budgets& budgets, double seconds, RefineOptions* o,
+                      RefineCost* cost) {
+  for (int64_t pool = 1;; ++pool) {
+    const int64_t w = reg.fw / pool, h = reg.fh / pool;
+    if (w < kMinRefineEdge || h < kMinRefineEdge) return false;
+    o->max_pixels = pool == 1 ? 0 : w * h;
+    *cost = EstimateRefineCost(reg.fw, reg.fh, reg.fw * reg.fh, *o);
+    const bool fits =
+        RefineStageRam(*cost, reg, moving) <= budgets.ram_bytes &&
+        (o->device == WarpDevice::kCuda ? cost->vram_bytes <= budgets.vram_bytes
+                                        : cost->seconds <= seconds);
+    if (fits) return true;
+  }
+}
+
+void RecordRefine(const RefineOptions& o, const RefineCost& c,
+                  const RegSize& reg, const ImageSpec& moving, Plan* plan) {
+  plan->refine_enabled = true;
+  plan->refine_device = o.device;
+  plan->refine_max_pixels = o.max_pixels;
+  plan->refine_width = c.work.width;
+  plan->refine_height = c.work.height;
+  plan->refine_levels = RefineLevelsFor(c.work.width, c.work.height, o.levels);
+  plan->refine_iterations = o.iterations;
+  plan->refine.ram_bytes = RefineStageRam(c, reg, moving);
+  plan->refine.vram_bytes = c.vram_bytes;
+}
+
+std::string RefineSize(const RefineCost& c) {
+  return absl::StrFormat(
+      "%dx%d (%s, %s)", c.work.width, c.work.height,
+      Mp(static_cast<double>(c.work.width * c.work.height)),
+      c.work.pool == 1
+          ? std::string("the registration copy")
+          : absl::StrCat("1/", c.work.pool, " of the registration copy"));
+}
+
+// Whether, where and at what size the refinement runs, with the reason.
+void PlanRefine(const ImageSpec& moving, const JobOptions& options,
+                const Budgets& budgets, const RegSize& reg, Plan* plan) {
+  if (options.refine == RefineMode::kOff) {
+    plan->reasons.push_back("refinement off (refine=off)");
+    return;
+  }
+  if (options.refine == RefineMode::kAuto &&
+      options.transform != TransformKind::kBSpline) {
+    plan->reasons.push_back(
+        absl::StrCat("refinement skipped: the job asks for a ",
+                     TransformKindName(options.transform),
+                     " transform, which a deformable refinement would not keep "
+                     "(refine=on forces it)"));
+    return;
+  }
+  RefineOptions o;
+  RefineCost cost;
+  if (budgets.has_gpu && options.device != DevicePreference::kCpu) {
+    o.device = WarpDevice::kCuda;
+    if (ChooseRefinePool(reg, moving, budgets, 0, &o, &cost)) {
+      RecordRefine(o, cost, reg, moving, plan);
+      plan->reasons.push_back(absl::StrFormat(
+          "refining on the GPU (%s) at %s, %d levels x %d iterations; %s "
+          "VRAM, %s RAM",
+          budgets.gpu_name, RefineSize(cost), plan->refine_levels, o.iterations,
+          Mb(plan->refine.vram_bytes), Mb(plan->refine.ram_bytes)));
+      return;
+    }
+    plan->reasons.push_back(
+        absl::StrCat("the GPU's VRAM budget of ", Mb(budgets.vram_bytes),
+                     " cannot hold the refinement; it is planned on the CPU"));
+  }
+  o.device = WarpDevice::kCpu;
+  o.threads = std::max(1, budgets.cpu_threads);
+  const double seconds = RefineCpuBudgetSeconds(reg.fw * reg.fh);
+  const bool found = ChooseRefinePool(reg, moving, budgets, seconds, &o, &cost);
+  const bool pays = found && cost.work.pool <= kMaxPayingCpuPool;
+  if (options.refine == RefineMode::kAuto && !pays) {
+    plan->reasons.push_back(
+        found ? absl::StrFormat(
+                    "refinement skipped on the CPU: within its %.0f s budget "
+                    "it would work at %s, too coarse to improve on elastix "
+                    "(refine=on forces it; a GPU refines at full size)",
+                    seconds, RefineSize(cost))
+              : absl::StrFormat(
+                    "refinement skipped on the CPU: it does not fit its "
+                    "%.0f s budget or the RAM budget of %s at any size",
+                    seconds, Mb(budgets.ram_bytes)));
+    return;
+  }
+  if (!found) {
+    // refine=on: the smallest working size, whatever it takes.
+    const int64_t pool =
+        std::max<int64_t>(1, std::min(reg.fw, reg.fh) / kMinRefineEdge);
+    o.max_pixels = (reg.fw / pool) * (reg.fh / pool);
+    cost = EstimateRefineCost(reg.fw, reg.fh, reg.fw * reg.fh, o);
+  }
+  RecordRefine(o, cost, reg, moving, plan);
+  plan->reasons.push_back(absl::StrFormat(
+      "refining on the CPU at %s, %d levels x %d iterations: about %.1f s "
+      "(budget %.0f s); %s RAM",
+      RefineSize(cost), plan->refine_levels, o.iterations, cost.seconds,
+      seconds, Mb(plan->refine.ram_bytes)));
+}
+
+}  // namespace
+
 absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
                               const JobOptions& options, const Budgets& budgets,
                               int64_t stream_tile_size) {
@@ -546,6 +687,7 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
       PlanRegistration(fixed, moving, options, budgets, &plan));
   PlanOutput(fixed, options, reg, &plan);
   REGSERVE_RETURN_IF_ERROR(PlanWarp(moving, options, budgets, reg, &plan));
+  PlanRefine(moving, options, budgets, reg, &plan);
   // The writer compresses on up to one thread per core.
   plan.result_writer_threads = std::max(1, budgets.cpu_threads);
   SetStreamTiles(stream_tile_size, moving, &plan);

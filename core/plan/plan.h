@@ -17,6 +17,7 @@
 //    pixel (shared/notes/stack.md); transformix -def all: ~7.6 B/px.
 //  - decode and grayscale copies: computed from the image specs.
 //  - warp: EstimateWarpMemory() from core/warp, measured on this code.
+//  - refinement: EstimateRefineCost() from core/refine, measured.
 //
 // Thread safety: pure functions.
 #ifndef REGSERVE_CORE_PLAN_PLAN_H_
@@ -32,6 +33,7 @@
 #include "core/hardware/hardware.h"
 #include "core/image/compression.h"
 #include "core/image/image.h"
+#include "core/refine/refine.h"
 
 namespace regserve {
 
@@ -44,6 +46,9 @@ struct JobOptions {
   Interpolation interpolation = Interpolation::kLinear;
   // false: output at the registration size instead of full resolution.
   bool output_full_resolution = true;
+  // The LibTorch refinement after registration (core/refine): kAuto when it
+  // pays (see Plan::refine_enabled), kOff never, kOn always.
+  RefineMode refine = RefineMode::kAuto;
   // How the stored result's tiles are compressed; jpeg_quality (1..100)
   // for kJpeg, which takes 8-bit grey or RGB images only.
   Compression compression = Compression::kDeflate;
@@ -101,6 +106,19 @@ struct Plan {
   // SIFT on copies of at most 1.5 MP, the pre-warped moving copy and its
   // mask (+ the copies and the moving image held).
   StageMemory initial_alignment;
+  // The refinement (core/refine) between registration and quality: whether
+  // it runs and why not (the reasons say), where, its finest working level
+  // (RefineOptions::max_pixels: 0 = the registration copy's size) and
+  // schedule, and its memory (+ the copies, the field and the moving image
+  // held).
+  bool refine_enabled = false;
+  WarpDevice refine_device = WarpDevice::kCpu;
+  int64_t refine_max_pixels = 0;
+  int64_t refine_width = 0;
+  int64_t refine_height = 0;
+  int refine_levels = 0;
+  int refine_iterations = 0;  // per level
+  StageMemory refine;
   // The part of warp.ram_bytes that the result writer holds (partly covered
   // stream tiles, tiles being compressed, pyramid rows: ResultWriterRamBytes)
   // and the compression threads it was sized for (the warp stage uses at
@@ -161,6 +179,15 @@ uint64_t ResultWriterRamBytes(int64_t warp_tile, int64_t out_width,
 
 // elastix + transformix RAM for a registration copy of `pixels` pixels.
 uint64_t RegistrationRamBytes(int64_t pixels);
+
+// The refinement's options for a planned job (device, working size, levels,
+// iterations; sizes and threads are the caller's).
+RefineOptions PlannedRefineOptions(const Plan& plan);
+
+// The refinement's CPU time budget for a registration copy of `pixels`
+// pixels: a quarter of elastix's time there (~10 s + 1.15 s/MP on 2
+// threads), at least 3 s.
+double RefineCpuBudgetSeconds(int64_t pixels);
 
 // The initial alignment's own RAM (core/registration/robust_start) for
 // registration copies of `fixed_pixels` and `moving_pixels`: SIFT's scale

@@ -37,12 +37,44 @@ constexpr int64_t kBilinear = 0;
 constexpr int64_t kBorder = 1;
 // Below this edge a pyramid level carries too little to register.
 constexpr int64_t kMinLevelEdge = 24;
+// Automatic levels: halve until the coarsest level's longer edge is at most
+// this, so that its 9 px LNCC windows see the blurred background's large
+// structures. On the Kleiber benchmark (docs/benchmarks.md) the whole 20 MP
+// copy with 3 levels (coarsest 1443 px) kept elastix's 13 px p95 errors;
+// 6 levels (180 px) took them to 0.17 px.
+constexpr int64_t kCoarsestEdge = 160;
+// ... and at least this many where the short edge allows (a 181x217 image
+// with 2 levels kept most of a 3 px error that 3 levels removed).
+constexpr int kMinAutoLevels = 4;
 // Adam's epsilon per control grid, as a fraction of the grid's RMS gradient
 // at its first step: nodes with far smaller gradients (no texture) then take
 // proportionally small steps instead of full steps on noise. 0.3 against
 // 0.01 and 3 on the Kleiber benchmark (docs/benchmarks.md): max error 1.1
 // against 1.0 and 7.3 px, mean 0.155 against 0.160 and 0.225 px.
 constexpr double kAdamEpsilonPerRms = 0.3;
+
+// The cost model (EstimateRefineCost), fitted to refine_memory_benchmark
+// on this project's 2-core machine (LibTorch 1.13, CPU, 40 steps x 4
+// levels; docs/benchmarks.md, "Refinement"): peak RSS growth 59 MB at
+// 0.25 MP, 225 MB at 1 MP, 1045 MB at 5 MP and 2495 MB at 20 MP worked at
+// the copy's size; 716 MB for a 20 MP copy worked at 0.55 MP. CPU seconds
+// on one thread: 0.98, 3.25, 26 and 172 at those sizes (the cost per pixel
+// grows with the working set), plus about 50 ns per copy pixel for the
+// anti-aliased shrink.
+constexpr double kHostBaseBytes = 32e6;
+constexpr double kWorkBytesPerPixel = 150;
+constexpr double kCopyBytesPerPixel = 16;
+constexpr double kFieldBytesPerNode = 24;
+constexpr double kSecondsPerWorkPixelStep = 60e-9;
+constexpr double kSecondsPerWorkPixelStepPerMp = 5e-9;
+constexpr double kSecondsPerCopyPixel = 50e-9;
+// Two threads were not measured on a quiet machine; OpenMP's barriers on a
+// shared 2-core machine lose more (see docs/benchmarks.md).
+constexpr double kThreadEfficiency = 0.7;
+// CUDA: the same tensors, plus the caching allocator's rounding and
+// LibTorch's kernels' workspace (not yet measured on the H200).
+constexpr double kCudaBaseBytes = 256e6;
+constexpr double kCudaFactor = 1.25;
 
 // Pixel centres of an image or grid in full-resolution pixels: pixel
 // (i, j) lies at (ox + i * sx, oy + j * sy).
@@ -253,13 +285,25 @@ class Refiner {
 at::Tensor Blur(const at::Tensor& x, double sigma) {
   if (sigma <= 0) return x;
   const int64_t r = static_cast<int64_t>(std::ceil(3 * sigma));
-  at::Tensor k = at::arange(-r, r + 1, x.options());
-  k = at::exp(-0.5 * (k / sigma).pow(2));
-  k = k / k.sum();
-  at::Tensor y = at::replication_pad2d(x, {r, r, 0, 0});
-  y = at::conv2d(y, k.view({1, 1, 1, 2 * r + 1}));
-  y = at::replication_pad2d(y, {0, 0, r, r});
-  return at::conv2d(y, k.view({1, 1, 2 * r + 1, 1}));
+  std::vector<double> k(2 * r + 1);
+  double sum = 0;
+  for (int64_t i = -r; i <= r; ++i) {
+    sum += k[i + r] = std::exp(-0.5 * (i / sigma) * (i / sigma));
+  }
+  // Weighted sums of shifted views: two image-sized buffers at any radius
+  // (conv2d's im2col would take 2r + 1 of them).
+  auto pass = [&](const at::Tensor& in, int64_t dim) {
+    const at::Tensor padded =
+        at::replication_pad2d(in, dim == 3 ? std::vector<int64_t>{r, r, 0, 0}
+                                           : std::vector<int64_t>{0, 0, r, r});
+    const int64_t n = in.size(dim);
+    at::Tensor out = padded.narrow(dim, 0, n) * (k[0] / sum);
+    for (int64_t i = 1; i <= 2 * r; ++i) {
+      out.add_(padded.narrow(dim, i, n), k[i] / sum);
+    }
+    return out;
+  };
+  return pass(pass(x, 3), 2);
 }
 
 // Downsampling by a whole factor k: a Gaussian of k / 2 pixels against
@@ -323,8 +367,9 @@ void Refiner::BuildLevels() {
   Grid fg = Pooled(fixed_copy, work.pool);
   Grid mg = Pooled(moving_copy, mpool);
   const at::Tensor field = FieldTensor(initial_, to_);
+  const int levels = RefineLevelsFor(fg.w, fg.h, o_.levels);
   std::vector<Level> fine_first;
-  for (int l = 0; l < o_.levels; ++l) {
+  for (int l = 0; l < levels; ++l) {
     if (l > 0) {
       if (std::min({fg.w, fg.h, mg.w, mg.h}) / 2 < kMinLevelEdge) break;
       f = Shrink(f, 2);
@@ -483,12 +528,13 @@ absl::Status ValidateInputs(const Image& fixed, const Image& moving,
     return absl::InvalidArgumentError(
         "refine: the full-resolution sizes must be at least the copies' sizes");
   }
-  if (o.levels < 1 || o.iterations < 1 || o.ncc_window < 3 ||
+  if (o.levels < 0 || o.iterations < 1 || o.ncc_window < 3 ||
       o.ncc_window % 2 == 0 || !(o.control_spacing >= 1) ||
       !(o.smoothness >= 0) || !(o.learning_rate > 0) || !(o.ncc_epsilon > 0) ||
       !(o.texture_variance >= 0) || o.threads < 1 || o.max_pixels < 0) {
     return absl::InvalidArgumentError(
-        "refine: levels, iterations and threads must be >= 1, ncc_window odd "
+        "refine: levels must be >= 0, iterations and threads >= 1, "
+        "ncc_window odd "
         ">= 3, control_spacing >= 1, smoothness, texture_variance and "
         "max_pixels >= 0, learning_rate and ncc_epsilon > 0");
   }
@@ -529,18 +575,90 @@ absl::StatusOr<at::TensorOptions> DeviceOptions(const RefineOptions& o,
 
 }  // namespace
 
+int RefineLevelsFor(int64_t work_width, int64_t work_height, int levels) {
+  int n = 1;
+  int64_t w = work_width, h = work_height;
+  const int cap = levels > 0 ? levels : 64;
+  while (n < cap && std::min(w, h) / 2 >= kMinLevelEdge &&
+         (levels > 0 || n < kMinAutoLevels || std::max(w, h) > kCoarsestEdge)) {
+    w /= 2;
+    h /= 2;
+    ++n;
+  }
+  return n;
+}
+
 RefineWorkSize RefineWorkSizeFor(int64_t copy_width, int64_t copy_height,
                                  int64_t max_pixels) {
   RefineWorkSize s;
   if (max_pixels > 0 && copy_width * copy_height > max_pixels) {
-    s.pool = static_cast<int64_t>(std::ceil(
-        std::sqrt(static_cast<double>(copy_width * copy_height) / max_pixels)));
-    while ((copy_width / s.pool) * (copy_height / s.pool) > max_pixels)
+    // From the floor of the area ratio's root up: the ceiling can skip the
+    // smallest factor that fits (odd edges crop).
+    s.pool = std::max<int64_t>(
+        2, static_cast<int64_t>(std::floor(std::sqrt(
+               static_cast<double>(copy_width * copy_height) / max_pixels))));
+    while ((copy_width / s.pool) * (copy_height / s.pool) > max_pixels) {
       ++s.pool;
+    }
   }
   s.width = copy_width / s.pool;
   s.height = copy_height / s.pool;
   return s;
+}
+
+RefineCost EstimateRefineCost(int64_t copy_width, int64_t copy_height,
+                              int64_t field_pixels,
+                              const RefineOptions& options) {
+  RefineCost c;
+  c.work = RefineWorkSizeFor(copy_width, copy_height, options.max_pixels);
+  const double work = static_cast<double>(c.work.width * c.work.height);
+  const double copy = static_cast<double>(copy_width * copy_height);
+  // The working set: levels, the autograd graph of one step, its gradients;
+  // the copies' tensors and their anti-aliased shrink; the initial field,
+  // its tensor and the result.
+  const double tensors = kWorkBytesPerPixel * work + kCopyBytesPerPixel * copy +
+                         kFieldBytesPerNode * static_cast<double>(field_pixels);
+  if (options.device == WarpDevice::kCuda) {
+    c.ram_bytes = static_cast<uint64_t>(kHostBaseBytes +
+                                        kFieldBytesPerNode *
+                                            static_cast<double>(field_pixels));
+    c.vram_bytes =
+        static_cast<uint64_t>(kCudaBaseBytes + kCudaFactor * tensors);
+    return c;
+  }
+  c.ram_bytes = static_cast<uint64_t>(kHostBaseBytes + tensors);
+  // Steps at the finest level's size; each coarser level costs a quarter.
+  double level_work = 0;
+  const int levels =
+      RefineLevelsFor(c.work.width, c.work.height, options.levels);
+  for (int l = 0; l < levels; ++l) level_work += std::pow(0.25, l);
+  const double per_step =
+      kSecondsPerWorkPixelStep + kSecondsPerWorkPixelStepPerMp * work / 1e6;
+  const double one_thread = per_step * work * options.iterations * level_work +
+                            kSecondsPerCopyPixel * copy;
+  c.seconds = one_thread /
+              (1.0 + kThreadEfficiency * (std::max(1, options.threads) - 1));
+  return c;
+}
+
+absl::string_view RefineModeName(RefineMode mode) {
+  switch (mode) {
+    case RefineMode::kAuto:
+      return "auto";
+    case RefineMode::kOff:
+      return "off";
+    case RefineMode::kOn:
+      return "on";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<RefineMode> ParseRefineMode(absl::string_view name) {
+  for (RefineMode m : {RefineMode::kAuto, RefineMode::kOff, RefineMode::kOn}) {
+    if (name == RefineModeName(m)) return m;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown refine mode '", name, "': use auto, off or on"));
 }
 
 absl::StatusOr<RefineResult> RefineField(const Image& fixed_gray,
@@ -560,6 +678,9 @@ absl::StatusOr<RefineResult> RefineField(const Image& fixed_gray,
     std::optional<c10::cuda::CUDAGuard> guard;
     if (options.device == WarpDevice::kCuda) {
       guard.emplace(static_cast<c10::DeviceIndex>(options.cuda_device));
+      // The allocator's statistics throw "Invalid device argument" until
+      // LibTorch has initialised CUDA, lazily, with a first tensor.
+      (void)at::empty({1}, to);
       c10::cuda::CUDACachingAllocator::resetPeakStats(options.cuda_device);
     }
 #endif
@@ -571,6 +692,9 @@ absl::StatusOr<RefineResult> RefineField(const Image& fixed_gray,
           c10::cuda::CUDACachingAllocator::getDeviceStats(options.cuda_device)
               .allocated_bytes[0]
               .peak);
+      // What the run cached is free again for the warp and other jobs (the
+      // scheduler admits by the device's free memory).
+      c10::cuda::CUDACachingAllocator::emptyCache();
     }
 #endif
   } catch (const c10::OutOfMemoryError& e) {

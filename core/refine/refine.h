@@ -44,6 +44,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/common/cancel.h"
 #include "core/common/types.h"
 #include "core/image/displacement_field.h"
@@ -75,7 +76,10 @@ struct RefineOptions {
   // pooled by the smallest whole factor that fits); 0 = the copy's size.
   int64_t max_pixels = 0;
   // The defaults were chosen on the Kleiber benchmark (docs/benchmarks.md).
-  int levels = 4;       // pyramid levels (fewer if the coarsest gets small)
+  // Pyramid levels; 0: at least 4, and as many as take the coarsest level's
+  // longer edge to at most 160 px (RefineLevelsFor). A level's short edge
+  // never goes below 24 px.
+  int levels = 0;
   int iterations = 40;  // Adam steps per level
   int ncc_window = 9;   // LNCC window edge in level pixels (odd)
   // Control-grid spacing in level pixels. Each level adds a grid at its own
@@ -138,6 +142,31 @@ struct RefineWorkSize {
 };
 RefineWorkSize RefineWorkSizeFor(int64_t copy_width, int64_t copy_height,
                                  int64_t max_pixels);
+
+// The pyramid levels RefineField runs for a finest working level of
+// work_width x work_height and RefineOptions::levels = `levels`.
+int RefineLevelsFor(int64_t work_width, int64_t work_height, int levels);
+
+// What RefineField needs for a fixed copy of copy_width x copy_height, an
+// initial field of field_pixels nodes and `options` (device, max_pixels,
+// levels, iterations, threads). Measured with refine_memory_benchmark
+// (docs/benchmarks.md, "Refinement"); the planner sizes the stage with it.
+struct RefineCost {
+  RefineWorkSize work;
+  uint64_t ram_bytes = 0;   // host memory, peak
+  uint64_t vram_bytes = 0;  // CUDA device memory, peak (0 on the CPU)
+  double seconds = 0.0;     // on the CPU with options.threads; 0 on CUDA
+};
+RefineCost EstimateRefineCost(int64_t copy_width, int64_t copy_height,
+                              int64_t field_pixels,
+                              const RefineOptions& options);
+
+// The job option: kAuto refines when it pays (see the planner), kOff never,
+// kOn always (also for rigid and affine jobs, and on a slow CPU).
+enum class RefineMode { kAuto = 0, kOff = 1, kOn = 2 };
+absl::string_view RefineModeName(RefineMode mode);  // "auto", "off", "on"
+// Accepts exactly those names; InvalidArgument lists them.
+absl::StatusOr<RefineMode> ParseRefineMode(absl::string_view name);
 
 }  // namespace regserve
 

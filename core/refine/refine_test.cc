@@ -138,7 +138,9 @@ TEST_F(RefineTest, NothingToGainLeavesTheFieldUnchanged) {
   std::fill_n(flat.as<float>(), flat.width() * flat.height(), 0.5f);
   DisplacementField start = CopyGridField(kFullW, kFullH, kCopyW, kCopyH);
   std::fill(start.dx.begin(), start.dx.end(), 1.5f);
-  absl::StatusOr<RefineResult> r = RefineField(flat, flat, start, Options());
+  RefineOptions o = Options();
+  o.iterations = 5;
+  absl::StatusOr<RefineResult> r = RefineField(flat, flat, start, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->improved);
   EXPECT_EQ(r->field.dx, start.dx);
@@ -198,6 +200,16 @@ TEST(RefineWorkSize, SmallestWholeFactorThatFits) {
   const RefineWorkSize t = RefineWorkSizeFor(2981, 1677, 1'000'000);
   EXPECT_EQ(t.pool, 3);
   EXPECT_LE(t.width * t.height, 1'000'000);
+}
+
+TEST(RefineLevels, AutomaticUntilTheCoarsestIsSmall) {
+  EXPECT_EQ(RefineLevelsFor(5772, 3135, 0), 7);  // coarsest 90x48
+  EXPECT_EQ(RefineLevelsFor(1490, 838, 0), 5);   // 93x52
+  EXPECT_EQ(RefineLevelsFor(700, 378, 0), 4);    // at least 4
+  EXPECT_EQ(RefineLevelsFor(181, 217, 0), 3);    // a 4th would be 22 px
+  EXPECT_EQ(RefineLevelsFor(40, 40, 0), 1);
+  EXPECT_EQ(RefineLevelsFor(5772, 3135, 3), 3);  // as asked
+  EXPECT_EQ(RefineLevelsFor(181, 217, 6), 3);    // but never below 24 px
 }
 
 TEST(BoxMean, MatchesAvgPoolValuesAndGradients) {

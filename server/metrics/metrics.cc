@@ -33,8 +33,8 @@ namespace regserve {
 namespace {
 
 constexpr Stage kAllStages[] = {
-    Stage::kUpload, Stage::kDecode,  Stage::kRegistration,    Stage::kWarp,
-    Stage::kStream, Stage::kQuality, Stage::kInitialAlignment};
+    Stage::kUpload, Stage::kDecode,  Stage::kRegistration,     Stage::kWarp,
+    Stage::kStream, Stage::kQuality, Stage::kInitialAlignment, Stage::kRefine};
 constexpr JobOutcome kAllOutcomes[] = {
     JobOutcome::kCompleted, JobOutcome::kFailed, JobOutcome::kCancelled,
     JobOutcome::kRejected};

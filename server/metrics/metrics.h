@@ -104,7 +104,7 @@ absl::string_view JobOutcomeName(JobOutcome outcome);
 absl::string_view FailureReasonLabel(absl::StatusCode code);
 
 // The stage label ("upload", "decode", "registration", "warp", "stream",
-// "quality", "initial_alignment").
+// "quality", "initial_alignment", "refine").
 absl::string_view StageLabel(Stage stage);
 
 struct BuildInfo {

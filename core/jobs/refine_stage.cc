@@ -1,0 +1,110 @@
+// Copyright regserve authors.
+//
+// Refine: refines the registration's field with LibTorch (core/refine) on
+// the grayscale copies, on the device and at the working size the plan
+// chose, and replaces run->reg.field when the loss improved. The plan's
+// reasons say when it is skipped (refine=off, a rigid or affine job, a CPU
+// too slow for it) and then the stage does nothing. The refinement is an
+// improvement, not a requirement: when it fails (other than by
+// cancellation) the job goes on with elastix's field, and says so. The
+// stored TransformParameters stay elastix's. Memory: Plan::refine.
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "core/common/status_macros.h"
+#include "core/jobs/stage_runner.h"
+#include "core/refine/refine.h"
+
+namespace regserve {
+namespace {
+
+class RefineStage final : public PipelineStage {
+ public:
+  explicit RefineStage(const StageServices* services) : s_(*services) {}
+  std::optional<Stage> stage() const override { return Stage::kRefine; }
+
+  absl::Status Run(JobRun* run, StageHost* host) override {
+    const Plan& plan = run->rec.info.plan;
+    if (!plan.refine_enabled) return absl::OkStatus();
+    if (run->fixed_gray.empty() || run->moving_gray.empty() ||
+        run->reg.field.empty()) {
+      host->AddPlanReason(
+          "refinement skipped: the registration copies or the field are gone");
+      return absl::OkStatus();
+    }
+    const bool cuda = plan.refine_device == WarpDevice::kCuda;
+    REGSERVE_ASSIGN_OR_RETURN(
+        Reservation r,
+        host->Acquire(cuda ? Lane::kGpu : Lane::kCpu, plan.refine.ram_bytes,
+                      plan.refine.vram_bytes, "refine"));
+    host->Started(Stage::kRefine);
+    const absl::Time start = absl::Now();
+    host->Progress(Stage::kRefine, 0.0, "refining the field");
+    RefineOptions o = PlannedRefineOptions(plan);
+    o.fixed_full_width = run->rec.fixed_spec.width;
+    o.fixed_full_height = run->rec.fixed_spec.height;
+    o.moving_full_width = run->rec.moving_spec.width;
+    o.moving_full_height = run->rec.moving_spec.height;
+    o.threads = std::max(1, s_.threads);
+    o.cuda_device = cuda ? OrdinalOf(r) : 0;
+    o.cancel = run->cancel;
+    o.on_progress = [host](const RefineProgress& p) {
+      host->Progress(Stage::kRefine, p.fraction,
+                     absl::StrFormat("level %d/%d, iteration %d/%d, loss %.4f",
+                                     p.level + 1, p.num_levels, p.iteration,
+                                     p.iterations, p.loss),
+                     nullptr, /*force=*/false);
+    };
+    absl::StatusOr<RefineResult> result =
+        RefineField(run->fixed_gray, run->moving_gray, run->reg.field, o);
+    r.Release();
+    if (!result.ok()) {
+      const absl::StatusCode code = result.status().code();
+      if (code == absl::StatusCode::kCancelled ||
+          code == absl::StatusCode::kDeadlineExceeded) {
+        return result.status();
+      }
+      host->AddPlanReason(absl::StrCat(
+          "refinement failed on ", WarpDeviceName(plan.refine_device), ": ",
+          result.status().message(), "; elastix's field is used"));
+    } else {
+      host->AddPlanReason(Outcome(*result));
+      if (result->improved) run->reg.field = std::move(result->field);
+    }
+    host->Progress(
+        Stage::kRefine, 1.0,
+        result.ok() && result->improved ? "refined" : "elastix's field kept");
+    host->Finished(Stage::kRefine, start);
+    return absl::OkStatus();
+  }
+
+ private:
+  static std::string Outcome(const RefineResult& r) {
+    return absl::StrFormat(
+        "refinement on %s at %dx%d, %d levels, %d steps in %.1f s: LNCC "
+        "%.4f -> %.4f%s",
+        r.device, r.work_width, r.work_height, r.levels, r.iterations,
+        r.seconds, r.initial_ncc, r.final_ncc,
+        r.improved ? "; the stored TransformParameters are elastix's alone"
+                   : " without a lower loss; elastix's field is kept");
+  }
+
+  int OrdinalOf(const Reservation& r) const {
+    const auto& ordinals = s_.scheduler->config().gpu_ordinals;
+    const int index = std::max(0, r.gpu());
+    return index < static_cast<int>(ordinals.size()) ? ordinals[index] : index;
+  }
+
+  const StageServices& s_;
+};
+
+}  // namespace
+
+std::unique_ptr<PipelineStage> MakeRefineStage(const StageServices* services) {
+  return std::make_unique<RefineStage>(services);
+}
+
+}  // namespace regserve

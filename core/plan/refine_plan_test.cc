@@ -1,0 +1,147 @@
+// Copyright regserve authors.
+//
+// The planner's refinement decisions: off, auto on rigid/affine jobs, the
+// GPU at the copy's size (or the CPU when its VRAM budget cannot hold it),
+// the CPU at the largest working size its time budget allows, skipped
+// under auto where that is too coarse, and forced by refine=on.
+#include <string>
+
+#include "absl/strings/match.h"
+#include "core/plan/plan.h"
+#include "gtest/gtest.h"
+
+namespace regserve {
+namespace {
+
+bool AnyReasonHas(const Plan& p, absl::string_view text) {
+  for (const std::string& r : p.reasons) {
+    if (absl::StrContains(r, text)) return true;
+  }
+  return false;
+}
+
+ImageSpec Rgb(int64_t w, int64_t h) {
+  return ImageSpec{
+      .width = w, .height = h, .channels = 3, .type = SampleType::kUInt8};
+}
+
+Budgets CpuOnly() {
+  Budgets b;
+  b.ram_bytes = 16ull << 30;
+  b.cpu_threads = 2;
+  return b;
+}
+
+Budgets WithGpu(uint64_t vram) {
+  Budgets b = CpuOnly();
+  b.has_gpu = true;
+  b.gpu_name = "Test GPU";
+  b.vram_bytes = vram;
+  return b;
+}
+
+Plan MakeOk(const ImageSpec& s, const JobOptions& o, const Budgets& b) {
+  absl::StatusOr<Plan> p = MakePlan(s, s, o, b);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? *p : Plan();
+}
+
+TEST(RefinePlan, OffIsOff) {
+  JobOptions o;
+  o.refine = RefineMode::kOff;
+  const Plan p = MakeOk(Rgb(1000, 800), o, CpuOnly());
+  EXPECT_FALSE(p.refine_enabled);
+  EXPECT_EQ(p.refine.ram_bytes, 0u);
+  EXPECT_TRUE(AnyReasonHas(p, "refinement off (refine=off)"));
+}
+
+TEST(RefinePlan, AutoKeepsRigidAndAffineJobs) {
+  for (TransformKind t : {TransformKind::kRigid, TransformKind::kAffine}) {
+    JobOptions o;
+    o.transform = t;
+    const Plan p = MakeOk(Rgb(1000, 800), o, WithGpu(8ull << 30));
+    EXPECT_FALSE(p.refine_enabled);
+    EXPECT_TRUE(AnyReasonHas(p, "would not keep"));
+    o.refine = RefineMode::kOn;
+    EXPECT_TRUE(MakeOk(Rgb(1000, 800), o, WithGpu(8ull << 30)).refine_enabled);
+  }
+}
+
+TEST(RefinePlan, GpuRefinesAtTheCopysSize) {
+  JobOptions o;
+  const Plan p = MakeOk(Rgb(6000, 4000), o, WithGpu(8ull << 30));
+  ASSERT_TRUE(p.refine_enabled);
+  EXPECT_EQ(p.refine_device, WarpDevice::kCuda);
+  EXPECT_EQ(p.refine_max_pixels, 0);
+  EXPECT_EQ(p.refine_width, p.registration_fixed_width);
+  EXPECT_GT(p.refine.vram_bytes, 0u);
+  EXPECT_TRUE(AnyReasonHas(p, "refining on the GPU (Test GPU) at"));
+  // The planned options are what the stage runs with.
+  const RefineOptions ro = PlannedRefineOptions(p);
+  EXPECT_EQ(ro.device, WarpDevice::kCuda);
+  EXPECT_EQ(ro.levels, p.refine_levels);
+  EXPECT_EQ(ro.iterations, p.refine_iterations);
+}
+
+TEST(RefinePlan, ASmallVramBudgetPoolsOrFallsBackToTheCpu) {
+  JobOptions o;
+  const Budgets small = WithGpu(600ull << 20);
+  const Plan p = MakeOk(Rgb(6000, 4000), o, small);
+  ASSERT_TRUE(p.refine_enabled);
+  if (p.refine_device == WarpDevice::kCuda) {
+    EXPECT_GT(p.refine_max_pixels, 0);  // pooled to fit
+    EXPECT_LE(p.refine.vram_bytes, small.vram_bytes);
+  }
+  const Plan q = MakeOk(Rgb(6000, 4000), o, WithGpu(1ull << 20));
+  EXPECT_TRUE(AnyReasonHas(q, "cannot hold the refinement"));
+  EXPECT_NE(q.refine_device, WarpDevice::kCuda);
+}
+
+TEST(RefinePlan, CpuWorksAtWhatItsBudgetAllows) {
+  JobOptions o;
+  o.max_registration_megapixels = 5;
+  const Plan p = MakeOk(Rgb(6028, 3391), o, CpuOnly());
+  ASSERT_TRUE(p.refine_enabled);
+  EXPECT_EQ(p.refine_device, WarpDevice::kCpu);
+  // A 5 MP copy does not fit the CPU budget whole; pooled by 2 it does.
+  const RefineOptions ro = PlannedRefineOptions(p);
+  const RefineCost c = EstimateRefineCost(
+      p.registration_fixed_width, p.registration_fixed_height,
+      p.registration_fixed_width * p.registration_fixed_height, [&] {
+        RefineOptions x = ro;
+        x.threads = 2;
+        return x;
+      }());
+  EXPECT_GE(c.work.pool, 2);
+  EXPECT_LE(c.seconds, RefineCpuBudgetSeconds(p.registration_fixed_width *
+                                              p.registration_fixed_height));
+  EXPECT_EQ(p.refine_width, c.work.width);
+  EXPECT_TRUE(AnyReasonHas(p, "refining on the CPU at"));
+}
+
+TEST(RefinePlan, AutoSkipsWhatWouldBeTooCoarseOnTheCpuAndOnForcesIt) {
+  // A 96 MP copy on one thread: only a level pooled by 5 fits the budget.
+  JobOptions o;
+  o.max_registration_megapixels = 100;
+  Budgets b = CpuOnly();
+  b.cpu_threads = 1;
+  const Plan p = MakeOk(Rgb(12000, 8000), o, b);
+  EXPECT_FALSE(p.refine_enabled);
+  EXPECT_TRUE(AnyReasonHas(p, "refinement skipped on the CPU"));
+  o.refine = RefineMode::kOn;
+  const Plan q = MakeOk(Rgb(12000, 8000), o, b);
+  EXPECT_TRUE(q.refine_enabled);
+  EXPECT_GT(q.refine_max_pixels, 0);
+}
+
+TEST(RefinePlan, ModeNamesRoundTrip) {
+  for (RefineMode m : {RefineMode::kAuto, RefineMode::kOff, RefineMode::kOn}) {
+    absl::StatusOr<RefineMode> back = ParseRefineMode(RefineModeName(m));
+    ASSERT_TRUE(back.ok());
+    EXPECT_EQ(*back, m);
+  }
+  EXPECT_TRUE(absl::IsInvalidArgument(ParseRefineMode("sometimes").status()));
+}
+
+}  // namespace
+}  // namespace regserve
