@@ -16,6 +16,7 @@
 //          [--interpolation linear|cubic|nearest] [--device auto|cpu|cuda]
 //          [--refine auto|off|on]
 //          [--priority N] [--fill-value V] [--label TEXT]
+//          [--compression none|deflate|zstd|jpeg] [--jpeg-quality Q]
 //          [--transform-out DIR] [--quality-map FILE.png] [--json]
 //   watch JOB [--output OUT] [--from-tile N] [--transform-out DIR]
 //         [--quality-map FILE.png] [--json]
@@ -103,6 +104,9 @@ constexpr char kUsage[] =
     "         [--refine auto|off|on]    LibTorch refinement of elastix's "
     "field (auto: when it pays)\n"
     "         [--fill-value V] [--label TEXT] [--transform-out DIR] [--json]\n"
+    "         [--compression none|deflate|zstd|jpeg] [--jpeg-quality Q]\n"
+    "                                      the server's stored result "
+    "(default deflate; jpeg: 8-bit grey/RGB, Q 1-100, default 90)\n"
     "         [--quality-map FILE.png]     heat map of the estimated residual "
     "over a thumbnail\n"
     "                                      (green good, red bad, grey not "
@@ -708,6 +712,20 @@ int Submit(RegistrationClient* client, Options& opt, const Args& args,
       return Usage("--fill-value must be a number");
     }
     spec.set_fill_value(f);
+  }
+  if (opt.Has("compression")) {
+    if (!ParseEnum(opt.Get("compression"), {"none", "deflate", "zstd", "jpeg"},
+                   &value)) {
+      return Usage("--compression must be none, deflate, zstd or jpeg");
+    }
+    spec.set_compression(static_cast<v1::Compression>(value));
+  }
+  if (opt.Has("jpeg-quality")) {
+    int q = 0;
+    if (!absl::SimpleAtoi(opt.Get("jpeg-quality"), &q) || q < 1 || q > 100) {
+      return Usage("--jpeg-quality must be an integer from 1 to 100");
+    }
+    spec.set_jpeg_quality(q);
   }
   spec.set_client_label(opt.Get("label"));
   for (const std::string& file : opt.GetAll("parameters")) {

@@ -16,6 +16,23 @@ absl::Status UnknownEnum(absl::string_view field, int value,
       " (or leave it UNSPECIFIED for the server default)"));
 }
 
+absl::StatusOr<Compression> CompressionFromProto(int compression) {
+  switch (compression) {
+    case v1::COMPRESSION_UNSPECIFIED:
+    case v1::COMPRESSION_DEFLATE:
+      return Compression::kDeflate;
+    case v1::COMPRESSION_NONE:
+      return Compression::kNone;
+    case v1::COMPRESSION_ZSTD:
+      return Compression::kZstd;
+    case v1::COMPRESSION_JPEG:
+      return Compression::kJpeg;
+    default:
+      return UnknownEnum("compression", compression,
+                         "NONE, DEFLATE, ZSTD, JPEG");
+  }
+}
+
 ImageSource SourceFromProto(const v1::ImageSource& proto) {
   ImageSource source;
   switch (proto.source_case()) {
@@ -169,6 +186,9 @@ absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto) {
   spec.priority = proto.priority();
   spec.fill_value = proto.fill_value();
   spec.client_label = proto.client_label();
+  REGSERVE_ASSIGN_OR_RETURN(spec.options.compression,
+                            CompressionFromProto(proto.compression()));
+  spec.options.jpeg_quality = proto.jpeg_quality();
   return spec;
 }
 

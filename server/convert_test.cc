@@ -141,6 +141,36 @@ TEST(PlanToProtoTest, Refinement) {
   EXPECT_EQ(out.refine_device(), "");  // skipped: the reasons say why
 }
 
+TEST(SpecFromProtoTest, CompressionValues) {
+  const std::pair<v1::Compression, Compression> cases[] = {
+      {v1::COMPRESSION_UNSPECIFIED, Compression::kDeflate},
+      {v1::COMPRESSION_NONE, Compression::kNone},
+      {v1::COMPRESSION_DEFLATE, Compression::kDeflate},
+      {v1::COMPRESSION_ZSTD, Compression::kZstd},
+      {v1::COMPRESSION_JPEG, Compression::kJpeg},
+  };
+  for (const auto& [proto, core] : cases) {
+    v1::JobSpec p;
+    p.set_compression(proto);
+    p.set_jpeg_quality(75);
+    auto spec = SpecFromProto(p);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->options.compression, core) << v1::Compression_Name(proto);
+    EXPECT_EQ(spec->options.jpeg_quality, 75);
+  }
+  // 0 stays 0: the core's validation makes it the default.
+  auto spec = SpecFromProto(v1::JobSpec());
+  ASSERT_TRUE(spec.ok());
+  EXPECT_EQ(spec->options.jpeg_quality, 0);
+  v1::JobSpec p;
+  p.set_compression(static_cast<v1::Compression>(9));
+  spec = SpecFromProto(p);
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(spec.status().message().find("spec.compression"),
+            absl::string_view::npos)
+      << spec.status();
+}
+
 TEST(SpecFromProtoTest, UnknownEnumSurvivesTheWire) {
   // A client with a newer proto sends an enum value we do not know.
   v1::JobSpec p;
