@@ -294,6 +294,10 @@ void AddBuildInfo(prometheus::Registry& r, const BuildInfo& build) {
 
 Metrics::Metrics(const Options& options)
     : registry_(std::make_shared<prometheus::Registry>()) {
+  // A stage added to the pipeline must be counted in kStages too: the
+  // per-stage arrays are indexed by it.
+  static_assert(sizeof(kAllStages) / sizeof(kAllStages[0]) == kStages,
+                "Metrics::kStages must equal the number of stages");
   prometheus::Registry& r = *registry_;
 
   // Jobs.

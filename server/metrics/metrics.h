@@ -211,7 +211,8 @@ class Metrics {
     prometheus::Gauge* reserved = nullptr;
     prometheus::Gauge* free = nullptr;
   };
-  static constexpr int kStages = 7;
+  // One per Stage value; metrics.cc checks it against its list of stages.
+  static constexpr int kStages = 8;
   static constexpr int kOutcomes = 4;
   static constexpr int kReasons = 17;  // indexed by absl::StatusCode 1..16
 
