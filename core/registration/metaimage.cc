@@ -27,6 +27,23 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+// Debian's ITK 5.2 headers were generated for GCC alone: their compiler
+// detection stops clang (the fuzz and thread-safety builds) with
+// "Unsupported compiler". Let it see the GCC that clang also claims to be.
+#if defined(__clang__)
+#pragma push_macro("__clang__")
+#pragma push_macro("__GNUC__")
+#pragma push_macro("__GNUC_MINOR__")
+#undef __clang__
+#undef __GNUC__
+#undef __GNUC_MINOR__
+#define __GNUC__ 12
+#define __GNUC_MINOR__ 2
+#include "itk_compiler_detection.h"
+#pragma pop_macro("__GNUC_MINOR__")
+#pragma pop_macro("__GNUC__")
+#pragma pop_macro("__clang__")
+#endif
 #include "itkMetaImageIO.h"
 #include "metaImage.h"
 #include "metaUtils.h"
