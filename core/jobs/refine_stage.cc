@@ -48,7 +48,9 @@ class RefineStage final : public PipelineStage {
     o.fixed_full_height = run->rec.fixed_spec.height;
     o.moving_full_width = run->rec.moving_spec.width;
     o.moving_full_height = run->rec.moving_spec.height;
-    o.threads = std::max(1, s_.threads);
+    // One thread: more were no faster, and much slower on a busy machine
+    // (RefineOptions::threads).
+    o.threads = 1;
     o.cuda_device = cuda ? OrdinalOf(r) : 0;
     o.cancel = run->cancel;
     o.on_progress = [host](const RefineProgress& p) {

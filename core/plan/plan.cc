@@ -537,7 +537,7 @@ void SetStreamTiles(int64_t requested_edge, const ImageSpec& moving,
 double RefineCpuBudgetSeconds(int64_t pixels) {
   // elastix 5.0.1, 2 threads: ~10 s + 1.15 s per MP (shared/notes/stack.md).
   const double elastix = 10.0 + 1.15 * static_cast<double>(pixels) / 1e6;
-  return std::max(3.0, 0.25 * elastix);
+  return std::max(3.0, elastix / 3.0);
 }
 
 RefineOptions PlannedRefineOptions(const Plan& plan) {
@@ -641,7 +641,7 @@ void PlanRefine(const ImageSpec& moving, const JobOptions& options,
                      " cannot hold the refinement; it is planned on the CPU"));
   }
   o.device = WarpDevice::kCpu;
-  o.threads = std::max(1, budgets.cpu_threads);
+  o.threads = 1;  // as the stage runs it (RefineOptions::threads)
   const double seconds = RefineCpuBudgetSeconds(reg.fw * reg.fh);
   const bool found = ChooseRefinePool(reg, moving, budgets, seconds, &o, &cost);
   const bool pays = found && cost.work.pool <= kMaxPayingCpuPool;

@@ -109,7 +109,7 @@ TEST(RefinePlan, CpuWorksAtWhatItsBudgetAllows) {
       p.registration_fixed_width, p.registration_fixed_height,
       p.registration_fixed_width * p.registration_fixed_height, [&] {
         RefineOptions x = ro;
-        x.threads = 2;
+        x.threads = 1;
         return x;
       }());
   EXPECT_GE(c.work.pool, 2);
@@ -120,16 +120,21 @@ TEST(RefinePlan, CpuWorksAtWhatItsBudgetAllows) {
 }
 
 TEST(RefinePlan, AutoSkipsWhatWouldBeTooCoarseOnTheCpuAndOnForcesIt) {
-  // A 96 MP copy on one thread: only a level pooled by 5 fits the budget.
+  // A 400 MP copy: the cost per working pixel grows with the working set,
+  // so only a level pooled by 5 fits the time budget.
   JobOptions o;
-  o.max_registration_megapixels = 100;
+  o.max_registration_megapixels = 400;
   Budgets b = CpuOnly();
-  b.cpu_threads = 1;
-  const Plan p = MakeOk(Rgb(12000, 8000), o, b);
+  b.ram_bytes = 64ull << 30;
+  const ImageSpec grey{.width = 20000,
+                       .height = 20000,
+                       .channels = 1,
+                       .type = SampleType::kUInt8};
+  const Plan p = MakeOk(grey, o, b);
   EXPECT_FALSE(p.refine_enabled);
   EXPECT_TRUE(AnyReasonHas(p, "refinement skipped on the CPU"));
   o.refine = RefineMode::kOn;
-  const Plan q = MakeOk(Rgb(12000, 8000), o, b);
+  const Plan q = MakeOk(grey, o, b);
   EXPECT_TRUE(q.refine_enabled);
   EXPECT_GT(q.refine_max_pixels, 0);
 }

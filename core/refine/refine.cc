@@ -54,23 +54,24 @@ constexpr int kMinAutoLevels = 4;
 constexpr double kAdamEpsilonPerRms = 0.3;
 
 // The cost model (EstimateRefineCost), fitted to refine_memory_benchmark
-// on this project's 2-core machine (LibTorch 1.13, CPU, 40 steps x 4
-// levels; docs/benchmarks.md, "Refinement"): peak RSS growth 59 MB at
-// 0.25 MP, 225 MB at 1 MP, 1045 MB at 5 MP and 2495 MB at 20 MP worked at
-// the copy's size; 716 MB for a 20 MP copy worked at 0.55 MP. CPU seconds
-// on one thread: 0.98, 3.25, 26 and 172 at those sizes (the cost per pixel
-// grows with the working set), plus about 50 ns per copy pixel for the
-// anti-aliased shrink.
+// on this project's 2-core machine (LibTorch 1.13, CPU, one thread, 40
+// steps per level, automatic levels; docs/benchmarks.md, "Refinement"):
+// peak RSS growth 56 MB at 0.25 MP, 229 MB at 1 MP, 1123 MB at 5 MP and
+// 2217 MB at 20 MP worked at the copy's size; 756 MB for a 20 MP copy
+// worked at 0.55 MP. CPU seconds: 0.90, 3.3, 22.6 and 160 at those sizes
+// (the cost per pixel grows with the working set), plus about 50 ns per
+// copy pixel for the anti-aliased shrink.
 constexpr double kHostBaseBytes = 32e6;
-constexpr double kWorkBytesPerPixel = 150;
+constexpr double kWorkBytesPerPixel = 180;
 constexpr double kCopyBytesPerPixel = 16;
 constexpr double kFieldBytesPerNode = 24;
 constexpr double kSecondsPerWorkPixelStep = 60e-9;
-constexpr double kSecondsPerWorkPixelStepPerMp = 5e-9;
+constexpr double kSecondsPerWorkPixelStepPerMp = 6e-9;
 constexpr double kSecondsPerCopyPixel = 50e-9;
-// Two threads were not measured on a quiet machine; OpenMP's barriers on a
-// shared 2-core machine lose more (see docs/benchmarks.md).
-constexpr double kThreadEfficiency = 0.7;
+// More threads did not help: 2 threads took 4.5 s where 1 took 4.1 s on a
+// quiet machine, and 4 to 6 times as long as 1 under load (OpenMP's
+// barriers wait for a preempted thread). The model assumes no speed-up.
+constexpr double kThreadEfficiency = 0.0;
 // CUDA: the same tensors, plus the caching allocator's rounding and
 // LibTorch's kernels' workspace (not yet measured on the H200).
 constexpr double kCudaBaseBytes = 256e6;

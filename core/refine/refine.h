@@ -71,7 +71,9 @@ struct RefineOptions {
 
   WarpDevice device = WarpDevice::kCpu;
   int cuda_device = 0;
-  int threads = 1;  // LibTorch intra-op threads (CPU)
+  // LibTorch intra-op threads (CPU). 1 is as fast as 2 on a quiet 2-core
+  // machine and several times faster on a busy one (docs/benchmarks.md).
+  int threads = 1;
   // The finest working level has at most this many pixels (the copies are
   // pooled by the smallest whole factor that fits); 0 = the copy's size.
   int64_t max_pixels = 0;

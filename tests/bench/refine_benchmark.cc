@@ -12,7 +12,11 @@
 //   apt-get download lomiri-wallpapers-20.04 && dpkg -x lomiri-*.deb /tmp/lw
 //   build/tests/bench/refine_benchmark
 //       --image=/tmp/lw/usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg
-//       --max_registration_mp=5 --refine_mp=1 --devices=cpu,cuda
+//       --max_registration_mp=5 --devices=cpu,cuda
+//
+// The CPU refinement runs at the working size the planner picks for this
+// machine's budgets (--refine_mp=-1) unless told otherwise; CUDA at the
+// registration copy's size.
 //
 // --field_cache=FILE keeps elastix's field (and its time) in FILE, so that
 // tuning runs, or a machine without elastix, skip the registration.
@@ -30,6 +34,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/common/status_macros.h"
@@ -42,12 +47,16 @@
 ABSL_FLAG(std::string, image, "", "the photo (required)");
 ABSL_FLAG(double, max_registration_mp, 5.0, "registration copy cap (MP)");
 ABSL_FLAG(int, threads, 2, "elastix and LibTorch CPU threads");
-ABSL_FLAG(std::string, devices, "cpu", "refinement devices: cpu, cuda or both");
-ABSL_FLAG(double, refine_mp, 1.0,
-          "working size of the CPU refinement (MP); 0 = the copy's size");
+ABSL_FLAG(std::string, devices, "cpu",
+          "refinement devices: cpu, cuda, cpu,cuda or both (= cpu,cuda)");
+ABSL_FLAG(double, refine_mp, -1,
+          "working size of the CPU refinement (MP); 0 = the copy's size; "
+          "-1 = as the planner plans it (2-core budgets)");
 ABSL_FLAG(double, cuda_refine_mp, 0.0, "same for CUDA; 0 = the copy's size");
-ABSL_FLAG(int, levels, 3, "pyramid levels");
-ABSL_FLAG(int, iterations, 60, "Adam steps per level");
+ABSL_FLAG(int, levels, regserve::RefineOptions().levels,
+          "pyramid levels (0 = automatic)");
+ABSL_FLAG(int, iterations, regserve::RefineOptions().iterations,
+          "Adam steps per level");
 ABSL_FLAG(double, smoothness, regserve::RefineOptions().smoothness,
           "bending weight");
 ABSL_FLAG(double, learning_rate, regserve::RefineOptions().learning_rate,
@@ -349,7 +358,8 @@ absl::StatusOr<DisplacementField> ElastixField(const Image& fg, const Image& mg,
   return std::move(reg.field);
 }
 
-RefineOptions OptionsFor(WarpDevice device, int64_t w, int64_t h) {
+RefineOptions OptionsFor(WarpDevice device, int64_t w, int64_t h,
+                         const Plan& plan) {
   RefineOptions o;
   o.fixed_full_width = o.moving_full_width = w;
   o.fixed_full_height = o.moving_full_height = h;
@@ -358,7 +368,8 @@ RefineOptions OptionsFor(WarpDevice device, int64_t w, int64_t h) {
   const double mp = device == WarpDevice::kCpu
                         ? absl::GetFlag(FLAGS_refine_mp)
                         : absl::GetFlag(FLAGS_cuda_refine_mp);
-  o.max_pixels = static_cast<int64_t>(mp * 1e6);
+  o.max_pixels =
+      mp < 0 ? plan.refine_max_pixels : static_cast<int64_t>(mp * 1e6);
   o.levels = absl::GetFlag(FLAGS_levels);
   o.iterations = absl::GetFlag(FLAGS_iterations);
   o.smoothness = absl::GetFlag(FLAGS_smoothness);
@@ -461,8 +472,12 @@ int Run() {
   jo.max_registration_megapixels = absl::GetFlag(FLAGS_max_registration_mp);
   Budgets b;
   b.ram_bytes = 16ull << 30;
+  b.cpu_threads = threads;
   absl::StatusOr<Plan> plan = MakePlan(fixed->spec(), moving->spec(), jo, b);
   if (!plan.ok()) return 1;
+  for (const std::string& r : plan->reasons) {
+    if (absl::StrContains(r, "refin")) std::printf("plan: %s\n", r.c_str());
+  }
   auto fg = MakeGrayscaleCopy(*fixed, plan->registration_fixed_width,
                               plan->registration_fixed_height, threads);
   auto mg = MakeGrayscaleCopy(*moving, plan->registration_moving_width,
@@ -492,11 +507,12 @@ int Run() {
               "all: mean median p95 max", "textured", "smooth");
   PrintRow("elastix", Measure(*field, truth, w, h, texture, 4.0), elastix_s);
   std::vector<DisplacementField> refined;
-  for (absl::string_view d :
-       absl::StrSplit(absl::GetFlag(FLAGS_devices), ',')) {
+  std::string devices = absl::GetFlag(FLAGS_devices);
+  if (devices == "both") devices = "cpu,cuda";
+  for (absl::string_view d : absl::StrSplit(devices, ',')) {
     const WarpDevice device =
         d == "cuda" ? WarpDevice::kCuda : WarpDevice::kCpu;
-    RefineOptions o = OptionsFor(device, w, h);
+    RefineOptions o = OptionsFor(device, w, h, *plan);
     ResetPeakRss();
     const uint64_t rss0 = RssBytes("VmRSS:");
     absl::StatusOr<RefineResult> r = RefineField(*fg, *mg, *field, o);
