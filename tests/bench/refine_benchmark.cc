@@ -7,7 +7,8 @@
 // residual (mean, median, p95, max over a grid of fixed points whose truth
 // lands inside the moving image; also split into textured and smooth
 // areas), the time, and the process's peak RSS growth during refinement;
-// with two devices, how far their refined fields differ.
+// with both devices, also CUDA at the CPU's working size, and how far the
+// two refined fields differ there.
 //
 //   apt-get download lomiri-wallpapers-20.04 && dpkg -x lomiri-*.deb /tmp/lw
 //   build/tests/bench/refine_benchmark
@@ -29,6 +30,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -442,8 +444,54 @@ void CompareFields(const DisplacementField& a, const DisplacementField& b) {
     sum += d;
   }
   std::printf(
-      "cpu vs cuda refined field: mean difference %.4f px, max %.4f px\n",
+      "cpu vs cuda, same input and options: the refined fields differ by "
+      "%.4f px on average, %.4f px at most\n",
       sum / std::max<size_t>(1, a.dx.size()), mx);
+}
+
+// What one refinement needs besides its options.
+struct RunInputs {
+  const Image* fixed;
+  const Image* moving;
+  const DisplacementField* field;
+  const Truth* truth;
+  const Image* texture;
+  int64_t w, h;
+};
+
+// Refines once, prints its residual row, time and memory; the field.
+absl::StatusOr<DisplacementField> RefineOnce(const RunInputs& in,
+                                             const RefineOptions& o,
+                                             const std::string& tag) {
+  ResetPeakRss();
+  const uint64_t rss0 = RssBytes("VmRSS:");
+  absl::StatusOr<RefineResult> r =
+      RefineField(*in.fixed, *in.moving, *in.field, o);
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+    return r.status();
+  }
+  const uint64_t peak = RssBytes("VmHWM:");
+  const std::string name = absl::StrCat("elastix + refine (", r->device, ")");
+  PrintRow(name.c_str(),
+           Measure(r->field, *in.truth, in.w, in.h, *in.texture, 4.0),
+           r->seconds);
+  std::printf(
+      "  %s: work %lldx%lld, %d levels, %d steps, loss %.4f -> %.4f, LNCC "
+      "%.4f -> %.4f%s; RSS growth %.0f MB; peak device %.0f MB\n",
+      r->device.c_str(), static_cast<long long>(r->work_width),
+      static_cast<long long>(r->work_height), r->levels, r->iterations,
+      r->initial_loss, r->final_loss, r->initial_ncc, r->final_ncc,
+      r->improved ? "" : " (not improved: field kept)",
+      (peak - std::min(peak, rss0)) / 1e6, r->peak_device_bytes / 1e6);
+  const std::string map = absl::GetFlag(FLAGS_error_map);
+  if (!map.empty()) {
+    WriteErrorMap(absl::StrCat(map, "_", tag, ".png"), r->field, *in.truth,
+                  in.w, in.h);
+    WriteErrorMap(absl::StrCat(map, "_initial.png"), *in.field, *in.truth, in.w,
+                  in.h);
+  }
+  return std::move(r->field);
 }
 
 int Run() {
@@ -506,43 +554,33 @@ int Run() {
   std::printf("%-28s %7s | %-27s | %-27s | %-27s\n", "residual (px)", "s",
               "all: mean median p95 max", "textured", "smooth");
   PrintRow("elastix", Measure(*field, truth, w, h, texture, 4.0), elastix_s);
-  std::vector<DisplacementField> refined;
+  const RunInputs in{&*fg, &*mg, &*field, &truth, &texture, w, h};
   std::string devices = absl::GetFlag(FLAGS_devices);
   if (devices == "both") devices = "cpu,cuda";
-  for (absl::string_view d : absl::StrSplit(devices, ',')) {
+  std::vector<absl::string_view> list = absl::StrSplit(devices, ',');
+  std::optional<DisplacementField> cpu_field;
+  RefineOptions cpu_options;
+  for (absl::string_view d : list) {
     const WarpDevice device =
         d == "cuda" ? WarpDevice::kCuda : WarpDevice::kCpu;
-    RefineOptions o = OptionsFor(device, w, h, *plan);
-    ResetPeakRss();
-    const uint64_t rss0 = RssBytes("VmRSS:");
-    absl::StatusOr<RefineResult> r = RefineField(*fg, *mg, *field, o);
-    if (!r.ok()) {
-      std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
-      return 1;
+    const RefineOptions o = OptionsFor(device, w, h, *plan);
+    absl::StatusOr<DisplacementField> r = RefineOnce(in, o, std::string(d));
+    if (!r.ok()) return 1;
+    if (device == WarpDevice::kCpu) {
+      cpu_field = *std::move(r);
+      cpu_options = o;
+    } else if (cpu_field.has_value()) {
+      // The same input and options on both devices: how far apart they end.
+      RefineOptions same = cpu_options;
+      same.device = WarpDevice::kCuda;
+      absl::StatusOr<DisplacementField> c =
+          same.max_pixels == o.max_pixels
+              ? std::move(r)
+              : RefineOnce(in, same, "cuda_same_as_cpu");
+      if (!c.ok()) return 1;
+      CompareFields(*cpu_field, *c);
     }
-    const uint64_t peak = RssBytes("VmHWM:");
-    const std::string name = absl::StrCat("elastix + refine (", r->device, ")");
-    PrintRow(name.c_str(), Measure(r->field, truth, w, h, texture, 4.0),
-             r->seconds);
-    std::printf(
-        "  %s: work %lldx%lld, %d levels, %d steps, loss %.4f -> %.4f, LNCC "
-        "%.4f -> %.4f%s; RSS growth %.0f MB; peak device %.0f MB\n",
-        r->device.c_str(), static_cast<long long>(r->work_width),
-        static_cast<long long>(r->work_height), r->levels, r->iterations,
-        r->initial_loss, r->final_loss, r->initial_ncc, r->final_ncc,
-        r->improved ? "" : " (not improved: field kept)",
-        (peak - std::min(peak, rss0)) / 1e6, r->peak_device_bytes / 1e6);
-    if (!absl::GetFlag(FLAGS_error_map).empty()) {
-      WriteErrorMap(
-          absl::StrCat(absl::GetFlag(FLAGS_error_map), "_", d, ".png"),
-          r->field, truth, w, h);
-      WriteErrorMap(
-          absl::StrCat(absl::GetFlag(FLAGS_error_map), "_initial.png"), *field,
-          truth, w, h);
-    }
-    refined.push_back(std::move(r->field));
   }
-  if (refined.size() == 2) CompareFields(refined[0], refined[1]);
   return 0;
 }
 
