@@ -72,10 +72,17 @@ constexpr double kSecondsPerCopyPixel = 50e-9;
 // quiet machine, and 4 to 6 times as long as 1 under load (OpenMP's
 // barriers wait for a preempted thread). The model assumes no speed-up.
 constexpr double kThreadEfficiency = 0.0;
-// CUDA: the same tensors, plus the caching allocator's rounding and
-// LibTorch's kernels' workspace (not yet measured on the H200).
+// CUDA, measured on the H200 (refine_memory_benchmark --device=cuda,
+// LibTorch 2.11): the caching allocator's peak was 126 MB at 1 MP, 622 MB
+// at 5 MP and 2437 MB at 20 MP worked at the copy's size, 529 MB for a
+// 20 MP copy worked at 1.25 MP; the host kept the field's staging and
+// result (608 MB of RSS growth for a 20 MP field). The base covers the
+// kernels' workspace and the allocator's rounding.
 constexpr double kCudaBaseBytes = 256e6;
-constexpr double kCudaFactor = 1.25;
+constexpr double kCudaWorkBytesPerPixel = 120;
+constexpr double kCudaCopyBytesPerPixel = 12;
+constexpr double kCudaFieldBytesPerNode = 12;
+constexpr double kCudaHostFieldBytesPerNode = 32;
 
 // Pixel centres of an image or grid in full-resolution pixels: pixel
 // (i, j) lies at (ox + i * sx, oy + j * sy).
@@ -621,10 +628,12 @@ RefineCost EstimateRefineCost(int64_t copy_width, int64_t copy_height,
                          kFieldBytesPerNode * static_cast<double>(field_pixels);
   if (options.device == WarpDevice::kCuda) {
     c.ram_bytes = static_cast<uint64_t>(kHostBaseBytes +
-                                        kFieldBytesPerNode *
+                                        kCudaHostFieldBytesPerNode *
                                             static_cast<double>(field_pixels));
-    c.vram_bytes =
-        static_cast<uint64_t>(kCudaBaseBytes + kCudaFactor * tensors);
+    c.vram_bytes = static_cast<uint64_t>(
+        kCudaBaseBytes + kCudaWorkBytesPerPixel * work +
+        kCudaCopyBytesPerPixel * copy +
+        kCudaFieldBytesPerNode * static_cast<double>(field_pixels));
     return c;
   }
   c.ram_bytes = static_cast<uint64_t>(kHostBaseBytes + tensors);
