@@ -17,7 +17,9 @@
 #         only: the object files of TSA_SOURCES, by default every tracked .cc
 #         file that uses absl::Mutex or an ABSL_* thread-safety annotation,
 #         or whose own header does (grep, so new ones are checked too).
-#   main  BUILD_DIR (build), CMAKE_ARGS, CTEST_ARGS: all targets, all tests.
+#   main  BUILD_DIR (build), CMAKE_ARGS, CTEST_ARGS: all targets (with the
+#         CUDA path compiled, not linked, where nvcc exists: docs/gpu.md),
+#         all tests.
 #   asan  ASAN_BUILD_DIR (build-asan): -DREGSERVE_SANITIZE=ON; the unit and
 #         e2e tests except ASAN_EXCLUDE (the long load test and the deploy
 #         test, which exercises Prometheus rather than our code); LSan
