@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/string_view.h"
 #include "core/image/image_io.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_util.h"
@@ -42,7 +41,7 @@ std::string ReadAll(const std::string& path) {
 // (Parsed by hand: GCC 12's <regex> trips -Wmaybe-uninitialized under the
 // sanitizers' -O2 build.)
 double EstimatedMean(const std::string& out) {
-  constexpr absl::string_view kPrefix = "quality: est. mean ";
+  const std::string kPrefix = "quality: est. mean ";
   const size_t at = out.find(kPrefix);
   if (at == std::string::npos) return -1;
   const size_t begin = at + kPrefix.size();
