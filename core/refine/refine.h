@@ -31,7 +31,8 @@
 // The data term weighs each window by its texture; where there is little,
 // the bending penalty, which acts on the TOTAL field (an affine field costs
 // nothing), and the coarse grids make the field follow its surroundings.
-// The result is the input field unchanged when the loss did not improve.
+// The result is the input field unchanged unless the loss went down and
+// the mean LNCC went up by at least 0.001.
 //
 // Thread safety: RefineField may be called from several threads; it sets
 // LibTorch's intra-op thread count (at::set_num_threads) to
@@ -39,6 +40,7 @@
 #ifndef REGSERVE_CORE_REFINE_REFINE_H_
 #define REGSERVE_CORE_REFINE_REFINE_H_
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -87,9 +89,16 @@ struct RefineOptions {
   // Control-grid spacing in level pixels. Each level adds a grid at its own
   // spacing; the coarser levels' grids keep being optimised.
   double control_spacing = 16.0;
-  // Weight of the bending energy of the total field, made dimensionless
-  // with the image diagonal (so it does not depend on the image size).
+  // Weight of the bending energy of the total field less `prior`, made
+  // dimensionless with the image diagonal (so it does not depend on the
+  // image size).
   double smoothness = 0.01;
+  // The projective map the field is expected to follow up to a smooth
+  // deviation: row-major 3x3, fixed -> moving full-resolution positions (the
+  // initial alignment's homography). The default, the identity, like any
+  // affine map, leaves the bending of the total field itself; a strong
+  // perspective would otherwise be bent towards an affine map.
+  std::array<double, 9> prior = {1, 0, 0, 0, 1, 0, 0, 0, 1};
   // Adam's step at each level, in that level's pixels (decays linearly to
   // a tenth over the level's iterations).
   double learning_rate = 0.05;
@@ -107,8 +116,8 @@ struct RefineOptions {
 
 struct RefineResult {
   DisplacementField field;  // the input field's grid, refined
-  // False when the optimisation did not lower the loss: `field` is then the
-  // input field, unchanged.
+  // False when the optimisation did not lower the loss or raise the mean
+  // LNCC by at least 0.001: `field` is then the input field, unchanged.
   bool improved = false;
   int levels = 0;          // levels run
   int iterations = 0;      // Adam steps in all

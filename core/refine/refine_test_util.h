@@ -2,9 +2,9 @@
 //
 // Test helpers for the refinement: a known smooth map (rotation about the
 // centre, a shift, a bending in x and y, each step invertible in closed
-// form), a fixed/moving pair made from a real grey image with it, the
-// map's field on any grid (plus a known error), and a field's error
-// against the map.
+// form) or a known homography, a fixed/moving pair made from a real grey image
+// with it, the map's field on any grid (plus a known error), and a field's
+// error against the map.
 //
 //   KnownMap map(1400, 756, /*degrees=*/0.5, 3.2, -2.1, /*bend=*/0.0035);
 //   Scene s = MakeScene(source_gray, /*margin=*/36, map).value();
@@ -14,6 +14,7 @@
 #define REGSERVE_CORE_REFINE_REFINE_TEST_UTIL_H_
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -58,6 +59,35 @@ struct KnownMap {
   }
 };
 
+// A projective map as T, row-major 3x3 on full-resolution positions (the
+// refinement's prior has the same form); the inverse in closed form.
+struct HomographyMap {
+  double w, h;
+  std::array<double, 9> m, inv;
+  HomographyMap(int64_t width, int64_t height, const std::array<double, 9>& h)
+      : w(static_cast<double>(width)), h(static_cast<double>(height)), m(h) {
+    // The adjugate: the inverse up to a scale, which a projective map
+    // ignores.
+    inv = {m[4] * m[8] - m[5] * m[7], m[2] * m[7] - m[1] * m[8],
+           m[1] * m[5] - m[2] * m[4], m[5] * m[6] - m[3] * m[8],
+           m[0] * m[8] - m[2] * m[6], m[2] * m[3] - m[0] * m[5],
+           m[3] * m[7] - m[4] * m[6], m[1] * m[6] - m[0] * m[7],
+           m[0] * m[4] - m[1] * m[3]};
+  }
+  static void Apply(const std::array<double, 9>& a, double x, double y,
+                    double* X, double* Y) {
+    const double d = a[6] * x + a[7] * y + a[8];
+    *X = (a[0] * x + a[1] * y + a[2]) / d;
+    *Y = (a[3] * x + a[4] * y + a[5]) / d;
+  }
+  void Forward(double x, double y, double* X, double* Y) const {
+    Apply(m, x, y, X, Y);
+  }
+  void Inverse(double X, double Y, double* x, double* y) const {
+    Apply(inv, X, Y, x, y);
+  }
+};
+
 struct Scene {
   Image fixed;   // full resolution, map.w x map.h
   Image moving;  // same size: moving(q) = source(T^-1(q) + margin)
@@ -93,8 +123,9 @@ inline absl::StatusOr<Image> WarpInto(const Image& source,
 // The fixed image is `source` less `margin` on every side; the moving one
 // is made from the whole source, so that real content (not fill) lies
 // wherever T sends the fixed image (|T(p) - p| < margin).
-inline absl::StatusOr<Scene> MakeScene(const Image& source, int64_t margin,
-                                       const KnownMap& map) {
+template <typename Map>
+absl::StatusOr<Scene> MakeScene(const Image& source, int64_t margin,
+                                const Map& map) {
   const int64_t w = static_cast<int64_t>(map.w);
   const int64_t h = static_cast<int64_t>(map.h);
   DisplacementField shift;
@@ -122,10 +153,10 @@ inline absl::StatusOr<Scene> MakeScene(const Image& source, int64_t margin,
 // T(p) - p on the grid of `like`, plus a known error: a Gaussian bump of
 // `bump_px` in x (centred at 30% / 60% of the image, 10% of its width
 // wide) and a constant (shift_x, shift_y).
-inline DisplacementField MapField(const KnownMap& map,
-                                  const DisplacementField& like,
-                                  double bump_px = 0, double shift_x = 0,
-                                  double shift_y = 0) {
+template <typename Map>
+DisplacementField MapField(const Map& map, const DisplacementField& like,
+                           double bump_px = 0, double shift_x = 0,
+                           double shift_y = 0) {
   DisplacementField f = like;
   f.dx.assign(f.width * f.height, 0.f);
   f.dy.assign(f.width * f.height, 0.f);
@@ -167,7 +198,8 @@ struct FieldError {
 };
 
 // |field(p) - (T(p) - p)| over the field's nodes.
-inline FieldError ErrorOf(const DisplacementField& field, const KnownMap& map) {
+template <typename Map>
+FieldError ErrorOf(const DisplacementField& field, const Map& map) {
   std::vector<double> e;
   for (int64_t j = 0; j < field.height; ++j) {
     for (int64_t i = 0; i < field.width; ++i) {

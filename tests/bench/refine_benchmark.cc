@@ -40,10 +40,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/common/status_macros.h"
+#include "core/image/field_ops.h"
 #include "core/image/image_io.h"
 #include "core/plan/plan.h"
+#include "core/quality/quality_map.h"
 #include "core/refine/refine.h"
 #include "core/registration/registration.h"
+#include "core/registration/robust_start.h"
 #include "core/warp/warp.h"
 
 ABSL_FLAG(std::string, image, "", "the photo (required)");
@@ -74,6 +77,12 @@ ABSL_FLAG(double, texture_variance, regserve::RefineOptions().texture_variance,
 ABSL_FLAG(std::string, error_map, "",
           "writes the refined field's error (0..2 px, grey) to this PNG");
 ABSL_FLAG(bool, verbose, false, "print the loss during refinement");
+ABSL_FLAG(std::string, truth, "smooth",
+          "smooth (rotation, shift, bend) or homography (the issue's strong "
+          "homography; the field to refine is then the robust start + "
+          "elastix, composed, as the job makes it)");
+ABSL_FLAG(bool, no_prior, false,
+          "refine without the robust start's homography as the prior");
 ABSL_FLAG(double, rotation_deg, 1.0, "known rotation (degrees)");
 ABSL_FLAG(double, shift_x, 14.3, "known shift x (px)");
 ABSL_FLAG(double, shift_y, -9.6, "known shift y (px)");
@@ -82,8 +91,9 @@ ABSL_FLAG(int64_t, margin, 128,
           "the fixed image is the photo less this margin on every side");
 ABSL_FLAG(std::string, field_cache, "", "file keeping elastix's field");
 ABSL_FLAG(std::string, initial, "elastix",
-          "the field to refine: elastix, or truth (the known map) plus "
-          "--error_px of smooth error");
+          "the field to refine: elastix, start (--truth=homography: the "
+          "robust start alone), or truth (the known map) plus --error_px of "
+          "smooth error");
 ABSL_FLAG(double, error_px, 0.0,
           "a smooth bump of this many px added to the truth");
 ABSL_FLAG(double, error_shift_x, 0.0, "a shift added to the truth (px)");
@@ -111,11 +121,33 @@ uint64_t RssBytes(const char* key) {
   return 0;
 }
 
+// The strong homography, as tests/bench/robust_start_benchmark.cc
+// defines it: 60 degrees about the centre, scale 0.9, a keystone that
+// shrinks the far side by about 20%, a shift of 1% of the size.
+Homography StrongHomography(int64_t w, int64_t h) {
+  const double cx = (w - 1) / 2.0, cy = (h - 1) / 2.0;
+  const double a = 60 * M_PI / 180, s = 0.9;
+  const double c = s * std::cos(a), n = s * std::sin(a);
+  Homography rot;
+  rot.m = {c, -n, cx - c * cx + n * cy + 0.01 * w,
+           n, c,  cy - n * cx - c * cy - 0.01 * h,
+           0, 0,  1};
+  const double p = 0.35 / w, q = -0.25 / h;
+  Homography key;
+  key.m = {1 + p * cx, q * cx,     -cx * (p * cx + q * cy),
+           p * cy,     1 + q * cy, -cy * (p * cx + q * cy),
+           p,          q,          1 - p * cx - q * cy};
+  return rot.Then(key);
+}
+
 // The known map T from fixed to moving full-resolution positions: bend in y
 // (by x), then in x (by y), then rotate about the centre and shift. Each
-// step inverts in closed form.
+// step inverts in closed form. --truth=homography: StrongHomography.
 struct Truth {
   double w, h, cx, cy, c, s, tx, ty, a;
+  // --truth=homography: the strong homography instead.
+  bool homography = false;
+  Homography hf, hi;
   Truth(int64_t width, int64_t height) {
     w = static_cast<double>(width);
     h = static_cast<double>(height);
@@ -127,8 +159,15 @@ struct Truth {
     tx = absl::GetFlag(FLAGS_shift_x);
     ty = absl::GetFlag(FLAGS_shift_y);
     a = absl::GetFlag(FLAGS_bend) * w;
+    homography = absl::GetFlag(FLAGS_truth) == "homography";
+    hf = StrongHomography(width, height);
+    hf.Inverse(&hi);
   }
   void Forward(double x, double y, double* X, double* Y) const {
+    if (homography) {
+      if (!hf.Apply(x, y, X, Y)) *X = *Y = -1e9;
+      return;
+    }
     y += a * std::sin(2 * M_PI * x / w);
     x += a * std::sin(2 * M_PI * y / h);
     const double u = x - cx, v = y - cy;
@@ -136,6 +175,10 @@ struct Truth {
     *Y = cy + s * u + c * v + ty;
   }
   void Inverse(double X, double Y, double* x, double* y) const {
+    if (homography) {
+      if (!hi.Apply(X, Y, x, y)) *x = *y = -1e9;
+      return;
+    }
     const double u = X - tx - cx, v = Y - ty - cy;
     double xx = cx + c * u + s * v, yy = cy - s * u + c * v;
     xx -= a * std::sin(2 * M_PI * yy / h);
@@ -334,9 +377,29 @@ bool LoadField(const std::string& path, DisplacementField* f, double* seconds) {
 }
 
 // elastix on the copies, or its field from --field_cache.
-absl::StatusOr<DisplacementField> ElastixField(const Image& fg, const Image& mg,
-                                               int64_t w, int64_t h,
-                                               double* seconds) {
+// --truth=homography: the robust start, as the job runs it (its homography
+// is also the refinement's prior); nullopt otherwise.
+absl::StatusOr<std::optional<InitialAlignment>> RobustStart(const Image& fg,
+                                                            const Image& mg,
+                                                            int64_t w,
+                                                            int64_t h) {
+  if (absl::GetFlag(FLAGS_truth) != "homography") return std::nullopt;
+  RobustStartOptions ro;
+  ro.fixed_full_width = ro.moving_full_width = w;
+  ro.fixed_full_height = ro.moving_full_height = h;
+  ro.threads = absl::GetFlag(FLAGS_threads);
+  REGSERVE_ASSIGN_OR_RETURN(InitialAlignment a,
+                            EstimateInitialAlignment(fg, mg, ro));
+  std::printf("initial alignment: %s\n", a.reason.c_str());
+  return a;
+}
+
+// elastix on the copies (after the robust start when there is one, against
+// the moving copy pre-warped by it, and composed with it), or its field
+// from --field_cache.
+absl::StatusOr<DisplacementField> ElastixField(
+    const Image& fg, const Image& mg, int64_t w, int64_t h,
+    const std::optional<InitialAlignment>& start, double* seconds) {
   const std::string cache = absl::GetFlag(FLAGS_field_cache);
   DisplacementField field;
   if (!cache.empty() && LoadField(cache, &field, seconds)) {
@@ -352,8 +415,23 @@ absl::StatusOr<DisplacementField> ElastixField(const Image& fg, const Image& mg,
   req.fixed_full_height = req.moving_full_height = h;
   req.threads = absl::GetFlag(FLAGS_threads);
   const double t0 = Now();
+  Image prewarped;
+  if (start.has_value() && start->found) {
+    const GridGeometry grid = RegistrationGrid(fg.width(), fg.height(), w, h);
+    Image valid;
+    REGSERVE_ASSIGN_OR_RETURN(
+        prewarped, WarpByHomography(mg, grid, start->fixed_to_moving, grid,
+                                    0.0f, &valid, req.threads));
+    REGSERVE_RETURN_IF_ERROR(FillInvalid(valid, fg, &prewarped));
+    req.moving = &prewarped;
+  }
   REGSERVE_ASSIGN_OR_RETURN(RegistrationResult reg,
                             Register(req, ElastixConfig{}));
+  if (start.has_value() && start->found) {
+    REGSERVE_ASSIGN_OR_RETURN(
+        reg.field,
+        ComposeHomographyField(start->fixed_to_moving, reg.field, req.threads));
+  }
   *seconds = Now() - t0;
   std::filesystem::remove_all(req.work_dir);
   if (!cache.empty()) SaveField(cache, reg.field, *seconds);
@@ -449,6 +527,24 @@ void CompareFields(const DisplacementField& a, const DisplacementField& b) {
       sum / std::max<size_t>(1, a.dx.size()), mx);
 }
 
+// The quality map's estimate of `field` (what the job could know without
+// the truth).
+void PrintQuality(const char* name, const Image& fg, const Image& mg,
+                  const DisplacementField& field, int64_t w, int64_t h) {
+  QualityOptions q;
+  q.fixed_full_width = q.moving_full_width = w;
+  q.fixed_full_height = q.moving_full_height = h;
+  q.threads = absl::GetFlag(FLAGS_threads);
+  absl::StatusOr<QualityReport> r = EstimateQuality(fg, mg, field, q);
+  if (!r.ok()) {
+    std::printf("  %s: %s\n", name, r.status().ToString().c_str());
+    return;
+  }
+  std::printf("  %s: %s (%d measured, %d unmatched)\n", name,
+              QualitySummaryLine(r->summary).c_str(), r->summary.measured,
+              r->summary.unmatched);
+}
+
 // What one refinement needs besides its options.
 struct RunInputs {
   const Image* fixed;
@@ -472,7 +568,8 @@ absl::StatusOr<DisplacementField> RefineOnce(const RunInputs& in,
     return r.status();
   }
   const uint64_t peak = RssBytes("VmHWM:");
-  const std::string name = absl::StrCat("elastix + refine (", r->device, ")");
+  const std::string name =
+      absl::StrCat(absl::GetFlag(FLAGS_initial), " + refine (", r->device, ")");
   PrintRow(name.c_str(),
            Measure(r->field, *in.truth, in.w, in.h, *in.texture, 4.0),
            r->seconds);
@@ -541,19 +638,43 @@ int Run() {
       truth.ty, absl::GetFlag(FLAGS_bend), static_cast<long long>(fg->width()),
       static_cast<long long>(fg->height()), threads);
   double elastix_s = 0;
+  absl::StatusOr<std::optional<InitialAlignment>> start =
+      RobustStart(*fg, *mg, w, h);
+  if (!start.ok()) {
+    std::fprintf(stderr, "%s\n", start.status().ToString().c_str());
+    return 1;
+  }
   absl::StatusOr<DisplacementField> field =
-      ElastixField(*fg, *mg, w, h, &elastix_s);
+      ElastixField(*fg, *mg, w, h, *start, &elastix_s);
   if (!field.ok()) {
     std::fprintf(stderr, "%s\n", field.status().ToString().c_str());
     return 1;
+  }
+  std::printf("%-28s %7s | %-27s | %-27s | %-27s\n", "residual (px)", "s",
+              "all: mean median p95 max", "textured", "smooth");
+  const bool found = start->has_value() && (*start)->found;
+  if (found) {
+    // The start alone, on elastix's grid (the fixed copy's).
+    absl::StatusOr<DisplacementField> alone = HomographyField(
+        (*start)->fixed_to_moving,
+        RegistrationGrid(fg->width(), fg->height(), w, h), threads);
+    if (!alone.ok()) return 1;
+    PrintRow("start", Measure(*alone, truth, w, h, texture, 4.0),
+             (*start)->seconds);
+    PrintRow("start + elastix", Measure(*field, truth, w, h, texture, 4.0),
+             elastix_s);
+    PrintQuality("start", *fg, *mg, *alone, w, h);
+    PrintQuality("start + elastix", *fg, *mg, *field, w, h);
+    if (absl::GetFlag(FLAGS_initial) == "start") *field = *std::move(alone);
   }
   if (absl::GetFlag(FLAGS_initial) == "truth") {
     *field = TruthField(truth, *field, absl::GetFlag(FLAGS_error_px));
     elastix_s = 0;
   }
-  std::printf("%-28s %7s | %-27s | %-27s | %-27s\n", "residual (px)", "s",
-              "all: mean median p95 max", "textured", "smooth");
-  PrintRow("elastix", Measure(*field, truth, w, h, texture, 4.0), elastix_s);
+  if (!found || absl::GetFlag(FLAGS_initial) != "elastix") {
+    PrintRow(absl::GetFlag(FLAGS_initial).c_str(),
+             Measure(*field, truth, w, h, texture, 4.0), elastix_s);
+  }
   const RunInputs in{&*fg, &*mg, &*field, &truth, &texture, w, h};
   std::string devices = absl::GetFlag(FLAGS_devices);
   if (devices == "both") devices = "cpu,cuda";
@@ -563,7 +684,11 @@ int Run() {
   for (absl::string_view d : list) {
     const WarpDevice device =
         d == "cuda" ? WarpDevice::kCuda : WarpDevice::kCpu;
-    const RefineOptions o = OptionsFor(device, w, h, *plan);
+    RefineOptions o = OptionsFor(device, w, h, *plan);
+    // As the stage: the robust start's homography is the bending's prior.
+    if (found && !absl::GetFlag(FLAGS_no_prior)) {
+      o.prior = (*start)->fixed_to_moving.m;
+    }
     absl::StatusOr<DisplacementField> r = RefineOnce(in, o, std::string(d));
     if (!r.ok()) return 1;
     if (device == WarpDevice::kCpu) {
