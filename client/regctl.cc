@@ -9,7 +9,9 @@
 // The bearer token comes from --token_file, else from the environment
 // variable REGSERVE_TOKEN. Option names take '_' or '-' alike.
 //
-//   submit --fixed F|--fixed-path P --moving M|--moving-path P --output OUT
+//   submit --fixed F|--fixed-path P --moving M|--moving-path P
+//          --output OUT | --output-path P [--overwrite-output]
+//          [--tile-encoding zstd|deflate|raw]
 //          [--transform rigid|affine|bspline] [--output-resolution
 //          full|registration]
 //          [--max-registration-megapixels N] [--parameters FILE]...
@@ -18,7 +20,8 @@
 //          [--priority N] [--fill-value V] [--label TEXT]
 //          [--compression none|deflate|zstd|jpeg] [--jpeg-quality Q]
 //          [--transform-out DIR] [--quality-map FILE.png] [--json]
-//   watch JOB [--output OUT] [--from-tile N] [--transform-out DIR]
+//   watch JOB [--output OUT] [--from-tile N] [--tile-encoding E]
+//         [--transform-out DIR]
 //         [--quality-map FILE.png] [--json]
 //   cancel JOB
 //   status JOB [--json]
@@ -95,6 +98,14 @@ constexpr char kUsage[] =
     "         --moving M | --moving-path P moving image\n"
     "         --output OUT                 result file (.tif: tiled TIFF; any "
     "format OpenImageIO writes)\n"
+    "         --output-path P              and/or: the server writes its "
+    "stored result (pyramidal TIFF) to P\n"
+    "                                      under its --output_root (then no "
+    "tiles are streamed without --output)\n"
+    "         [--overwrite-output]         replace a file at P (else "
+    "ALREADY_EXISTS)\n"
+    "         [--tile-encoding zstd|deflate|raw]  tiles on the wire (default "
+    "zstd; all lossless)\n"
     "         [--transform rigid|affine|bspline] [--output-resolution "
     "full|registration]\n"
     "         [--max-registration-megapixels N] [--parameters FILE]... "
@@ -111,8 +122,8 @@ constexpr char kUsage[] =
     "over a thumbnail\n"
     "                                      (green good, red bad, grey not "
     "checked)\n"
-    "  watch JOB [--output OUT] [--from-tile N] [--transform-out DIR] "
-    "[--quality-map FILE.png] [--json]\n"
+    "  watch JOB [--output OUT] [--from-tile N] [--tile-encoding E] "
+    "[--transform-out DIR] [--quality-map FILE.png] [--json]\n"
     "         follow a job; with OUT.partial state present, continue where it "
     "stopped\n"
     "  cancel JOB\n"
@@ -133,7 +144,8 @@ struct Args {
   bool json = false;
 };
 
-const char* const kFlagsWithoutValue[] = {"json", "help", "tls"};
+const char* const kFlagsWithoutValue[] = {"json", "help", "tls",
+                                          "overwrite-output"};
 
 bool TakesValue(const std::string& name) {
   for (const char* f : kFlagsWithoutValue) {
@@ -484,6 +496,7 @@ class EventHandler {
       case v1::JobEvent::kCompleted: {
         completed_ = true;
         const v1::Completed& c = event.completed();
+        server_output_ = c.output_path();
         if (!transform_out_.empty()) {
           absl::Status s =
               WriteTransformFiles(transform_out_, c.transform_files());
@@ -534,6 +547,12 @@ class EventHandler {
         std::fprintf(stdout, "wrote %s\n", output_.c_str());
       } else if (output_written_) {
         PrintJsonLine(absl::StrCat("{\"output\":", JsonEscape(output_), "}"));
+      }
+      if (!server_output_.empty() && !json_) {
+        std::fprintf(stdout, "the server wrote %s\n", server_output_.c_str());
+      } else if (!server_output_.empty()) {
+        PrintJsonLine(absl::StrCat(
+            "{\"server_output\":", JsonEscape(server_output_), "}"));
       }
       if (!transform_out_.empty() && !json_) {
         std::fprintf(stdout, "wrote transform files to %s\n",
@@ -615,6 +634,7 @@ class EventHandler {
   std::string job_id_;
   bool completed_ = false;
   bool output_written_ = false;
+  std::string server_output_;  // Completed.output_path
   absl::Status output_error_;
   std::string quality_map_out_;
   v1::QualitySummary quality_;
@@ -632,6 +652,22 @@ bool ParseEnum(const std::string& value, const std::vector<std::string>& names,
     }
   }
   return false;
+}
+
+// --tile-encoding: zstd (the default: lossless, the same pixels as raw in
+// fewer bytes), deflate or raw. False for another name.
+bool ParseTileEncoding(Options& opt, v1::TileEncoding* out) {
+  const std::string name = opt.Get("tile-encoding", "zstd");
+  if (name == "zstd") {
+    *out = v1::TILE_ENCODING_ZSTD;
+  } else if (name == "deflate") {
+    *out = v1::TILE_ENCODING_DEFLATE;
+  } else if (name == "raw") {
+    *out = v1::TILE_ENCODING_RAW;
+  } else {
+    return false;
+  }
+  return true;
 }
 
 int Submit(RegistrationClient* client, Options& opt, const Args& args,
@@ -655,7 +691,20 @@ int Submit(RegistrationClient* client, Options& opt, const Args& args,
   if (!moving_server.empty())
     spec.mutable_moving()->set_server_path(moving_server);
   const std::string output = opt.Get("output");
-  if (output.empty()) return Usage("submit needs --output OUT");
+  const std::string output_path = opt.Get("output-path");
+  if (output.empty() && output_path.empty()) {
+    return Usage(
+        "submit needs --output OUT (streamed here) or --output-path P "
+        "(written by the server under its --output_root)");
+  }
+  spec.set_output_path(output_path);
+  spec.set_overwrite_output(opt.Has("overwrite-output"));
+  RegistrationClient::TileOptions tiles;
+  if (!ParseTileEncoding(opt, &tiles.encoding)) {
+    return Usage("--tile-encoding must be zstd, deflate or raw");
+  }
+  // The server writes the result: no tile needs to cross the wire.
+  tiles.omit_tiles = output.empty();
 
   int value = 0;
   if (opt.Has("transform")) {
@@ -747,7 +796,8 @@ int Submit(RegistrationClient* client, Options& opt, const Args& args,
       spec, inputs, [&](const v1::JobEvent& e) { return handler.OnEvent(e); },
       [&](v1::ImageRole role, uint64_t sent, uint64_t total) {
         handler.OnUpload(role, sent, total);
-      });
+      },
+      /*context=*/nullptr, tiles);
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT &&
       handler.job_id().empty() &&
       absl::StartsWith(status.error_message(), "cannot read")) {
@@ -767,6 +817,10 @@ int Watch(RegistrationClient* client, Options& opt, const Args& args,
   if (opt.Has("from-tile") &&
       (!absl::SimpleAtoi(opt.Get("from-tile"), &from_tile) || from_tile < 0)) {
     return Usage("--from-tile must be a non-negative integer");
+  }
+  RegistrationClient::TileOptions tiles;
+  if (!ParseTileEncoding(opt, &tiles.encoding)) {
+    return Usage("--tile-encoding must be zstd, deflate or raw");
   }
   const std::string transform_out = opt.Get("transform-out");
   const std::string quality_map = opt.Get("quality-map");
@@ -788,9 +842,9 @@ int Watch(RegistrationClient* client, Options& opt, const Args& args,
           "job; omit --from-tile to fetch the whole result");
     }
   }
-  grpc::Status status =
-      client->Watch(job, from_tile,
-                    [&](const v1::JobEvent& e) { return handler.OnEvent(e); });
+  grpc::Status status = client->Watch(
+      job, from_tile, [&](const v1::JobEvent& e) { return handler.OnEvent(e); },
+      /*context=*/nullptr, tiles);
   return handler.Finish(status, server);
 }
 

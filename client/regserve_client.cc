@@ -170,11 +170,13 @@ class SubmitStream final
 
   SubmitStream(v1::Registration::Stub* stub, grpc::ClientContext* context,
                v1::JobSpec spec, std::vector<Upload> uploads,
-               size_t chunk_bytes)
+               size_t chunk_bytes, const RegistrationClient::TileOptions& tiles)
       : context_(context),
         uploads_(std::move(uploads)),
         buffer_(chunk_bytes > 0 ? chunk_bytes : 1 << 20) {
     *request_.mutable_spec() = std::move(spec);
+    request_.set_tile_encoding(tiles.encoding);
+    request_.set_omit_tiles(tiles.omit_tiles);
     stub->async()->Submit(context, this);
     // Operations start from Drive(), outside the reactions: hold the call
     // open until the last of them has been started.
@@ -370,7 +372,8 @@ class SubmitStream final
 grpc::Status RegistrationClient::Submit(v1::JobSpec spec, const Inputs& inputs,
                                         const EventCallback& on_event,
                                         const UploadCallback& on_upload,
-                                        grpc::ClientContext* context) {
+                                        grpc::ClientContext* context,
+                                        const TileOptions& tiles) {
   std::vector<SubmitStream::Upload> uploads;
   if (!inputs.fixed_path.empty()) {
     SubmitStream::Upload u{v1::IMAGE_ROLE_FIXED, inputs.fixed_path};
@@ -391,20 +394,22 @@ grpc::Status RegistrationClient::Submit(v1::JobSpec spec, const Inputs& inputs,
   if (context == nullptr) context = &own_context;
   Prepare(context);
   SubmitStream call(stub_.get(), context, std::move(spec), std::move(uploads),
-                    options_.chunk_bytes);
+                    options_.chunk_bytes, tiles);
   return call.Drive(on_event, on_upload);
 }
 
 grpc::Status RegistrationClient::Watch(const std::string& job_id,
                                        int64_t from_tile,
                                        const EventCallback& on_event,
-                                       grpc::ClientContext* context) {
+                                       grpc::ClientContext* context,
+                                       const TileOptions& tiles) {
   grpc::ClientContext own_context;
   if (context == nullptr) context = &own_context;
   Prepare(context);
   v1::WatchRequest request;
   request.set_job_id(job_id);
   request.set_from_tile(from_tile);
+  request.set_tile_encoding(tiles.encoding);
   std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader =
       stub_->Watch(context, request);
   v1::JobEvent event;

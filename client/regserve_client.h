@@ -52,6 +52,14 @@
 
 namespace regserve {
 
+// How a call's tiles come: their encoding (UNSPECIFIED = RAW), and for
+// Submit whether they come at all. (Outside the class: GCC refuses a default
+// argument of a nested struct with member initializers.)
+struct TileStreamOptions {
+  v1::TileEncoding encoding = v1::TILE_ENCODING_UNSPECIFIED;
+  bool omit_tiles = false;
+};
+
 class RegistrationClient {
  public:
   struct TlsOptions {
@@ -86,6 +94,8 @@ class RegistrationClient {
     std::string moving_path;
   };
 
+  using TileOptions = TileStreamOptions;
+
   // Called after each chunk: role, bytes sent of that image, its size.
   using UploadCallback =
       std::function<void(v1::ImageRole role, uint64_t sent, uint64_t total)>;
@@ -102,12 +112,15 @@ class RegistrationClient {
   grpc::Status Submit(v1::JobSpec spec, const Inputs& inputs,
                       const EventCallback& on_event,
                       const UploadCallback& on_upload = nullptr,
-                      grpc::ClientContext* context = nullptr);
+                      grpc::ClientContext* context = nullptr,
+                      const TileOptions& tiles = {});
 
-  // Follows a job from `from_tile`; events as for Submit.
+  // Follows a job from `from_tile`; events as for Submit (tiles.omit_tiles
+  // does not apply).
   grpc::Status Watch(const std::string& job_id, int64_t from_tile,
                      const EventCallback& on_event,
-                     grpc::ClientContext* context = nullptr);
+                     grpc::ClientContext* context = nullptr,
+                     const TileOptions& tiles = {});
 
   grpc::Status Cancel(const std::string& job_id, v1::CancelResponse* response);
   grpc::Status GetJob(const std::string& job_id, v1::JobStatus* response);

@@ -17,6 +17,7 @@
 #include "core/common/tile_grid.h"
 #include "core/image/image.h"
 #include "core/image/image_io.h"
+#include "core/image/tile_wire_codec.h"
 
 namespace regserve {
 namespace {
@@ -51,6 +52,21 @@ v1::TileEncoding EncodingOf(const v1::Tile& tile) {
   if (tile.encoding_name() == "raw") return v1::TILE_ENCODING_RAW;
 #pragma GCC diagnostic pop
   return v1::TILE_ENCODING_UNSPECIFIED;
+}
+
+absl::StatusOr<TileEncoding> CoreEncoding(v1::TileEncoding encoding) {
+  switch (encoding) {
+    case v1::TILE_ENCODING_RAW:
+      return TileEncoding::kRaw;
+    case v1::TILE_ENCODING_ZSTD:
+      return TileEncoding::kZstd;
+    case v1::TILE_ENCODING_DEFLATE:
+      return TileEncoding::kDeflate;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported tile encoding ", static_cast<int>(encoding),
+                       ": this client reads RAW, ZSTD and DEFLATE"));
+  }
 }
 
 bool PreadAll(int fd, void* buf, size_t n, off_t offset) {
@@ -191,30 +207,40 @@ absl::Status TileAssembler::AddTile(const v1::Tile& tile) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tile ", tile.index(), " arrived but ", next_tile_, " was expected"));
   }
-  if (EncodingOf(tile) != v1::TILE_ENCODING_RAW) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported tile encoding ", v1::TileEncoding_Name(tile.encoding()),
-        " (", static_cast<int>(tile.encoding()), "): this client reads RAW"));
-  }
+  absl::StatusOr<TileEncoding> encoding = CoreEncoding(EncodingOf(tile));
+  if (!encoding.ok()) return encoding.status();
   auto type = CoreSampleType(tile.sample_type());
   if (!type.ok()) return type.status();
   const size_t pixel = static_cast<size_t>(l.channels) * SampleSize(*type);
   const TileRect expected =
       TileGrid(l.width, l.height, l.tile_size).rect(tile.index());
   if (!(TileRect{tile.x(), tile.y(), tile.width(), tile.height()} ==
-        expected) ||
-      tile.data().size() !=
-          static_cast<size_t>(tile.width() * tile.height()) * pixel) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tile ", tile.index(), " (", tile.x(), ",", tile.y(), " ", tile.width(),
-        "x", tile.height(), ", ", tile.data().size(),
-        " bytes) does not fit the ", l.width, "x", l.height, " image"));
+        expected)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tile ", tile.index(), " (", tile.x(), ",", tile.y(), " ",
+                     tile.width(), "x", tile.height(), ") does not fit the ",
+                     l.width, "x", l.height, " image"));
   }
+  const WireTileShape shape{tile.width(), tile.height(), l.channels, *type};
+  // RAW samples are written from the message itself, without a copy.
+  const bool raw = *encoding == TileEncoding::kRaw;
+  absl::Status decoded =
+      raw ? (tile.data().size() == shape.raw_bytes()
+                 ? absl::OkStatus()
+                 : absl::InvalidArgumentError(absl::StrCat(
+                       tile.data().size(), " bytes of samples, not ",
+                       shape.raw_bytes())))
+          : decoder_.Decode(*encoding, shape, tile.data(), &samples_);
+  if (!decoded.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tile ", tile.index(), ": ", decoded.message()));
+  }
+  const char* samples = raw ? tile.data().data() : samples_.data();
   const size_t row = static_cast<size_t>(tile.width()) * pixel;
   for (int64_t r = 0; r < tile.height(); ++r) {
     const off_t offset =
         static_cast<off_t>(((tile.y() + r) * l.width + tile.x()) * pixel);
-    if (!PwriteAll(fd_, tile.data().data() + r * row, row, offset)) {
+    if (!PwriteAll(fd_, samples + r * row, row, offset)) {
       return IoError("cannot write", partial_path());
     }
   }

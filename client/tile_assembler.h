@@ -16,7 +16,11 @@
 //   job_id)); watch from out->next_tile(); for each tile: out->AddTile(tile);
 //   REGSERVE_RETURN_IF_ERROR(out->Finish());
 //
-// Errors: InvalidArgument for tiles that do not fit the layout; Internal /
+// Tiles come RAW, ZSTD or DEFLATE (core/image/tile_wire_codec.h), each as
+// its own `encoding` says.
+//
+// Errors: InvalidArgument for tiles that do not fit the layout or do not
+// decode; Internal /
 // the file system's error for I/O failures (the message names the file).
 // Thread safety: not thread-safe; one assembler per output.
 #ifndef REGSERVE_CLIENT_TILE_ASSEMBLER_H_
@@ -28,6 +32,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/image/tile_wire_codec.h"
 #include "regserve/v1/regserve.pb.h"
 
 namespace regserve {
@@ -86,6 +91,8 @@ class TileAssembler {
   Layout layout_;
   int64_t next_tile_ = 0;
   int fd_ = -1;
+  TileWireDecoder decoder_;
+  std::string samples_;  // the decoded tile, reused
 };
 
 }  // namespace regserve

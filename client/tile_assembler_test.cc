@@ -9,6 +9,7 @@
 
 #include "core/common/tile_grid.h"
 #include "core/image/image_io.h"
+#include "core/image/tile_wire_codec.h"
 #include "gtest/gtest.h"
 
 namespace regserve {
@@ -145,7 +146,52 @@ TEST(TileAssemblerTest, RefusesTilesOffTheGrid) {
   EXPECT_EQ((*a)->AddTile(moved).code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(TileAssemblerTest, EncodingMustBeRaw) {
+// Tiles as a server sends them in `encoding` (some may stay RAW when they
+// would not shrink: each tile says).
+std::vector<v1::Tile> EncodeTiles(TileEncoding encoding) {
+  std::vector<v1::Tile> tiles = MakeTiles();
+  auto enc = TileWireEncoder::Create(encoding);
+  EXPECT_TRUE(enc.ok());
+  for (v1::Tile& t : tiles) {
+    std::string data = t.data();
+    TileEncoding used;
+    const WireTileShape shape{t.width(), t.height(), kChannels,
+                              SampleType::kUInt8};
+    EXPECT_TRUE((*enc)->Encode(shape, &data, &used).ok());
+    t.set_data(data);
+    t.set_encoding(used == TileEncoding::kZstd      ? v1::TILE_ENCODING_ZSTD
+                   : used == TileEncoding::kDeflate ? v1::TILE_ENCODING_DEFLATE
+                                                    : v1::TILE_ENCODING_RAW);
+  }
+  return tiles;
+}
+
+TEST(TileAssemblerTest, DecodesZstdAndDeflateTilesToTheSamePixels) {
+  const std::string dir = TempDir();
+  for (TileEncoding e : {TileEncoding::kZstd, TileEncoding::kDeflate}) {
+    const std::string path =
+        dir + "/out_" + std::string(TileEncodingName(e)) + ".tif";
+    auto a = TileAssembler::Open(path, "job1", /*resume=*/false);
+    ASSERT_TRUE(a.ok());
+    std::vector<v1::Tile> tiles = EncodeTiles(e);
+    EXPECT_NE(tiles[0].encoding(), v1::TILE_ENCODING_RAW);
+    for (const v1::Tile& t : tiles) ASSERT_TRUE((*a)->AddTile(t).ok());
+    ASSERT_TRUE((*a)->Finish().ok());
+    ExpectImage(path);
+  }
+}
+
+TEST(TileAssemblerTest, CorruptCompressedTileIsRefused) {
+  auto a = TileAssembler::Open(TempDir() + "/out.tif", "j", false);
+  ASSERT_TRUE(a.ok());
+  v1::Tile t = EncodeTiles(TileEncoding::kZstd)[0];
+  ASSERT_EQ(t.encoding(), v1::TILE_ENCODING_ZSTD);
+  t.set_data(t.data().substr(0, t.data().size() / 2));
+  EXPECT_EQ((*a)->AddTile(t).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*a)->next_tile(), 0);
+}
+
+TEST(TileAssemblerTest, EncodingMustBeKnown) {
   const std::string path = TempDir() + "/out.png";
   auto a = TileAssembler::Open(path, "j", false);
   ASSERT_TRUE(a.ok());

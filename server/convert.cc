@@ -92,7 +92,9 @@ void SetLegacyEncodingName(TileEncoding encoding, v1::Tile* tile) {
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   switch (encoding) {
     case TileEncoding::kRaw:
-      tile->set_encoding_name("raw");
+    case TileEncoding::kZstd:
+    case TileEncoding::kDeflate:
+      tile->set_encoding_name(std::string(TileEncodingName(encoding)));
       break;
   }
 #pragma GCC diagnostic pop
@@ -186,6 +188,8 @@ absl::StatusOr<JobSpec> SpecFromProto(const v1::JobSpec& proto) {
   spec.priority = proto.priority();
   spec.fill_value = proto.fill_value();
   spec.client_label = proto.client_label();
+  spec.output_path = proto.output_path();
+  spec.overwrite_output = proto.overwrite_output();
   REGSERVE_ASSIGN_OR_RETURN(spec.options.compression,
                             CompressionFromProto(proto.compression()));
   spec.options.jpeg_quality = proto.jpeg_quality();
@@ -346,8 +350,30 @@ v1::TileEncoding TileEncodingToProto(TileEncoding encoding) {
   switch (encoding) {
     case TileEncoding::kRaw:
       return v1::TILE_ENCODING_RAW;
+    case TileEncoding::kZstd:
+      return v1::TILE_ENCODING_ZSTD;
+    case TileEncoding::kDeflate:
+      return v1::TILE_ENCODING_DEFLATE;
   }
   return v1::TILE_ENCODING_UNSPECIFIED;
+}
+
+absl::StatusOr<TileEncoding> TileEncodingFromProto(int encoding,
+                                                   absl::string_view field) {
+  switch (encoding) {
+    case v1::TILE_ENCODING_UNSPECIFIED:
+    case v1::TILE_ENCODING_RAW:
+      return TileEncoding::kRaw;
+    case v1::TILE_ENCODING_ZSTD:
+      return TileEncoding::kZstd;
+    case v1::TILE_ENCODING_DEFLATE:
+      return TileEncoding::kDeflate;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " ", encoding,
+          " is not a known tile encoding: use TILE_ENCODING_RAW (1), "
+          "TILE_ENCODING_ZSTD (2) or TILE_ENCODING_DEFLATE (3)"));
+  }
 }
 
 void FailureToProto(const absl::Status& status, v1::Failed* out) {
@@ -374,6 +400,7 @@ void JobInfoToProto(const JobInfo& info,
     ImageSpecToProto(info.output, out->mutable_output());
   }
   out->set_result_path(info.result_path);
+  out->set_output_path(info.output_path);
   out->set_transform_dir(info.transform_dir);
   FilesToProto(transform_files, out->mutable_transform_files());
   out->set_tile_size(info.tiles.edge());
@@ -460,6 +487,7 @@ void EventToProto(const JobEvent& event,
       c->set_registration_metric(info.registration_metric);
       ImageSpecToProto(info.output, c->mutable_output());
       c->set_result_path(info.result_path);
+      c->set_output_path(info.output_path);
       c->set_transform_dir(info.transform_dir);
       FilesToProto(transform_files, c->mutable_transform_files());
       c->set_tile_size(info.tiles.edge());
@@ -532,6 +560,7 @@ void ServerInfoToProto(const absl::StatusOr<HardwareSnapshot>& hardware,
       options.default_max_registration_megapixels);
   out->set_default_device(std::string(DevicePreferenceName(options.device)));
   out->set_input_root_enabled(!options.input_root.empty());
+  out->set_output_root_enabled(!options.output_root.empty());
   out->set_max_message_bytes(max_message_bytes);
 }
 

@@ -49,6 +49,10 @@ void QualitySummaryToProto(const QualitySummary& summary,
                            v1::QualitySummary* out);
 void QualityMapToProto(const QualityMap& map, v1::QualityMap* out);
 v1::TileEncoding TileEncodingToProto(TileEncoding encoding);
+// A request's tile encoding: UNSPECIFIED and RAW are kRaw; InvalidArgument
+// naming `field` and the choices for unknown values.
+absl::StatusOr<TileEncoding> TileEncodingFromProto(int encoding,
+                                                   absl::string_view field);
 // code, code name and message of a non-OK status.
 void FailureToProto(const absl::Status& status, v1::Failed* out);
 

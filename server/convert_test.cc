@@ -4,6 +4,7 @@
 #include <cmath>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace regserve {
@@ -221,6 +222,35 @@ TEST(EventToProtoTest, Tile) {
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   EXPECT_EQ(out.tile().encoding_name(), "raw");  // for older clients
 #pragma GCC diagnostic pop
+}
+
+TEST(TileEncodingTest, RequestValuesAndTheWire) {
+  EXPECT_EQ(*TileEncodingFromProto(v1::TILE_ENCODING_UNSPECIFIED, "f"),
+            TileEncoding::kRaw);  // what clients older than the field send
+  EXPECT_EQ(*TileEncodingFromProto(v1::TILE_ENCODING_RAW, "f"),
+            TileEncoding::kRaw);
+  EXPECT_EQ(*TileEncodingFromProto(v1::TILE_ENCODING_ZSTD, "f"),
+            TileEncoding::kZstd);
+  EXPECT_EQ(*TileEncodingFromProto(v1::TILE_ENCODING_DEFLATE, "f"),
+            TileEncoding::kDeflate);
+  const absl::Status bad = TileEncodingFromProto(17, "tile_encoding").status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.message(), "tile_encoding 17"))
+      << bad.message();
+  EXPECT_TRUE(absl::StrContains(bad.message(), "TILE_ENCODING_ZSTD"));
+  EXPECT_EQ(TileEncodingToProto(TileEncoding::kZstd), v1::TILE_ENCODING_ZSTD);
+  EXPECT_EQ(TileEncodingToProto(TileEncoding::kDeflate),
+            v1::TILE_ENCODING_DEFLATE);
+}
+
+TEST(SpecFromProtoTest, OutputPath) {
+  v1::JobSpec p;
+  p.set_output_path("a/b.tif");
+  p.set_overwrite_output(true);
+  absl::StatusOr<JobSpec> s = SpecFromProto(p);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->output_path, "a/b.tif");
+  EXPECT_TRUE(s->overwrite_output);
 }
 
 TEST(EventToProtoTest, Created) {

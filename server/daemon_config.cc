@@ -35,6 +35,10 @@ ABSL_FLAG(int, max_queue, 64,
 ABSL_FLAG(std::string, input_root, "",
           "Directory server-side input paths must lie under. Empty: clients "
           "can only upload images.");
+ABSL_FLAG(std::string, output_root, "",
+          "Directory that jobs' server-side output paths (spec.output_path, "
+          "regctl submit --output-path) must lie under. Empty: results are "
+          "only streamed.");
 ABSL_FLAG(int, elastix_threads, 0,
           "Threads per elastix process. 0: min(4, CPU cores).");
 ABSL_FLAG(int, cpu_slots, 0,
@@ -138,6 +142,7 @@ struct FieldFlag {
 constexpr FieldFlag kFieldFlags[] = {
     {"data_dir", "data_dir"},
     {"input_root", "input_root"},
+    {"output_root", "output_root"},
     {"max_queue", "max_queue"},
     {"max_jobs_per_principal", "max_jobs_per_principal"},
     {"elastix_threads", "elastix_threads"},
@@ -199,6 +204,7 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
 
   c.data_dir = absl::GetFlag(FLAGS_data_dir);
   c.input_root = absl::GetFlag(FLAGS_input_root);
+  c.output_root = absl::GetFlag(FLAGS_output_root);
   c.max_queue = absl::GetFlag(FLAGS_max_queue);
   c.max_jobs_per_principal = absl::GetFlag(FLAGS_max_jobs_per_principal);
   c.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);

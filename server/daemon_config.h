@@ -61,6 +61,7 @@ struct DaemonConfig {
   // The job manager's options, passed on unchecked (the core checks them).
   std::string data_dir;
   std::string input_root;
+  std::string output_root;
   int max_queue = 64;
   int max_jobs_per_principal = 0;
   int64_t max_image_pixels = 1000ll * 1000 * 1000;

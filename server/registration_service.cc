@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/common/status_macros.h"
+#include "core/image/tile_wire_codec.h"
 #include "server/convert.h"
 #include "server/status_util.h"
 
@@ -361,7 +362,11 @@ class StreamCall : public StreamPump::Task {
         if (accepted_sent_) return Again();  // never twice
         accepted_sent_ = true;
         break;
-      case JobEvent::Kind::kTile:
+      case JobEvent::Kind::kTile: {
+        if (omit_tiles_) return Again();
+        // Here, on the pump's thread: never in a reactor callback.
+        const absl::Status encoded = EncodeTile(&event);
+        if (!encoded.ok()) return End(ToGrpcStatus(encoded));
         if (!streaming_) {
           streaming_ = true;
           stream_start_ = absl::Now();
@@ -369,6 +374,7 @@ class StreamCall : public StreamPump::Task {
         }
         observer->OnBytesSent(event.data.size());
         break;
+      }
       case JobEvent::Kind::kCompleted: {
         stream_completed_ = true;
         EndStreamStage();
@@ -401,6 +407,12 @@ class StreamCall : public StreamPump::Task {
     return Wait();  // OnWriteDone wakes us
   }
 
+  // How this call's tiles go out (from its request), before the first step.
+  void SetTileOptions(TileEncoding encoding, bool omit_tiles) {
+    encoding_ = encoding;
+    omit_tiles_ = omit_tiles;
+  }
+
   RegistrationService* const service_;
   const std::string principal_;
   // Step-only state (see StreamPump::Task).
@@ -418,7 +430,23 @@ class StreamCall : public StreamPump::Task {
         stream_completed_, absl::ToDoubleSeconds(absl::Now() - stream_start_));
   }
 
+  // Encodes a tile's samples as the call asked; the encoder (with its
+  // codec state) is made for the first tile only, so idle Watch streams
+  // cost none.
+  absl::Status EncodeTile(JobEvent* event) {
+    if (encoding_ == TileEncoding::kRaw) return absl::OkStatus();
+    if (encoder_ == nullptr) {
+      REGSERVE_ASSIGN_OR_RETURN(encoder_, TileWireEncoder::Create(encoding_));
+    }
+    const WireTileShape shape{event->rect.w, event->rect.h, event->channels,
+                              event->sample_type};
+    return encoder_->Encode(shape, &event->data, &event->encoding);
+  }
+
   v1::JobEvent out_;  // the message in flight; gRPC reads it until done
+  TileEncoding encoding_ = TileEncoding::kRaw;
+  bool omit_tiles_ = false;
+  std::unique_ptr<TileWireEncoder> encoder_;
   bool accepted_sent_ = false;
   bool streaming_ = false;
   bool stream_completed_ = false;
@@ -437,7 +465,8 @@ class WatchCall final : public StreamCall {
   WatchCall(RegistrationService* service, std::string principal,
             const v1::WatchRequest& request)
       : StreamCall(service, std::move(principal)),
-        from_tile_(request.from_tile()) {
+        from_tile_(request.from_tile()),
+        tile_encoding_(request.tile_encoding()) {
     job_id_ = request.job_id();
   }
 
@@ -450,6 +479,10 @@ class WatchCall final : public StreamCall {
         return End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                 "from_tile must be >= 0"));
       }
+      absl::StatusOr<TileEncoding> encoding =
+          TileEncodingFromProto(tile_encoding_, "tile_encoding");
+      if (!encoding.ok()) return End(ToGrpcStatus(encoding.status()));
+      SetTileOptions(*encoding, /*omit_tiles=*/false);
       absl::StatusOr<std::unique_ptr<EventStream>> stream =
           service_->manager()->OpenEventStream(job_id_, principal_, from_tile_);
       if (!stream.ok()) return End(ToGrpcStatus(stream.status()));
@@ -460,6 +493,7 @@ class WatchCall final : public StreamCall {
 
  private:
   const int64_t from_tile_;
+  const int tile_encoding_;
 };
 
 // Bidirectional Submit: the spec, the upload, then the job's events.
@@ -572,6 +606,13 @@ class SubmitCall final : public StreamCall {
       observer->OnRejected(spec.status());
       return End(ToGrpcStatus(spec.status()));
     }
+    absl::StatusOr<TileEncoding> encoding =
+        TileEncodingFromProto(request_.tile_encoding(), "tile_encoding");
+    if (!encoding.ok()) {
+      observer->OnRejected(encoding.status());
+      return End(ToGrpcStatus(encoding.status()));
+    }
+    SetTileOptions(*encoding, request_.omit_tiles());
     JobManager* manager = service_->manager();
     absl::StatusOr<std::string> created = manager->CreateJob(*spec, principal_);
     if (!created.ok()) {

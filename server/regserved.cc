@@ -199,6 +199,7 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   o.observer = observer;
   o.data_dir = c.data_dir;
   o.input_root = c.input_root;
+  o.output_root = c.output_root;
   o.max_queue = c.max_queue;
   o.max_jobs_per_principal = c.max_jobs_per_principal;
   o.max_pixels = c.max_image_pixels;

@@ -1,12 +1,14 @@
 // Copyright regserve authors.
 //
 // Commit: makes the written result durable under its final name (fsync,
-// rename, fsync of the directory entry) before the job is reported
-// completed. Part of the warp stage as far as progress and hooks go.
+// rename, fsync of the directory entry) and copies it to the spec's output
+// path, if any, before the job is reported completed. Part of the warp
+// stage as far as progress and hooks go.
 #include <cerrno>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
 #include "core/jobs/stage_runner.h"
 
 namespace regserve {
@@ -34,11 +36,31 @@ class CommitStage final : public PipelineStage {
       return absl::Status(s.code(),
                           absl::StrCat("writing the result: ", s.message()));
     }
-    host->Committed(final_path);
+    std::string output;
+    REGSERVE_ASSIGN_OR_RETURN(output,
+                              WriteOutput(run->rec.info.spec, final_path));
+    host->Committed(final_path, output);
     return absl::OkStatus();
   }
 
  private:
+  // The stored result copied to spec.output_path; "" when it names none.
+  // The path is resolved again: the tree under the output root may have
+  // changed since the job was submitted.
+  absl::StatusOr<std::string> WriteOutput(const JobSpec& spec,
+                                          const std::string& result) {
+    if (spec.output_path.empty()) return std::string();
+    absl::StatusOr<std::string> target = s_.output_root->Resolve(
+        "spec.output_path", spec.output_path, spec.overwrite_output);
+    absl::Status s = target.status();
+    if (s.ok()) s = CopyFileAtomically(result, *target, spec.overwrite_output);
+    if (!s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("writing the output: ", s.message()));
+    }
+    return *target;
+  }
+
   const StageServices& s_;
 };
 

@@ -127,6 +127,7 @@ JobManagerImpl::JobManagerImpl(const Options& options,
   services_.warpers = warpers_.get();
   services_.scheduler = scheduler_;
   services_.input_root = &input_root_;
+  services_.output_root = &output_root_;
   services_.elastix = options_.elastix;
   services_.threads = options_.elastix_threads;
   services_.max_pixels = options_.max_pixels;
@@ -158,6 +159,8 @@ absl::Status JobManagerImpl::Init() {
   }
   jobs_dir_ = (canonical / "jobs").string();
   REGSERVE_ASSIGN_OR_RETURN(input_root_, InputRoot::Open(options_.input_root));
+  REGSERVE_ASSIGN_OR_RETURN(output_root_,
+                            OutputRoot::Open(options_.output_root));
   REGSERVE_RETURN_IF_ERROR(Recover());
 
   int threads = options_.pipeline_threads;
@@ -442,6 +445,14 @@ void JobManagerImpl::CloseStageLocked(Job* job, bool completed) {
 absl::Status JobManagerImpl::PrepareInputs(Job* job) const {
   JobRecord& rec = job->rec;
   const JobDir dir = DirOf(rec.info.id);
+  // The output path is checked (and stored resolved) before anything runs,
+  // so a job that could not write its output is refused at once.
+  std::string& output = rec.info.spec.output_path;
+  if (!output.empty()) {
+    REGSERVE_ASSIGN_OR_RETURN(
+        output, output_root_.Resolve("spec.output_path", output,
+                                     rec.info.spec.overwrite_output));
+  }
   bool all_server_side = true;
   for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
     const bool fixed = role == ImageRole::kFixed;

@@ -94,6 +94,8 @@ class JobManager {
     std::string data_dir;  // required, created if missing
     std::string
         input_root;  // server-side paths must lie under it; empty = disabled
+    // JobSpec::output_path must lie under it; empty = outputs disabled.
+    std::string output_root;
     int max_queue = 64;  // jobs not yet terminal, uploads included
     // Jobs not yet terminal (uploads included) one principal may have;
     // 0 = no limit beyond max_queue.

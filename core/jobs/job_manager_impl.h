@@ -184,6 +184,7 @@ class JobManagerImpl final : public JobManager {
   JobFileSystem* fs_ = nullptr;
   std::string jobs_dir_;
   InputRoot input_root_;
+  OutputRoot output_root_;
   std::unique_ptr<WarperPool> warpers_;
   StageServices services_;
   std::vector<std::unique_ptr<PipelineStage>> stages_;
@@ -256,9 +257,11 @@ class JobStageHost final : public StageHost {
   void QualityEstimated(const QualitySummary& summary,
                         std::shared_ptr<const QualityMap> map) override;
   void Warped(const ImageSpec& output, const WarpStats& stats) override;
-  void Committed(const std::string& path) override {
+  void Committed(const std::string& path,
+                 const std::string& output_path) override {
     absl::MutexLock lock(&m_->mu_);
     job_->rec.info.result_path = path;
+    job_->rec.info.output_path = output_path;
   }
 
  private:

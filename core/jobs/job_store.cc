@@ -297,6 +297,8 @@ std::string EncodeJobSpec(const JobRecord& record) {
   w.AddInt("priority", spec.priority);
   w.AddDouble("fill_value", spec.fill_value);
   w.Add("client_label", spec.client_label);
+  w.Add("output_path", spec.output_path);
+  w.AddInt("overwrite_output", spec.overwrite_output ? 1 : 0);
   return w.Finish();
 }
 
@@ -345,6 +347,12 @@ absl::Status DecodeJobSpec(absl::string_view text, JobRecord* record) {
   spec.priority = static_cast<int>(priority);
   REGSERVE_ASSIGN_OR_RETURN(spec.fill_value, r.Double("fill_value"));
   REGSERVE_ASSIGN_OR_RETURN(spec.client_label, r.Str("client_label"));
+  // Specs stored before the option existed: no output path.
+  if (r.Has("output_path")) {
+    REGSERVE_ASSIGN_OR_RETURN(spec.output_path, r.Str("output_path"));
+    REGSERVE_ASSIGN_OR_RETURN(int64_t overwrite, r.Int("overwrite_output"));
+    spec.overwrite_output = overwrite != 0;
+  }
   return absl::OkStatus();
 }
 
@@ -525,6 +533,7 @@ std::string EncodeJobState(const JobRecord& record) {
   AddQuality(&w, p, info.quality);
   AddImageSpec(&w, "output", info.output);
   w.Add("result_path", info.result_path);
+  w.Add("output_path", info.output_path);
   w.Add("transform_dir", info.transform_dir);
   AddList(&w, "transform_files", info.transform_files);
   w.AddInt("tile_size", info.tiles.edge());
@@ -607,6 +616,9 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_RETURN_IF_ERROR(ReadQuality(r, &p, &info.quality));
   REGSERVE_RETURN_IF_ERROR(ReadImageSpec(r, "output", &info.output));
   REGSERVE_ASSIGN_OR_RETURN(info.result_path, r.Str("result_path"));
+  if (r.Has("output_path")) {  // states written before it existed: none
+    REGSERVE_ASSIGN_OR_RETURN(info.output_path, r.Str("output_path"));
+  }
   REGSERVE_ASSIGN_OR_RETURN(info.transform_dir, r.Str("transform_dir"));
   REGSERVE_RETURN_IF_ERROR(
       ReadList(r, "transform_files", &info.transform_files));

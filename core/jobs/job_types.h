@@ -24,6 +24,7 @@
 #include "core/common/tile_grid.h"
 #include "core/common/types.h"
 #include "core/image/image.h"
+#include "core/image/tile_wire_codec.h"
 #include "core/plan/plan.h"
 #include "core/quality/quality_map.h"
 #include "core/registration/registration.h"
@@ -33,10 +34,6 @@ namespace regserve {
 enum class ImageRole { kFixed = 0, kMoving = 1 };
 // "fixed" or "moving": the proto's field names.
 const char* RoleName(ImageRole role);
-
-// How a tile's samples are laid out on the wire. kRaw: row-major,
-// interleaved channels (R, G, B, A for colour), little-endian samples.
-enum class TileEncoding { kRaw = 0 };
 
 enum class JobState {
   kUploading = 0,
@@ -71,6 +68,11 @@ struct JobSpec {
   int priority = 0;                            // higher runs first; FIFO within
   double fill_value = 0.0;
   std::string client_label;  // free text, shown in ListJobs
+  // Where the commit also writes the stored result: relative to (or
+  // absolute under) the daemon's output_root; empty = nowhere. Validated
+  // and resolved at CreateJob (OutputRoot), and stored resolved.
+  std::string output_path;
+  bool overwrite_output = false;  // replace a file already there
 };
 
 struct StageTiming {
@@ -103,6 +105,7 @@ struct JobInfo {
   // Result (kCompleted).
   ImageSpec output;         // width, height, channels, type (set with the plan)
   std::string result_path;  // absolute path of result.tif
+  std::string output_path;  // spec.output_path as written (kCompleted)
   std::string transform_dir;  // absolute dir of TransformParameters.*.txt
   std::vector<std::string> transform_files;
   // The stored and streamed result's tiles (set with the plan; a finished
@@ -129,7 +132,8 @@ struct JobEvent {
   std::string detail;
   RegistrationProgress registration;  // valid for Stage::kRegistration
   // kTile: tile `tile_index` of `grid` (row-major), its rectangle, and its
-  // samples, interleaved in the image's channel order, little-endian.
+  // samples, interleaved in the image's channel order, little-endian, in
+  // `encoding` (the core makes kRaw; the server encodes for its caller).
   int64_t tile_index = 0;
   TileGrid grid;
   TileRect rect;

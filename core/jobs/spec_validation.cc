@@ -156,6 +156,11 @@ absl::StatusOr<JobSpec> ValidateJobSpec(const JobSpec& in,
     return absl::InvalidArgumentError(
         "spec.fill_value must be a finite number");
   }
+  // Where it may go is OutputRoot's to say, at CreateJob (file system).
+  if (spec.output_path.size() > kMaxPathBytes ||
+      spec.output_path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("spec.output_path is not a valid path");
+  }
   if (spec.client_label.size() > kMaxLabelBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "spec.client_label is longer than ", kMaxLabelBytes, " bytes"));

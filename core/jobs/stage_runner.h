@@ -82,8 +82,10 @@ class StageHost {
                                 std::shared_ptr<const QualityMap> map) = 0;
   // The warp's outcome, before the result is committed.
   virtual void Warped(const ImageSpec& output, const WarpStats& stats) = 0;
-  // The stored result is durable at `path`.
-  virtual void Committed(const std::string& path) = 0;
+  // The stored result is durable at `path`, and at `output_path` (the
+  // spec's, resolved) when the spec names one.
+  virtual void Committed(const std::string& path,
+                         const std::string& output_path) = 0;
 };
 
 // Shared services of every pipeline; not owned, outlive the pipelines.
@@ -93,6 +95,7 @@ struct StageServices {
   WarperPool* warpers = nullptr;
   ResourceScheduler* scheduler = nullptr;  // GPU ordinals, retained VRAM
   const InputRoot* input_root = nullptr;
+  const OutputRoot* output_root = nullptr;
   ElastixConfig elastix;
   int threads = 1;  // elastix, decode and CPU warp threads per job
   int64_t max_pixels = 0;
