@@ -2,9 +2,10 @@
 //
 // Refine: refines the registration's field with LibTorch (core/refine) on
 // the grayscale copies, on the device and at the working size the plan
-// chose, and replaces run->reg.field when the loss improved. The plan's
-// reasons say when it is skipped (refine=off, a rigid or affine job, a CPU
-// too slow for it) and then the stage does nothing. The refinement is an
+// chose, and replaces run->reg.field when it improved (refine.h). After a
+// robust start, the start's homography is the bending penalty's prior. The
+// plan's reasons say when it is skipped (refine=off, a rigid or affine job, a
+// CPU too slow for it) and then the stage does nothing. The refinement is an
 // improvement, not a requirement: when it fails (other than by
 // cancellation) the job goes on with elastix's field, and says so. The
 // stored TransformParameters stay elastix's. Memory: Plan::refine.
@@ -52,6 +53,11 @@ class RefineStage final : public PipelineStage {
     // (RefineOptions::threads).
     o.threads = 1;
     o.cuda_device = cuda ? OrdinalOf(r) : 0;
+    // The field follows the start's homography up to a smooth deviation:
+    // bending measured from it, a strong perspective is not pulled towards
+    // an affine map where the images have no texture (RefineOptions::prior).
+    const bool prior = run->initial.found;
+    if (prior) o.prior = run->initial.fixed_to_moving.m;
     o.cancel = run->cancel;
     o.on_progress = [host](const RefineProgress& p) {
       host->Progress(Stage::kRefine, p.fraction,
@@ -73,7 +79,7 @@ class RefineStage final : public PipelineStage {
           "refinement failed on ", WarpDeviceName(plan.refine_device), ": ",
           result.status().message(), "; elastix's field is used"));
     } else {
-      host->AddPlanReason(Outcome(*result));
+      host->AddPlanReason(Outcome(*result, prior));
       if (result->improved) run->reg.field = std::move(result->field);
     }
     host->Progress(
@@ -84,14 +90,18 @@ class RefineStage final : public PipelineStage {
   }
 
  private:
-  static std::string Outcome(const RefineResult& r) {
+  static std::string Outcome(const RefineResult& r, bool prior) {
     return absl::StrFormat(
-        "refinement on %s at %dx%d, %d levels, %d steps in %.1f s: LNCC "
+        "refinement on %s at %dx%d, %d levels, %d steps in %.1f s%s: LNCC "
         "%.4f -> %.4f%s",
         r.device, r.work_width, r.work_height, r.levels, r.iterations,
-        r.seconds, r.initial_ncc, r.final_ncc,
+        r.seconds,
+        prior ? ", bending measured from the initial alignment's homography"
+              : "",
+        r.initial_ncc, r.final_ncc,
         r.improved ? "; the stored TransformParameters are elastix's alone"
-                   : " without a lower loss; elastix's field is kept");
+                   : " without a lower loss or a gain of 0.001 in LNCC; "
+                     "elastix's field is kept");
   }
 
   int OrdinalOf(const Reservation& r) const {

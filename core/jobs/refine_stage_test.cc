@@ -3,6 +3,7 @@
 // The refine stage in the pipeline (with the fake registration of the
 // JobManager tests, on the brain pair, whose content differs by a shift of
 // (33, 37)): refine=on corrects a field that is off by a few pixels;
+// after a robust start, the start's homography is the bending's prior;
 // refine=off, and refine=auto on a rigid job, leave the field exactly as
 // registration gave it, with the plan saying why.
 #include "core/jobs/job_manager_test_fixture.h"
@@ -35,8 +36,10 @@ class RefineStageTest : public JobManagerTest {
     fake_.dy = 37.0 - 1.5;
   }
 
-  JobInfo RunJob(RefineMode refine, std::vector<JobEvent>* events = nullptr) {
-    auto m = Make(FakeEnv());
+  JobInfo RunJob(RefineMode refine, std::vector<JobEvent>* events = nullptr,
+                 JobManagerEnv env = JobManagerEnv()) {
+    if (!env.align_fn) env = FakeEnv();
+    auto m = Make(std::move(env));
     EXPECT_NE(m, nullptr);
     if (m == nullptr) return JobInfo();
     JobSpec spec = BrainSpec();  // rigid
@@ -89,6 +92,8 @@ TEST_F(RefineStageTest, OnCorrectsAFieldOffByAFewPixels) {
   EXPECT_GT(info.plan.refine.ram_bytes, 0u);
   EXPECT_TRUE(AnyReasonHas(info, "refining on the CPU at 181x217"));
   EXPECT_TRUE(AnyReasonHas(info, "refinement on cpu at 181x217"));
+  // No start was found: the bending is that of the field itself.
+  EXPECT_FALSE(AnyReasonHas(info, "bending measured from"));
   EXPECT_TRUE(HasTiming(info, Stage::kRefine));
   int progress = 0;
   for (const JobEvent& e : events) {
@@ -102,6 +107,32 @@ TEST_F(RefineStageTest, OnCorrectsAFieldOffByAFewPixels) {
   // The exact shift gives 2.4 (job_manager_test); the wrong one much more.
   EXPECT_GT(wrong, 6.0);
   EXPECT_LT(refined, 3.5) << "wrong field " << wrong;
+}
+
+TEST_F(RefineStageTest, AfterARobustStartItsHomographyIsThePrior) {
+  // The start finds the pair's shift; the registration on the pre-warped
+  // copy leaves the same error as above, which the refinement corrects with
+  // the bending measured from the start's map.
+  JobManagerEnv env = FakeEnv();
+  env.align_fn =
+      [](const Image&, const Image&,
+         const RobustStartOptions&) -> absl::StatusOr<InitialAlignment> {
+    InitialAlignment a;
+    a.found = true;
+    a.model = AlignmentModel::kSimilarity;
+    a.fixed_to_moving.m = {1, 0, 33, 0, 1, 37, 0, 0, 1};
+    a.reason = "similarity (test)";
+    return a;
+  };
+  fake_.dx = 2.5;
+  fake_.dy = -1.5;
+  const JobInfo info = RunJob(RefineMode::kOn, nullptr, std::move(env));
+  ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
+  EXPECT_TRUE(AnyReasonHas(info, "pre-warped by the initial alignment"));
+  EXPECT_TRUE(AnyReasonHas(
+      info, "bending measured from the initial alignment's homography"));
+  const Image fixed = *ReadImageFile(BrainFixed());
+  EXPECT_LT(MeanAbsDiff(fixed, *ReadImageFile(info.result_path)), 3.5);
 }
 
 TEST_F(RefineStageTest, OffLeavesTheFieldUnchanged) {
