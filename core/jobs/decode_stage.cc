@@ -26,7 +26,7 @@ class DecodeStage final : public PipelineStage {
     for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
       host->Progress(Stage::kDecode, role == ImageRole::kFixed ? 0.0 : 0.5,
                      absl::StrCat("reading the ", RoleName(role), " image"));
-      REGSERVE_RETURN_IF_ERROR(DecodeOne(role, run));
+      REGSERVE_RETURN_IF_ERROR(DecodeOne(role, r.threads(), run));
     }
     host->Progress(Stage::kDecode, 1.0, "decoded");
     host->Finished(Stage::kDecode, start);
@@ -34,7 +34,7 @@ class DecodeStage final : public PipelineStage {
   }
 
  private:
-  absl::Status DecodeOne(ImageRole role, JobRun* run) {
+  absl::Status DecodeOne(ImageRole role, int threads, JobRun* run) {
     const JobRecord& rec = run->rec;
     const Plan& plan = rec.info.plan;
     const bool is_fixed = role == ImageRole::kFixed;
@@ -42,7 +42,7 @@ class DecodeStage final : public PipelineStage {
     ReadOptions ro;
     ro.max_bytes = plan.decode.ram_bytes;
     ro.max_pixels = s_.max_pixels;
-    ro.threads = s_.threads;
+    ro.threads = threads;
     ro.metadata = is_fixed ? &run->fixed_metadata : &run->moving_metadata;
     // The moving image feeds the CUDA warp: pinned memory uploads faster.
     if (!is_fixed && plan.warp_device == WarpDevice::kCuda) {
@@ -70,7 +70,7 @@ class DecodeStage final : public PipelineStage {
                                    : plan.registration_moving_width,
                           is_fixed ? plan.registration_fixed_height
                                    : plan.registration_moving_height,
-                          s_.threads);
+                          threads);
     if (!gray.ok()) {
       return absl::Status(
           gray.status().code(),

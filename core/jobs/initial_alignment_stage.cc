@@ -56,7 +56,7 @@ class InitialAlignmentStage final : public PipelineStage {
     o.moving_full_width = rec.moving_spec.width;
     o.moving_full_height = rec.moving_spec.height;
     o.max_model = MaxModelFor(rec.info.spec.options.transform);
-    o.threads = s_.threads;
+    o.threads = r.threads();
     o.cancel = run->cancel;
     absl::StatusOr<InitialAlignment> a =
         s_.align_fn
@@ -73,7 +73,7 @@ class InitialAlignmentStage final : public PipelineStage {
       host->Progress(
           Stage::kInitialAlignment, 0.8,
           absl::StrCat("found a ", a->reason, "; pre-warping the moving copy"));
-      REGSERVE_RETURN_IF_ERROR(PreWarp(*a, run));
+      REGSERVE_RETURN_IF_ERROR(PreWarp(*a, r.threads(), run));
       run->initial = *a;
     }
     const std::string line =
@@ -97,7 +97,8 @@ class InitialAlignmentStage final : public PipelineStage {
   // itself: a black outside would be an edge elastix tries to align (photo
   // with a strong homography: residual p95 7.8 px after elastix with black,
   // 2.4 px with the fixed copy; docs/benchmarks.md, "Robust start").
-  absl::Status PreWarp(const InitialAlignment& a, JobRun* run) const {
+  absl::Status PreWarp(const InitialAlignment& a, int threads,
+                       JobRun* run) const {
     const JobRecord& rec = run->rec;
     const GridGeometry fixed_grid =
         RegistrationGrid(run->fixed_gray.width(), run->fixed_gray.height(),
@@ -108,7 +109,7 @@ class InitialAlignmentStage final : public PipelineStage {
     Image valid;
     absl::StatusOr<Image> warped =
         WarpByHomography(run->moving_gray, moving_grid, a.fixed_to_moving,
-                         fixed_grid, 0.0f, &valid, s_.threads);
+                         fixed_grid, 0.0f, &valid, threads);
     absl::Status s = warped.status();
     if (s.ok()) s = FillInvalid(valid, run->fixed_gray, &*warped);
     if (!s.ok()) {

@@ -43,7 +43,7 @@ class QualityStage final : public PipelineStage {
     options.fixed_full_height = run->rec.fixed_spec.height;
     options.moving_full_width = run->rec.moving_spec.width;
     options.moving_full_height = run->rec.moving_spec.height;
-    options.threads = s_.threads;
+    options.threads = r.threads();
     options.cancel = run->cancel;
     absl::StatusOr<QualityReport> report = EstimateQuality(
         run->fixed_gray, run->moving_gray, run->reg.field, options);

@@ -35,7 +35,7 @@ class RegistrationStage final : public PipelineStage {
                       "registration"));
     host->Started(Stage::kRegistration);
     const absl::Time start = absl::Now();
-    RegistrationRequest req = Request(*run);
+    RegistrationRequest req = Request(*run, r.threads());
     RemoveAllQuietly(req.work_dir);
     req.on_progress = [host](const RegistrationProgress& p) {
       host->Progress(Stage::kRegistration, p.fraction, p.message, &p,
@@ -50,7 +50,7 @@ class RegistrationStage final : public PipelineStage {
     }
     run->reg = *std::move(result);
     // The grayscale copies stay for the later stages (quality frees them).
-    REGSERVE_RETURN_IF_ERROR(ComposeWithInitial(run, host));
+    REGSERVE_RETURN_IF_ERROR(ComposeWithInitial(run, r.threads(), host));
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(
         CopyTransformFiles(req.work_dir, run->dir.transform(),
@@ -68,12 +68,13 @@ class RegistrationStage final : public PipelineStage {
  private:
   // After an initial alignment the field is elastix's d on the pre-warped
   // copy: the total map is H(x + d(x)). The pre-warped copy goes.
-  absl::Status ComposeWithInitial(JobRun* run, StageHost* host) const {
+  absl::Status ComposeWithInitial(JobRun* run, int threads,
+                                  StageHost* host) const {
     if (run->moving_prewarped.empty()) return absl::OkStatus();
     run->moving_prewarped = Image();
     const Homography& h = run->initial.fixed_to_moving;
     absl::StatusOr<DisplacementField> total =
-        ComposeHomographyField(h, run->reg.field, s_.threads);
+        ComposeHomographyField(h, run->reg.field, threads);
     if (!total.ok()) {
       return absl::Status(
           total.status().code(),
@@ -92,7 +93,7 @@ class RegistrationStage final : public PipelineStage {
     return absl::OkStatus();
   }
 
-  RegistrationRequest Request(const JobRun& run) const {
+  RegistrationRequest Request(const JobRun& run, int threads) const {
     const JobRecord& rec = run.rec;
     // The pre-warped copy lies on the fixed grid: its full-resolution frame
     // is the fixed image's.
@@ -109,7 +110,7 @@ class RegistrationStage final : public PipelineStage {
         prewarped ? rec.fixed_spec.height : rec.moving_spec.height;
     req.transform = rec.info.spec.options.transform;
     req.custom_parameters = rec.info.spec.custom_parameters;
-    req.threads = s_.threads;
+    req.threads = threads;
     req.timeout = s_.registration_timeout;
     req.cancel = run.cancel;
     return req;

@@ -48,7 +48,7 @@ class WarpStage final : public PipelineStage {
       REGSERVE_ASSIGN_OR_RETURN(cpu, s_.warpers->CreateCpu());
       warper = cpu.get();
     }
-    absl::StatusOr<WarpStats> stats = WarpInto(run, warper, host);
+    absl::StatusOr<WarpStats> stats = WarpInto(run, warper, r.threads(), host);
     if (lease.ok() && r.gpu() >= 0) {
       // Before the reservation goes: what the warper keeps cached on its
       // GPU is ours, not another process's, for the next admission there.
@@ -92,17 +92,18 @@ class WarpStage final : public PipelineStage {
                          "warp (cpu fallback)");
   }
 
-  absl::StatusOr<WarpStats> WarpInto(JobRun* run, Warper* warper,
+  // `threads`: the reservation's CPU threads (CPU warp, compression).
+  absl::StatusOr<WarpStats> WarpInto(JobRun* run, Warper* warper, int threads,
                                      StageHost* host);
   void StreamBand(const TileGrid& grid, const TileRect& rect, const Image& band,
                   StageHost* host) const;
-  WarpOptions Options(const JobRun& run, bool cpu) const;
-  TiledTiffOptions WriterOptions(const JobRun& run) const;
+  WarpOptions Options(const JobRun& run, bool cpu, int threads) const;
+  TiledTiffOptions WriterOptions(const JobRun& run, int threads) const;
 
   const StageServices& s_;
 };
 
-WarpOptions WarpStage::Options(const JobRun& run, bool cpu) const {
+WarpOptions WarpStage::Options(const JobRun& run, bool cpu, int threads) const {
   const JobRecord& rec = run.rec;
   const Plan& plan = rec.info.plan;
   WarpOptions wo;
@@ -123,7 +124,7 @@ WarpOptions WarpStage::Options(const JobRun& run, bool cpu) const {
     wo.output_spacing_x = fx;
     wo.output_spacing_y = fy;
   }
-  wo.cpu_threads = s_.threads;
+  wo.cpu_threads = threads;
   wo.cancel = run.cancel;
   // A one-pass CPU warp hands over rows of stream tiles as they are done,
   // so the first tiles reach readers early.
@@ -136,15 +137,15 @@ WarpOptions WarpStage::Options(const JobRun& run, bool cpu) const {
 // the moving image's, so its ICC profile; its pixels lie on the fixed
 // image's grid, so the fixed image's resolution (scaled when the output is
 // at the registration size) and orientation, else the moving image's.
-TiledTiffOptions WarpStage::WriterOptions(const JobRun& run) const {
+TiledTiffOptions WarpStage::WriterOptions(const JobRun& run,
+                                          int threads) const {
   const Plan& plan = run.rec.info.plan;
   const JobOptions& jo = run.rec.info.spec.options;
   TiledTiffOptions o;
   o.tile = static_cast<int>(plan.stream_tile_size);
   o.compression = jo.compression;
   o.jpeg_quality = jo.jpeg_quality > 0 ? jo.jpeg_quality : kDefaultJpegQuality;
-  o.threads =
-      std::clamp(s_.threads, 1, std::max(1, plan.result_writer_threads));
+  o.threads = std::clamp(threads, 1, std::max(1, plan.result_writer_threads));
   o.pyramid = true;
   ImageMetadata& m = o.metadata;
   m.icc_profile = run.moving_metadata.icc_profile;
@@ -201,7 +202,7 @@ void WarpStage::StreamBand(const TileGrid& grid, const TileRect& rect,
 }
 
 absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
-                                              StageHost* host) {
+                                              int threads, StageHost* host) {
   const Plan& plan = run->rec.info.plan;
   ImageSpec out;
   out.width = plan.output_width;
@@ -213,14 +214,15 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
   RemoveQuietly(run->dir.result());
   REGSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<TiledTiffWriter> writer,
-      OpenTiledTiffWriter(partial, out, WriterOptions(*run)));
+      OpenTiledTiffWriter(partial, out, WriterOptions(*run, threads)));
   const TileGrid grid(out.width, out.height, plan.stream_tile_size);
   const double total = static_cast<double>(out.width) * out.height;
   double done = 0;
   int64_t tiles = 0;
   const bool on_cpu = warper->device() == WarpDevice::kCpu;
   absl::StatusOr<WarpStats> stats = warper->Warp(
-      run->moving, run->reg.field, out.width, out.height, Options(*run, on_cpu),
+      run->moving, run->reg.field, out.width, out.height,
+      Options(*run, on_cpu, threads),
       [&](const TileRect& rect, const Image& tile) -> absl::Status {
         REGSERVE_RETURN_IF_ERROR(writer->WriteRegion(rect.x, rect.y, tile));
         StreamBand(grid, rect, tile, host);

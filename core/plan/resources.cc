@@ -41,6 +41,7 @@ absl::StatusOr<ResourceConfig> MakeResourceConfig(const HardwareSnapshot& hw,
       flags.elastix_threads > 0 ? flags.elastix_threads : std::min(4, cores);
   rc.cpu_slots = flags.cpu_slots > 0 ? flags.cpu_slots
                                      : std::max(1, cores / rc.elastix_threads);
+  rc.machine_threads = std::max(cores, rc.elastix_threads);
   const DeviceSelection& sel = flags.devices;
   if (sel.preference == DevicePreference::kCpu) return rc;
   if (sel.gpus.empty()) {

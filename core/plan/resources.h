@@ -48,7 +48,8 @@ struct ResourceConfig {
   std::vector<int> gpu_ordinals;            // managed GPUs, CUDA ordinals
   std::vector<uint64_t> vram_budget_bytes;  // one per managed GPU
   int cpu_slots = 1;
-  int elastix_threads = 1;
+  int elastix_threads = 1;  // the least CPU threads a stage gets
+  int machine_threads = 1;  // the cores that the stages running share
 };
 
 // InvalidArgument when --device names a GPU the machine does not have, or

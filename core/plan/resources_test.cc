@@ -25,6 +25,7 @@ TEST(ResourcesTest, BudgetsFromTheMachine) {
             static_cast<uint64_t>(0.9 * (60ull << 30)));
   EXPECT_EQ(rc->elastix_threads, 4);
   EXPECT_EQ(rc->cpu_slots, 4);
+  EXPECT_EQ(rc->machine_threads, 16);  // the stages running share them
 }
 
 TEST(ResourcesTest, DeviceFlagChoosesTheManagedGpus) {

@@ -15,6 +15,8 @@ SchedulerConfig ToSchedulerConfig(const ResourceConfig& rc) {
   c.vram_budget_bytes = rc.vram_budget_bytes;
   c.gpu_ordinals = rc.gpu_ordinals;
   c.cpu_slots = rc.cpu_slots;
+  c.machine_threads = rc.machine_threads;
+  c.min_threads = rc.elastix_threads;
   return c;
 }
 
@@ -66,6 +68,7 @@ Reservation& Reservation::operator=(Reservation&& other) noexcept {
     gpu_ = other.gpu_;
     ram_ = other.ram_;
     vram_ = other.vram_;
+    threads_ = other.threads_;
   }
   return *this;
 }
@@ -300,7 +303,15 @@ absl::StatusOr<Reservation> ResourceScheduler::Acquire(
   r.gpu_ = h.gpu;
   r.ram_ = h.ram;
   r.vram_ = h.vram;
+  r.threads_ = ThreadShareLocked();
   return r;
+}
+
+int ResourceScheduler::ThreadShareLocked() const {
+  int running = cpu_running_;
+  for (int n : gpu_running_) running += n;
+  const int floor = std::max(1, config_.min_threads);
+  return std::max(floor, config_.machine_threads / std::max(1, running));
 }
 
 void ResourceScheduler::ReleaseById(uint64_t id) {

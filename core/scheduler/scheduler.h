@@ -58,6 +58,10 @@ struct SchedulerConfig {
   std::vector<int> gpu_ordinals;            // CUDA ordinal per entry above
   int cpu_slots = 1;                        // concurrent CPU-lane stages
   int gpu_slots_per_gpu = 1;                // concurrent warps per GPU
+  // CPU threads: the machine's cores, shared by the stages running at
+  // admission, and the least a stage gets (Reservation::threads).
+  int machine_threads = 1;
+  int min_threads = 1;
   // Live readings are taken at most this often while waiting.
   absl::Duration live_check_period = absl::Milliseconds(250);
   // Headroom kept free according to live readings (other processes).
@@ -94,6 +98,13 @@ class Reservation {
   int gpu() const { return gpu_; }  // index, or -1 for CPU lane
   uint64_t ram_bytes() const { return ram_; }
   uint64_t vram_bytes() const { return vram_; }
+  // The CPU threads the stage may use (decode, elastix, the CPU warp, the
+  // result writer's compression): the machine's threads divided by the
+  // stages running when it was admitted, itself included, and at least
+  // SchedulerConfig::min_threads. A job alone on the machine gets every
+  // core; stages admitted later get a smaller share, so the machine is
+  // oversubscribed at most until the earlier ones finish.
+  int threads() const { return threads_; }
 
  private:
   friend class ResourceScheduler;
@@ -103,6 +114,7 @@ class Reservation {
   int gpu_ = -1;
   uint64_t ram_ = 0;
   uint64_t vram_ = 0;
+  int threads_ = 1;
 };
 
 struct SchedulerStats {
@@ -172,6 +184,8 @@ class ResourceScheduler {
   std::vector<uint64_t> live_vram_free_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> retained_vram_ ABSL_GUARDED_BY(mu_);
   void RefreshLiveLocked(bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reservation::threads for a stage just admitted (counted as running).
+  int ThreadShareLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace regserve

@@ -69,6 +69,49 @@ TEST(Scheduler, ReservesAndReleases) {
   EXPECT_EQ(s.Stats().ram_reserved_bytes, 0u);
 }
 
+// A stage alone gets every core; stages admitted beside others share them,
+// never below min_threads; a released stage's cores go to the next one.
+TEST(Scheduler, ThreadShareFollowsTheStagesRunning) {
+  SchedulerConfig c = Config(1000 * kMB, {1000 * kMB}, /*cpu_slots=*/4);
+  c.machine_threads = 16;
+  c.min_threads = 3;
+  ResourceScheduler s(c, nullptr);
+  auto a = s.Acquire(Cpu(10 * kMB), 0, 1, nullptr);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->threads(), 16);
+  auto b = s.Acquire(Gpu(10 * kMB, 10 * kMB), 0, 2, nullptr);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->threads(), 8);  // a warp's writer shares the cores too
+  auto d = s.Acquire(Cpu(10 * kMB), 0, 3, nullptr);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->threads(), 5);
+  auto e = s.Acquire(Cpu(10 * kMB), 0, 4, nullptr);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->threads(), 4);
+  auto f = s.Acquire(Cpu(10 * kMB), 0, 5, nullptr);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->threads(), 3);  // 16 / 5, but never below min_threads
+  Reservation moved = std::move(*f);
+  EXPECT_EQ(moved.threads(), 3);
+  a->Release();
+  b->Release();
+  d->Release();
+  e->Release();
+  moved.Release();
+  auto g = s.Acquire(Cpu(10 * kMB), 0, 6, nullptr);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->threads(), 16);
+}
+
+TEST(Scheduler, ThreadShareFromTheResourceConfig) {
+  ResourceConfig rc;
+  rc.machine_threads = 16;
+  rc.elastix_threads = 4;
+  const SchedulerConfig c = ToSchedulerConfig(rc);
+  EXPECT_EQ(c.machine_threads, 16);
+  EXPECT_EQ(c.min_threads, 4);
+}
+
 TEST(Scheduler, RefusesWhatCanNeverFit) {
   ResourceScheduler s(Config(1000 * kMB, {500 * kMB}), nullptr);
   absl::Status st = s.CheckFits(Cpu(1001 * kMB, "job x: decode"));
