@@ -899,6 +899,8 @@ void PrintJob(const v1::JobStatus& j) {
   }
   if (!j.result_path().empty())
     std::printf("  result on server: %s\n", j.result_path().c_str());
+  if (!j.output_path().empty())
+    std::printf("  written to: %s\n", j.output_path().c_str());
 }
 
 int Status(RegistrationClient* client, Options& opt, const Args& args,
