@@ -83,90 +83,56 @@ struct Gpu {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-int Main() {
-#if !REGSERVE_HAVE_CUDA
-  std::printf("multi_gpu_benchmark: built without CUDA; nothing to measure\n");
-  return 0;
-#else
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    std::printf("multi_gpu_benchmark: no CUDA device\n");
-    return 1;
-  }
+#if REGSERVE_HAVE_CUDA
+// --gpus, or every GPU; empty after printing why on a bad list.
+std::vector<int> SelectOrdinals(int count) {
   std::vector<int> ordinals;
   const std::string list = absl::GetFlag(FLAGS_gpus);
   if (list.empty()) {
     for (int i = 0; i < count; ++i) ordinals.push_back(i);
-  } else {
-    absl::StatusOr<DeviceSelection> sel = ParseDeviceSelection("cuda:" + list);
-    if (!sel.ok()) {
-      std::fprintf(stderr, "%s\n", sel.status().ToString().c_str());
-      return 2;
-    }
-    ordinals = sel->gpus;
+    return ordinals;
   }
-  const int64_t w = absl::GetFlag(FLAGS_width), h = absl::GetFlag(FLAGS_height);
-  const int64_t tile = absl::GetFlag(FLAGS_tile);
-  const int iters = absl::GetFlag(FLAGS_iters);
-  const ImageSpec spec{w, h, 3, SampleType::kUInt8};
-  const DisplacementField field =
-      warp_test::SmoothField(w, h, 4473, 3154, 20.0, 7);
-  const Image random = warp_test::RandomImage(spec, 11);
-  std::vector<Gpu> gpus(ordinals.size());
-  for (size_t i = 0; i < gpus.size(); ++i) {
-    Gpu& g = gpus[i];
-    g.ordinal = ordinals[i];
+  absl::StatusOr<DeviceSelection> sel = ParseDeviceSelection("cuda:" + list);
+  if (!sel.ok()) {
+    std::fprintf(stderr, "%s\n", sel.status().ToString().c_str());
+    return {};
+  }
+  return sel->gpus;
+}
+
+// A warper and its own pinned copy of the source on each GPU, and a first
+// (checksummed) warp there.
+absl::Status PrepareGpus(const Image& random, const DisplacementField& field,
+                         int64_t tile, std::vector<Gpu>* gpus) {
+  for (Gpu& g : *gpus) {
     auto warper = Warper::Create(WarpDevice::kCuda, g.ordinal);
-    if (!warper.ok()) {
-      std::fprintf(stderr, "GPU %d: %s\n", g.ordinal,
-                   warper.status().ToString().c_str());
-      return 1;
-    }
+    if (!warper.ok()) return warper.status();
     g.warper = *std::move(warper);
-    // Each GPU reads its own pinned copy of the source.
-    auto src = Image::Allocate(spec, PinnedHostAllocator());
-    if (!src.ok()) return 1;
+    auto src = Image::Allocate(random.spec(), PinnedHostAllocator());
+    if (!src.ok()) return src.status();
     std::copy_n(random.data(), random.size_bytes(), src->data());
     g.src = *std::move(src);
-    absl::Status s = WarpOnce(g, field, w, h, tile, /*checksum=*/true);
-    if (!s.ok()) {
-      std::fprintf(stderr, "GPU %d: %s\n", g.ordinal, s.ToString().c_str());
-      return 1;
-    }
+    absl::Status s = WarpOnce(g, field, random.width(), random.height(), tile,
+                              /*checksum=*/true);
+    if (!s.ok()) return s;
   }
-  const double mp = w * h / 1e6;
-  std::printf(
-      "image %lldx%lld RGB uint8 (%.1f MP), field 4473x3154, %s, %d iters\n",
-      static_cast<long long>(w), static_cast<long long>(h), mp,
-      tile == 0 ? "one pass" : ("tiles " + std::to_string(tile)).c_str(),
-      iters);
-  bool same = true;
-  for (const Gpu& g : gpus) same = same && g.checksum == gpus[0].checksum;
-  std::printf("check: outputs of all GPUs identical: %s\n",
-              same ? "yes" : "NO");
+  return absl::OkStatus();
+}
 
-  // One GPU alone.
-  Gpu& first = gpus[0];
-  std::vector<double> alone;
-  for (int k = 0; k < iters; ++k) {
-    const double t0 = Now();
-    if (!WarpOnce(first, field, w, h, tile, false).ok()) return 1;
-    alone.push_back(Now() - t0);
-  }
-  const double single_s = Median(alone);
-  const double single_mps = mp / single_s;
-
-  // All GPUs at once: each thread runs `iters` warps on its own GPU.
+// Seconds of the whole run: each GPU's thread runs `iters` warps at once.
+double RunConcurrently(std::vector<Gpu>* gpus, const DisplacementField& field,
+                       int64_t tile, int iters) {
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<std::thread> threads;
-  for (Gpu& g : gpus) {
+  for (Gpu& g : *gpus) {
     threads.emplace_back([&, gp = &g] {
       ++ready;
       while (!go.load()) std::this_thread::yield();
       for (int k = 0; k < iters; ++k) {
         const double t0 = Now();
-        absl::Status s = WarpOnce(*gp, field, w, h, tile, false);
+        absl::Status s = WarpOnce(*gp, field, gp->src.width(), gp->src.height(),
+                                  tile, false);
         if (!s.ok()) {
           gp->error = s.ToString();
           return;
@@ -175,14 +141,18 @@ int Main() {
       }
     });
   }
-  while (ready.load() < static_cast<int>(gpus.size()))
+  while (ready.load() < static_cast<int>(gpus->size()))
     std::this_thread::yield();
   const double t0 = Now();
   go = true;
   for (auto& t : threads) t.join();
-  const double wall = Now() - t0;
-  const double combined_mps = gpus.size() * iters * mp / wall;
+  return Now() - t0;
+}
 
+void PrintTables(const std::vector<Gpu>& gpus, double mp, double single_s,
+                 double wall, int iters) {
+  const double single_mps = mp / single_s;
+  const double combined_mps = gpus.size() * iters * mp / wall;
   std::printf(
       "\n| GPU | median ms (concurrent) | peak VRAM MiB | error "
       "|\n|---|---|---|---|\n");
@@ -199,6 +169,53 @@ int Main() {
       gpus.size(), iters, 1e3 * wall, combined_mps);
   std::printf("| combined / single throughput | %.2fx |\n",
               combined_mps / single_mps);
+}
+#endif
+
+int Main() {
+#if !REGSERVE_HAVE_CUDA
+  std::printf("multi_gpu_benchmark: built without CUDA; nothing to measure\n");
+  return 0;
+#else
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("multi_gpu_benchmark: no CUDA device\n");
+    return 1;
+  }
+  const std::vector<int> ordinals = SelectOrdinals(count);
+  if (ordinals.empty()) return 2;
+  const int64_t w = absl::GetFlag(FLAGS_width), h = absl::GetFlag(FLAGS_height);
+  const int64_t tile = absl::GetFlag(FLAGS_tile);
+  const int iters = absl::GetFlag(FLAGS_iters);
+  const DisplacementField field =
+      warp_test::SmoothField(w, h, 4473, 3154, 20.0, 7);
+  const Image random =
+      warp_test::RandomImage(ImageSpec{w, h, 3, SampleType::kUInt8}, 11);
+  std::vector<Gpu> gpus(ordinals.size());
+  for (size_t i = 0; i < gpus.size(); ++i) gpus[i].ordinal = ordinals[i];
+  absl::Status prepared = PrepareGpus(random, field, tile, &gpus);
+  if (!prepared.ok()) {
+    std::fprintf(stderr, "%s\n", prepared.ToString().c_str());
+    return 1;
+  }
+  const double mp = w * h / 1e6;
+  std::printf(
+      "image %lldx%lld RGB uint8 (%.1f MP), field 4473x3154, %s, %d iters\n",
+      static_cast<long long>(w), static_cast<long long>(h), mp,
+      tile == 0 ? "one pass" : ("tiles " + std::to_string(tile)).c_str(),
+      iters);
+  bool same = true;
+  for (const Gpu& g : gpus) same = same && g.checksum == gpus[0].checksum;
+  std::printf("check: outputs of all GPUs identical: %s\n",
+              same ? "yes" : "NO");
+  std::vector<double> alone;  // one GPU alone
+  for (int k = 0; k < iters; ++k) {
+    const double t0 = Now();
+    if (!WarpOnce(gpus[0], field, w, h, tile, false).ok()) return 1;
+    alone.push_back(Now() - t0);
+  }
+  const double wall = RunConcurrently(&gpus, field, tile, iters);
+  PrintTables(gpus, mp, Median(alone), wall, iters);
   return same ? 0 : 1;
 #endif
 }

@@ -285,6 +285,191 @@ double SeedBaselineMs(const Image& m, const DisplacementField& f, Image* out,
   return ms;
 }
 
+// Transfer floors on this machine: plain copies of the same bytes, one
+// way, and both ways at once on two streams (the duplex floor that an
+// overlapped one-pass warp approaches).
+void TransferFloors(const ImageSpec& spec, const Image& pinned,
+                    const Image& pageable, const DisplacementField& f) {
+  void* dev = nullptr;
+  void* dev2 = nullptr;
+  void* back = nullptr;
+  cudaMalloc(&dev, spec.bytes());
+  cudaMalloc(&dev2, spec.bytes());
+  cudaHostAlloc(&back, spec.bytes(), cudaHostAllocDefault);
+  auto report = [](const std::string& what, const std::vector<double>& ms,
+                   double bytes) {
+    const double m = Median(ms);
+    std::printf("floor: %-36s %8.2f ms  %6.1f GB/s\n", what.c_str(), m,
+                bytes / 1e6 / m);
+    g_rows.push_back(Row{absl::StrFormat("floor %s", what), m, 0, -1, -1,
+                         absl::StrFormat("%.1f GB/s", bytes / 1e6 / m)});
+  };
+  auto time_copy = [&](const char* what, void* dst, const void* src, size_t n,
+                       cudaMemcpyKind kind) {
+    std::vector<double> ms;
+    for (int r = 0; r < 4; ++r) {
+      const auto t0 = Clock::now();
+      cudaMemcpy(dst, src, n, kind);
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    report(what, ms, static_cast<double>(n));
+  };
+  time_copy("H2D pinned image", dev, pinned.data(), spec.bytes(),
+            cudaMemcpyHostToDevice);
+  time_copy("D2H pinned image", back, dev, spec.bytes(),
+            cudaMemcpyDeviceToHost);
+  time_copy("H2D pageable image", dev, pageable.data(), spec.bytes(),
+            cudaMemcpyHostToDevice);
+  time_copy("H2D pageable field dx (half)", dev, f.dx.data(), f.dx.size() * 4,
+            cudaMemcpyHostToDevice);
+  cudaStream_t up = nullptr, down = nullptr;
+  cudaStreamCreateWithFlags(&up, cudaStreamNonBlocking);
+  cudaStreamCreateWithFlags(&down, cudaStreamNonBlocking);
+  std::vector<double> ms;
+  for (int r = 0; r < 4; ++r) {
+    const auto t0 = Clock::now();
+    cudaMemcpyAsync(dev, pinned.data(), spec.bytes(), cudaMemcpyHostToDevice,
+                    up);
+    cudaMemcpyAsync(back, dev2, spec.bytes(), cudaMemcpyDeviceToHost, down);
+    cudaStreamSynchronize(up);
+    cudaStreamSynchronize(down);
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  report("H2D + D2H pinned at once (duplex)", ms,
+         static_cast<double>(spec.bytes()));
+  cudaStreamDestroy(up);
+  cudaStreamDestroy(down);
+  cudaFree(dev);
+  cudaFree(dev2);
+  cudaFreeHost(back);
+}
+
+// The one-pass and tiled warps, pinned and pageable.
+void TimedCases(Warper& cuda, const ImageSpec& spec, const Image& pinned,
+                const Image& pageable, const DisplacementField& f) {
+  const int reps = absl::GetFlag(FLAGS_reps);
+  WarpOptions o;
+  TimeWarp("cuda one-pass, pinned src -> pinned out", cuda, pinned, f, o, reps);
+  TimeWarp("cuda one-pass, pageable src -> pinned out", cuda, pageable, f, o,
+           reps);
+  Image dest = Image::Allocate(spec).value();
+  std::memset(dest.data(), 1, dest.size_bytes());
+  TimeWarp("cuda one-pass, pinned src -> pageable copy", cuda, pinned, f, o, 3,
+           &dest);
+  const int64_t budget_tile =
+      TileForBudget(spec, f, absl::GetFlag(FLAGS_budget_mib));
+  o.tile_size = budget_tile;
+  TimeWarp(absl::StrFormat("cuda budget %.0f MiB (tile %d), pinned",
+                           absl::GetFlag(FLAGS_budget_mib), budget_tile),
+           cuda, pinned, f, o, reps);
+  for (int64_t t : {8192, 4096, 2048}) {
+    o.tile_size = t;
+    TimeWarp(absl::StrFormat("cuda tiled %d, pinned src", t), cuda, pinned, f,
+             o, reps);
+  }
+  o.tile_size = 4096;
+  TimeWarp("cuda tiled 4096, pageable src", cuda, pageable, f, o, 3);
+}
+
+// --check: tiled against one pass on the GPU, and the GPU against the CPU.
+void CheckAgainstCpu(Warper& cuda, const Image& pinned, const Image& pageable,
+                     const DisplacementField& f) {
+  WarpOptions o;
+  const Image g1 = WarpAll(cuda, pinned, f, o);
+  o.tile_size = 4096;
+  const Image g2 = WarpAll(cuda, pinned, f, o);
+  o.tile_size = 0;
+  o.cpu_threads = 16;
+  auto cpu = Warper::Create(WarpDevice::kCpu).value();
+  const auto t0 = Clock::now();
+  const Image c1 = WarpAll(*cpu, pageable, f, o);
+  const double cpu_ms =
+      std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  const Diff tiled = CompareU8(g1, g2), vs_cpu = CompareU8(g1, c1);
+  std::printf("check: tiled(4096) vs one-pass: %ld differing samples, max %d\n",
+              tiled.differing, tiled.max);
+  std::printf(
+      "check: CUDA vs CPU (16 threads, %.0f ms): %ld differing samples, max "
+      "%d\n",
+      cpu_ms, vs_cpu.differing, vs_cpu.max);
+  g_rows.push_back(
+      Row{"check cuda tiled vs one-pass", 0, 0, -1, -1,
+          absl::StrFormat("%d diff, max %d", tiled.differing, tiled.max)});
+  g_rows.push_back(
+      Row{"check cuda vs cpu (283 MP)", 0, 0, -1, -1,
+          absl::StrFormat("%d diff, max %d", vs_cpu.differing, vs_cpu.max)});
+}
+
+// --baseline: the seed's way (4096 tiles, float32 grid_sample).
+void SeedBaseline(const ImageSpec& spec, const Image& pageable,
+                  const DisplacementField& f) {
+  Image out = Image::Allocate(spec).value();
+  uint64_t peak = 0;
+  SeedBaselineMs(pageable, f, &out, &peak);  // warm-up
+  const double ms = SeedBaselineMs(pageable, f, &out, &peak);
+  std::printf(
+      "seed baseline (4096 tiles, float32 grid_sample): %.1f ms, peak %.1f "
+      "MiB\n",
+      ms, Mib(peak));
+  g_rows.push_back(Row{"seed baseline grid_sample 4096+128", ms,
+                       spec.pixels() / 1e6 / (ms / 1e3), Mib(peak), -1, ""});
+}
+
+// --canvas_raw: a real photo, CUDA against the CPU for each interpolation.
+void CanvasCheck(Warper& cuda, const std::string& path) {
+  const ImageSpec cs{absl::GetFlag(FLAGS_canvas_width),
+                     absl::GetFlag(FLAGS_canvas_height), 3, SampleType::kUInt8};
+  Image cm = Image::Allocate(cs).value();
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(cm.data()), cs.bytes());
+  if (!in) {
+    std::printf("cannot read %s\n", path.c_str());
+    return;
+  }
+  const auto cf = warp_test::SmoothField(cs.width, cs.height, cs.width / 8,
+                                         cs.height / 8, 15.0, 7);
+  auto cpu = Warper::Create(WarpDevice::kCpu).value();
+  WarpOptions co;
+  co.cpu_threads = 16;
+  for (Interpolation interp : {Interpolation::kLinear, Interpolation::kCubic,
+                               Interpolation::kNearest}) {
+    co.interpolation = interp;
+    co.tile_size = 0;
+    const Image a = WarpAll(cuda, cm, cf, co);
+    const Image b = WarpAll(*cpu, cm, cf, co);
+    co.tile_size = 1000;
+    const Image c = WarpAll(cuda, cm, cf, co);
+    const Diff d1 = CompareU8(a, b), d2 = CompareU8(a, c);
+    std::printf(
+        "canvas %s: CUDA vs CPU %ld diff (max %d); tiled vs one-pass %ld "
+        "diff\n",
+        std::string(InterpolationName(interp)).c_str(), d1.differing, d1.max,
+        d2.differing);
+    g_rows.push_back(
+        Row{absl::StrFormat("check canvas %s", InterpolationName(interp)), 0, 0,
+            -1, -1,
+            absl::StrFormat("cpu %d diff max %d; tiled %d diff", d1.differing,
+                            d1.max, d2.differing)});
+  }
+}
+
+// --big_megapixels: a square grey image under --big_budget_mib.
+void BigImage(Warper& cuda, int64_t megapixels) {
+  const int64_t side = static_cast<int64_t>(std::sqrt(megapixels * 1e6));
+  const ImageSpec bs{side, side, 1, SampleType::kUInt8};
+  const Image bm = warp_test::RandomImage(bs, 5);
+  const auto bf =
+      warp_test::SmoothField(side, side, side / 6, side / 6, 30.0, 5);
+  WarpOptions bo;
+  bo.tile_size = TileForBudget(bs, bf, absl::GetFlag(FLAGS_big_budget_mib));
+  TimeWarp(absl::StrFormat("cuda %.0f MP gray, budget %.0f MiB, tile %d",
+                           bs.pixels() / 1e6,
+                           absl::GetFlag(FLAGS_big_budget_mib), bo.tile_size),
+           cuda, bm, bf, bo, 2);
+}
+
 void CudaBenchmark() {
   auto made = Warper::Create(WarpDevice::kCuda, 0);
   if (!made.ok()) {
@@ -292,7 +477,6 @@ void CudaBenchmark() {
     return;
   }
   auto cuda = std::move(made).value();
-  const int reps = absl::GetFlag(FLAGS_reps);
   const ImageSpec spec{absl::GetFlag(FLAGS_width), absl::GetFlag(FLAGS_height),
                        absl::GetFlag(FLAGS_channels), SampleType::kUInt8};
   std::printf("image %s (%.1f MP, %.0f MB), field %ldx%ld\n",
@@ -305,153 +489,14 @@ void CudaBenchmark() {
   const auto f = warp_test::SmoothField(
       spec.width, spec.height, absl::GetFlag(FLAGS_field_width),
       absl::GetFlag(FLAGS_field_height), absl::GetFlag(FLAGS_amplitude), 42);
-  {
-    // Transfer floors on this machine: plain copies of the same bytes.
-    void* dev = nullptr;
-    void* back = nullptr;
-    cudaMalloc(&dev, spec.bytes());
-    cudaHostAlloc(&back, spec.bytes(), cudaHostAllocDefault);
-    auto time_copy = [&](const char* what, void* dst, const void* src, size_t n,
-                         cudaMemcpyKind kind) {
-      std::vector<double> ms;
-      for (int r = 0; r < 4; ++r) {
-        const auto t0 = Clock::now();
-        cudaMemcpy(dst, src, n, kind);
-        ms.push_back(
-            std::chrono::duration<double, std::milli>(Clock::now() - t0)
-                .count());
-      }
-      const double m = Median(ms);
-      std::printf("floor: %-36s %8.2f ms  %6.1f GB/s\n", what, m, n / 1e6 / m);
-      g_rows.push_back(Row{absl::StrFormat("floor %s", what), m, 0, -1, -1,
-                           absl::StrFormat("%.1f GB/s", n / 1e6 / m)});
-    };
-    time_copy("H2D pinned image", dev, pinned.data(), spec.bytes(),
-              cudaMemcpyHostToDevice);
-    time_copy("D2H pinned image", back, dev, spec.bytes(),
-              cudaMemcpyDeviceToHost);
-    time_copy("H2D pageable image", dev, pageable.data(), spec.bytes(),
-              cudaMemcpyHostToDevice);
-    time_copy("H2D pageable field dx (half)", dev, f.dx.data(), f.dx.size() * 4,
-              cudaMemcpyHostToDevice);
-    cudaFree(dev);
-    cudaFreeHost(back);
-  }
-  WarpOptions o;
-  TimeWarp("cuda one-pass, pinned src -> pinned out", *cuda, pinned, f, o,
-           reps);
-  TimeWarp("cuda one-pass, pageable src -> pinned out", *cuda, pageable, f, o,
-           reps);
-  Image dest = Image::Allocate(spec).value();
-  std::memset(dest.data(), 1, dest.size_bytes());
-  TimeWarp("cuda one-pass, pinned src -> pageable copy", *cuda, pinned, f, o, 3,
-           &dest);
-  const int64_t budget_tile =
-      TileForBudget(spec, f, absl::GetFlag(FLAGS_budget_mib));
-  o.tile_size = budget_tile;
-  TimeWarp(absl::StrFormat("cuda budget %.0f MiB (tile %d), pinned",
-                           absl::GetFlag(FLAGS_budget_mib), budget_tile),
-           *cuda, pinned, f, o, reps);
-  for (int64_t t : {8192, 4096, 2048}) {
-    o.tile_size = t;
-    TimeWarp(absl::StrFormat("cuda tiled %d, pinned src", t), *cuda, pinned, f,
-             o, reps);
-  }
-  o.tile_size = 4096;
-  TimeWarp("cuda tiled 4096, pageable src", *cuda, pageable, f, o, 3);
-
-  if (absl::GetFlag(FLAGS_check)) {
-    o.tile_size = 0;
-    const Image g1 = WarpAll(*cuda, pinned, f, o);
-    o.tile_size = 4096;
-    const Image g2 = WarpAll(*cuda, pinned, f, o);
-    o.tile_size = 0;
-    o.cpu_threads = 16;
-    auto cpu = Warper::Create(WarpDevice::kCpu).value();
-    const auto t0 = Clock::now();
-    const Image c1 = WarpAll(*cpu, pageable, f, o);
-    const double cpu_ms =
-        std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    const Diff tiled = CompareU8(g1, g2), vs_cpu = CompareU8(g1, c1);
-    std::printf(
-        "check: tiled(4096) vs one-pass: %ld differing samples, max %d\n",
-        tiled.differing, tiled.max);
-    std::printf(
-        "check: CUDA vs CPU (16 threads, %.0f ms): %ld differing samples, max "
-        "%d\n",
-        cpu_ms, vs_cpu.differing, vs_cpu.max);
-    g_rows.push_back(
-        Row{"check cuda tiled vs one-pass", 0, 0, -1, -1,
-            absl::StrFormat("%d diff, max %d", tiled.differing, tiled.max)});
-    g_rows.push_back(
-        Row{"check cuda vs cpu (283 MP)", 0, 0, -1, -1,
-            absl::StrFormat("%d diff, max %d", vs_cpu.differing, vs_cpu.max)});
-  }
-  if (absl::GetFlag(FLAGS_baseline)) {
-    Image out = Image::Allocate(spec).value();
-    uint64_t peak = 0;
-    SeedBaselineMs(pageable, f, &out, &peak);  // warm-up
-    const double ms = SeedBaselineMs(pageable, f, &out, &peak);
-    std::printf(
-        "seed baseline (4096 tiles, float32 grid_sample): %.1f ms, peak %.1f "
-        "MiB\n",
-        ms, Mib(peak));
-    g_rows.push_back(Row{"seed baseline grid_sample 4096+128", ms,
-                         spec.pixels() / 1e6 / (ms / 1e3), Mib(peak), -1, ""});
-  }
+  TransferFloors(spec, pinned, pageable, f);
+  TimedCases(*cuda, spec, pinned, pageable, f);
+  if (absl::GetFlag(FLAGS_check)) CheckAgainstCpu(*cuda, pinned, pageable, f);
+  if (absl::GetFlag(FLAGS_baseline)) SeedBaseline(spec, pageable, f);
   const std::string canvas = absl::GetFlag(FLAGS_canvas_raw);
-  if (!canvas.empty()) {
-    const ImageSpec cs{absl::GetFlag(FLAGS_canvas_width),
-                       absl::GetFlag(FLAGS_canvas_height), 3,
-                       SampleType::kUInt8};
-    Image cm = Image::Allocate(cs).value();
-    std::ifstream in(canvas, std::ios::binary);
-    in.read(reinterpret_cast<char*>(cm.data()), cs.bytes());
-    if (!in) {
-      std::printf("cannot read %s\n", canvas.c_str());
-    } else {
-      const auto cf = warp_test::SmoothField(cs.width, cs.height, cs.width / 8,
-                                             cs.height / 8, 15.0, 7);
-      auto cpu = Warper::Create(WarpDevice::kCpu).value();
-      WarpOptions co;
-      co.cpu_threads = 16;
-      for (Interpolation interp :
-           {Interpolation::kLinear, Interpolation::kCubic,
-            Interpolation::kNearest}) {
-        co.interpolation = interp;
-        co.tile_size = 0;
-        const Image a = WarpAll(*cuda, cm, cf, co);
-        const Image b = WarpAll(*cpu, cm, cf, co);
-        co.tile_size = 1000;
-        const Image c = WarpAll(*cuda, cm, cf, co);
-        const Diff d1 = CompareU8(a, b), d2 = CompareU8(a, c);
-        std::printf(
-            "canvas %s: CUDA vs CPU %ld diff (max %d); tiled vs one-pass %ld "
-            "diff\n",
-            std::string(InterpolationName(interp)).c_str(), d1.differing,
-            d1.max, d2.differing);
-        g_rows.push_back(
-            Row{absl::StrFormat("check canvas %s", InterpolationName(interp)),
-                0, 0, -1, -1,
-                absl::StrFormat("cpu %d diff max %d; tiled %d diff",
-                                d1.differing, d1.max, d2.differing)});
-      }
-    }
-  }
+  if (!canvas.empty()) CanvasCheck(*cuda, canvas);
   const int64_t big = absl::GetFlag(FLAGS_big_megapixels);
-  if (big > 0) {
-    const int64_t side = static_cast<int64_t>(std::sqrt(big * 1e6));
-    const ImageSpec bs{side, side, 1, SampleType::kUInt8};
-    const Image bm = warp_test::RandomImage(bs, 5);
-    const auto bf =
-        warp_test::SmoothField(side, side, side / 6, side / 6, 30.0, 5);
-    WarpOptions bo;
-    bo.tile_size = TileForBudget(bs, bf, absl::GetFlag(FLAGS_big_budget_mib));
-    TimeWarp(absl::StrFormat("cuda %.0f MP gray, budget %.0f MiB, tile %d",
-                             bs.pixels() / 1e6,
-                             absl::GetFlag(FLAGS_big_budget_mib), bo.tile_size),
-             *cuda, bm, bf, bo, 2);
-  }
+  if (big > 0) BigImage(*cuda, big);
 }
 #endif
 

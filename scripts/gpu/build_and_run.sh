@@ -16,8 +16,10 @@
 #   small  the ITK brain pair through regserved + regctl, warp on CUDA and
 #          on the CPU, compared with the CPU machine's result
 #          (.gpu-debs/extra/ref/, from scripts/gpu/reference.sh)
-#   big    a 283.6 MP pair made from tests/data/photos at run time,
-#          server-side input paths, per-stage timings (GetJob)
+#   big    a 283.6 MP pair made from tests/data/photos at run time, three
+#          jobs: server-side input and output paths (deflate, then zstd),
+#          and uploads with the result streamed back; per-stage timings
+#          (GetJob) and the time to first tile (event_times.py)
 #   refine the LibTorch refinement on CUDA against the CPU (refine_benchmark)
 # Every step writes $OUT/<step>.log; a table of results is printed last.
 # The device calls (see docs/gpu.md), back to back so the machine stays warm:
@@ -202,8 +204,9 @@ do_test() {
 # start_daemon NAME BINARY: sets ADDR and PID
 start_daemon() {
   rm -rf "$WORK/data-$1"
+  mkdir -p "$WORK/out"
   "$2" --listen 127.0.0.1:0 --data_dir "$WORK/data-$1" --input_root "$WORK/in" \
-    --elastix_threads=2 >"$WORK/$1.out" 2>"$WORK/$1.err" &
+    --output_root "$WORK/out" --elastix_threads=2 >"$WORK/$1.out" 2>"$WORK/$1.err" &
   PID=$!
   ADDR=""
   for _ in $(seq 1 300); do
@@ -294,27 +297,48 @@ PY
   echo "made in $(( $(date +%s) - t )) s"; ls -la "$WORK/in"
   local RC="$BUILD/client/regctl"
   start_daemon big "$BUILD/server/regserved" || exit 1
-  t=$(date +%s%N)
-  "$RC" --server "$ADDR" submit --fixed-path "$WORK/in/fixed_283mp.tif" \
-    --moving-path "$WORK/in/moving_283mp.tif" --output "$WORK/out/big.tif" \
-    --transform affine --transform-out "$WORK/out/big_tf" >"$WORK/big.log" 2>&1
-  local rc=$?
-  local wall; wall=$(( $(ms_since $t) / 100 )); wall="${wall%?}.${wall: -1}"
-  grep -E "accepted|completed|failed|wrote|regctl:|^  " "$WORK/big.log" | head -20
-  local job; job=$(sed -n 's/.*job \([^ ]*\) completed.*/\1/p' "$WORK/big.log" | head -1)
-  result "283.6 MP job (server paths, affine), regctl wall" "exit $rc, $wall s"
-  if [ -n "$job" ]; then
-    "$RC" --server "$ADDR" status "$job" | tee "$OUT/big_status.txt"
-    while read -r stage secs; do
-      result "283.6 MP stage ${stage%:}" "$secs s"
-    done < <(sed -n 's/^  \([a-z]*:\) \([0-9.]*\) s$/\1 \2/p' "$OUT/big_status.txt")
-  fi
+  big_job server "server-side input and output paths (stored result deflate)" \
+    --fixed-path "$WORK/in/fixed_283mp.tif" --moving-path "$WORK/in/moving_283mp.tif" \
+    --output-path "$WORK/out/big_server.tif"
+  big_job zstd "server-side paths, stored result zstd" \
+    --fixed-path "$WORK/in/fixed_283mp.tif" --moving-path "$WORK/in/moving_283mp.tif" \
+    --output-path "$WORK/out/big_zstd.tif" --compression zstd
+  big_job upload "uploads, result streamed to regctl (zstd tiles)" \
+    --fixed "$WORK/in/fixed_283mp.tif" --moving "$WORK/in/moving_283mp.tif" \
+    --output "$WORK/out/big.tif"
   stop_daemon
-  grep -h '^(TransformParameters' "$WORK/out/big_tf/TransformParameters.0.txt" 2>/dev/null
+  grep -h '^(TransformParameters' "$WORK/out/big_upload_tf/TransformParameters.0.txt" 2>/dev/null
   if command -v idiff >/dev/null && [ -f "$WORK/out/big.tif" ]; then
     # The registered moving image against the fixed one (a shift of 13, 17:
-    # the border strip that moved out of view differs).
+    # the border strip that moved out of view differs), and the streamed copy
+    # against the one the server wrote.
     idiff -fail 1 -warn 1 "$WORK/in/fixed_283mp.tif" "$WORK/out/big.tif" 2>&1 | tail -5
+    idiff "$WORK/out/big_server.tif" "$WORK/out/big.tif" 2>&1 | tail -2
+  fi
+}
+
+# big_job NAME WHAT REGCTL-ARGS...: one 283.6 MP job (affine), its wall time
+# from submit to completed, its stage timeline, and (--json through
+# event_times.py) when the first tile arrived.
+big_job() {
+  local name=$1 what=$2; shift 2
+  local t; t=$(date +%s%N)
+  "$RC" --server "$ADDR" submit "$@" --transform affine --json \
+    --transform-out "$WORK/out/big_${name}_tf" 2>"$WORK/big_$name.err" |
+    tee "$WORK/big_$name.jsonl" | python3 scripts/gpu/event_times.py >"$WORK/big_$name.times"
+  local rc=${PIPESTATUS[0]}
+  local wall; wall=$(( $(ms_since $t) / 100 )); wall="${wall%?}.${wall: -1}"
+  tail -3 "$WORK/big_$name.err"; cat "$WORK/big_$name.times"
+  result "283.6 MP job: $what, regctl wall" "exit $rc, $wall s"
+  result "283.6 MP job: $what, tiles" "$(cat "$WORK/big_$name.times")"
+  local job; job=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    j = json.loads(l).get("job_id")
+    if j: print(j); break' "$WORK/big_$name.jsonl" 2>/dev/null)
+  if [ -n "$job" ]; then
+    "$RC" --server "$ADDR" status "$job" | tee "$OUT/big_${name}_status.txt"
+    local line; line=$(sed -n 's/^  \([a-z_]*\): \([0-9.]*\) s$/\1 \2 s/p' "$OUT/big_${name}_status.txt" | paste -sd, -)
+    result "283.6 MP job: $what, stages" "$line"
   fi
 }
 
