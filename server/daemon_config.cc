@@ -40,7 +40,9 @@ ABSL_FLAG(std::string, output_root, "",
           "regctl submit --output-path) must lie under. Empty: results are "
           "only streamed.");
 ABSL_FLAG(int, elastix_threads, 0,
-          "Threads per elastix process. 0: min(4, CPU cores).");
+          "The least CPU threads a stage (decode, elastix, CPU warp, result "
+          "compression) gets; a stage alone on the machine gets every core, "
+          "shared with the stages running beside it. 0: min(4, CPU cores).");
 ABSL_FLAG(int, cpu_slots, 0,
           "Concurrent CPU stages (decode, registration). 0: CPU cores / "
           "elastix_threads, at least 1.");

@@ -210,7 +210,6 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   // it; the planner then takes its budgets from PlanningBudgets(hw, rc).
   o.budget_overrides.ram_bytes = rc.flags.ram_bytes;
   o.budget_overrides.vram_bytes = rc.flags.vram_bytes;
-  o.elastix_threads = rc.elastix_threads;
   o.elastix.elastix_path = c.elastix;
   o.elastix.transformix_path = c.transformix;
   o.registration_timeout = c.registration_timeout;
@@ -288,9 +287,10 @@ void Announce(const DaemonConfig& c, const ResourceConfig& rc,
   std::fprintf(
       stderr,
       "regserved: data_dir %s; RAM budget %s; %zu GPU(s); %d CPU "
-      "slot(s) x %d elastix thread(s); default device %s\n",
+      "slot(s); %d to %d threads per stage; default device %s\n",
       c.data_dir.c_str(), FormatBytes(rc.ram_budget_bytes).c_str(),
       rc.gpu_ordinals.size(), rc.cpu_slots, rc.elastix_threads,
+      rc.machine_threads,
       std::string(DevicePreferenceName(rc.flags.devices.preference)).c_str());
   const std::string auth =
       tokens != nullptr

@@ -70,9 +70,6 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
   if (o.max_attempts < 1) {
     return absl::InvalidArgumentError("max_attempts must be >= 1");
   }
-  if (o.elastix_threads < 1) {
-    return absl::InvalidArgumentError("elastix_threads must be >= 1");
-  }
   REGSERVE_RETURN_IF_ERROR(
       TileGrid::ValidateEdge(o.stream_tile_size, "stream_tile_size"));
   if (o.retention <= absl::ZeroDuration()) {
@@ -129,7 +126,6 @@ JobManagerImpl::JobManagerImpl(const Options& options,
   services_.input_root = &input_root_;
   services_.output_root = &output_root_;
   services_.elastix = options_.elastix;
-  services_.threads = options_.elastix_threads;
   services_.max_pixels = options_.max_pixels;
   services_.registration_timeout = options_.registration_timeout;
   services_.before_stage = env_.before_stage;

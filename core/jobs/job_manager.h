@@ -103,7 +103,6 @@ class JobManager {
     double default_max_registration_megapixels = 20.0;
     DevicePreference device = DevicePreference::kAuto;
     BudgetOverrides budget_overrides;
-    int elastix_threads = 1;
     ElastixConfig elastix;
     absl::Duration registration_timeout = absl::Hours(2);
     absl::Duration retention = absl::Hours(24 * 7);

@@ -47,13 +47,13 @@ class JobManagerE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
     probe_ = std::make_unique<FakeProbe>(testing_util::SmallMachine());
-    scheduler_ = std::make_unique<ResourceScheduler>(
-        testing_util::SmallSchedulerConfig(), probe_.get());
+    SchedulerConfig config = testing_util::SmallSchedulerConfig();
+    config.machine_threads = config.min_threads = 2;  // elastix's threads
+    scheduler_ = std::make_unique<ResourceScheduler>(config, probe_.get());
     opts_.data_dir = tmp_.path() + "/data";
     opts_.input_root = testing_util::TestDataDir();
     opts_.device = DevicePreference::kCpu;
     opts_.stream_tile_size = 64;
-    opts_.elastix_threads = 2;
   }
   testing_util::TempDir tmp_;
   std::unique_ptr<FakeProbe> probe_;

@@ -97,7 +97,6 @@ struct StageServices {
   const InputRoot* input_root = nullptr;
   const OutputRoot* output_root = nullptr;
   ElastixConfig elastix;
-  int threads = 1;  // elastix, decode and CPU warp threads per job
   int64_t max_pixels = 0;
   absl::Duration registration_timeout = absl::Hours(2);
   // Test hook: called before a stage acquires its resources.
