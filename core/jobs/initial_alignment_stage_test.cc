@@ -2,7 +2,8 @@
 //
 // The initial_alignment stage in the pipeline (with the fake registration
 // of the JobManager tests): a found alignment pre-warps the moving copy onto
-// the fixed grid and is composed with the registration's field; none found,
+// the fixed grid and is composed with the registration's field, unless the
+// registration made it worse (then the start alone is kept); none found,
 // or an alignment that fails, leaves registration as before; cancelling
 // during the alignment ends the job.
 #include "core/jobs/job_manager_test_fixture.h"
@@ -67,6 +68,10 @@ TEST_F(JobManagerTest, FoundAlignmentPreWarpsAndIsComposed) {
   EXPECT_EQ(info.timings[1].stage, Stage::kInitialAlignment);
   EXPECT_TRUE(AnyReasonHas(info, "initial alignment: similarity from"));
   EXPECT_TRUE(AnyReasonHas(info, "pre-warped by the initial alignment"));
+  // Nothing left for elastix: the two fields are the same, the start +
+  // elastix one stays.
+  EXPECT_TRUE(AnyReasonHas(
+      info, "registration: elastix after the initial alignment kept"));
   // The pre-warped copy matches the fixed one, the original does not.
   {
     const Image fixed =
@@ -87,6 +92,27 @@ TEST_F(JobManagerTest, FoundAlignmentPreWarpsAndIsComposed) {
   EXPECT_LT(after, before / 5) << "before " << before << " after " << after;
   EXPECT_LT(after, 3.0);
   EXPECT_EQ(scheduler_->Stats().ram_reserved_bytes, 0u);
+}
+
+TEST_F(JobManagerTest, ElastixThatMakesTheStartWorseIsDropped) {
+  // The start finds the pair's shift; the (fake) registration after it
+  // drifts by (4, -3) px, which the quality map's estimate sees.
+  fake_.dx = 4;
+  fake_.dy = -3;
+  JobManagerEnv env = FakeEnv();
+  env.align_fn = nullptr;  // the real robust start
+  auto m = Make(std::move(env));
+  ASSERT_NE(m, nullptr);
+  const std::string id = *m->CreateJob(BrainSpec(), "");
+  const JobInfo info = WaitTerminal(m.get(), id);
+  ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
+  EXPECT_TRUE(AnyReasonHas(info,
+                           "registration: the initial alignment alone is "
+                           "used (est. mean"));
+  absl::StatusOr<Image> result = ReadImageFile(info.result_path);
+  absl::StatusOr<Image> fixed = ReadImageFile(BrainFixed());
+  ASSERT_TRUE(result.ok() && fixed.ok());
+  EXPECT_LT(MeanAbsDiff(*fixed, *result), 3.0);
 }
 
 TEST_F(JobManagerTest, NoAlignmentRegistersTheOriginalCopy) {

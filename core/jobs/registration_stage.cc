@@ -5,7 +5,9 @@
 // in the job directory. After an initial alignment H, elastix registers the
 // fixed copy against the moving copy pre-warped by H (on the fixed grid),
 // and the field kept is the total map x -> H(x + d(x)); the stored
-// TransformParameters then describe d alone. Memory: Plan::registration.
+// TransformParameters then describe d alone. Unless H alone fits better by
+// the quality map's estimate (field_choice.h): then the field is H's and
+// the plan says so. Memory: Plan::registration.
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +17,7 @@
 #include "core/common/file_util.h"
 #include "core/common/status_macros.h"
 #include "core/image/field_ops.h"
+#include "core/jobs/field_choice.h"
 #include "core/jobs/stage_runner.h"
 
 namespace regserve {
@@ -51,6 +54,8 @@ class RegistrationStage final : public PipelineStage {
     run->reg = *std::move(result);
     // The grayscale copies stay for the later stages (quality frees them).
     REGSERVE_RETURN_IF_ERROR(ComposeWithInitial(run, r.threads(), host));
+    REGSERVE_RETURN_IF_ERROR(
+        KeepTheBetterOfStartAndElastix(run, r.threads(), host));
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(
         CopyTransformFiles(req.work_dir, run->dir.transform(),
@@ -90,6 +95,63 @@ class RegistrationStage final : public PipelineStage {
         "[%.9g %.9g %.9g; %.9g %.9g %.9g; %.9g %.9g %.9g]",
         h.m[0], h.m[1], h.m[2], h.m[3], h.m[4], h.m[5], h.m[6], h.m[7],
         h.m[8]));
+    return absl::OkStatus();
+  }
+
+  // elastix's B-spline after a good start can make the fit worse where the
+  // images give its MI metric little to hold (field_choice.h: on the
+  // benchmark the true p95 went from 0.22 to 1.75 px); the quality map's
+  // estimates of the start alone and of start + elastix decide which field
+  // goes on. Memory: within the stage's reservation, elastix having exited
+  // (QualityRamBytes and one more field are below RegistrationRamBytes).
+  absl::Status KeepTheBetterOfStartAndElastix(JobRun* run, int threads,
+                                              StageHost* host) const {
+    if (!run->initial.found || run->reg.field.empty()) {
+      return absl::OkStatus();
+    }
+    const DisplacementField& total = run->reg.field;
+    const GridGeometry grid{total.width,    total.height,    total.origin_x,
+                            total.origin_y, total.spacing_x, total.spacing_y};
+    absl::StatusOr<DisplacementField> alone =
+        HomographyField(run->initial.fixed_to_moving, grid, threads);
+    const JobRecord& rec = run->rec;
+    QualityOptions q;
+    q.fixed_full_width = rec.fixed_spec.width;
+    q.fixed_full_height = rec.fixed_spec.height;
+    q.moving_full_width = rec.moving_spec.width;
+    q.moving_full_height = rec.moving_spec.height;
+    q.threads = threads;
+    q.cancel = run->cancel;
+    absl::StatusOr<FieldChoice> c =
+        alone.ok()
+            ? CompareFields(run->fixed_gray, run->moving_gray, total, *alone, q)
+            : absl::StatusOr<FieldChoice>(alone.status());
+    if (!c.ok()) {
+      if (absl::IsCancelled(c.status()) ||
+          absl::IsDeadlineExceeded(c.status())) {
+        return c.status();
+      }
+      host->AddPlanReason(absl::StrCat(
+          "registration: the initial alignment alone and with elastix could "
+          "not be compared (",
+          c.status().message(), "); elastix's field after it is used"));
+      return absl::OkStatus();
+    }
+    if (!c->candidate_better) {
+      host->AddPlanReason(absl::StrCat(
+          "registration: elastix after the initial alignment kept (",
+          ChoiceFigures(c->current),
+          "; the initial alignment alone: ", ChoiceFigures(c->candidate), ")"));
+      return absl::OkStatus();
+    }
+    run->reg.field = *std::move(alone);
+    host->AddPlanReason(absl::StrCat(
+        "registration: the initial alignment alone is used (",
+        ChoiceFigures(c->candidate),
+        "; with elastix after it: ", ChoiceFigures(c->current),
+        "): elastix made the fit worse, so the stored TransformParameters "
+        "are not part of the result's map, which is the initial alignment's "
+        "homography"));
     return absl::OkStatus();
   }
 
