@@ -6,10 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -18,6 +20,7 @@
 #include "core/image/image.h"
 #include "core/image/image_io.h"
 #include "core/image/tile_wire_codec.h"
+#include "core/image/tiled_tiff_writer.h"
 
 namespace regserve {
 namespace {
@@ -266,10 +269,14 @@ absl::Status TileAssembler::Finish() {
   const std::string lower = absl::AsciiStrToLower(output_path_);
   absl::Status written;
   if (absl::EndsWith(lower, ".tif") || absl::EndsWith(lower, ".tiff")) {
-    // Band by band: one tile row of the output in memory at a time.
+    // Band by band: one tile row of the output in memory at a time,
+    // compressed on every core (the same bytes for any thread count).
     const TileGrid grid(layout_.width, layout_.height, layout_.tile_size);
-    auto writer =
-        OpenTiledTiffWriter(output_path_, spec, static_cast<int>(grid.edge()));
+    TiledTiffOptions options;
+    options.tile = static_cast<int>(grid.edge());
+    options.threads =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    auto writer = OpenTiledTiffWriter(output_path_, spec, options);
     if (!writer.ok()) return writer.status();
     for (int64_t row = 0; row < grid.rows() && written.ok(); ++row) {
       const TileRect first = grid.rect(row * grid.cols());
