@@ -19,8 +19,18 @@
 // machine's budgets (--refine_mp=-1) unless told otherwise; CUDA at the
 // registration copy's size.
 //
+// --truth=homography uses the strong homography instead (60
+// degrees, scale 0.9, keystone): the robust start runs first, elastix
+// registers against the moving copy pre-warped by it, and the refinement
+// takes the start's homography as its prior (--no_prior: the identity);
+// --robust_start does the same for the smooth map. As the job does
+// (--as_job, the default), the start alone replaces start + elastix, and
+// the refined field its input, only when the quality map's estimate prefers
+// it; the "job's field" row is what the job would keep.
+//
 // --field_cache=FILE keeps elastix's field (and its time) in FILE, so that
-// tuning runs, or a machine without elastix, skip the registration.
+// tuning runs, or a machine without elastix, skip the registration. The
+// field depends on every flag before the refinement: one file per case.
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +52,7 @@
 #include "core/common/status_macros.h"
 #include "core/image/field_ops.h"
 #include "core/image/image_io.h"
+#include "core/jobs/field_choice.h"
 #include "core/plan/plan.h"
 #include "core/quality/quality_map.h"
 #include "core/refine/refine.h"
@@ -81,6 +92,13 @@ ABSL_FLAG(std::string, truth, "smooth",
           "smooth (rotation, shift, bend) or homography (the issue's strong "
           "homography; the field to refine is then the robust start + "
           "elastix, composed, as the job makes it)");
+ABSL_FLAG(bool, robust_start, false,
+          "run the robust start first, as the job does, also for "
+          "--truth=smooth (--truth=homography always does)");
+ABSL_FLAG(bool, as_job, true,
+          "choose as the job does (core/jobs/field_choice.h): the start alone "
+          "over start + elastix, and the refined field over its input, by "
+          "the quality map's estimate; prints the job's field");
 ABSL_FLAG(bool, no_prior, false,
           "refine without the robust start's homography as the prior");
 ABSL_FLAG(double, rotation_deg, 1.0, "known rotation (degrees)");
@@ -377,13 +395,16 @@ bool LoadField(const std::string& path, DisplacementField* f, double* seconds) {
 }
 
 // elastix on the copies, or its field from --field_cache.
-// --truth=homography: the robust start, as the job runs it (its homography
-// is also the refinement's prior); nullopt otherwise.
+// --truth=homography or --robust_start: the robust start, as the job runs
+// it (its homography is also the refinement's prior); nullopt otherwise.
 absl::StatusOr<std::optional<InitialAlignment>> RobustStart(const Image& fg,
                                                             const Image& mg,
                                                             int64_t w,
                                                             int64_t h) {
-  if (absl::GetFlag(FLAGS_truth) != "homography") return std::nullopt;
+  if (absl::GetFlag(FLAGS_truth) != "homography" &&
+      !absl::GetFlag(FLAGS_robust_start)) {
+    return std::nullopt;
+  }
   RobustStartOptions ro;
   ro.fixed_full_width = ro.moving_full_width = w;
   ro.fixed_full_height = ro.moving_full_height = h;
@@ -514,7 +535,7 @@ void WriteErrorMap(const std::string& path, const DisplacementField& field,
 }
 
 // Largest and mean distance between two fields on the same grid.
-void CompareFields(const DisplacementField& a, const DisplacementField& b) {
+void DiffFields(const DisplacementField& a, const DisplacementField& b) {
   double mx = 0, sum = 0;
   for (size_t k = 0; k < a.dx.size(); ++k) {
     const double d = std::hypot(a.dx[k] - b.dx[k], a.dy[k] - b.dy[k]);
@@ -543,6 +564,23 @@ void PrintQuality(const char* name, const Image& fg, const Image& mg,
   std::printf("  %s: %s (%d measured, %d unmatched)\n", name,
               QualitySummaryLine(r->summary).c_str(), r->summary.measured,
               r->summary.unmatched);
+}
+
+// As the job: `candidate` instead of `current` when the quality map's
+// estimate prefers it (CompareFields, core/jobs/field_choice.h).
+bool JobTakes(const char* what, const Image& fg, const Image& mg,
+              const DisplacementField& current,
+              const DisplacementField& candidate, int64_t w, int64_t h) {
+  QualityOptions q;
+  q.fixed_full_width = q.moving_full_width = w;
+  q.fixed_full_height = q.moving_full_height = h;
+  q.threads = absl::GetFlag(FLAGS_threads);
+  const double t0 = Now();
+  absl::StatusOr<FieldChoice> c = CompareFields(fg, mg, current, candidate, q);
+  const bool take = c.ok() && c->candidate_better;
+  std::printf("job: %s %s (two estimates in %.2f s)\n", what,
+              take ? "taken" : "not taken", Now() - t0);
+  return take;
 }
 
 // What one refinement needs besides its options.
@@ -581,6 +619,7 @@ absl::StatusOr<DisplacementField> RefineOnce(const RunInputs& in,
       r->initial_loss, r->final_loss, r->initial_ncc, r->final_ncc,
       r->improved ? "" : " (not improved: field kept)",
       (peak - std::min(peak, rss0)) / 1e6, r->peak_device_bytes / 1e6);
+  PrintQuality("refined", *in.fixed, *in.moving, r->field, in.w, in.h);
   const std::string map = absl::GetFlag(FLAGS_error_map);
   if (!map.empty()) {
     WriteErrorMap(absl::StrCat(map, "_", tag, ".png"), r->field, *in.truth,
@@ -665,7 +704,13 @@ int Run() {
              elastix_s);
     PrintQuality("start", *fg, *mg, *alone, w, h);
     PrintQuality("start + elastix", *fg, *mg, *field, w, h);
-    if (absl::GetFlag(FLAGS_initial) == "start") *field = *std::move(alone);
+    if (absl::GetFlag(FLAGS_initial) == "start") {
+      *field = *alone;
+    } else if (absl::GetFlag(FLAGS_as_job) &&
+               JobTakes("the start alone over start + elastix", *fg, *mg,
+                        *field, *alone, w, h)) {
+      *field = *alone;
+    }
   }
   if (absl::GetFlag(FLAGS_initial) == "truth") {
     *field = TruthField(truth, *field, absl::GetFlag(FLAGS_error_px));
@@ -674,6 +719,7 @@ int Run() {
   if (!found || absl::GetFlag(FLAGS_initial) != "elastix") {
     PrintRow(absl::GetFlag(FLAGS_initial).c_str(),
              Measure(*field, truth, w, h, texture, 4.0), elastix_s);
+    PrintQuality(absl::GetFlag(FLAGS_initial).c_str(), *fg, *mg, *field, w, h);
   }
   const RunInputs in{&*fg, &*mg, &*field, &truth, &texture, w, h};
   std::string devices = absl::GetFlag(FLAGS_devices);
@@ -691,6 +737,12 @@ int Run() {
     }
     absl::StatusOr<DisplacementField> r = RefineOnce(in, o, std::string(d));
     if (!r.ok()) return 1;
+    if (absl::GetFlag(FLAGS_as_job)) {
+      const bool take =
+          JobTakes("the refined field", *fg, *mg, *field, *r, w, h);
+      PrintRow(absl::StrCat("job's field (", d, ")").c_str(),
+               Measure(take ? *r : *field, truth, w, h, texture, 4.0), 0.0);
+    }
     if (device == WarpDevice::kCpu) {
       cpu_field = *std::move(r);
       cpu_options = o;
@@ -703,7 +755,7 @@ int Run() {
               ? std::move(r)
               : RefineOnce(in, same, "cuda_same_as_cpu");
       if (!c.ok()) return 1;
-      CompareFields(*cpu_field, *c);
+      DiffFields(*cpu_field, *c);
     }
   }
   return 0;
