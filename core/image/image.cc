@@ -49,6 +49,18 @@ std::string ImageSpec::DebugString() const {
                       SampleTypeName(type));
 }
 
+uint64_t StreamedGrayscaleWorkBytes(const ImageSpec& source,
+                                    int64_t target_width, int threads) {
+  if (source.stream_rows <= 0) return source.bytes();
+  const uint64_t rows = static_cast<uint64_t>(source.stream_rows);
+  const uint64_t width = static_cast<uint64_t>(source.width);
+  const uint64_t workers = static_cast<uint64_t>(threads < 1 ? 1 : threads);
+  // Two chunks: the next one is decoded while this one is reduced.
+  return 2 * rows * width * source.bytes_per_pixel() +
+         rows * static_cast<uint64_t>(target_width) * sizeof(float) +
+         workers * width * sizeof(float) + source.stream_scratch_bytes;
+}
+
 absl::Status ValidateSpec(const ImageSpec& spec) {
   constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
   if (spec.width < 1 || spec.width > kMaxDim) {

@@ -42,6 +42,12 @@ struct ImageSpec {
   // decoded pixels (OpenImageIO's scratch), as image_io's readers derive it
   // from the file's header. 0 when unknown (e.g. a spec built in memory).
   uint64_t decode_scratch_bytes = 0;
+  // Also from the header: how the streamed grayscale reader (streamed_gray.h)
+  // reads the file, `stream_rows` rows at a time (whole strips or rows of
+  // tiles where the layout has them), while the decoder holds
+  // `stream_scratch_bytes` beside those rows. 0 when unknown.
+  int64_t stream_rows = 0;
+  uint64_t stream_scratch_bytes = 0;
 
   int64_t pixels() const { return width * height; }
   size_t bytes_per_pixel() const { return channels * SampleSize(type); }
@@ -67,6 +73,15 @@ struct ImageMetadata {
   // TIFF/EXIF orientation 1..8 (how to display the stored rows); 0: none.
   int orientation = 0;
 };
+
+// The RAM the streamed grayscale reader holds beside its target_width-wide
+// output, for a source spec from image_io's readers (stream_rows and
+// stream_scratch_bytes set) and `threads` workers: two chunks of decoded
+// rows (one decoded while the other is reduced), a chunk's rows reduced to the
+// target width, one luma row per worker and the decoder's scratch. Without the
+// stream fields: the whole image, as if read at once.
+uint64_t StreamedGrayscaleWorkBytes(const ImageSpec& source,
+                                    int64_t target_width, int threads);
 
 // Checks 1 <= width, height <= 2^31-1, 1 <= channels <= 4, and that the byte
 // size is representable. Returns InvalidArgument naming the bad field.

@@ -21,7 +21,6 @@
 #include <limits>
 #include <new>
 #include <optional>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -29,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "core/common/status_macros.h"
+#include "core/image/oiio_input.h"
 #include "core/image/oiio_type.h"
 #include "core/image/png_chunks.h"
 #include "core/image/tiff_header.h"
@@ -37,34 +37,16 @@ namespace regserve {
 namespace {
 
 namespace oiio = OIIO;
+using oiio_internal::Container;
+using oiio_internal::DrainErrors;
+using oiio_internal::OpenInput;
+using oiio_internal::Source;
 
 // Uncompressed sizes above this are written as BigTIFF. Classic TIFF offsets
 // are 32-bit; the margin covers deflate's worst-case expansion and the tile
 // offset tables.
 constexpr uint64_t kBigTiffThreshold =
     (uint64_t{1} << 32) - (uint64_t{256} << 20);
-
-// Collects OIIO's pending messages: the object's own (if any) and the
-// thread's global one. Both must be drained so they do not leak into a later
-// call on this thread.
-template <typename T>
-std::string DrainErrors(const T* object) {
-  std::string msg;
-  if (object != nullptr) msg = object->geterror();
-  std::string global = oiio::geterror();
-  if (!global.empty()) {
-    if (!msg.empty()) msg += "; ";
-    msg += global;
-  }
-  // OIIO messages often end in a newline; keep Status messages on one line.
-  std::replace(msg.begin(), msg.end(), '\n', ' ');
-  absl::string_view trimmed = absl::StripTrailingAsciiWhitespace(msg);
-  // Callers append their own sentence; drop OIIO's final period.
-  while (!trimmed.empty() && trimmed.back() == '.') trimmed.remove_suffix(1);
-  std::string out(trimmed);
-  if (out.empty()) out = "OpenImageIO gave no error message";
-  return out;
-}
 
 // uint8 stays uint8, 16-bit unsigned stays uint16, all else becomes float32.
 SampleType DecodeType(const oiio::ImageSpec& spec) {
@@ -76,13 +58,6 @@ SampleType DecodeType(const oiio::ImageSpec& spec) {
   if (format.basetype == oiio::TypeDesc::UINT16) return SampleType::kUInt16;
   return SampleType::kFloat32;
 }
-
-// Reading source: a path, or bytes in memory with a name hint.
-struct Source {
-  std::string name;                 // path or name hint
-  absl::Span<const uint8_t> bytes;  // memory source when in_memory
-  bool in_memory = false;
-};
 
 std::string Describe(const Source& src) {
   if (src.in_memory) {
@@ -117,14 +92,6 @@ absl::Status CheckFile(const std::string& path) {
   }
   return absl::OkStatus();
 }
-
-// An open ImageInput plus the IOProxy it reads from (which must outlive it).
-struct OpenInput {
-  std::unique_ptr<oiio::Filesystem::IOMemReader> proxy;
-  std::unique_ptr<oiio::ImageInput> input;
-  oiio::ImageSpec spec;
-  ImageSpec ours;
-};
 
 // OIIO's read_image decodes through a scratch buffer of
 // max(64 MiB, "read_chunk" scanlines); the default of 256 scanlines lets a
@@ -178,10 +145,41 @@ bool WithBytes(const Source& src, F&& f) {
   return ok;
 }
 
-// What the container's own header says, read before a codec sees the bytes.
-struct Container {
-  std::optional<uint64_t> tiff_rows_per_strip;
-};
+// PNG: the interlace method, byte 12 of IHDR (the first chunk).
+bool IsInterlacedPng(uint64_t size, ReadAtFn read_at) {
+  static constexpr uint8_t kSignature[8] = {0x89, 'P',  'N',  'G',
+                                            '\r', '\n', 0x1A, '\n'};
+  uint8_t head[29];
+  if (size < sizeof(head) || read_at(0, sizeof(head), head) != sizeof(head))
+    return false;
+  return std::memcmp(head, kSignature, 8) == 0 &&
+         std::memcmp(head + 12, "IHDR", 4) == 0 && head[28] != 0;
+}
+
+// JPEG: whether the first frame header (SOFn) is progressive (SOF2, 6, 10,
+// 14), walking the marker segments before it.
+bool IsProgressiveJpeg(uint64_t size, ReadAtFn read_at) {
+  uint8_t b[4];
+  if (size < 4 || read_at(0, 2, b) != 2 || b[0] != 0xFF || b[1] != 0xD8)
+    return false;
+  uint64_t pos = 2;
+  for (int segments = 0; segments < 4096 && pos + 4 <= size; ++segments) {
+    if (read_at(pos, 4, b) != 4 || b[0] != 0xFF) return false;
+    const uint8_t m = b[1];
+    if (m == 0xFF) {  // fill byte
+      ++pos;
+      continue;
+    }
+    if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC)
+      return m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE;
+    if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) {
+      pos += 2;
+      continue;
+    }
+    pos += 2 + ((uint64_t{b[2]} << 8) | b[3]);
+  }
+  return false;
+}
 
 absl::StatusOr<Container> PrecheckContainer(const Source& src) {
   absl::Status s;
@@ -189,6 +187,8 @@ absl::StatusOr<Container> PrecheckContainer(const Source& src) {
   WithBytes(src, [&](uint64_t size, ReadAtFn read_at) {
     s = CheckPngChunkLengths(size, read_at);
     c.tiff_rows_per_strip = ReadTiffRowsPerStrip(size, read_at);
+    c.png_interlaced = IsInterlacedPng(size, read_at);
+    c.jpeg_progressive = IsProgressiveJpeg(size, read_at);
   });
   if (!s.ok()) {
     return absl::InvalidArgumentError(
@@ -250,6 +250,66 @@ absl::StatusOr<uint64_t> DecodeScratch(const Source& src,
   return std::min(image, kChunk + std::min(rows, height) * scanline);
 }
 
+// How the streamed reader (streamed_gray.cc) reads this file: whole strips
+// or rows of tiles, about kStreamChunk bytes of decoded rows at a time, or
+// that many rows one by one where strips are too tall (a single strip) or
+// the format has none. The scratch is what the decoder holds beside them,
+// measured in docs/benchmarks.md, "Decode memory": the raw (compressed)
+// strips or tiles of a chunk, read before they are decompressed; for a
+// TIFF strip read row by row, libtiff's buffer of the whole raw strip; the
+// whole image for an interlaced PNG and its coefficients for a progressive
+// JPEG; a native chunk when samples are converted (e.g. half to float).
+constexpr uint64_t kStreamChunk = uint64_t{16} << 20;
+
+}  // namespace
+
+namespace oiio_internal {
+
+void SetStreamLayout(const oiio::ImageSpec& s, const Container& container,
+                     bool is_tiff, uint64_t chunk_bytes, ImageSpec* ours) {
+  if (chunk_bytes == 0) chunk_bytes = kStreamChunk;
+  const uint64_t height = static_cast<uint64_t>(s.height);
+  const uint64_t row = ours->bytes() / height;  // decoded bytes per row
+  const uint64_t native_row = s.scanline_bytes(/*native=*/true);
+  const uint64_t per_chunk = std::max<uint64_t>(1, chunk_bytes / row);
+  uint64_t unit = 0;  // rows of a strip or a row of tiles, 0: read row by row
+  uint64_t unit_row = native_row;
+  if (s.tile_width > 0 && s.tile_height > 0) {
+    unit = static_cast<uint64_t>(s.tile_height);
+    const uint64_t tiles = (static_cast<uint64_t>(s.width) + s.tile_width - 1) /
+                           static_cast<uint64_t>(s.tile_width);
+    unit_row = native_row / static_cast<uint64_t>(s.width) * tiles *
+               static_cast<uint64_t>(s.tile_width);
+  } else if (container.tiff_rows_per_strip.has_value() &&
+             *container.tiff_rows_per_strip < height &&
+             *container.tiff_rows_per_strip * native_row <= 4 * kStreamChunk) {
+    unit = std::max<uint64_t>(1, *container.tiff_rows_per_strip);
+  }
+  uint64_t rows =
+      unit > 0 ? unit * std::max<uint64_t>(1, per_chunk / unit) : per_chunk;
+  rows = std::min(rows, height);
+  uint64_t scratch = 0;
+  if (unit > 0) {
+    scratch = rows * unit_row + (uint64_t{64} << 10);  // compressBound slack
+  } else if (container.png_interlaced) {
+    scratch = native_row * height;
+  } else if (container.jpeg_progressive) {
+    scratch = static_cast<uint64_t>(s.width) * height * s.nchannels * 2;
+  } else if (is_tiff) {  // no RowsPerStrip: one strip
+    scratch = native_row *
+              std::min(height, container.tiff_rows_per_strip.value_or(height));
+  } else {
+    scratch = 2 * native_row;
+  }
+  if (OiioTypeOf(ours->type) != s.format) scratch += rows * native_row;
+  ours->stream_rows = static_cast<int64_t>(rows);
+  ours->stream_scratch_bytes = scratch;
+}
+
+}  // namespace oiio_internal
+
+namespace {
+
 absl::StatusOr<OpenInput> Open(const Source& src) {
   ConfigureOiioOnce();
   if (src.in_memory) {
@@ -262,6 +322,7 @@ absl::StatusOr<OpenInput> Open(const Source& src) {
   }
   REGSERVE_ASSIGN_OR_RETURN(const Container container, PrecheckContainer(src));
   OpenInput result;
+  result.container = container;
   try {
     oiio::ImageSpec config;
     // Keep alpha as stored: no premultiplication on read.
@@ -316,6 +377,8 @@ absl::StatusOr<OpenInput> Open(const Source& src) {
   }
   REGSERVE_ASSIGN_OR_RETURN(result.ours.decode_scratch_bytes,
                             DecodeScratch(src, s, container));
+  result.is_tiff = std::string(result.input->format_name()) == "tiff";
+  oiio_internal::SetStreamLayout(s, container, result.is_tiff, 0, &result.ours);
   return result;
 }
 
@@ -465,124 +528,19 @@ absl::Status CheckWritable(const std::string& path) {
   return absl::OkStatus();
 }
 
-// ---------------------------------------------------------------------------
-// Grayscale copy.
-
-// Source range and overlap weights of each output sample along one axis.
-// Output sample j covers [j*scale, (j+1)*scale) of the source; source sample
-// i covers [i, i+1). weights[offset[j] .. offset[j+1]) belong to source
-// samples first[j], first[j]+1, ...; they are overlap lengths divided by
-// scale, so they sum to 1.
-struct AxisWeights {
-  std::vector<int64_t> first;
-  std::vector<int64_t> offset;
-  std::vector<float> weights;
-};
-
-AxisWeights MakeAxisWeights(int64_t source, int64_t target) {
-  AxisWeights w;
-  const double scale =
-      static_cast<double>(source) / static_cast<double>(target);
-  w.first.resize(target);
-  w.offset.resize(target + 1);
-  w.weights.reserve(static_cast<size_t>(target) *
-                    (static_cast<size_t>(std::ceil(scale)) + 1));
-  for (int64_t j = 0; j < target; ++j) {
-    const double a = static_cast<double>(j) * scale;
-    const double b = j + 1 == target ? static_cast<double>(source)
-                                     : static_cast<double>(j + 1) * scale;
-    const int64_t i0 = static_cast<int64_t>(std::floor(a));
-    const int64_t i1 =
-        std::min<int64_t>(source, static_cast<int64_t>(std::ceil(b)));
-    w.first[j] = i0;
-    w.offset[j] = static_cast<int64_t>(w.weights.size());
-    for (int64_t i = i0; i < i1; ++i) {
-      const double overlap =
-          std::min<double>(i + 1, b) - std::max<double>(i, a);
-      w.weights.push_back(static_cast<float>(overlap / scale));
-    }
-  }
-  w.offset[target] = static_cast<int64_t>(w.weights.size());
-  return w;
-}
-
-// Luma (or gray) of one source row, in source units (not normalised).
-template <typename T, int C>
-void LumaRow(const T* in, int64_t width, float* out) {
-  if constexpr (C >= 3) {
-    for (int64_t x = 0; x < width; ++x) {
-      const T* p = in + x * C;
-      out[x] = 0.299f * static_cast<float>(p[0]) +
-               0.587f * static_cast<float>(p[1]) +
-               0.114f * static_cast<float>(p[2]);
-    }
-  } else {
-    for (int64_t x = 0; x < width; ++x) out[x] = static_cast<float>(in[x * C]);
-  }
-}
-
-template <typename T, int C>
-void GrayscaleRows(const Image& src, const AxisWeights& wx,
-                   const AxisWeights& wy, float norm, int64_t row_begin,
-                   int64_t row_end, float* scratch, Image* dst) {
-  const int64_t width = src.width();
-  const int64_t tw = dst->width();
-  float* luma = scratch;             // width floats
-  float* reduced = scratch + width;  // tw floats
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    float* out = reinterpret_cast<float*>(dst->row(r));
-    std::fill(out, out + tw, 0.0f);
-  }
-  // Source rows touching this band of output rows, each read once.
-  const int64_t k_begin = wy.first[row_begin];
-  const int64_t k_end =
-      wy.first[row_end - 1] + (wy.offset[row_end] - wy.offset[row_end - 1]);
-  int64_t r = row_begin;
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    LumaRow<T, C>(reinterpret_cast<const T*>(src.row(k)), width, luma);
-    for (int64_t j = 0; j < tw; ++j) {
-      const float* w = wx.weights.data() + wx.offset[j];
-      const int64_t n = wx.offset[j + 1] - wx.offset[j];
-      const float* l = luma + wx.first[j];
-      float sum = 0.0f;
-      for (int64_t i = 0; i < n; ++i) sum += w[i] * l[i];
-      reduced[j] = sum;
-    }
-    // Output rows whose footprint contains source row k: r (advancing) and
-    // possibly the next one when k straddles their boundary.
-    while (r < row_end && wy.first[r] + (wy.offset[r + 1] - wy.offset[r]) <= k)
-      ++r;
-    for (int64_t rr = r; rr < row_end && wy.first[rr] <= k; ++rr) {
-      const float weight = wy.weights[wy.offset[rr] + (k - wy.first[rr])];
-      float* out = reinterpret_cast<float*>(dst->row(rr));
-      for (int64_t j = 0; j < tw; ++j) out[j] += weight * reduced[j];
-    }
-  }
-  if (norm != 1.0f) {
-    for (int64_t rr = row_begin; rr < row_end; ++rr) {
-      float* out = reinterpret_cast<float*>(dst->row(rr));
-      for (int64_t j = 0; j < tw; ++j) out[j] *= norm;
-    }
-  }
-}
-
-template <typename T>
-void GrayscaleRowsByChannels(const Image& src, const AxisWeights& wx,
-                             const AxisWeights& wy, float norm, int64_t b,
-                             int64_t e, float* scratch, Image* dst) {
-  switch (src.channels()) {
-    case 1:
-      return GrayscaleRows<T, 1>(src, wx, wy, norm, b, e, scratch, dst);
-    case 2:
-      return GrayscaleRows<T, 2>(src, wx, wy, norm, b, e, scratch, dst);
-    case 3:
-      return GrayscaleRows<T, 3>(src, wx, wy, norm, b, e, scratch, dst);
-    default:
-      return GrayscaleRows<T, 4>(src, wx, wy, norm, b, e, scratch, dst);
-  }
-}
-
 }  // namespace
+
+namespace oiio_internal {
+
+absl::StatusOr<OpenInput> OpenForReading(const Source& src) {
+  return Open(src);
+}
+std::string DescribeSource(const Source& src) { return Describe(src); }
+ImageMetadata MetadataOfSpec(const oiio::ImageSpec& spec) {
+  return MetadataOf(spec);
+}
+
+}  // namespace oiio_internal
 
 absl::StatusOr<ImageSpec> ReadImageSpecFile(const std::string& path) {
   Source src;
@@ -614,73 +572,6 @@ absl::StatusOr<Image> ReadImageMemory(absl::Span<const uint8_t> bytes,
   src.bytes = bytes;
   src.in_memory = true;
   return Read(src, options);
-}
-
-absl::StatusOr<Image> MakeGrayscaleCopy(const Image& image,
-                                        int64_t target_width,
-                                        int64_t target_height, int threads) {
-  if (image.empty()) {
-    return absl::InvalidArgumentError("MakeGrayscaleCopy got an empty image");
-  }
-  if (target_width < 1 || target_height < 1 || target_width > image.width() ||
-      target_height > image.height()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("grayscale copy size ", target_width, "x", target_height,
-                     " must be at least 1x1 and at most the source size ",
-                     image.width(), "x", image.height()));
-  }
-  ImageSpec spec;
-  spec.width = target_width;
-  spec.height = target_height;
-  spec.channels = 1;
-  spec.type = SampleType::kFloat32;
-  REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(spec));
-  float norm = 1.0f;
-  if (image.type() == SampleType::kUInt8) norm = 1.0f / 255.0f;
-  if (image.type() == SampleType::kUInt16) norm = 1.0f / 65535.0f;
-  const int64_t n =
-      std::max<int64_t>(1, std::min<int64_t>(threads, target_height));
-  // Everything that can fail is allocated here, before any thread starts:
-  // the axis tables and one row of scratch (source width + target width
-  // floats) per thread. Extra memory: O(target + threads x row).
-  AxisWeights wx, wy;
-  std::vector<std::vector<float>> scratch(n);
-  try {
-    wx = MakeAxisWeights(image.width(), target_width);
-    wy = MakeAxisWeights(image.height(), target_height);
-    for (std::vector<float>& v : scratch)
-      v.resize(image.width() + target_width);
-  } catch (const std::exception& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot allocate grayscale copy tables: ", e.what()));
-  }
-  auto run = [&](int64_t t) {
-    const int64_t b = target_height * t / n, e = target_height * (t + 1) / n;
-    float* tmp = scratch[t].data();
-    switch (image.type()) {
-      case SampleType::kUInt8:
-        return GrayscaleRowsByChannels<uint8_t>(image, wx, wy, norm, b, e, tmp,
-                                                &out);
-      case SampleType::kUInt16:
-        return GrayscaleRowsByChannels<uint16_t>(image, wx, wy, norm, b, e, tmp,
-                                                 &out);
-      case SampleType::kFloat32:
-        return GrayscaleRowsByChannels<float>(image, wx, wy, norm, b, e, tmp,
-                                              &out);
-    }
-  };
-  std::vector<std::thread> workers;
-  try {
-    workers.reserve(n - 1);
-    for (int64_t t = 1; t < n; ++t) workers.emplace_back(run, t);
-  } catch (const std::exception& e) {
-    for (std::thread& w : workers) w.join();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot start grayscale worker threads: ", e.what()));
-  }
-  run(0);
-  for (std::thread& w : workers) w.join();
-  return out;
 }
 
 absl::Status WriteImageFile(const std::string& path, const Image& image) {

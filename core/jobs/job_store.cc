@@ -147,6 +147,8 @@ void AddImageSpec(Writer* w, const std::string& prefix, const ImageSpec& s) {
   w->AddInt(prefix + ".channels", s.channels);
   w->Add(prefix + ".type", SampleTypeName(s.type));
   w->AddUint(prefix + ".decode_scratch_bytes", s.decode_scratch_bytes);
+  w->AddInt(prefix + ".stream_rows", s.stream_rows);
+  w->AddUint(prefix + ".stream_scratch_bytes", s.stream_scratch_bytes);
 }
 
 absl::Status ReadImageSpec(const Reader& r, const std::string& prefix,
@@ -163,6 +165,13 @@ absl::Status ReadImageSpec(const Reader& r, const std::string& prefix,
   if (r.Has(prefix + ".decode_scratch_bytes")) {
     REGSERVE_ASSIGN_OR_RETURN(s->decode_scratch_bytes,
                               r.Uint(prefix + ".decode_scratch_bytes"));
+  }
+  s->stream_rows = 0;
+  s->stream_scratch_bytes = 0;
+  if (r.Has(prefix + ".stream_rows")) {
+    REGSERVE_ASSIGN_OR_RETURN(s->stream_rows, r.Int(prefix + ".stream_rows"));
+    REGSERVE_ASSIGN_OR_RETURN(s->stream_scratch_bytes,
+                              r.Uint(prefix + ".stream_scratch_bytes"));
   }
   return absl::OkStatus();
 }

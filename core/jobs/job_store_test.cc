@@ -44,6 +44,8 @@ TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
   rec.have_input_specs = true;
   rec.fixed_spec = {100, 50, 1, SampleType::kFloat32};
   rec.fixed_spec.decode_scratch_bytes = 20000;
+  rec.fixed_spec.stream_rows = 96;
+  rec.fixed_spec.stream_scratch_bytes = 30000;
 
   JobRecord back;
   ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
@@ -72,6 +74,8 @@ TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
   EXPECT_EQ(back.info.output.type, SampleType::kUInt16);
   EXPECT_EQ(back.fixed_spec.width, 100);
   EXPECT_EQ(back.fixed_spec.decode_scratch_bytes, 20000u);
+  EXPECT_EQ(back.fixed_spec.stream_rows, 96);
+  EXPECT_EQ(back.fixed_spec.stream_scratch_bytes, 30000u);
   EXPECT_EQ(back.moving_spec.decode_scratch_bytes, 0u);
 
   // A state file from before decode_scratch_bytes existed reads it as
@@ -83,6 +87,16 @@ TEST(JobStoreTest, RecordsRoundTripWithEscapes) {
   ASSERT_OK(DecodeJobState(old_state, &back));
   EXPECT_EQ(back.fixed_spec.decode_scratch_bytes, 0u);
   EXPECT_EQ(back.fixed_spec.height, 50);
+  // One from before the streamed layout existed: unknown too.
+  for (const char* key :
+       {"fixed_spec.stream_rows=", "fixed_spec.stream_scratch_bytes="}) {
+    const size_t pos = old_state.find(key);
+    ASSERT_NE(pos, std::string::npos) << key;
+    old_state.erase(pos, old_state.find('\n', pos) + 1 - pos);
+  }
+  ASSERT_OK(DecodeJobState(old_state, &back));
+  EXPECT_EQ(back.fixed_spec.stream_rows, 0);
+  EXPECT_EQ(back.fixed_spec.stream_scratch_bytes, 0u);
 
   // A truncated state file is refused rather than half-read.
   std::string text = EncodeJobState(rec);

@@ -88,6 +88,21 @@ uint64_t GrayBytes(const RegSize& r) {
                                static_cast<double>(r.fw * r.fh + r.mw * r.mh));
 }
 
+// RAM of the decode stage, the larger of its two steps. First the fixed
+// image is streamed into its copy (core/image/streamed_gray.h): a few
+// strips, never the whole image (the stage's threads at most the machine's
+// cores). Then the moving image is read whole, with OpenImageIO's scratch,
+// beside the fixed copy, and its own copy made (measured:
+// docs/benchmarks.md, "Decode memory").
+uint64_t DecodeStageRam(const ImageSpec& fixed, const ImageSpec& moving,
+                        const RegSize& r, const Budgets& budgets) {
+  const uint64_t fixed_gray = static_cast<uint64_t>(
+      kGrayBytesPerPixel * static_cast<double>(r.fw * r.fh));
+  const uint64_t streamed =
+      StreamedGrayscaleWorkBytes(fixed, r.fw, budgets.cpu_threads) + fixed_gray;
+  return std::max(streamed, DecodeRam(moving) + GrayBytes(r));
+}
+
 // RAM of the quality stage: its own buffers, the copies and the field it
 // reads, and the full moving image held for the warp.
 uint64_t QualityStageRam(const RegSize& r, const ImageSpec& moving) {
@@ -331,11 +346,7 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
         reg.fw, reg.fh, Mp(static_cast<double>(reg.fw) * reg.fh),
         plan.registration_factor, why, Mp(ram_px)));
   }
-  // Decode reads the fixed image, makes its copy and frees it, then reads
-  // the moving image (kept for the warp) and makes its copy. Each read has
-  // OpenImageIO's scratch beside the image.
-  plan.decode.ram_bytes =
-      std::max(DecodeRam(fixed), DecodeRam(moving)) + GrayBytes(reg);
+  plan.decode.ram_bytes = DecodeStageRam(fixed, moving, reg, budgets);
   plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
   plan.initial_alignment.ram_bytes = InitialAlignmentStageRam(reg, moving);
   plan.quality.ram_bytes = QualityStageRam(reg, moving);

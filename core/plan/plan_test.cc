@@ -155,6 +155,39 @@ TEST(MakePlan, DecodeReservesOpenImageIoScratch) {
             kFabric.bytes() + (uint64_t{256} << 20) + 4 * 20'000'000ull);
 }
 
+TEST(MakePlan, DecodeStreamsTheFixedImage) {
+  // The fixed image is streamed into its copy: a few strips, not the whole
+  // image; the moving image is still read whole beside the fixed copy.
+  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  ImageSpec fixed = kFabric;
+  fixed.stream_rows = 64;
+  fixed.stream_scratch_bytes = 64ull * 18960 * 3;
+  const ImageSpec moving = Rgb(4000, 3000);
+  auto plan = MakePlan(fixed, moving, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const uint64_t fixed_gray =
+      4ull * plan->registration_fixed_width * plan->registration_fixed_height;
+  const uint64_t moving_gray =
+      4ull * plan->registration_moving_width * plan->registration_moving_height;
+  const uint64_t streamed =
+      StreamedGrayscaleWorkBytes(fixed, plan->registration_fixed_width,
+                                 b.cpu_threads) +
+      fixed_gray;
+  const uint64_t moving_step = 2 * moving.bytes() + fixed_gray + moving_gray;
+  EXPECT_EQ(plan->decode.ram_bytes, std::max(streamed, moving_step));
+  EXPECT_LT(plan->decode.ram_bytes, kFabric.bytes() / 4);
+  // Two chunks of 64 rows, their reduced rows, a luma row per thread.
+  EXPECT_EQ(StreamedGrayscaleWorkBytes(fixed, 1000, 8),
+            2 * 64ull * 18960 * 3 + 64ull * 1000 * 4 + 8ull * 18960 * 4 +
+                fixed.stream_scratch_bytes);
+  // A spec without the layout (not read from a file) counts the whole image.
+  EXPECT_EQ(StreamedGrayscaleWorkBytes(kFabric, 1000, 8), kFabric.bytes());
+  // Moving the same fabric: its whole image dominates.
+  plan = MakePlan(fixed, kFabric, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_GT(plan->decode.ram_bytes, kFabric.bytes());
+}
+
 TEST(TiffWriterPartialBytes, OnlyWhenWarpTilesCutStreamTiles) {
   EXPECT_EQ(TiffWriterPartialBytes(0, 18960, 512, kFabric), 0u);     // one pass
   EXPECT_EQ(TiffWriterPartialBytes(4096, 18960, 512, kFabric), 0u);  // lined up
