@@ -1,11 +1,14 @@
 // Copyright regserve authors.
 //
-// Decode: reads the fixed image, makes its grayscale registration copy and
-// frees it; then the moving image (kept for the warp, in pinned memory when
-// the warp runs on CUDA) and its copy. Memory: Plan::decode.
+// Decode: the fixed image streamed in strips straight into its grayscale
+// registration copy (core/image/streamed_gray.h: never held whole, the same
+// bits as decoding it whole); then the moving image read whole (kept for the
+// warp, in pinned memory when the warp runs on CUDA) and its copy made.
+// Memory: Plan::decode.
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
+#include "core/image/streamed_gray.h"
 #include "core/jobs/stage_runner.h"
 
 namespace regserve {
@@ -26,7 +29,9 @@ class DecodeStage final : public PipelineStage {
     for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
       host->Progress(Stage::kDecode, role == ImageRole::kFixed ? 0.0 : 0.5,
                      absl::StrCat("reading the ", RoleName(role), " image"));
-      REGSERVE_RETURN_IF_ERROR(DecodeOne(role, r.threads(), run));
+      REGSERVE_RETURN_IF_ERROR(role == ImageRole::kFixed
+                                   ? StreamFixed(r.threads(), run)
+                                   : DecodeOne(role, r.threads(), run));
     }
     host->Progress(Stage::kDecode, 1.0, "decoded");
     host->Finished(Stage::kDecode, start);
@@ -34,6 +39,51 @@ class DecodeStage final : public PipelineStage {
   }
 
  private:
+  static absl::Status SameSpec(const std::string& name, const ImageSpec& got,
+                               const ImageSpec& want) {
+    if (got.width != want.width || got.height != want.height ||
+        got.channels != want.channels || got.type != want.type) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(name, " changed since submission (now ",
+                       got.DebugString(), ", was ", want.DebugString(), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  // The fixed image goes straight into its copy, checked against the
+  // submitted header before any strip is decoded, the job's cancellation
+  // checked between strips.
+  absl::Status StreamFixed(int threads, JobRun* run) {
+    const JobRecord& rec = run->rec;
+    const Plan& plan = rec.info.plan;
+    REGSERVE_ASSIGN_OR_RETURN(std::string path,
+                              InputPathFor(s_, rec, ImageRole::kFixed));
+    const std::string name = "the fixed image";
+    StreamedGrayOptions o;
+    o.threads = threads;
+    o.max_pixels = s_.max_pixels;
+    o.max_bytes = plan.decode.ram_bytes;
+    o.metadata = &run->fixed_metadata;
+    o.check_spec = [&](const ImageSpec& got) {
+      return SameSpec(name, got, rec.fixed_spec);
+    };
+    o.check_cancel = [run] { return run->cancel->Check(); };
+    absl::StatusOr<Image> gray = ReadGrayscaleCopyFile(
+        path, plan.registration_fixed_width, plan.registration_fixed_height, o);
+    if (!gray.ok()) {
+      const absl::Status& s = gray.status();
+      if (s.code() == absl::StatusCode::kFailedPrecondition ||
+          s.code() == absl::StatusCode::kCancelled) {
+        return s;  // already in the job's words
+      }
+      const absl::Status clean = WithoutPath(s, path, name);
+      return absl::Status(
+          clean.code(), absl::StrCat("decoding ", name, ": ", clean.message()));
+    }
+    run->fixed_gray = *std::move(gray);
+    return absl::OkStatus();
+  }
+
   absl::Status DecodeOne(ImageRole role, int threads, JobRun* run) {
     const JobRecord& rec = run->rec;
     const Plan& plan = rec.info.plan;
@@ -55,14 +105,8 @@ class DecodeStage final : public PipelineStage {
       return absl::Status(s.code(),
                           absl::StrCat("decoding ", name, ": ", s.message()));
     }
-    const ImageSpec& want = is_fixed ? rec.fixed_spec : rec.moving_spec;
-    const ImageSpec& got = image->spec();
-    if (got.width != want.width || got.height != want.height ||
-        got.channels != want.channels || got.type != want.type) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(name, " changed since submission (now ",
-                       got.DebugString(), ", was ", want.DebugString(), ")"));
-    }
+    REGSERVE_RETURN_IF_ERROR(SameSpec(
+        name, image->spec(), is_fixed ? rec.fixed_spec : rec.moving_spec));
     REGSERVE_RETURN_IF_ERROR(run->cancel->Check());
     absl::StatusOr<Image> gray =
         MakeGrayscaleCopy(*image,
