@@ -10,7 +10,8 @@
 # (the host's regserved/regctl, built there if missing; default
 # build-docker-test), DEBIAN_BASE (base image; default debian:bookworm if
 # present, else regserve/debian-base:bookworm, made if missing), IMAGE
-# (default regserve:cpu), SKIP_COMPOSE=1.
+# (default regserve:cpu), REUSE_IMAGE=1 (do not rebuild an existing IMAGE),
+# SKIP_COMPOSE=1.
 #
 # Checks: the image builds (time and size printed); it runs as a non-root
 # user and has no compiler; libstdc++ is the first DT_NEEDED of the shipped
@@ -48,7 +49,7 @@ cleanup() {
       docker logs --tail 40 "${c}" >&2
     done
   fi
-  docker ps -aq --filter "name=${NAME}" | xargs -r docker rm -f >/dev/null
+  docker ps -aq --filter "name=${NAME}" | xargs -r docker rm -f -v >/dev/null
   if [ -z "${SKIP_COMPOSE:-}" ] && [ -f "${WORK}/compose.env" ]; then
     docker-compose -p "${NAME}" -f deploy/compose.cpu.yaml down -v >/dev/null 2>&1
   fi
@@ -60,8 +61,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shellcheck source=deploy/docker/test_lib.sh
-source deploy/docker/test_lib.sh
+# shellcheck source=deploy/docker_test_lib.sh
+source deploy/docker_test_lib.sh
 
 ensure_dockerd
 build_host_programs

@@ -56,9 +56,11 @@ list_runtime() {
            && [ "${lib#"${REGSERVE_BUNDLED_PREFIX}"}" != "${lib}" ]; then
           continue
         fi
-        # Merged /usr: dpkg may know the file under /lib or /usr/lib.
+        # Merged /usr: dpkg may know the file under /lib or /usr/lib; and
+        # alternatives (libblas.so.3) are links to the file a package owns.
         case "${lib}" in /usr/*) alt="${lib#/usr}" ;; *) alt="/usr${lib}" ;; esac
-        pkg="$(dpkg -S "${lib}" 2>/dev/null || dpkg -S "${alt}" 2>/dev/null || true)"
+        pkg="$(dpkg -S "${lib}" 2>/dev/null || dpkg -S "${alt}" 2>/dev/null \
+               || dpkg -S "$(readlink -f "${lib}")" 2>/dev/null || true)"
         pkg="$(printf '%s\n' "${pkg}" | head -n1 | cut -d: -f1)"
         if [ -n "${pkg}" ]; then
           echo "${pkg}" >> "${share}/runtime-packages"

@@ -50,6 +50,12 @@ ensure_base_image() {
 
 build_image() {
   local t
+  if [ -n "${REUSE_IMAGE:-}" ] && docker image inspect "${IMAGE}" >/dev/null 2>&1; then
+    BUILD_S="(reused)"
+    IMAGE_MB=$(( $(docker image inspect -f '{{.Size}}' "${IMAGE}") / 1000000 ))
+    log "REUSE_IMAGE: not building ${IMAGE} (${IMAGE_MB} MB)"
+    return
+  fi
   t=$(date +%s)
   log "docker build --target cpu (JOBS=${JOBS})"
   nice -n 10 docker build --target cpu --build-arg "DEBIAN_BASE=${DEBIAN_BASE}" \
@@ -74,7 +80,7 @@ check_image_contents() {
   # The shipped programs, read with the host's readelf (none in the image).
   docker create --name "${NAME}-files" "${IMAGE}" >/dev/null
   docker cp "${NAME}-files:/opt/regserve/bin/regserved" "${WORK}/regserved.image"
-  docker rm "${NAME}-files" >/dev/null
+  docker rm -v "${NAME}-files" >/dev/null
   first="$(readelf -d "${WORK}/regserved.image" | awk '/\(NEEDED\)/ {print $NF; exit}')"
   [ "${first}" = "[libstdc++.so.6]" ] || fail "regserved's first DT_NEEDED is ${first}"
   pass "the image's regserved needs libstdc++.so.6 first"
@@ -82,7 +88,7 @@ check_image_contents() {
 
 start_host_daemon() {
   "${BUILD_DIR}/server/regserved" --listen=127.0.0.1:0 \
-    --data_dir="${WORK}/host-data" >"${WORK}/host.out" 2>"${WORK}/host.err" &
+    --data_dir="${WORK}/host-data" --input_root="${REPO}/tests/data" >"${WORK}/host.out" 2>"${WORK}/host.err" &
   HOST_PID=$!
   for _ in $(seq 1 300); do
     HOST_ADDR="$(sed -n 's/^regserved listening on //p' "${WORK}/host.out")"
@@ -93,14 +99,18 @@ start_host_daemon() {
   fail "host regserved did not start"
 }
 
-# Starts a container on the test volume (extra docker run arguments before
-# the image) and waits until Docker reports it healthy; sets ADDR.
+# Starts a container on the test volume (docker run options, then `--` and
+# regserved's arguments instead of the image's CMD) and waits until Docker
+# reports it healthy; sets ADDR.
 start_container() {
   local name="$1" t status
+  local -a opts=()
   shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+  [ $# -eq 0 ] || shift
   t=$(date +%s)
   docker run -d --name "${name}" -p 127.0.0.1::50051 -p 127.0.0.1::9464 \
-    -v "${VOLUME}:/var/lib/regserve" "$@" "${IMAGE}" >/dev/null
+    -v "${VOLUME}:/var/lib/regserve" "${opts[@]}" "${IMAGE}" "$@" >/dev/null
   ADDR="$(docker port "${name}" 50051/tcp | head -n1)"
   for _ in $(seq 1 120); do
     status="$(docker inspect -f '{{.State.Health.Status}}' "${name}")"
@@ -119,7 +129,9 @@ FIXED=tests/data/itk_brain/BrainProtonDensitySlice.png
 MOVING=tests/data/itk_brain/BrainProtonDensitySliceR10X13Y17.png
 
 # The job id from the first line of `regctl submit --json`.
-job_id_of() { grep -o '"job_id": *"[^"]*"' "$1" | head -n1 | sed 's/.*"\([^"]*\)"$/\1/'; }
+job_id_of() {
+  { grep -o '"job_id": *"[^"]*"' "$1" || true; } | head -n1 | sed 's/.*"\([^"]*\)"$/\1/'
+}
 
 submit_pair() {  # ADDR OUT_PREFIX
   REGCTL --server "$1" submit --json --fixed "${FIXED}" --moving "${MOVING}" \
@@ -127,8 +139,12 @@ submit_pair() {  # ADDR OUT_PREFIX
     >"$2.json" 2>"$2.err" || { cat "$2.err" >&2; fail "submit to $1"; }
 }
 
+# The first container has the test data at the same path as the host, as
+# its input root, so that server-side paths mean the same on both sides.
 test_same_result() {
-  start_container "${NAME}-1"
+  start_container "${NAME}-1" -v "${REPO}/tests/data:${REPO}/tests/data:ro" -- \
+    --listen=0.0.0.0:50051 --insecure_listen_any --metrics_listen=0.0.0.0:9464 \
+    --data_dir=/var/lib/regserve --input_root="${REPO}/tests/data"
   submit_pair "${HOST_ADDR}" "${WORK}/host"
   submit_pair "${ADDR}" "${WORK}/container"
   JOB1="$(job_id_of "${WORK}/container.json")"
@@ -139,6 +155,19 @@ test_same_result() {
   diff -r "${WORK}/host.transform" "${WORK}/container.transform" \
     || fail "the container's transform differs from the host's"
   pass "the pair through the published port: the same result file and transform as on the host"
+  # The same pair read by the daemons from the input root.
+  local side addr
+  for side in host container; do
+    addr="${HOST_ADDR}"; [ "${side}" = host ] || addr="${ADDR}"
+    REGCTL --server "${addr}" submit --fixed-path "${REPO}/${FIXED}" \
+      --moving-path "${REPO}/${MOVING}" --transform affine \
+      --output "${WORK}/${side}-paths.tif" >/dev/null 2>"${WORK}/${side}-paths.err" \
+      || { cat "${WORK}/${side}-paths.err" >&2; fail "server-side submit (${side})"; }
+  done
+  cmp "${WORK}/host-paths.tif" "${WORK}/container-paths.tif" \
+    || idiff -fail 0 -failpercent 0 "${WORK}/host-paths.tif" "${WORK}/container-paths.tif" \
+    || fail "server-side inputs: the container's result differs from the host's"
+  pass "the pair from the input root (--fixed-path): the same result file as on the host"
 }
 
 # "EXIT CODE_NAME" of a regctl command (the first gRPC code name it prints).
@@ -151,7 +180,9 @@ status_of() {
 test_bad_input() {
   local bad=tests/data/bad_images name h c
   local -a cases=(
-    "missing server-side input path|submit --fixed-path /no/such/fixed.png --moving-path /no/such/moving.png --output ${WORK}/x.tif"
+    "missing input path|submit --fixed-path ${REPO}/tests/data/no_such.png --moving-path ${REPO}/${MOVING} --output ${WORK}/x.tif"
+    "input path outside the input root|submit --fixed-path /etc/passwd --moving-path ${REPO}/${MOVING} --output ${WORK}/x.tif"
+    "input path with ..|submit --fixed-path ${REPO}/tests/data/../README.md --moving-path ${REPO}/${MOVING} --output ${WORK}/x.tif"
     "corrupt image upload|submit --fixed ${bad}/corrupt_header.png --moving ${MOVING} --output ${WORK}/x.tif"
     "decompression bomb upload|submit --fixed ${bad}/bomb_200000x200000.png --moving ${MOVING} --output ${WORK}/x.tif"
     "unknown job|status 0123456789abcdef0123456789abcdef"
@@ -177,7 +208,7 @@ test_bad_input() {
 
 test_kill_and_volume() {
   docker kill "${NAME}-1" >/dev/null
-  docker rm "${NAME}-1" >/dev/null
+  docker rm -v "${NAME}-1" >/dev/null
   start_container "${NAME}-2"
   REGCTL --server "${ADDR}" status "${JOB1}" | tee "${WORK}/status-after-kill" | head -n1
   grep -q "JOB_STATE_COMPLETED" "${WORK}/status-after-kill" \
@@ -198,13 +229,15 @@ test_stop_with_running_job() {
   local submit_pid=$!
   for _ in $(seq 1 300); do
     job="$(job_id_of "${WORK}/long.json")"
+    # Stopped in the registration stage: elastix runs as a child process.
     if [ -n "${job}" ] && REGCTL --server "${ADDR}" status "${job}" 2>/dev/null \
-         | head -n1 | grep -q JOB_STATE_RUNNING; then
+         | head -n1 | grep -q "JOB_STATE_RUNNING (registration"; then
       break
     fi
     sleep 0.5
   done
   [ -n "${job}" ] || fail "the long job did not start"
+  sleep 2
   state="$(REGCTL --server "${ADDR}" status "${job}" | head -n1)"
   t=$(date +%s)
   docker stop -t 60 "${NAME}-2" >/dev/null
@@ -214,7 +247,7 @@ test_stop_with_running_job() {
   [ "${code}" = 0 ] || fail "docker stop: exit code ${code} after ${t} s"
   [ "${t}" -lt 60 ] || fail "docker stop took ${t} s"
   pass "docker stop with a running job (${state#*: }) ended it in ${t} s, exit 0"
-  docker rm "${NAME}-2" >/dev/null
+  docker rm -v "${NAME}-2" >/dev/null
   start_container "${NAME}-3"
   REGCTL --server "${ADDR}" status "${job}" | head -n1
   REGCTL --server "${ADDR}" watch "${job}" --output "${WORK}/long.tif" \
@@ -229,7 +262,7 @@ test_compose() {
     || fail "docker-compose config deploy/compose.yaml"
   pass "docker-compose config validates deploy/compose.yaml"
   docker-compose -f deploy/compose.cpu.yaml config -q || fail "compose.cpu.yaml"
-  docker rm -f "${NAME}-3" >/dev/null
+  docker rm -f -v "${NAME}-3" >/dev/null
   touch "${WORK}/compose.env"
   export DEBIAN_BASE REGSERVE_IMAGE="${IMAGE}" REGSERVE_BIND=127.0.0.1
   export REGSERVE_GRPC_PORT=0 REGSERVE_METRICS_PORT=0 REGSERVE_PROMETHEUS_PORT=0
