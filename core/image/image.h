@@ -77,7 +77,8 @@ struct ImageMetadata {
 // The RAM the streamed grayscale reader holds beside its target_width-wide
 // output, for a source spec from image_io's readers (stream_rows and
 // stream_scratch_bytes set) and `threads` workers: two chunks of decoded
-// rows (one decoded while the other is reduced), a chunk's rows reduced to the
+// rows (one decoded while the other is reduced) and the measured overhead
+// (a third chunk and 8 MiB), a chunk's rows reduced to the
 // target width, one luma row per worker and the decoder's scratch. Without the
 // stream fields: the whole image, as if read at once.
 uint64_t StreamedGrayscaleWorkBytes(const ImageSpec& source,

@@ -187,6 +187,7 @@ absl::StatusOr<Container> PrecheckContainer(const Source& src) {
   WithBytes(src, [&](uint64_t size, ReadAtFn read_at) {
     s = CheckPngChunkLengths(size, read_at);
     c.tiff_rows_per_strip = ReadTiffRowsPerStrip(size, read_at);
+    c.size = size;
     c.png_interlaced = IsInterlacedPng(size, read_at);
     c.jpeg_progressive = IsProgressiveJpeg(size, read_at);
   });
@@ -256,7 +257,8 @@ absl::StatusOr<uint64_t> DecodeScratch(const Source& src,
 // the format has none. The scratch is what the decoder holds beside them,
 // measured in docs/benchmarks.md, "Decode memory": the raw (compressed)
 // strips or tiles of a chunk, read before they are decompressed; for a
-// TIFF strip read row by row, libtiff's buffer of the whole raw strip; the
+// TIFF strip read row by row, libtiff's buffer of the whole raw (compressed)
+// strip, at most the file; the
 // whole image for an interlaced PNG and its coefficients for a progressive
 // JPEG; a native chunk when samples are converted (e.g. half to float).
 constexpr uint64_t kStreamChunk = uint64_t{16} << 20;
@@ -295,9 +297,13 @@ void SetStreamLayout(const oiio::ImageSpec& s, const Container& container,
     scratch = native_row * height;
   } else if (container.jpeg_progressive) {
     scratch = static_cast<uint64_t>(s.width) * height * s.nchannels * 2;
-  } else if (is_tiff) {  // no RowsPerStrip: one strip
-    scratch = native_row *
-              std::min(height, container.tiff_rows_per_strip.value_or(height));
+  } else if (is_tiff) {
+    // libtiff holds the whole raw strip (no RowsPerStrip: one strip), at
+    // most the file.
+    scratch = std::min(
+        container.size,
+        native_row *
+            std::min(height, container.tiff_rows_per_strip.value_or(height)));
   } else {
     scratch = 2 * native_row;
   }

@@ -56,6 +56,7 @@ struct Source {
 // What the container's own header says, read before a codec sees the bytes.
 struct Container {
   std::optional<uint64_t> tiff_rows_per_strip;
+  uint64_t size = 0;  // the file's (or the memory's) bytes
   // Layouts whose OpenImageIO reader holds the whole image (PNG's Adam7
   // interlacing) or all its coefficients (progressive JPEG) however few
   // rows are asked for.

@@ -191,18 +191,38 @@ absl::Status StreamRows(const Source& src, OpenInput* in,
   return absl::OkStatus();
 }
 
+absl::StatusOr<OpenInput> OpenStreamed(const Source& src,
+                                       const StreamedGrayOptions& options) {
+  REGSERVE_ASSIGN_OR_RETURN(OpenInput in, oiio_internal::OpenForReading(src));
+  if (options.chunk_bytes > 0) {
+    oiio_internal::SetStreamLayout(in.spec, in.container, in.is_tiff,
+                                   options.chunk_bytes, &in.ours);
+  }
+  return in;
+}
+
 }  // namespace
+
+absl::StatusOr<ImageSpec> ReadGrayscaleLayout(
+    const std::string& path, const StreamedGrayOptions& options) {
+  Source src;
+  src.name = path;
+  REGSERVE_ASSIGN_OR_RETURN(OpenInput in, OpenStreamed(src, options));
+  try {
+    in.input->close();
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("closing ", DescribeSource(src), " threw: ", e.what()));
+  }
+  return in.ours;
+}
 
 absl::StatusOr<Image> ReadGrayscaleCopyFile(
     const std::string& path, int64_t target_width, int64_t target_height,
     const StreamedGrayOptions& options) {
   Source src;
   src.name = path;
-  REGSERVE_ASSIGN_OR_RETURN(OpenInput in, oiio_internal::OpenForReading(src));
-  if (options.chunk_bytes > 0) {
-    oiio_internal::SetStreamLayout(in.spec, in.container, in.is_tiff,
-                                   options.chunk_bytes, &in.ours);
-  }
+  REGSERVE_ASSIGN_OR_RETURN(OpenInput in, OpenStreamed(src, options));
   const ImageSpec& spec = in.ours;
   REGSERVE_RETURN_IF_ERROR(
       CheckLimits(src, spec, target_width, target_height, options));

@@ -59,6 +59,11 @@ absl::StatusOr<Image> ReadGrayscaleCopyFile(
     const std::string& path, int64_t target_width, int64_t target_height,
     const StreamedGrayOptions& options = {});
 
+// The header's spec with the stream_* fields as ReadGrayscaleCopyFile will
+// use them for options.chunk_bytes (ReadImageSpecFile gives the default's).
+absl::StatusOr<ImageSpec> ReadGrayscaleLayout(
+    const std::string& path, const StreamedGrayOptions& options);
+
 }  // namespace regserve
 
 #endif  // REGSERVE_CORE_IMAGE_STREAMED_GRAY_H_

@@ -250,5 +250,94 @@ TEST(StreamedGrayTest, TruncatedFileNamesTheRows) {
   }
 }
 
+// /proc/self/status fields in bytes (VmHWM: the peak RSS, VmRSS: now).
+uint64_t StatusBytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10) * 1024;
+    }
+  }
+  return 0;
+}
+
+// Resets VmHWM to the current RSS (Linux clear_refs "5"), so that the peak
+// of what follows is measured in this process.
+bool ResetPeakRss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return f.good();
+}
+
+// A 57 MP RGB striped TIFF (uncompressed, so it writes and reads fast),
+// written in bands from the photo crop so that the test never holds it.
+std::string WriteLargeTiff(int64_t* bytes) {
+  constexpr int kW = 8192, kH = 7000, kBand = 250;
+  int cw = 0, ch = 0;
+  const std::vector<float>& crop = PhotoCrop(&cw, &ch);
+  OIIO::ImageSpec spec(kW, kH, 3, OIIO::TypeDesc::UINT8);
+  spec.attribute("tiff:RowsPerStrip", 64);
+  spec.attribute("compression", "none");
+  const std::string path = TempPath("large.tif");
+  auto out = OIIO::ImageOutput::create(path);
+  EXPECT_TRUE(out && out->open(path, spec)) << OIIO::geterror();
+  std::vector<uint8_t> band(static_cast<size_t>(kW) * kBand * 3);
+  for (int y0 = 0; out && y0 < kH; y0 += kBand) {
+    for (int y = 0; y < kBand; ++y) {
+      for (int x = 0; x < kW * 3; ++x) {
+        const size_t at =
+            static_cast<size_t>((y0 + y) % ch) * cw * 3 + (x + y0) % (cw * 3);
+        band[static_cast<size_t>(y) * kW * 3 + x] =
+            static_cast<uint8_t>(crop[at] * 255.0f);
+      }
+    }
+    EXPECT_TRUE(out->write_scanlines(y0, y0 + kBand, 0, OIIO::TypeDesc::UINT8,
+                                     band.data()));
+  }
+  if (out) {
+    EXPECT_TRUE(out->close());
+  }
+  *bytes = int64_t{kW} * kH * 3;
+  return path;
+}
+
+TEST(StreamedGrayMemoryTest, NeverHoldsTheWholeImage) {
+  int64_t image_bytes = 0;
+  const std::string path = WriteLargeTiff(&image_bytes);
+  // 4 MB chunks: the working set is then well apart from the image's.
+  StreamedGrayOptions o;
+  o.threads = 2;
+  o.chunk_bytes = 4'000'000;
+  absl::StatusOr<ImageSpec> spec = ReadGrayscaleLayout(path, o);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const int64_t tw = 1024, th = 875;
+  if (!ResetPeakRss()) GTEST_SKIP() << "no /proc/self/clear_refs here";
+  uint64_t base = StatusBytes("VmRSS");
+  absl::StatusOr<Image> streamed = ReadGrayscaleCopyFile(path, tw, th, o);
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  const uint64_t streamed_peak = StatusBytes("VmHWM") - base;
+  // Within the planner's figure for it, and far below the image.
+  const uint64_t planned =
+      StreamedGrayscaleWorkBytes(*spec, tw, o.threads) + 4ull * tw * th;
+  EXPECT_LE(streamed_peak, planned);
+  EXPECT_LT(streamed_peak, static_cast<uint64_t>(image_bytes) / 4);
+
+  // The same measurement sees the whole image when it is read whole, and
+  // the copy is the same.
+  ASSERT_TRUE(ResetPeakRss());
+  base = StatusBytes("VmRSS");
+  {
+    absl::StatusOr<Image> whole = ReadImageFile(path);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_GE(StatusBytes("VmHWM") - base, static_cast<uint64_t>(image_bytes));
+    absl::StatusOr<Image> want = MakeGrayscaleCopy(*whole, tw, th, 2);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ExpectSameBits(*want, *streamed);
+  }
+  std::remove(path.c_str());
+}
+
 }  // namespace
 }  // namespace regserve

@@ -176,10 +176,11 @@ TEST(MakePlan, DecodeStreamsTheFixedImage) {
   const uint64_t moving_step = 2 * moving.bytes() + fixed_gray + moving_gray;
   EXPECT_EQ(plan->decode.ram_bytes, std::max(streamed, moving_step));
   EXPECT_LT(plan->decode.ram_bytes, kFabric.bytes() / 4);
-  // Two chunks of 64 rows, their reduced rows, a luma row per thread.
+  // Three chunks of 64 rows (two and the measured overhead) and 8 MiB,
+  // their reduced rows, a luma row per thread.
   EXPECT_EQ(StreamedGrayscaleWorkBytes(fixed, 1000, 8),
-            2 * 64ull * 18960 * 3 + 64ull * 1000 * 4 + 8ull * 18960 * 4 +
-                fixed.stream_scratch_bytes);
+            (8ull << 20) + 3 * 64ull * 18960 * 3 + 64ull * 1000 * 4 +
+                8ull * 18960 * 4 + fixed.stream_scratch_bytes);
   // A spec without the layout (not read from a file) counts the whole image.
   EXPECT_EQ(StreamedGrayscaleWorkBytes(kFabric, 1000, 8), kFabric.bytes());
   // Moving the same fabric: its whole image dominates.
