@@ -26,18 +26,21 @@ bool CandidateIsBetter(const QualitySummary& current,
 absl::StatusOr<FieldChoice> CompareFields(const Image& fixed_gray,
                                           const Image& moving_gray,
                                           const DisplacementField& current,
+                                          const QualityReport* current_report,
                                           const DisplacementField& candidate,
                                           const QualityOptions& options) {
   FieldChoice c;
+  if (current_report != nullptr) {
+    c.current = *current_report;
+  } else {
+    REGSERVE_ASSIGN_OR_RETURN(
+        c.current, EstimateQuality(fixed_gray, moving_gray, current, options));
+  }
   REGSERVE_ASSIGN_OR_RETURN(
-      QualityReport a,
-      EstimateQuality(fixed_gray, moving_gray, current, options));
-  REGSERVE_ASSIGN_OR_RETURN(
-      QualityReport b,
+      c.candidate,
       EstimateQuality(fixed_gray, moving_gray, candidate, options));
-  c.current = a.summary;
-  c.candidate = b.summary;
-  c.candidate_better = CandidateIsBetter(c.current, c.candidate);
+  c.candidate_better =
+      CandidateIsBetter(c.current.summary, c.candidate.summary);
   return c;
 }
 

@@ -33,8 +33,8 @@
 namespace regserve {
 
 struct FieldChoice {
-  QualitySummary current;
-  QualitySummary candidate;
+  QualityReport current;
+  QualityReport candidate;
   bool candidate_better = false;
 };
 
@@ -49,11 +49,13 @@ struct FieldChoice {
 bool CandidateIsBetter(const QualitySummary& current,
                        const QualitySummary& candidate);
 
-// Estimates both fields (EstimateQuality with `options`) and applies
+// Estimates both fields (EstimateQuality with `options`; `current_report`,
+// when not null, is the estimate of `current` already made) and applies
 // CandidateIsBetter. Errors: those of EstimateQuality.
 absl::StatusOr<FieldChoice> CompareFields(const Image& fixed_gray,
                                           const Image& moving_gray,
                                           const DisplacementField& current,
+                                          const QualityReport* current_report,
                                           const DisplacementField& candidate,
                                           const QualityOptions& options);
 

@@ -45,8 +45,13 @@ class QualityStage final : public PipelineStage {
     options.moving_full_height = run->rec.moving_spec.height;
     options.threads = r.threads();
     options.cancel = run->cancel;
-    absl::StatusOr<QualityReport> report = EstimateQuality(
-        run->fixed_gray, run->moving_gray, run->reg.field, options);
+    // The registration or refine stage may have estimated this very field.
+    absl::StatusOr<QualityReport> report =
+        run->reg_quality.has_value()
+            ? *std::move(run->reg_quality)
+            : EstimateQuality(run->fixed_gray, run->moving_gray, run->reg.field,
+                              options);
+    run->reg_quality.reset();
     if (!report.ok() && IsStop(report.status())) return report.status();
     auto map = std::make_shared<QualityMap>();
     QualitySummary summary;

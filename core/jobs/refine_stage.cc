@@ -75,7 +75,7 @@ class RefineStage final : public PipelineStage {
       // The estimate runs on the CPU within the reservation: the
       // refinement's own buffers are free again by now.
       REGSERVE_ASSIGN_OR_RETURN(
-          refined, Confirmed(*run, *result, std::max(1, r.threads()), host));
+          refined, Confirmed(run, *result, std::max(1, r.threads()), host));
       if (refined) run->reg.field = std::move(result->field);
     }
     r.Release();
@@ -103,9 +103,12 @@ class RefineStage final : public PipelineStage {
   // from 0.11 / 0.22 px (mean / p95) to 0.43 / 1.93 px; the estimate saw it
   // (p95 0.31 -> 1.16 px, unmatched patches 3 -> 96; field_choice.h). When
   // the estimate cannot be made, the LNCC decides.
-  absl::StatusOr<bool> Confirmed(const JobRun& run, const RefineResult& result,
+  // Sets run->reg_quality to the estimate of the field that goes on, or
+  // clears it when there is none.
+  absl::StatusOr<bool> Confirmed(JobRun* run_ptr, const RefineResult& result,
                                  int threads, StageHost* host) const {
     if (!result.improved) return false;
+    JobRun& run = *run_ptr;
     QualityOptions q;
     q.fixed_full_width = run.rec.fixed_spec.width;
     q.fixed_full_height = run.rec.fixed_spec.height;
@@ -113,8 +116,10 @@ class RefineStage final : public PipelineStage {
     q.moving_full_height = run.rec.moving_spec.height;
     q.threads = threads;
     q.cancel = run.cancel;
+    const QualityReport* known =
+        run.reg_quality.has_value() ? &*run.reg_quality : nullptr;
     absl::StatusOr<FieldChoice> c = CompareFields(
-        run.fixed_gray, run.moving_gray, run.reg.field, result.field, q);
+        run.fixed_gray, run.moving_gray, run.reg.field, known, result.field, q);
     if (!c.ok()) {
       if (absl::IsCancelled(c.status()) ||
           absl::IsDeadlineExceeded(c.status())) {
@@ -123,12 +128,15 @@ class RefineStage final : public PipelineStage {
       host->AddPlanReason(absl::StrCat(
           "refinement: the quality estimate failed (", c.status().message(),
           "); the refined field is used on the LNCC's word"));
+      run.reg_quality.reset();
       return true;
     }
     host->AddPlanReason(absl::StrCat(
         c->candidate_better ? "refinement kept: " : "refinement dropped: ",
-        "refined ", ChoiceFigures(c->candidate), "; before ",
-        ChoiceFigures(c->current)));
+        "refined ", ChoiceFigures(c->candidate.summary), "; before ",
+        ChoiceFigures(c->current.summary)));
+    run.reg_quality =
+        std::move(c->candidate_better ? c->candidate : c->current);
     return c->candidate_better;
   }
 

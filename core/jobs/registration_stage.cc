@@ -106,6 +106,7 @@ class RegistrationStage final : public PipelineStage {
   // (QualityRamBytes and one more field are below RegistrationRamBytes).
   absl::Status KeepTheBetterOfStartAndElastix(JobRun* run, int threads,
                                               StageHost* host) const {
+    run->reg_quality.reset();
     if (!run->initial.found || run->reg.field.empty()) {
       return absl::OkStatus();
     }
@@ -123,9 +124,9 @@ class RegistrationStage final : public PipelineStage {
     q.threads = threads;
     q.cancel = run->cancel;
     absl::StatusOr<FieldChoice> c =
-        alone.ok()
-            ? CompareFields(run->fixed_gray, run->moving_gray, total, *alone, q)
-            : absl::StatusOr<FieldChoice>(alone.status());
+        alone.ok() ? CompareFields(run->fixed_gray, run->moving_gray, total,
+                                   nullptr, *alone, q)
+                   : absl::StatusOr<FieldChoice>(alone.status());
     if (!c.ok()) {
       if (absl::IsCancelled(c.status()) ||
           absl::IsDeadlineExceeded(c.status())) {
@@ -140,15 +141,17 @@ class RegistrationStage final : public PipelineStage {
     if (!c->candidate_better) {
       host->AddPlanReason(absl::StrCat(
           "registration: elastix after the initial alignment kept (",
-          ChoiceFigures(c->current),
-          "; the initial alignment alone: ", ChoiceFigures(c->candidate), ")"));
+          ChoiceFigures(c->current.summary), "; the initial alignment alone: ",
+          ChoiceFigures(c->candidate.summary), ")"));
+      run->reg_quality = std::move(c->current);
       return absl::OkStatus();
     }
     run->reg.field = *std::move(alone);
+    run->reg_quality = std::move(c->candidate);
     host->AddPlanReason(absl::StrCat(
         "registration: the initial alignment alone is used (",
-        ChoiceFigures(c->candidate),
-        "; with elastix after it: ", ChoiceFigures(c->current),
+        ChoiceFigures(c->candidate.summary),
+        "; with elastix after it: ", ChoiceFigures(c->current.summary),
         "): elastix made the fit worse, so the stored TransformParameters "
         "are not part of the result's map, which is the initial alignment's "
         "homography"));

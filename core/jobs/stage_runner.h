@@ -129,6 +129,11 @@ struct JobRun {
   Image moving_prewarped;
   // registration -> warp: the displacement field (in reg.field).
   RegistrationResult reg;
+  // registration -> refine -> quality: the quality map's estimate of
+  // reg.field as it stands, when a stage made one to choose between fields
+  // (so that the next one need not make it again). A stage that changes
+  // reg.field sets or clears it.
+  std::optional<QualityReport> reg_quality;
   // warp -> commit: the written (closed) partial result.
   bool result_written = false;
 };
