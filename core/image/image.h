@@ -48,6 +48,13 @@ struct ImageSpec {
   // `stream_scratch_bytes` beside those rows. 0 when unknown.
   int64_t stream_rows = 0;
   uint64_t stream_scratch_bytes = 0;
+  // Also from the header: the file's unit of random access, for reading it
+  // by region (region_source.h): a tile, or a strip of the full width
+  // (region_chunk_width == width). 0: the file can only be read in order
+  // (JPEG, PNG, a TIFF stored as one strip), so a region reader needs a
+  // spill file.
+  int64_t region_chunk_width = 0;
+  int64_t region_chunk_height = 0;
 
   int64_t pixels() const { return width * height; }
   size_t bytes_per_pixel() const { return channels * SampleSize(type); }

@@ -310,6 +310,17 @@ void SetStreamLayout(const oiio::ImageSpec& s, const Container& container,
   if (OiioTypeOf(ours->type) != s.format) scratch += rows * native_row;
   ours->stream_rows = static_cast<int64_t>(rows);
   ours->stream_scratch_bytes = scratch;
+  // The units above can be read in any order (read_tiles, read_scanlines of
+  // whole strips); one strip or a sequential codec cannot.
+  ours->region_chunk_width = 0;
+  ours->region_chunk_height = 0;
+  if (s.tile_width > 0 && s.tile_height > 0) {
+    ours->region_chunk_width = s.tile_width;
+    ours->region_chunk_height = s.tile_height;
+  } else if (unit > 0) {
+    ours->region_chunk_width = s.width;
+    ours->region_chunk_height = static_cast<int64_t>(unit);
+  }
 }
 
 }  // namespace oiio_internal

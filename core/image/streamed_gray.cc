@@ -183,6 +183,8 @@ absl::Status StreamRows(const Source& src, OpenInput* in,
     }
     absl::Status s =
         ReduceChunk(kernel, b->chunk[i % 2], y0, y1, workers, b, out);
+    if (s.ok() && options.on_rows)
+      s = options.on_rows(b->chunk[i % 2], y0, y1 - y0);
     if (s.ok() && options.check_cancel) s = options.check_cancel();
     if (reader.joinable()) reader.join();
     REGSERVE_RETURN_IF_ERROR(s);

@@ -47,6 +47,11 @@ struct StreamedGrayOptions {
   // When set, called between strips; a non-OK status (e.g. a cancelled job)
   // stops the read and is returned as is.
   std::function<absl::Status()> check_cancel;
+  // When set, called with each chunk of decoded source rows, in order: `n`
+  // rows from row `y0`, the first rows of `rows` (the source's channels and
+  // type), e.g. to spill the image for region reads (file_region_source.h)
+  // in the same pass. A non-OK status stops the read and is returned as is.
+  std::function<absl::Status(const Image& rows, int64_t y0, int64_t n)> on_rows;
 };
 
 // Area-averaged float32 grayscale copy of the first subimage of `path` at
