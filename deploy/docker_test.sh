@@ -64,15 +64,23 @@ trap cleanup EXIT
 # shellcheck source=deploy/docker_test_lib.sh
 source deploy/docker_test_lib.sh
 
-ensure_dockerd
-build_host_programs
-ensure_base_image
-build_image
-check_image_contents
-start_host_daemon
-test_same_result
-test_bad_input
-test_kill_and_volume
-test_stop_with_running_job
-[ -n "${SKIP_COMPOSE:-}" ] || test_compose
+# Runs one step and logs its time.
+step() {
+  local t
+  t=$(date +%s)
+  "$@"
+  log "step $1: $(( $(date +%s) - t )) s"
+}
+
+step ensure_dockerd
+step build_host_programs
+step ensure_base_image
+step build_image
+step check_image_contents
+step start_host_daemon
+step test_same_result
+step test_bad_input
+step test_kill_and_volume
+step test_stop_with_running_job
+[ -n "${SKIP_COMPOSE:-}" ] || step test_compose
 log "summary: image ${IMAGE} ${IMAGE_MB} MB, build ${BUILD_S} s"
