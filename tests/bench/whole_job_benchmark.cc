@@ -1,0 +1,568 @@
+// Copyright regserve authors.
+//
+// The whole job on real cases with a known truth (docs/benchmarks.md,
+// "Whole-job accuracy on real cases (CPU)"). scripts/whole_job_benchmark.sh
+// drives it around a real regserved and regctl; this program does the parts
+// that need the engine's code:
+//
+//   make --case=smooth|homography|big|graffiti --photo=P --dir=D
+//       writes D/fixed.tif and D/moving.tif (or, for graffiti, names the
+//       PNGs) and D/case.txt, the truth's description.
+//   replay --dir=D [--inputs=D]
+//       the same job again in this process through a JobManager built as
+//       regserved builds it with its default flags (system probe, resource
+//       config, default options and spec); the warper factory is wrapped so
+//       that the field the warp stage receives (the job's final field) is
+//       kept. Prints how far its result is from the daemon's (D/result.tif,
+//       what regctl wrote): identical results mean the field measured is the
+//       daemon's. Then the residual of that field against the truth, and the
+//       job's quality estimate beside it.
+//   params --dir=D   elastix's parameter files of the B-spline preset (what
+//       core/registration writes: affine, then B-spline) for the fixed
+//       image's full size: D/p0.txt, D/p1.txt, for elastix run by hand.
+//   field --dir=D --def=deformationField.mhd
+//       the residual of transformix's field (elastix by hand) against the
+//       truth.
+//
+// The residual is |p + field(p) - T(p)| over fixed points p every --step px
+// (0: about 1500 across) whose true image T(p) lies inside the moving image
+// (graffiti: and on the painted wall, where H1to3p holds), in full-resolution
+// pixels.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/time/clock.h"
+#include "core/common/status_macros.h"
+#include "core/hardware/hardware.h"
+#include "core/image/field_ops.h"
+#include "core/image/image_io.h"
+#include "core/jobs/job_env.h"
+#include "core/jobs/job_manager.h"
+#include "core/plan/resources.h"
+#include "core/registration/metaimage.h"
+#include "core/registration/registration.h"
+#include "core/scheduler/scheduler.h"
+#include "core/warp/warp.h"
+
+ABSL_FLAG(std::string, dir, "", "the case's directory");
+ABSL_FLAG(std::string, inputs, "",
+          "replay: where fixed/moving lie (default --dir)");
+ABSL_FLAG(std::string, kind, "smooth",
+          "make: smooth, homography, big, graffiti");
+ABSL_FLAG(std::string, photo, "", "make: the source photo");
+ABSL_FLAG(std::string, graffiti, "tests/data/graffiti", "make: graffiti dir");
+ABSL_FLAG(int64_t, margin, 128,
+          "make: the fixed image is the photo less this margin on each side");
+ABSL_FLAG(int64_t, big_width, 18960, "make --kind=big: fixed width");
+ABSL_FLAG(int64_t, big_height, 14960, "make --kind=big: fixed height");
+ABSL_FLAG(int, threads, 2, "threads for making the images");
+ABSL_FLAG(int, step, 0, "residual grid step (px); 0 = about 1500 across");
+ABSL_FLAG(std::string, def, "", "field: transformix's deformationField.mhd");
+
+namespace regserve {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The strong homography (as tests/bench/robust_start_benchmark.cc
+// defines it): 60 degrees about the centre, scale 0.9, a keystone that
+// shrinks the far side by about 20%, a shift of 1% of the size.
+Homography StrongHomography(int64_t w, int64_t h) {
+  const double cx = (w - 1) / 2.0, cy = (h - 1) / 2.0;
+  const double a = 60 * M_PI / 180, s = 0.9;
+  const double c = s * std::cos(a), n = s * std::sin(a);
+  Homography rot;
+  rot.m = {c, -n, cx - c * cx + n * cy + 0.01 * w,
+           n, c,  cy - n * cx - c * cy - 0.01 * h,
+           0, 0,  1};
+  const double p = 0.35 / w, q = -0.25 / h;
+  Homography key;
+  key.m = {1 + p * cx, q * cx,     -cx * (p * cx + q * cy),
+           p * cy,     1 + q * cy, -cy * (p * cx + q * cy),
+           p,          q,          1 - p * cx - q * cy};
+  return rot.Then(key);
+}
+
+// H1to3p.xml of the graffiti set: graf1 pixel coordinates -> graf3.
+Homography GraffitiHomography() {
+  Homography h;
+  h.m = {7.6285898e-01, -2.9922929e-01, 2.2567123e+02,
+         3.3443473e-01, 1.0143901e+00,  -7.6999973e+01,
+         3.4663091e-04, -1.4364524e-05, 1.0};
+  return h;
+}
+
+// The known map T from fixed to moving full-resolution positions. smooth
+// (also big): bend in y (by x), then in x (by y), amplitude 0.35% of the
+// width, then 1 degree about the centre and a shift of (14.3, -9.6) px, as
+// tests/bench/refine_benchmark.cc. homography, graffiti: a homography.
+struct Truth {
+  std::string kind;
+  int64_t fw = 0, fh = 0, mw = 0, mh = 0;  // fixed and moving sizes
+  double cx = 0, cy = 0, c = 1, s = 0, tx = 14.3, ty = -9.6, a = 0;
+  Homography hf, hi;
+  bool homography() const { return kind == "homography" || kind == "graffiti"; }
+
+  void Init() {
+    cx = (fw - 1) / 2.0;
+    cy = (fh - 1) / 2.0;
+    c = std::cos(M_PI / 180);
+    s = std::sin(M_PI / 180);
+    a = 0.0035 * fw;
+    if (kind == "homography") hf = StrongHomography(fw, fh);
+    if (kind == "graffiti") hf = GraffitiHomography();
+    hf.Inverse(&hi);
+  }
+  bool Forward(double x, double y, double* X, double* Y) const {
+    if (homography()) return hf.Apply(x, y, X, Y);
+    y += a * std::sin(2 * M_PI * x / fw);
+    x += a * std::sin(2 * M_PI * y / fh);
+    const double u = x - cx, v = y - cy;
+    *X = cx + c * u - s * v + tx;
+    *Y = cy + s * u + c * v + ty;
+    return true;
+  }
+  bool Inverse(double X, double Y, double* x, double* y) const {
+    if (homography()) return hi.Apply(X, Y, x, y);
+    const double u = X - tx - cx, v = Y - ty - cy;
+    double xx = cx + c * u + s * v, yy = cy - s * u + c * v;
+    xx -= a * std::sin(2 * M_PI * yy / fh);
+    yy -= a * std::sin(2 * M_PI * xx / fw);
+    *x = xx;
+    *y = yy;
+    return true;
+  }
+};
+
+absl::StatusOr<Truth> ReadTruth(const std::string& dir) {
+  std::ifstream f(dir + "/case.txt");
+  Truth t;
+  if (!(f >> t.kind >> t.fw >> t.fh >> t.mw >> t.mh)) {
+    return absl::NotFoundError("no case.txt in " + dir + " (run make first)");
+  }
+  t.Init();
+  return t;
+}
+
+// Points of graf1 inside the painted wall, the plane H1to3p describes
+// (graf1 is 800x640): above the car roof (y > 465 at the right edge) and
+// the receding lower part (below y = 520), 20 px from the borders.
+bool OnGraffitiWall(double x, double y) {
+  return x >= 20 && x <= 780 && y >= 20 && y <= 450;
+}
+
+// ------------------------------------------------------------ make
+
+// Source position of canvas position (x, y) + margin: the canvas is the
+// source resampled by (kx, ky) (pixel centres kept), 1 when not resized.
+struct Canvas {
+  double kx = 1, ky = 1, margin = 0;
+  void Source(double x, double y, double* sx, double* sy) const {
+    *sx = (x + margin + 0.5) * kx - 0.5;
+    *sy = (y + margin + 0.5) * ky - 0.5;
+  }
+};
+
+// The field that makes an image of w x h from the source: output p samples
+// the source at Source(T^-1(p)) (moving) or Source(p) (fixed).
+DisplacementField MakingField(const Truth* t, const Canvas& cv, int64_t w,
+                              int64_t h) {
+  DisplacementField f;
+  f.spacing_x = f.spacing_y = 8;
+  f.width = (w - 1) / 8 + 2;
+  f.height = (h - 1) / 8 + 2;
+  f.dx.resize(f.width * f.height);
+  f.dy.resize(f.dx.size());
+  for (int64_t j = 0; j < f.height; ++j) {
+    for (int64_t i = 0; i < f.width; ++i) {
+      double x = i * 8.0, y = j * 8.0, sx = 0, sy = 0;
+      if (t != nullptr && !t->Inverse(i * 8.0, j * 8.0, &x, &y)) x = y = -1e9;
+      cv.Source(x, y, &sx, &sy);
+      f.dx[j * f.width + i] = static_cast<float>(sx - i * 8.0);
+      f.dy[j * f.width + i] = static_cast<float>(sy - j * 8.0);
+    }
+  }
+  return f;
+}
+
+absl::StatusOr<Image> WarpWhole(const Image& src,
+                                const DisplacementField& field, int64_t w,
+                                int64_t h, int threads) {
+  REGSERVE_ASSIGN_OR_RETURN(auto warper, Warper::Create(WarpDevice::kCpu));
+  ImageSpec spec = src.spec();
+  spec.width = w;
+  spec.height = h;
+  REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(spec));
+  WarpOptions o;
+  o.tile_size = 2048;
+  o.cpu_threads = threads;
+  o.interpolation = Interpolation::kCubic;
+  const size_t bpp = spec.bytes_per_pixel();
+  REGSERVE_RETURN_IF_ERROR(
+      warper
+          ->Warp(src, field, w, h, o,
+                 [&](const TileRect& r, const Image& tile) {
+                   for (int64_t j = 0; j < r.h; ++j) {
+                     std::copy_n(tile.row(j), tile.row_bytes(),
+                                 out.row(r.y + j) + r.x * bpp);
+                   }
+                   return absl::OkStatus();
+                 })
+          .status());
+  return out;
+}
+
+int Make() {
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  Truth t;
+  t.kind = absl::GetFlag(FLAGS_kind);
+  if (t.kind == "graffiti") {
+    const std::string g = absl::GetFlag(FLAGS_graffiti);
+    auto g1 = ReadImageSpecFile(g + "/graf1.png");
+    auto g3 = ReadImageSpecFile(g + "/graf3.png");
+    if (!g1.ok() || !g3.ok()) return 1;
+    std::ofstream(dir + "/case.txt")
+        << "graffiti " << g1->width << " " << g1->height << " " << g3->width
+        << " " << g3->height << "\n";
+    std::printf("graffiti: fixed %s/graf1.png, moving %s/graf3.png\n",
+                g.c_str(), g.c_str());
+    return 0;
+  }
+  const double t0 = Now();
+  absl::StatusOr<Image> photo = ReadImageFile(absl::GetFlag(FLAGS_photo));
+  if (!photo.ok()) {
+    std::fprintf(stderr, "%s\n", photo.status().ToString().c_str());
+    return 1;
+  }
+  Canvas cv;
+  if (t.kind == "big") {
+    // The photo upscaled so that the fixed image plus the margin fills it.
+    cv.margin = static_cast<double>(absl::GetFlag(FLAGS_margin));
+    t.fw = absl::GetFlag(FLAGS_big_width);
+    t.fh = absl::GetFlag(FLAGS_big_height);
+    cv.kx = photo->width() / (t.fw + 2 * cv.margin);
+    cv.ky = photo->height() / (t.fh + 2 * cv.margin);
+  } else {
+    cv.margin = static_cast<double>(absl::GetFlag(FLAGS_margin));
+    t.fw = photo->width() - 2 * absl::GetFlag(FLAGS_margin);
+    t.fh = photo->height() - 2 * absl::GetFlag(FLAGS_margin);
+  }
+  t.mw = t.fw;
+  t.mh = t.fh;
+  t.Init();
+  const int threads = absl::GetFlag(FLAGS_threads);
+  for (const bool moving : {false, true}) {
+    const DisplacementField f =
+        MakingField(moving ? &t : nullptr, cv, t.fw, t.fh);
+    absl::StatusOr<Image> img = WarpWhole(*photo, f, t.fw, t.fh, threads);
+    const std::string path = dir + (moving ? "/moving.tif" : "/fixed.tif");
+    absl::Status st = img.ok() ? WriteImageFile(path, *img) : img.status();
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s: %s\n", path.c_str(), st.ToString().c_str());
+      return 1;
+    }
+  }
+  std::ofstream(dir + "/case.txt") << t.kind << " " << t.fw << " " << t.fh
+                                   << " " << t.mw << " " << t.mh << "\n";
+  std::printf("%s: %lldx%lld fixed and moving in %s (%.1f s)\n", t.kind.c_str(),
+              static_cast<long long>(t.fw), static_cast<long long>(t.fh),
+              dir.c_str(), Now() - t0);
+  return 0;
+}
+
+// ------------------------------------------------------------ residual
+
+// Bilinear sample of `f` at full-resolution (x, y), clamped to the grid, as
+// the warp reads it.
+void SampleField(const DisplacementField& f, double x, double y, double* dx,
+                 double* dy) {
+  const double u = std::clamp((x - f.origin_x) / f.spacing_x, 0.0,
+                              static_cast<double>(f.width - 1));
+  const double v = std::clamp((y - f.origin_y) / f.spacing_y, 0.0,
+                              static_cast<double>(f.height - 1));
+  const int64_t i = std::min<int64_t>(static_cast<int64_t>(u),
+                                      std::max<int64_t>(f.width - 2, 0));
+  const int64_t j = std::min<int64_t>(static_cast<int64_t>(v),
+                                      std::max<int64_t>(f.height - 2, 0));
+  const int64_t i1 = std::min(i + 1, f.width - 1);
+  const int64_t j1 = std::min(j + 1, f.height - 1);
+  const double a = u - i, b = v - j;
+  auto at = [&](const std::vector<float>& c, int64_t ii, int64_t jj) {
+    return static_cast<double>(c[jj * f.width + ii]);
+  };
+  for (int k = 0; k < 2; ++k) {
+    const std::vector<float>& c = k == 0 ? f.dx : f.dy;
+    const double top = at(c, i, j) + a * (at(c, i1, j) - at(c, i, j));
+    const double bot = at(c, i, j1) + a * (at(c, i1, j1) - at(c, i, j1));
+    (k == 0 ? *dx : *dy) = top + b * (bot - top);
+  }
+}
+
+struct Residual {
+  double mean = 0, median = 0, p95 = 0, max = 0, over1 = 0, over2 = 0;
+  size_t points = 0;
+};
+
+Residual Measure(const DisplacementField& field, const Truth& t) {
+  int step = absl::GetFlag(FLAGS_step);
+  if (step <= 0) step = static_cast<int>(std::max<int64_t>(4, t.fw / 1500));
+  if (t.kind == "graffiti") step = 2;
+  std::vector<double> e;
+  for (int64_t y = 0; y < t.fh; y += step) {
+    for (int64_t x = 0; x < t.fw; x += step) {
+      if (t.kind == "graffiti" && !OnGraffitiWall(x, y)) continue;
+      double tx = 0, ty = 0;
+      if (!t.Forward(x, y, &tx, &ty)) continue;
+      if (tx < 0 || ty < 0 || tx > t.mw - 1 || ty > t.mh - 1) continue;
+      double dx = 0, dy = 0;
+      SampleField(field, x, y, &dx, &dy);
+      e.push_back(std::hypot(x + dx - tx, y + dy - ty));
+    }
+  }
+  Residual r;
+  r.points = e.size();
+  if (e.empty()) return r;
+  std::sort(e.begin(), e.end());
+  double sum = 0;
+  for (double v : e) {
+    sum += v;
+    r.over1 += v > 1;
+    r.over2 += v > 2;
+  }
+  r.mean = sum / e.size();
+  r.median = e[e.size() / 2];
+  r.p95 = e[std::min(e.size() - 1, static_cast<size_t>(0.95 * e.size()))];
+  r.max = e.back();
+  r.over1 /= e.size();
+  r.over2 /= e.size();
+  return r;
+}
+
+void PrintResidual(const char* what, const Truth& t, const Residual& r) {
+  std::printf(
+      "TRUE %s case=%s mean=%.3f median=%.3f p95=%.3f max=%.3f "
+      ">1px=%.2f%% >2px=%.2f%% points=%zu\n",
+      what, t.kind.c_str(), r.mean, r.median, r.p95, r.max, 100 * r.over1,
+      100 * r.over2, r.points);
+}
+
+// ------------------------------------------------------------ replay
+
+// The real warper, keeping a copy of the field it is handed.
+class KeepingWarper final : public Warper {
+ public:
+  KeepingWarper(std::unique_ptr<Warper> inner, DisplacementField* kept,
+                std::mutex* mu)
+      : inner_(std::move(inner)), kept_(kept), mu_(mu) {}
+  absl::StatusOr<WarpStats> Warp(const Image& moving,
+                                 const DisplacementField& field,
+                                 int64_t out_width, int64_t out_height,
+                                 const WarpOptions& options,
+                                 const TileCallback& on_tile) override {
+    {
+      std::lock_guard<std::mutex> l(*mu_);
+      *kept_ = field;
+    }
+    return inner_->Warp(moving, field, out_width, out_height, options, on_tile);
+  }
+  WarpDevice device() const override { return inner_->device(); }
+  uint64_t retained_device_bytes() const override {
+    return inner_->retained_device_bytes();
+  }
+
+ private:
+  std::unique_ptr<Warper> inner_;
+  DisplacementField* kept_;
+  std::mutex* mu_;
+};
+
+// How far two result images are apart: the largest sample difference and
+// the fraction of samples that differ.
+void CompareResults(const std::string& a, const std::string& b) {
+  absl::StatusOr<Image> x = ReadImageFile(a);
+  absl::StatusOr<Image> y = ReadImageFile(b);
+  if (!x.ok() || !y.ok()) {
+    std::printf("SAME-AS-DAEMON unknown (%s / %s)\n",
+                x.status().ToString().c_str(), y.status().ToString().c_str());
+    return;
+  }
+  if (x->spec().width != y->spec().width ||
+      x->spec().height != y->spec().height ||
+      x->spec().channels != y->spec().channels ||
+      x->spec().type != y->spec().type) {
+    std::printf("SAME-AS-DAEMON no (different image specs)\n");
+    return;
+  }
+  const size_t n = x->size_bytes();
+  size_t differ = 0;
+  int maxd = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int d = std::abs(int{x->data()[i]} - int{y->data()[i]});
+    differ += d != 0;
+    maxd = std::max(maxd, d);
+  }
+  std::printf("SAME-AS-DAEMON %s: %zu of %zu bytes differ, max %d\n",
+              differ == 0 ? "yes" : "no", differ, n, maxd);
+}
+
+struct ReplayInputs {
+  std::string fixed, moving;
+};
+
+ReplayInputs InputsOf(const Truth& t, const std::string& dir) {
+  if (t.kind == "graffiti") {
+    const std::string g = absl::GetFlag(FLAGS_graffiti);
+    return {g + "/graf1.png", g + "/graf3.png"};
+  }
+  return {dir + "/fixed.tif", dir + "/moving.tif"};
+}
+
+// The job, built as regserved builds its JobManager with its default flags.
+absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
+                                  const std::string& data_dir,
+                                  DisplacementField* kept) {
+  std::unique_ptr<HardwareProbe> probe = NewSystemProbe();
+  REGSERVE_ASSIGN_OR_RETURN(HardwareSnapshot hw, probe->Probe());
+  REGSERVE_ASSIGN_OR_RETURN(ResourceConfig rc,
+                            MakeResourceConfig(hw, ResourceFlags{}));
+  ResourceScheduler scheduler(ToSchedulerConfig(rc), probe.get());
+  JobManager::Options o;
+  o.data_dir = data_dir;
+  o.input_root = std::filesystem::absolute(in.fixed).parent_path().string();
+  o.device = rc.flags.devices.preference;
+  std::mutex mu;
+  JobManagerEnv env;
+  env.create_warper = [kept, &mu](
+                          WarpDevice d,
+                          int cuda) -> absl::StatusOr<std::unique_ptr<Warper>> {
+    REGSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Warper> w,
+                              Warper::Create(d, cuda));
+    return std::unique_ptr<Warper>(
+        std::make_unique<KeepingWarper>(std::move(w), kept, &mu));
+  };
+  REGSERVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<JobManager> m,
+      CreateJobManagerWithEnv(o, &scheduler, probe.get(), std::move(env)));
+  JobSpec spec;  // regctl submit's defaults: nothing set
+  spec.fixed.path = std::filesystem::absolute(in.fixed).string();
+  spec.moving.path = std::filesystem::absolute(in.moving).string();
+  const double t0 = Now();
+  REGSERVE_ASSIGN_OR_RETURN(std::string id, m->CreateJob(spec, ""));
+  JobInfo info;
+  do {
+    absl::SleepFor(absl::Milliseconds(100));
+    REGSERVE_ASSIGN_OR_RETURN(info, m->GetJob(id, ""));
+  } while (!IsTerminal(info.state));
+  std::printf("replay: %s in %.1f s\n",
+              std::string(JobStateName(info.state)).c_str(), Now() - t0);
+  for (const StageTiming& s : info.timings) {
+    std::printf("  stage %-18s %7.2f s\n",
+                std::string(StageName(s.stage)).c_str(), s.seconds);
+  }
+  for (const std::string& r : info.plan.reasons) {
+    std::printf("  reason: %s\n", r.c_str());
+  }
+  m->Shutdown();
+  return info;
+}
+
+int Replay() {
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  absl::StatusOr<Truth> t = ReadTruth(dir);
+  if (!t.ok()) {
+    std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+    return 1;
+  }
+  const std::string data_dir = dir + "/replay_data";
+  std::filesystem::remove_all(data_dir);
+  DisplacementField kept;
+  absl::StatusOr<JobInfo> info = RunReplay(InputsOf(*t, dir), data_dir, &kept);
+  if (!info.ok() || info->state != JobState::kCompleted || kept.empty()) {
+    std::fprintf(stderr, "replay failed: %s %s\n",
+                 info.ok() ? info->failure.ToString().c_str()
+                           : info.status().ToString().c_str(),
+                 kept.empty() ? "(no field)" : "");
+    return 1;
+  }
+  CompareResults(info->result_path, dir + "/result.tif");
+  const Residual r = Measure(kept, *t);
+  PrintResidual("job", *t, r);
+  const QualitySummary& q = info->quality;
+  std::printf(
+      "EST job est_mean=%.3f est_p95=%.3f est_max=%.3f checked=%.0f%% "
+      "unmatched=%d verdict=%s ratio_mean=%.2f ratio_p95=%.2f\n",
+      q.mean_px, q.p95_px, q.max_px, 100 * q.checked_fraction, q.unmatched,
+      q.warning.empty() ? "good" : "poor", r.mean > 0 ? q.mean_px / r.mean : 0,
+      r.p95 > 0 ? q.p95_px / r.p95 : 0);
+  std::printf("FIELD job %lldx%lld nodes, spacing %.3f x %.3f px\n",
+              static_cast<long long>(kept.width),
+              static_cast<long long>(kept.height), kept.spacing_x,
+              kept.spacing_y);
+  std::filesystem::remove_all(data_dir);
+  return 0;
+}
+
+// ------------------------------------------------------------ by hand
+
+int Params() {
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  absl::StatusOr<Truth> t = ReadTruth(dir);
+  if (!t.ok()) return 1;
+  const std::vector<std::string> p =
+      PresetParameters(TransformKind::kBSpline, t->fw, t->fh);
+  for (size_t i = 0; i < p.size(); ++i) {
+    std::ofstream(dir + "/p" + std::to_string(i) + ".txt") << p[i];
+  }
+  std::printf("%zu parameter files for %lldx%lld in %s\n", p.size(),
+              static_cast<long long>(t->fw), static_cast<long long>(t->fh),
+              dir.c_str());
+  return 0;
+}
+
+int Field() {
+  absl::StatusOr<Truth> t = ReadTruth(absl::GetFlag(FLAGS_dir));
+  if (!t.ok()) return 1;
+  absl::StatusOr<DisplacementField> f =
+      ReadDisplacementField(absl::GetFlag(FLAGS_def));
+  if (!f.ok()) {
+    std::fprintf(stderr, "%s\n", f.status().ToString().c_str());
+    return 1;
+  }
+  PrintResidual("by_hand", *t, Measure(*f, *t));
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  const std::string cmd = rest.size() > 1 ? rest[1] : "";
+  if (absl::GetFlag(FLAGS_dir).empty()) {
+    std::fprintf(stderr, "--dir is required\n");
+    return 2;
+  }
+  if (cmd == "make") return Make();
+  if (cmd == "replay") return Replay();
+  if (cmd == "params") return Params();
+  if (cmd == "field") return Field();
+  std::fprintf(stderr, "usage: whole_job_benchmark make|replay|params|field\n");
+  return 2;
+}
+
+}  // namespace
+}  // namespace regserve
+
+int main(int argc, char** argv) { return regserve::Main(argc, argv); }
