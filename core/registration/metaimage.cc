@@ -27,6 +27,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "core/common/status_macros.h"
 // Debian's ITK 5.2 headers were generated for GCC alone: their compiler
 // detection stops clang (the fuzz and thread-safety builds) with
 // "Unsupported compiler". Let it see the GCC that clang also claims to be.
@@ -352,14 +353,11 @@ absl::Status WriteMetaImage(const std::string& mhd_path, const Image& image,
   return absl::OkStatus();
 }
 
-absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
-  std::string header;
-  uint64_t header_size = 0;
-  absl::Status read = ReadHeaderBytes(mhd_path, &header, &header_size);
-  if (!read.ok()) return read;
-  absl::StatusOr<HeaderScan> scan = ScanHeader(mhd_path, header, header_size);
-  if (!scan.ok()) return scan.status();
+namespace {
 
+// The header through ITK's MetaIO, without the element data.
+absl::StatusOr<itk::MetaImageIO::Pointer> ReadInformation(
+    const std::string& mhd_path) {
   itk::MetaImageIO::Pointer io = itk::MetaImageIO::New();
   io->SetFileName(mhd_path);
   try {
@@ -372,129 +370,158 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
   } catch (const std::exception& e) {
     return ParseError(mhd_path, e.what());
   }
-  ::MetaImage* meta = io->GetMetaImagePointer();
+  return io;
+}
 
-  MetaImage img;
-  if (meta->NDims() != 2) {
+// Size, channels, spacing and origin into `img`; a 2-D image on an
+// identity matrix only.
+absl::Status TakeGeometry(const std::string& mhd_path, ::MetaImage& meta,
+                          MetaImage* img) {
+  if (meta.NDims() != 2) {
     return HeaderError(mhd_path,
-                       absl::StrCat("NDims must be 2, got ", meta->NDims()));
+                       absl::StrCat("NDims must be 2, got ", meta.NDims()));
   }
-  const int w = meta->DimSize(0);
-  const int h = meta->DimSize(1);
+  const int w = meta.DimSize(0);
+  const int h = meta.DimSize(1);
   if (w < 1 || w > kMaxDim || h < 1 || h > kMaxDim) {
     return HeaderError(mhd_path, absl::StrCat("bad DimSize '", w, " ", h, "'"));
   }
-  img.width = w;
-  img.height = h;
-  img.channels = meta->ElementNumberOfChannels();
-  if (img.channels < 1 || img.channels > 4) {
+  img->width = w;
+  img->height = h;
+  img->channels = meta.ElementNumberOfChannels();
+  if (img->channels < 1 || img->channels > 4) {
     return HeaderError(mhd_path, absl::StrCat("bad ElementNumberOfChannels '",
-                                              img.channels, "'"));
+                                              img->channels, "'"));
   }
   for (int i = 0; i < 2; ++i) {
-    img.spacing[i] = meta->ElementSpacing(i);
-    img.origin[i] = meta->Offset(i);  // Offset, Origin or Position
+    img->spacing[i] = meta.ElementSpacing(i);
+    img->origin[i] = meta.Offset(i);  // Offset, Origin or Position
   }
-  const double* m = meta->TransformMatrix();  // row-major, NDims x NDims
+  const double* m = meta.TransformMatrix();  // row-major, NDims x NDims
   if (m[0] != 1 || m[1] != 0 || m[2] != 0 || m[3] != 1) {
     return HeaderError(
         mhd_path,
         absl::StrCat("only an identity TransformMatrix is supported, got '",
                      m[0], " ", m[1], " ", m[2], " ", m[3], "'"));
   }
-  if (meta->BinaryDataByteOrderMSB()) {
+  return absl::OkStatus();
+}
+
+// Raw little-endian binary data of a supported type, in the header
+// ("LOCAL") or in a file next to it; the name as MetaIO read it.
+absl::StatusOr<std::string> CheckDataLayout(const std::string& mhd_path,
+                                            ::MetaImage& meta,
+                                            const HeaderScan& scan) {
+  if (meta.BinaryDataByteOrderMSB()) {
     return HeaderError(mhd_path, "big-endian data is not supported");
   }
-  if (meta->CompressedData()) {
+  if (meta.CompressedData()) {
     return HeaderError(mhd_path, "compressed data is not supported");
   }
-  if (!meta->BinaryData()) {
+  if (!meta.BinaryData()) {
     return HeaderError(mhd_path,
                        "text data (BinaryData = False) is not supported");
   }
-  if (meta->HeaderSize() != 0) {
+  if (meta.HeaderSize() != 0) {
     return HeaderError(mhd_path, "HeaderSize is not supported");
   }
-  const MET_ValueEnumType type = meta->ElementType();
-  const size_t elem = ElementSize(type);
-  if (elem == 0) {
-    return HeaderError(mhd_path, absl::StrCat("unsupported ElementType '",
-                                              TypeName(type), "'"));
+  if (ElementSize(meta.ElementType()) == 0) {
+    return HeaderError(mhd_path,
+                       absl::StrCat("unsupported ElementType '",
+                                    TypeName(meta.ElementType()), "'"));
   }
-  const std::string data_file = meta->ElementDataFileName();
-  if (data_file != scan->data_file) {
+  const std::string data_file = meta.ElementDataFileName();
+  if (data_file != scan.data_file) {
     // MetaIO cuts long values; the pre-scan must agree with what it read.
     return HeaderError(mhd_path,
-                       absl::StrCat("ElementDataFile ", Quoted(scan->data_file),
+                       absl::StrCat("ElementDataFile ", Quoted(scan.data_file),
                                     " is too long or malformed"));
   }
-  const bool local = data_file == "LOCAL";
   // MetaIO reads "LIST" and names with '%' as lists of files, and opens
   // names with '/', '\' or a drive letter outside the header's folder.
-  if (!local && (data_file.empty() || data_file == "LIST" ||
-                 data_file.find_first_of("/\\:%") != std::string::npos)) {
+  if (data_file != "LOCAL" &&
+      (data_file.empty() || data_file == "LIST" ||
+       data_file.find_first_of("/\\:%") != std::string::npos)) {
     return HeaderError(mhd_path,
                        absl::StrCat("ElementDataFile ", Quoted(data_file),
                                     " must be a file name next to the "
                                     "header"));
   }
+  return data_file;
+}
 
-  // The header is untrusted: check what it implies against the bytes that
-  // exist before allocating anything (a corrupt DimSize must not become a
-  // multi-terabyte allocation), with the products checked for overflow.
+// The header is untrusted: what it implies is checked against the bytes
+// that exist before anything is allocated (a corrupt DimSize must not
+// become a multi-terabyte allocation), the products checked for overflow.
+// Returns the data's size in bytes.
+absl::StatusOr<size_t> CheckDataBytes(const std::string& mhd_path,
+                                      const MetaImage& img,
+                                      MET_ValueEnumType type,
+                                      const std::string& data_file,
+                                      uint64_t header_size,
+                                      const HeaderScan& scan) {
   size_t count = 0;
   size_t needed = 0;
-  if (__builtin_mul_overflow(static_cast<size_t>(w), static_cast<size_t>(h),
-                             &count) ||
+  if (__builtin_mul_overflow(static_cast<size_t>(img.width),
+                             static_cast<size_t>(img.height), &count) ||
       __builtin_mul_overflow(count, static_cast<size_t>(img.channels),
                              &count) ||
-      __builtin_mul_overflow(count, elem, &needed)) {
-    return HeaderError(
-        mhd_path, absl::StrCat("DimSize '", w, " ", h, "' with ElementType ",
-                               TypeName(type), " overflows a byte count"));
+      __builtin_mul_overflow(count, ElementSize(type), &needed)) {
+    return HeaderError(mhd_path,
+                       absl::StrCat("DimSize '", img.width, " ", img.height,
+                                    "' with ElementType ", TypeName(type),
+                                    " overflows a byte count"));
   }
-  if (local) {
+  if (data_file == "LOCAL") {
     const uint64_t available =
-        header_size > scan->data_offset ? header_size - scan->data_offset : 0;
+        header_size > scan.data_offset ? header_size - scan.data_offset : 0;
     if (available < needed) {
       return HeaderError(
           mhd_path,
           absl::StrCat("local data has ", available,
                        " bytes after the header, DimSize needs ", needed));
     }
-  } else {
-    const std::string data_path = Dirname(mhd_path) + "/" + data_file;
-    struct stat st;
-    if (::stat(data_path.c_str(), &st) != 0) {
-      return absl::NotFoundError(absl::StrCat("cannot open MetaImage data '",
-                                              data_path,
-                                              "': ", std::strerror(errno)));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      return HeaderError(mhd_path, absl::StrCat("data file '", data_path,
-                                                "' is not a regular file"));
-    }
-    if (static_cast<uint64_t>(st.st_size) < needed) {
-      return HeaderError(
-          mhd_path, absl::StrCat("data file '", data_path, "' has ", st.st_size,
-                                 " bytes, DimSize needs ", needed));
-    }
+    return needed;
   }
+  const std::string data_path = Dirname(mhd_path) + "/" + data_file;
+  struct stat st;
+  if (::stat(data_path.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("cannot open MetaImage data '",
+                                            data_path,
+                                            "': ", std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return HeaderError(mhd_path, absl::StrCat("data file '", data_path,
+                                              "' is not a regular file"));
+  }
+  if (static_cast<uint64_t>(st.st_size) < needed) {
+    return HeaderError(
+        mhd_path, absl::StrCat("data file '", data_path, "' has ", st.st_size,
+                               " bytes, DimSize needs ", needed));
+  }
+  return needed;
+}
 
+// The element data into img->data (as float). MetaIO parses the header
+// again to read the data. Letting it allocate the buffer from that second
+// parse (rather than handing it one sized by the first, as MetaImageIO::Read
+// does) means a header changed in between cannot overflow a buffer; the
+// second parse is checked against the first.
+absl::Status ReadElements(const std::string& mhd_path,
+                          const std::string& data_file, MET_ValueEnumType type,
+                          size_t needed, MetaImage* img) {
+  const size_t count = static_cast<size_t>(img->width) * img->height *
+                       static_cast<size_t>(img->channels);
   const auto out_of_memory = [&] {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("MetaImage '", mhd_path, "': out of memory reading a ", w,
-                     "x", h, " image (", needed, " bytes of data)"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "MetaImage '", mhd_path, "': out of memory reading a ", img->width, "x",
+        img->height, " image (", needed, " bytes of data)"));
   };
   try {
-    img.data.resize(count);
+    img->data.resize(count);
   } catch (const std::bad_alloc&) {
     return out_of_memory();
   }
-  // MetaIO parses the header again to read the data. Letting it allocate
-  // the buffer from that second parse (rather than handing it one sized by
-  // the first, as MetaImageIO::Read does) means a header changed in between
-  // cannot overflow a buffer; the second parse is checked against the first.
   ::MetaImage data_reader;
   try {
     if (!data_reader.Read(mhd_path.c_str(), /*_readElements=*/true)) {
@@ -511,14 +538,38 @@ absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
     return HeaderError(mhd_path, absl::StrCat("ITK cannot read the data: ",
                                               OneLine(e.what())));
   }
-  if (data_reader.NDims() != 2 || data_reader.DimSize(0) != w ||
-      data_reader.DimSize(1) != h ||
-      data_reader.ElementNumberOfChannels() != img.channels ||
+  if (data_reader.NDims() != 2 || data_reader.DimSize(0) != img->width ||
+      data_reader.DimSize(1) != img->height ||
+      data_reader.ElementNumberOfChannels() != img->channels ||
       data_reader.ElementType() != type ||
       data_reader.ElementData() == nullptr) {
     return HeaderError(mhd_path, "the header changed while it was read");
   }
-  ConvertToFloat(type, data_reader.ElementData(), count, img.data.data());
+  ConvertToFloat(type, data_reader.ElementData(), count, img->data.data());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<MetaImage> ReadMetaImage(const std::string& mhd_path) {
+  std::string header;
+  uint64_t header_size = 0;
+  REGSERVE_RETURN_IF_ERROR(ReadHeaderBytes(mhd_path, &header, &header_size));
+  REGSERVE_ASSIGN_OR_RETURN(HeaderScan scan,
+                            ScanHeader(mhd_path, header, header_size));
+  REGSERVE_ASSIGN_OR_RETURN(itk::MetaImageIO::Pointer io,
+                            ReadInformation(mhd_path));
+  ::MetaImage& meta = *io->GetMetaImagePointer();
+  MetaImage img;
+  REGSERVE_RETURN_IF_ERROR(TakeGeometry(mhd_path, meta, &img));
+  REGSERVE_ASSIGN_OR_RETURN(const std::string data_file,
+                            CheckDataLayout(mhd_path, meta, scan));
+  const MET_ValueEnumType type = meta.ElementType();
+  REGSERVE_ASSIGN_OR_RETURN(
+      const size_t needed,
+      CheckDataBytes(mhd_path, img, type, data_file, header_size, scan));
+  REGSERVE_RETURN_IF_ERROR(
+      ReadElements(mhd_path, data_file, type, needed, &img));
   return img;
 }
 
