@@ -40,10 +40,18 @@ absl::Status ValidateWarpInputs(const Image& moving,
   if (moving.empty()) {
     return absl::InvalidArgumentError("moving image is empty");
   }
-  REGSERVE_RETURN_IF_ERROR(ValidateSpec(moving.spec()));
-  if (moving.width() > kMaxCoordinate || moving.height() > kMaxCoordinate) {
+  return ValidateWarpInputs(moving.spec(), field, out_width, out_height,
+                            options);
+}
+
+absl::Status ValidateWarpInputs(const ImageSpec& moving,
+                                const DisplacementField& field,
+                                int64_t out_width, int64_t out_height,
+                                const WarpOptions& options) {
+  REGSERVE_RETURN_IF_ERROR(ValidateSpec(moving));
+  if (moving.width > kMaxCoordinate || moving.height > kMaxCoordinate) {
     return absl::InvalidArgumentError(
-        absl::StrCat("moving image ", moving.spec().DebugString(),
+        absl::StrCat("moving image ", moving.DebugString(),
                      " exceeds 16777216 px per side (fp32 coordinates)"));
   }
   if (field.empty()) {
@@ -73,7 +81,7 @@ absl::Status ValidateWarpInputs(const Image& moving,
         absl::StrCat("output size ", out_width, "x", out_height,
                      " is outside 1..16777216 px per side"));
   }
-  ImageSpec out_spec = moving.spec();
+  ImageSpec out_spec = moving;
   out_spec.width = out_width;
   out_spec.height = out_height;
   REGSERVE_RETURN_IF_ERROR(ValidateSpec(out_spec));
@@ -104,6 +112,12 @@ absl::Status ValidateWarpInputs(const Image& moving,
 
 WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
                           const WarpOptions& options) {
+  return MakeBaseParams(moving.spec(), field, options);
+}
+
+WarpParams MakeBaseParams(const ImageSpec& moving,
+                          const DisplacementField& field,
+                          const WarpOptions& options) {
   WarpParams p;
   p.grid_origin_x = static_cast<float>(options.output_origin_x);
   p.grid_origin_y = static_cast<float>(options.output_origin_y);
@@ -117,10 +131,10 @@ WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
   p.field_origin_y = static_cast<float>(field.origin_y);
   p.field_inv_spacing_x = static_cast<float>(1.0 / field.spacing_x);
   p.field_inv_spacing_y = static_cast<float>(1.0 / field.spacing_y);
-  p.src_w = moving.width();
-  p.src_h = moving.height();
-  p.channels = moving.channels();
-  switch (moving.type()) {
+  p.src_w = moving.width;
+  p.src_h = moving.height;
+  p.channels = moving.channels;
+  switch (moving.type) {
     case SampleType::kUInt8:
       p.type = kKernelU8;
       p.fill = FromFloat<uint8_t>(static_cast<float>(options.fill_value));
@@ -456,8 +470,147 @@ class CpuWarper final : public Warper {
     return stats;
   }
 
+  absl::StatusOr<WarpStats> WarpRegions(RegionSource* moving,
+                                        const DisplacementField& field,
+                                        int64_t out_width, int64_t out_height,
+                                        const WarpOptions& options,
+                                        const TileCallback& on_tile) override;
+
   WarpDevice device() const override { return WarpDevice::kCpu; }
 };
+
+// One region of the streamed warp: which output tile it belongs to, and
+// whether it is that tile's last.
+struct StreamItem {
+  size_t tile = 0;
+  RegionItem region;
+  bool last_of_tile = false;
+};
+
+std::vector<StreamItem> PlanStreamItems(const std::vector<TileRect>& tiles,
+                                        const FieldBounds& bounds,
+                                        const WarpParams& base,
+                                        int64_t capacity) {
+  std::vector<StreamItem> items;
+  std::vector<RegionItem> regions;
+  for (size_t t = 0; t < tiles.size(); ++t) {
+    regions.clear();
+    PlanRegions(bounds, base, tiles[t], capacity, &regions);
+    for (const RegionItem& r : regions) items.push_back({t, r, false});
+    items.back().last_of_tile = true;
+  }
+  return items;
+}
+
+// Reads item's source region into `buffer` (nothing when it samples no
+// source pixel).
+absl::Status ReadItem(RegionSource* moving, const StreamItem& item,
+                      Image* buffer) {
+  const TileRect& s = item.region.src;
+  if (s.w <= 0 || s.h <= 0) return absl::OkStatus();
+  const size_t stride =
+      static_cast<size_t>(s.w) * buffer->spec().bytes_per_pixel();
+  return moving->ReadRegion(s.x, s.y, s.w, s.h, buffer->data(), stride);
+}
+
+absl::StatusOr<WarpStats> CpuWarper::WarpRegions(RegionSource* moving,
+                                                 const DisplacementField& field,
+                                                 int64_t out_width,
+                                                 int64_t out_height,
+                                                 const WarpOptions& options,
+                                                 const TileCallback& on_tile) {
+  const absl::Time start = absl::Now();
+  const ImageSpec& spec = moving->spec();
+  REGSERVE_RETURN_IF_ERROR(
+      ValidateWarpInputs(spec, field, out_width, out_height, options));
+  if (options.tile_size <= 0) {
+    return absl::InvalidArgumentError(
+        "a moving image read by region is warped in tiles: tile_size must "
+        "be > 0");
+  }
+  const WarpParams base = MakeBaseParams(spec, field, options);
+  const RowFn row_fn = SelectRowFn(base);
+  const std::vector<TileRect> tiles =
+      MakeTiles(out_width, out_height, options.tile_size);
+  const FieldBounds bounds(field, options.cpu_threads);
+  const std::vector<StreamItem> items = PlanStreamItems(
+      tiles, bounds, base, RegionWarpCapacityPixels(spec, options.tile_size));
+  // Two region buffers: the next region is read while this one is sampled.
+  ImageSpec region_spec = spec;
+  region_spec.width = RegionWarpCapacityPixels(spec, options.tile_size);
+  region_spec.height = 1;
+  Image regions[2];
+  for (Image& r : regions) {
+    REGSERVE_ASSIGN_OR_RETURN(r, Image::Allocate(region_spec));
+  }
+  ImageSpec tile_spec = spec;
+  tile_spec.width = tiles[0].w;
+  tile_spec.height = tiles[0].h;
+  REGSERVE_ASSIGN_OR_RETURN(Image full_tile, Image::Allocate(tile_spec));
+  Image edge_tile;
+  WarpStats stats;
+  stats.device = "cpu";
+  REGSERVE_RETURN_IF_ERROR(ReadItem(moving, items[0], &regions[0]));
+  for (size_t k = 0; k < items.size(); ++k) {
+    if (options.cancel != nullptr) {
+      REGSERVE_RETURN_IF_ERROR(options.cancel->Check());
+    }
+    absl::Status next = absl::OkStatus();
+    std::thread reader;
+    if (k + 1 < items.size()) {
+      try {
+        reader = std::thread([&, k] {
+          next = ReadItem(moving, items[k + 1], &regions[(k + 1) % 2]);
+        });
+      } catch (const std::system_error&) {
+        next = ReadItem(moving, items[k + 1], &regions[(k + 1) % 2]);
+      }
+    }
+    const TileRect& rect = tiles[items[k].tile];
+    Image* target = &full_tile;
+    if (rect.w != full_tile.width() || rect.h != full_tile.height()) {
+      if (edge_tile.width() != rect.w || edge_tile.height() != rect.h) {
+        ImageSpec es = spec;
+        es.width = rect.w;
+        es.height = rect.h;
+        absl::StatusOr<Image> e = Image::Allocate(es);
+        if (!e.ok()) {
+          if (reader.joinable()) reader.join();
+          return e.status();
+        }
+        edge_tile = *std::move(e);
+      }
+      target = &edge_tile;
+    }
+    const RegionItem& item = items[k].region;
+    WarpParams p = base;
+    p.rect_x0 = item.out.x;
+    p.rect_y0 = item.out.y;
+    p.rect_w = item.out.w;
+    p.rect_h = item.out.h;
+    p.out = target->data();
+    p.out_x0 = rect.x;
+    p.out_y0 = rect.y;
+    p.out_stride = rect.w;
+    p.src = regions[k % 2].data();
+    p.src_x0 = item.src.x;
+    p.src_y0 = item.src.y;
+    p.src_stride = item.src.w;
+    const int threads =
+        static_cast<int>(std::min<int64_t>(options.cpu_threads, item.out.h));
+    ParallelRanges(item.out.h, threads, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) row_fn(p, item.out.y + j);
+    });
+    if (reader.joinable()) reader.join();
+    REGSERVE_RETURN_IF_ERROR(next);
+    if (items[k].last_of_tile) {
+      REGSERVE_RETURN_IF_ERROR(on_tile(rect, *target));
+      ++stats.tiles;
+    }
+  }
+  stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return stats;
+}
 
 }  // namespace
 
@@ -466,6 +619,15 @@ std::unique_ptr<Warper> CreateCpuWarper() {
 }
 
 }  // namespace warp_internal
+
+absl::StatusOr<WarpStats> Warper::WarpRegions(RegionSource*,
+                                              const DisplacementField&, int64_t,
+                                              int64_t, const WarpOptions&,
+                                              const TileCallback&) {
+  return absl::UnimplementedError(
+      "this warper takes a moving image held whole; an image read by region "
+      "is warped on the CPU");
+}
 
 absl::StatusOr<std::unique_ptr<Warper>> Warper::Create(WarpDevice device,
                                                        int cuda_device) {

@@ -43,6 +43,7 @@
 #include "core/common/types.h"
 #include "core/image/displacement_field.h"
 #include "core/image/image.h"
+#include "core/image/region_source.h"
 
 namespace regserve {
 
@@ -103,6 +104,21 @@ class Warper {
                                          const WarpOptions& options,
                                          const TileCallback& on_tile) = 0;
 
+  // Warps a moving image read by region (core/image/region_source.h)
+  // instead of held whole: for each output tile of options.tile_size (> 0),
+  // the source rectangle the field maps it to, with the interpolation's
+  // halo, is read (split into smaller output rectangles where it would hold
+  // more than RegionCapacityPixels), the next one while this one is
+  // computed. The samples are those Warp gives for the same image. The CPU
+  // warper only; others return Unimplemented (the planner warps a streamed
+  // image on the CPU). Errors: those of Warp and of `moving`'s reads.
+  virtual absl::StatusOr<WarpStats> WarpRegions(RegionSource* moving,
+                                                const DisplacementField& field,
+                                                int64_t out_width,
+                                                int64_t out_height,
+                                                const WarpOptions& options,
+                                                const TileCallback& on_tile);
+
   virtual WarpDevice device() const = 0;
 
   // Device memory this warper keeps between calls (its cached buffers, which
@@ -126,6 +142,18 @@ struct WarpMemoryEstimate {
   uint64_t device_bytes = 0;  // peak VRAM (0 on CPU)
   uint64_t host_bytes = 0;    // peak RAM beyond the moving image itself
 };
+// The CPU warp of an image read by region (Warper::WarpRegions) in tiles
+// of `tile_size` (> 0): two source regions of RegionCapacityPixels (one
+// read while the other is sampled), the output tile and an edge tile, the
+// field's block bounds. The region source's own cache is not included
+// (RegionSourceRamBytes).
+uint64_t EstimateRegionWarpHostBytes(const ImageSpec& moving, int64_t out_width,
+                                     int64_t out_height, int64_t field_width,
+                                     int64_t field_height, int64_t tile_size);
+// Most source pixels one region read holds for output tiles of
+// `tile_size`: (tile + 2 x 256)^2 within the image.
+int64_t RegionWarpCapacityPixels(const ImageSpec& moving, int64_t tile_size);
+
 WarpMemoryEstimate EstimateWarpMemory(const ImageSpec& moving,
                                       int64_t out_width, int64_t out_height,
                                       int64_t field_width, int64_t field_height,

@@ -31,6 +31,14 @@ absl::Status ValidateWarpInputs(const Image& moving,
 // the source buffer filled in. field_dx/field_dy point at `field`'s host data.
 WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
                           const WarpOptions& options);
+// The same for a moving image of `moving` read by region.
+absl::Status ValidateWarpInputs(const ImageSpec& moving,
+                                const DisplacementField& field,
+                                int64_t out_width, int64_t out_height,
+                                const WarpOptions& options);
+WarpParams MakeBaseParams(const ImageSpec& moving,
+                          const DisplacementField& field,
+                          const WarpOptions& options);
 
 // Output tiles in row-major order. tile_size 0 (or >= both dimensions) gives
 // one tile covering the whole output, or, with band_rows > 0, full-width

@@ -40,6 +40,30 @@
 
 namespace regserve {
 
+int64_t RegionWarpCapacityPixels(const ImageSpec& moving, int64_t tile_size) {
+  return warp_internal::RegionCapacityPixels(moving.width, moving.height,
+                                             tile_size);
+}
+
+// The streamed CPU warp allocates exactly these buffers (warp.cc,
+// CpuWarper::WarpRegions).
+uint64_t EstimateRegionWarpHostBytes(const ImageSpec& moving, int64_t out_width,
+                                     int64_t out_height, int64_t field_width,
+                                     int64_t field_height, int64_t tile_size) {
+  const uint64_t bpp = moving.bytes_per_pixel();
+  const uint64_t t = static_cast<uint64_t>(std::max<int64_t>(1, tile_size));
+  const uint64_t out_bytes =
+      static_cast<uint64_t>(out_width) * out_height * bpp;
+  const uint64_t regions =
+      2 * static_cast<uint64_t>(RegionWarpCapacityPixels(moving, tile_size)) *
+      bpp;
+  const uint64_t tiles =
+      std::min<uint64_t>(2 * t * t * bpp, out_bytes + t * t * bpp);
+  const uint64_t bounds =
+      16ull * ((field_width + 15) / 16) * ((field_height + 15) / 16);
+  return regions + tiles + bounds;
+}
+
 WarpMemoryEstimate EstimateWarpMemory(const ImageSpec& moving,
                                       int64_t out_width, int64_t out_height,
                                       int64_t field_width, int64_t field_height,

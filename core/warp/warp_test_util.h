@@ -98,7 +98,8 @@ inline absl::StatusOr<Image> WarpToImage(Warper& warper, const Image& moving,
                                          const DisplacementField& field,
                                          int64_t out_w, int64_t out_h,
                                          const WarpOptions& options,
-                                         WarpStats* stats_out = nullptr) {
+                                         WarpStats* stats_out = nullptr,
+                                         RegionSource* regions = nullptr) {
   ImageSpec spec = moving.spec();
   spec.width = out_w;
   spec.height = out_h;
@@ -106,23 +107,26 @@ inline absl::StatusOr<Image> WarpToImage(Warper& warper, const Image& moving,
   if (!out.ok()) return out.status();
   std::vector<uint8_t> covered(static_cast<size_t>(out_w * out_h), 0);
   bool bad = false;
-  absl::StatusOr<WarpStats> stats = warper.Warp(
-      moving, field, out_w, out_h, options,
-      [&](const TileRect& r, const Image& tile) -> absl::Status {
-        if (tile.width() != r.w || tile.height() != r.h ||
-            tile.channels() != moving.channels() ||
-            tile.type() != moving.type()) {
-          bad = true;
-        }
-        for (int64_t y = 0; y < r.h; ++y) {
-          std::memcpy(out->row(r.y + y) + r.x * spec.bytes_per_pixel(),
-                      tile.row(y), tile.row_bytes());
-          for (int64_t x = 0; x < r.w; ++x) {
-            if (covered[(r.y + y) * out_w + r.x + x]++) bad = true;
-          }
-        }
-        return absl::OkStatus();
-      });
+  // `regions` set: the same image read by region (Warper::WarpRegions).
+  const TileCallback assemble = [&](const TileRect& r,
+                                    const Image& tile) -> absl::Status {
+    if (tile.width() != r.w || tile.height() != r.h ||
+        tile.channels() != moving.channels() || tile.type() != moving.type()) {
+      bad = true;
+    }
+    for (int64_t y = 0; y < r.h; ++y) {
+      std::memcpy(out->row(r.y + y) + r.x * spec.bytes_per_pixel(), tile.row(y),
+                  tile.row_bytes());
+      for (int64_t x = 0; x < r.w; ++x) {
+        if (covered[(r.y + y) * out_w + r.x + x]++) bad = true;
+      }
+    }
+    return absl::OkStatus();
+  };
+  absl::StatusOr<WarpStats> stats =
+      regions != nullptr
+          ? warper.WarpRegions(regions, field, out_w, out_h, options, assemble)
+          : warper.Warp(moving, field, out_w, out_h, options, assemble);
   if (!stats.ok()) return stats.status();
   for (uint8_t c : covered) {
     if (c != 1) bad = true;
