@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/common/status_macros.h"
+#include "core/image/region_source.h"
 #include "core/warp/warp.h"
 
 namespace regserve {
@@ -95,18 +96,28 @@ uint64_t GrayBytes(const RegSize& r) {
 // beside the fixed copy, and its own copy made (measured:
 // docs/benchmarks.md, "Decode memory").
 uint64_t DecodeStageRam(const ImageSpec& fixed, const ImageSpec& moving,
-                        const RegSize& r, const Budgets& budgets) {
+                        const RegSize& r, const Budgets& budgets,
+                        bool moving_streamed) {
   const uint64_t fixed_gray = static_cast<uint64_t>(
       kGrayBytesPerPixel * static_cast<double>(r.fw * r.fh));
   const uint64_t streamed =
       StreamedGrayscaleWorkBytes(fixed, r.fw, budgets.cpu_threads) + fixed_gray;
+  if (moving_streamed) {
+    // The moving image streamed into its copy as well, and into its spill
+    // in the same pass when it cannot be read by region.
+    const uint64_t spill =
+        moving.region_chunk_width > 0 ? 0 : SpillWriterRamBytes(moving);
+    return std::max(streamed, StreamedGrayscaleWorkBytes(moving, r.mw,
+                                                         budgets.cpu_threads) +
+                                  GrayBytes(r) + spill);
+  }
   return std::max(streamed, DecodeRam(moving) + GrayBytes(r));
 }
 
 // RAM of the quality stage: its own buffers, the copies and the field it
 // reads, and the full moving image held for the warp.
-uint64_t QualityStageRam(const RegSize& r, const ImageSpec& moving) {
-  return QualityRamBytes(r.fw * r.fh) + GrayBytes(r) + moving.bytes() +
+uint64_t QualityStageRam(const RegSize& r, uint64_t held) {
+  return QualityRamBytes(r.fw * r.fh) + GrayBytes(r) + held +
          static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
 }
 
@@ -114,11 +125,10 @@ uint64_t QualityStageRam(const RegSize& r, const ImageSpec& moving) {
 // copies (kept for the later stages) and the moving copy pre-warped by the
 // initial alignment (on the fixed grid), and the full moving image held for
 // the warp.
-uint64_t RegistrationStageRam(const RegSize& r, const ImageSpec& moving) {
+uint64_t RegistrationStageRam(const RegSize& r, uint64_t held) {
   const int64_t px = std::max(r.fw * r.fh, r.mw * r.mh);
   return RegistrationRamBytes(px) + GrayBytes(r) +
-         static_cast<uint64_t>(kGrayBytesPerPixel * r.fw * r.fh) +
-         moving.bytes() +
+         static_cast<uint64_t>(kGrayBytesPerPixel * r.fw * r.fh) + held +
          static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
 }
 
@@ -135,9 +145,9 @@ constexpr uint64_t kSiftBaseBytes = 16ull << 20;
 
 // RAM of the initial alignment stage: its own, plus the copies and the full
 // moving image it holds.
-uint64_t InitialAlignmentStageRam(const RegSize& r, const ImageSpec& moving) {
+uint64_t InitialAlignmentStageRam(const RegSize& r, uint64_t held) {
   return InitialAlignmentRamBytes(r.fw * r.fh, r.mw * r.mh) + GrayBytes(r) +
-         moving.bytes();
+         held;
 }
 
 }  // namespace
@@ -265,15 +275,17 @@ absl::Status ValidatePlanInputs(const ImageSpec& fixed, const ImageSpec& moving,
 absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
                                          const ImageSpec& moving,
                                          const JobOptions& options,
-                                         const Budgets& budgets,
+                                         const Budgets& budgets, bool streamed,
                                          Plan* plan_out) {
   Plan& plan = *plan_out;
+  // The moving image held from decode to warp: none when read by region.
+  const uint64_t held = streamed ? 0 : moving.bytes();
   const double full_px = static_cast<double>(fixed.pixels());
   const double cap_px = options.max_registration_megapixels * 1e6;
   // RAM allows: solve RegistrationStageRam(P) <= budget for P by bisection
   // over the fixed copy's pixel count (monotone in P).
   auto fits_ram = [&](double px) {
-    return RegistrationStageRam(SizeFor(fixed, moving, px), moving) <=
+    return RegistrationStageRam(SizeFor(fixed, moving, px), held) <=
            budgets.ram_bytes;
   };
   double ram_px = 0;
@@ -281,7 +293,7 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
     // Report how far RAM would stretch beyond the full size.
     const double per_px =
         kElastixBytesPerPixel + 3 * kGrayBytesPerPixel + kFieldBytesPerPixel;
-    const double fixed_cost = kElastixBaseBytes + moving.bytes();
+    const double fixed_cost = kElastixBaseBytes + held;
     ram_px = budgets.ram_bytes > fixed_cost
                  ? (budgets.ram_bytes - fixed_cost) / per_px
                  : full_px;
@@ -321,8 +333,8 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
     return absl::ResourceExhaustedError(absl::StrCat(
         "the RAM budget of ", Mb(budgets.ram_bytes),
         " cannot hold the registration stage even at the smallest copy (",
-        kMinRegistrationEdge, " px): it needs the moving image (",
-        Mb(moving.bytes()), ") plus elastix (", Mb(kElastixBaseBytes),
+        kMinRegistrationEdge, " px): it needs the moving image (", Mb(held),
+        ") plus elastix (", Mb(kElastixBaseBytes),
         " + 29 B/px); raise --ram_budget or send smaller images"));
   }
   plan.registration_fixed_width = reg.fw;
@@ -346,10 +358,10 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
         reg.fw, reg.fh, Mp(static_cast<double>(reg.fw) * reg.fh),
         plan.registration_factor, why, Mp(ram_px)));
   }
-  plan.decode.ram_bytes = DecodeStageRam(fixed, moving, reg, budgets);
-  plan.registration.ram_bytes = RegistrationStageRam(reg, moving);
-  plan.initial_alignment.ram_bytes = InitialAlignmentStageRam(reg, moving);
-  plan.quality.ram_bytes = QualityStageRam(reg, moving);
+  plan.decode.ram_bytes = DecodeStageRam(fixed, moving, reg, budgets, streamed);
+  plan.registration.ram_bytes = RegistrationStageRam(reg, held);
+  plan.initial_alignment.ram_bytes = InitialAlignmentStageRam(reg, held);
+  plan.quality.ram_bytes = QualityStageRam(reg, held);
 
   return reg;
 }
@@ -370,6 +382,21 @@ void PlanOutput(const ImageSpec& fixed, const JobOptions& options,
   }
 }
 
+// A streamed warp reads regions of at most (4096 + 512)^2 px: larger tiles
+// would only grow the regions and the cache, the reads are as sequential.
+constexpr int64_t kMaxStreamedTile = 4096;
+
+// The region source's cache for warp tiles of `tile`: a band of source rows
+// across the image as high as a region plus one chunk, so that the tiles of
+// an output row find the chunks their neighbours read.
+uint64_t RegionCacheBytes(const ImageSpec& moving, int64_t tile) {
+  int64_t cw = 0, ch = 0;
+  RegionChunkOf(moving, &cw, &ch);
+  const int64_t rows = std::min<int64_t>(moving.height, tile + 512) + ch;
+  return static_cast<uint64_t>(rows) * static_cast<uint64_t>(moving.width) *
+         moving.bytes_per_pixel();
+}
+
 // The warp's memory for a device and tile size, for the plan's output size
 // and registration copy.
 struct WarpSizer {
@@ -378,14 +405,24 @@ struct WarpSizer {
   const RegSize& reg;
   int64_t output_width;
   int64_t output_height;
+  bool streamed = false;  // the moving image read by region, on the CPU
 
   WarpMemoryEstimate Estimate(int64_t tile, WarpDevice device) const {
+    if (streamed) {
+      WarpMemoryEstimate e;
+      e.host_bytes =
+          EstimateRegionWarpHostBytes(moving, output_width, output_height,
+                                      reg.fw, reg.fh, tile) +
+          RegionSourceRamBytes(moving, RegionCacheBytes(moving, tile));
+      return e;
+    }
     return EstimateWarpMemory(moving, output_width, output_height, reg.fw,
                               reg.fh, tile, device);
   }
-  // The warp holds the moving image and the field besides its own buffers.
+  // The warp holds the moving image (unless streamed) and the field besides
+  // its own buffers.
   uint64_t RamFor(const WarpMemoryEstimate& e) const {
-    return moving.bytes() + e.host_bytes +
+    return (streamed ? 0 : moving.bytes()) + e.host_bytes +
            static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);
   }
   bool Fits(const WarpMemoryEstimate& e, WarpDevice device) const {
@@ -394,6 +431,16 @@ struct WarpSizer {
   }
   // Largest tile (0 = one pass) that fits both budgets on `device`.
   bool ChooseTile(WarpDevice device, int64_t* tile) const {
+    if (streamed) {
+      for (int64_t t : kTileCandidates) {
+        if (t > kMaxStreamedTile) continue;
+        if (Fits(Estimate(t, device), device)) {
+          *tile = t;
+          return true;
+        }
+      }
+      return false;
+    }
     if (Fits(Estimate(0, device), device)) {
       *tile = 0;
       return true;
@@ -501,13 +548,51 @@ void RecordWarpMemory(const WarpSizer& sizer, int64_t tile, Plan* plan_out) {
   }
 }
 
+// The streamed warp: on the CPU (the GPU's region reads are a later step),
+// its tiles, the region source's cache and the spill.
+absl::Status PlanStreamedWarp(const WarpSizer& sizer, const JobOptions& options,
+                              Plan* plan_out) {
+  Plan& plan = *plan_out;
+  const ImageSpec& moving = sizer.moving;
+  int64_t tile = 0;
+  if (!sizer.ChooseTile(WarpDevice::kCpu, &tile)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the RAM budget of ", Mb(sizer.budgets.ram_bytes),
+        " cannot hold the warp even reading the moving image by region (",
+        Mb(sizer.RamFor(sizer.Estimate(256, WarpDevice::kCpu))),
+        " with 256 px tiles); raise --ram_budget"));
+  }
+  if (sizer.budgets.has_gpu && options.device != DevicePreference::kCpu) {
+    plan.reasons.push_back(
+        "the moving image is read by region, which the GPU warp does not do "
+        "yet: warping on the CPU");
+  }
+  plan.warp_device = WarpDevice::kCpu;
+  plan.moving_streamed = true;
+  plan.moving_cache_bytes = RegionCacheBytes(moving, tile);
+  plan.spill_bytes = moving.region_chunk_width > 0 ? 0 : SpillFileBytes(moving);
+  plan.reasons.push_back(absl::StrFormat(
+      "warping %dx%d on the CPU in %dx%d tiles, the moving image read %s "
+      "through a %s cache",
+      plan.output_width, plan.output_height, tile, tile,
+      plan.spill_bytes > 0
+          ? absl::StrCat("from a spill file of ", Mb(plan.spill_bytes),
+                         " (it can only be decoded in order)")
+          : std::string("from its file by tile or strip"),
+      Mb(plan.moving_cache_bytes)));
+  RecordWarpMemory(sizer, tile, plan_out);
+  return absl::OkStatus();
+}
+
 // The warp's device and tile size, and its memory on each.
 absl::Status PlanWarp(const ImageSpec& moving, const JobOptions& options,
-                      const Budgets& budgets, const RegSize& reg,
+                      const Budgets& budgets, const RegSize& reg, bool streamed,
                       Plan* plan_out) {
-  const WarpSizer sizer{moving, budgets, reg, plan_out->output_width,
-                        plan_out->output_height};
+  const WarpSizer sizer{
+      moving,  budgets, reg, plan_out->output_width, plan_out->output_height,
+      streamed};
   int64_t tile = 0;
+  if (streamed) return PlanStreamedWarp(sizer, options, plan_out);
   REGSERVE_ASSIGN_OR_RETURN(const bool on_gpu,
                             PlaceWarpOnGpu(sizer, options, &tile, plan_out));
   if (!on_gpu) REGSERVE_RETURN_IF_ERROR(PlaceWarpOnCpu(sizer, &tile, plan_out));
@@ -571,25 +656,23 @@ constexpr int64_t kMinRefineEdge = 24;
 
 // The refinement's RAM with what the stage holds: the copies, the field
 // and the full moving image (for the warp).
-uint64_t RefineStageRam(const RefineCost& c, const RegSize& r,
-                        const ImageSpec& moving) {
-  return c.ram_bytes + GrayBytes(r) + moving.bytes() +
+uint64_t RefineStageRam(const RefineCost& c, const RegSize& r, uint64_t held) {
+  return c.ram_bytes + GrayBytes(r) + held +
          static_cast<uint64_t>(kFieldBytesPerPixel * r.fw * r.fh);
 }
 
 // The least pooling of the fixed copy at which the refinement on `device`
 // fits the budgets (VRAM on CUDA; RAM; on the CPU also `seconds`), or
 // false.
-bool ChooseRefinePool(const RegSize& reg, const ImageSpec& moving,
-                      const Budgets& budgets, double seconds, RefineOptions* o,
-                      RefineCost* cost) {
+bool ChooseRefinePool(const RegSize& reg, uint64_t held, const Budgets& budgets,
+                      double seconds, RefineOptions* o, RefineCost* cost) {
   for (int64_t pool = 1;; ++pool) {
     const int64_t w = reg.fw / pool, h = reg.fh / pool;
     if (w < kMinRefineEdge || h < kMinRefineEdge) return false;
     o->max_pixels = pool == 1 ? 0 : w * h;
     *cost = EstimateRefineCost(reg.fw, reg.fh, reg.fw * reg.fh, *o);
     const bool fits =
-        RefineStageRam(*cost, reg, moving) <= budgets.ram_bytes &&
+        RefineStageRam(*cost, reg, held) <= budgets.ram_bytes &&
         (o->device == WarpDevice::kCuda ? cost->vram_bytes <= budgets.vram_bytes
                                         : cost->seconds <= seconds);
     if (fits) return true;
@@ -597,7 +680,7 @@ bool ChooseRefinePool(const RegSize& reg, const ImageSpec& moving,
 }
 
 void RecordRefine(const RefineOptions& o, const RefineCost& c,
-                  const RegSize& reg, const ImageSpec& moving, Plan* plan) {
+                  const RegSize& reg, uint64_t held, Plan* plan) {
   plan->refine_enabled = true;
   plan->refine_device = o.device;
   plan->refine_max_pixels = o.max_pixels;
@@ -605,7 +688,7 @@ void RecordRefine(const RefineOptions& o, const RefineCost& c,
   plan->refine_height = c.work.height;
   plan->refine_levels = RefineLevelsFor(c.work.width, c.work.height, o.levels);
   plan->refine_iterations = o.iterations;
-  plan->refine.ram_bytes = RefineStageRam(c, reg, moving);
+  plan->refine.ram_bytes = RefineStageRam(c, reg, held);
   plan->refine.vram_bytes = c.vram_bytes;
 }
 
@@ -619,7 +702,7 @@ std::string RefineSize(const RefineCost& c) {
 }
 
 // Whether, where and at what size the refinement runs, with the reason.
-void PlanRefine(const ImageSpec& moving, const JobOptions& options,
+void PlanRefine(uint64_t held, const JobOptions& options,
                 const Budgets& budgets, const RegSize& reg, Plan* plan) {
   if (options.refine == RefineMode::kOff) {
     plan->reasons.push_back("refinement off (refine=off)");
@@ -638,8 +721,8 @@ void PlanRefine(const ImageSpec& moving, const JobOptions& options,
   RefineCost cost;
   if (budgets.has_gpu && options.device != DevicePreference::kCpu) {
     o.device = WarpDevice::kCuda;
-    if (ChooseRefinePool(reg, moving, budgets, 0, &o, &cost)) {
-      RecordRefine(o, cost, reg, moving, plan);
+    if (ChooseRefinePool(reg, held, budgets, 0, &o, &cost)) {
+      RecordRefine(o, cost, reg, held, plan);
       plan->reasons.push_back(absl::StrFormat(
           "refining on the GPU (%s) at %s, %d levels x %d iterations; %s "
           "VRAM, %s RAM",
@@ -654,7 +737,7 @@ void PlanRefine(const ImageSpec& moving, const JobOptions& options,
   o.device = WarpDevice::kCpu;
   o.threads = 1;  // as the stage runs it (RefineOptions::threads)
   const double seconds = RefineCpuBudgetSeconds(reg.fw * reg.fh);
-  const bool found = ChooseRefinePool(reg, moving, budgets, seconds, &o, &cost);
+  const bool found = ChooseRefinePool(reg, held, budgets, seconds, &o, &cost);
   const bool pays = found && cost.work.pool <= kMaxPayingCpuPool;
   if (options.refine == RefineMode::kAuto && !pays) {
     plan->reasons.push_back(
@@ -676,7 +759,7 @@ void PlanRefine(const ImageSpec& moving, const JobOptions& options,
     o.max_pixels = (reg.fw / pool) * (reg.fh / pool);
     cost = EstimateRefineCost(reg.fw, reg.fh, reg.fw * reg.fh, o);
   }
-  RecordRefine(o, cost, reg, moving, plan);
+  RecordRefine(o, cost, reg, held, plan);
   plan->reasons.push_back(absl::StrFormat(
       "refining on the CPU at %s, %d levels x %d iterations: about %.1f s "
       "(budget %.0f s); %s RAM",
@@ -686,19 +769,21 @@ void PlanRefine(const ImageSpec& moving, const JobOptions& options,
 
 }  // namespace
 
-absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
-                              const JobOptions& options, const Budgets& budgets,
-                              int64_t stream_tile_size) {
-  REGSERVE_RETURN_IF_ERROR(ValidatePlanInputs(fixed, moving, options));
-  REGSERVE_RETURN_IF_ERROR(
-      TileGrid::ValidateEdge(stream_tile_size, "stream_tile_size"));
+namespace {
+
+absl::StatusOr<Plan> MakePlanWith(const ImageSpec& fixed,
+                                  const ImageSpec& moving,
+                                  const JobOptions& options,
+                                  const Budgets& budgets,
+                                  int64_t stream_tile_size, bool streamed) {
   Plan plan;
   REGSERVE_ASSIGN_OR_RETURN(
       const RegSize reg,
-      PlanRegistration(fixed, moving, options, budgets, &plan));
+      PlanRegistration(fixed, moving, options, budgets, streamed, &plan));
   PlanOutput(fixed, options, reg, &plan);
-  REGSERVE_RETURN_IF_ERROR(PlanWarp(moving, options, budgets, reg, &plan));
-  PlanRefine(moving, options, budgets, reg, &plan);
+  REGSERVE_RETURN_IF_ERROR(
+      PlanWarp(moving, options, budgets, reg, streamed, &plan));
+  PlanRefine(streamed ? 0 : moving.bytes(), options, budgets, reg, &plan);
   // The writer compresses on up to one thread per core.
   plan.result_writer_threads = std::max(1, budgets.cpu_threads);
   SetStreamTiles(stream_tile_size, moving, &plan);
@@ -748,6 +833,52 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
         "; raise --ram_budget or send smaller images"));
   }
   return plan;
+}
+
+// Whether every stage of `plan` fits the RAM budget.
+bool FitsRam(const Plan& plan, const Budgets& budgets) {
+  for (const StageMemory* m :
+       {&plan.decode, &plan.registration, &plan.initial_alignment,
+        &plan.quality, &plan.warp}) {
+    if (m->ram_bytes > budgets.ram_bytes) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
+                              const JobOptions& options, const Budgets& budgets,
+                              int64_t stream_tile_size) {
+  REGSERVE_RETURN_IF_ERROR(ValidatePlanInputs(fixed, moving, options));
+  REGSERVE_RETURN_IF_ERROR(
+      TileGrid::ValidateEdge(stream_tile_size, "stream_tile_size"));
+  absl::StatusOr<Plan> in_ram =
+      MakePlanWith(fixed, moving, options, budgets, stream_tile_size, false);
+  if (in_ram.ok() && FitsRam(*in_ram, budgets)) return in_ram;
+  if (!in_ram.ok() &&
+      in_ram.status().code() != absl::StatusCode::kResourceExhausted) {
+    return in_ram.status();
+  }
+  // The moving image does not fit beside the stages: read it by region.
+  absl::StatusOr<Plan> streamed =
+      MakePlanWith(fixed, moving, options, budgets, stream_tile_size, true);
+  if (!streamed.ok()) return in_ram.ok() ? streamed : in_ram;
+  uint64_t largest = 0;
+  for (const StageMemory* m :
+       {&streamed->decode, &streamed->registration,
+        &streamed->initial_alignment, &streamed->quality, &streamed->warp}) {
+    largest = std::max(largest, m->ram_bytes);
+  }
+  streamed->reasons.insert(
+      streamed->reasons.begin(),
+      absl::StrFormat(
+          "streaming the moving image from disk in %d-px regions: "
+          "the whole image needs %s, the budget leaves %s beside "
+          "the largest stage",
+          streamed->tile_size, Mb(moving.bytes()),
+          Mb(budgets.ram_bytes > largest ? budgets.ram_bytes - largest : 0)));
+  return streamed;
 }
 
 }  // namespace regserve

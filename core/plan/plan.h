@@ -131,6 +131,15 @@ struct Plan {
   int64_t warp_cpu_tile_size = 0;
   uint64_t result_writer_cpu_ram_bytes = 0;
 
+  // The moving image read by region (core/image/region_source.h) instead of
+  // held whole, when it does not fit beside the stages: decoded in strips
+  // into its copy (and, when the file cannot be read by region, into a
+  // spill file of spill_bytes in the job directory), warped on the CPU in
+  // tiles of tile_size through a region cache of moving_cache_bytes.
+  bool moving_streamed = false;
+  uint64_t moving_cache_bytes = 0;
+  uint64_t spill_bytes = 0;
+
   std::vector<std::string> reasons;
 };
 

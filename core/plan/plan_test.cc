@@ -372,3 +372,61 @@ TEST(MakePlan, InitialAlignmentReservesSiftAndThePreWarpedCopy) {
 
 }  // namespace
 }  // namespace regserve
+
+namespace regserve {
+namespace {
+
+ImageSpec Striped(int64_t w, int64_t h) {
+  ImageSpec s = Rgb(w, h);
+  s.stream_rows = 256;
+  s.region_chunk_width = w;
+  s.region_chunk_height = 32;
+  return s;
+}
+
+// Issue 13: the 283.6 MP pair under a 1 GB budget reads the moving image by
+// region instead of being refused; every stage fits, none holds the image.
+TEST(MakePlanStreamed, TheMovingImageIsReadByRegionWhenItDoesNotFit) {
+  const ImageSpec fixed = Striped(18960, 14960);
+  const ImageSpec moving = Striped(18960, 14960);
+  const Budgets b =
+      BudgetsFromHardware(Machine(32 * kGiB, 0), {1000ull << 20, 0});
+  absl::StatusOr<Plan> p = MakePlan(fixed, moving, {}, b);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->moving_streamed);
+  EXPECT_EQ(p->warp_device, WarpDevice::kCpu);
+  EXPECT_GT(p->tile_size, 0);
+  EXPECT_LE(p->tile_size, 4096);
+  EXPECT_EQ(p->spill_bytes, 0u);  // striped: read from the file
+  EXPECT_GT(p->moving_cache_bytes, 0u);
+  for (const StageMemory& m : {p->decode, p->registration, p->warp,
+                               p->quality, p->initial_alignment}) {
+    EXPECT_LE(m.ram_bytes, b.ram_bytes);
+  }
+  EXPECT_NE(Reasons(*p).find("streaming the moving image from disk in"),
+            std::string::npos)
+      << Reasons(*p);
+  // The same pair with room for it stays in RAM.
+  const Budgets big = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  absl::StatusOr<Plan> in_ram = MakePlan(fixed, moving, {}, big);
+  ASSERT_TRUE(in_ram.ok());
+  EXPECT_FALSE(in_ram->moving_streamed);
+}
+
+TEST(MakePlanStreamed, SequentialFilesSpillAndGpuPlansWarpOnTheCpu) {
+  ImageSpec moving = Rgb(18960, 14960);
+  moving.stream_rows = 256;  // a JPEG: no region chunk
+  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 80 * kGiB),
+                                        {1000ull << 20, 0});
+  absl::StatusOr<Plan> p = MakePlan(Striped(18960, 14960), moving, {}, b);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->moving_streamed);
+  EXPECT_EQ(p->warp_device, WarpDevice::kCpu);
+  EXPECT_EQ(p->spill_bytes, SpillFileBytes(moving));
+  EXPECT_NE(Reasons(*p).find("the GPU warp does not do yet"),
+            std::string::npos)
+      << Reasons(*p);
+}
+
+}  // namespace
+}  // namespace regserve
