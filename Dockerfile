@@ -30,7 +30,7 @@ ARG CUDA_RUNTIME_BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
 # ------------------------------------------------------------ cpu-build ----
 FROM ${DEBIAN_BASE} AS cpu-build
 ARG DEBIAN_FRONTEND=noninteractive
-# Parallel compile jobs (empty: all cores); each needs about 1.5 GB of RAM.
+# Parallel compile jobs (empty: all cores); fewer on a small or busy machine.
 ARG JOBS=
 COPY scripts/setup.sh /src/scripts/setup.sh
 COPY deploy/docker/build.sh /src/deploy/docker/build.sh
