@@ -3,11 +3,14 @@
 // Decode: the fixed image streamed in strips straight into its grayscale
 // registration copy (core/image/streamed_gray.h: never held whole, the same
 // bits as decoding it whole); then the moving image read whole (kept for the
-// warp, in pinned memory when the warp runs on CUDA) and its copy made.
-// Memory: Plan::decode.
+// warp, in pinned memory when the warp runs on CUDA) and its copy made, or,
+// when the plan reads it by region, streamed into its copy as well (and into
+// the job's spill file in the same pass when the file reads only in order)
+// and opened as the warp's region source. Memory: Plan::decode.
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
+#include "core/image/file_region_source.h"
 #include "core/image/streamed_gray.h"
 #include "core/jobs/stage_runner.h"
 
@@ -29,9 +32,10 @@ class DecodeStage final : public PipelineStage {
     for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
       host->Progress(Stage::kDecode, role == ImageRole::kFixed ? 0.0 : 0.5,
                      absl::StrCat("reading the ", RoleName(role), " image"));
-      REGSERVE_RETURN_IF_ERROR(role == ImageRole::kFixed
-                                   ? StreamFixed(r.threads(), run)
-                                   : DecodeOne(role, r.threads(), run));
+      REGSERVE_RETURN_IF_ERROR(
+          role == ImageRole::kFixed ? StreamFixed(r.threads(), run)
+          : plan.moving_streamed    ? StreamMoving(r.threads(), run)
+                                    : DecodeOne(role, r.threads(), run));
     }
     host->Progress(Stage::kDecode, 1.0, "decoded");
     host->Finished(Stage::kDecode, start);
@@ -82,6 +86,69 @@ class DecodeStage final : public PipelineStage {
     }
     run->fixed_gray = *std::move(gray);
     return absl::OkStatus();
+  }
+
+  // The moving image read by region: its copy streamed like the fixed one's,
+  // its spill written in the same pass when the file reads only in order
+  // (removed again if the pass fails), then its region source opened.
+  absl::Status StreamMoving(int threads, JobRun* run) {
+    const JobRecord& rec = run->rec;
+    const Plan& plan = rec.info.plan;
+    REGSERVE_ASSIGN_OR_RETURN(std::string path,
+                              InputPathFor(s_, rec, ImageRole::kMoving));
+    const std::string name = "the moving image";
+    const bool spill = plan.spill_bytes > 0;
+    std::unique_ptr<SpillWriter> writer;
+    if (spill) {
+      REGSERVE_ASSIGN_OR_RETURN(
+          writer, SpillWriter::Create(run->dir.spill(), rec.moving_spec));
+    }
+    StreamedGrayOptions o;
+    o.threads = threads;
+    o.max_pixels = s_.max_pixels;
+    o.max_bytes = plan.decode.ram_bytes;
+    o.metadata = &run->moving_metadata;
+    o.check_spec = [&](const ImageSpec& got) {
+      return SameSpec(name, got, rec.moving_spec);
+    };
+    o.check_cancel = [run] { return run->cancel->Check(); };
+    if (spill) {
+      o.on_rows = [&](const Image& rows, int64_t, int64_t n) {
+        return writer->Append(rows.data(), rows.row_bytes(), n);
+      };
+    }
+    absl::StatusOr<Image> gray =
+        ReadGrayscaleCopyFile(path, plan.registration_moving_width,
+                              plan.registration_moving_height, o);
+    absl::Status s = gray.status();
+    if (s.ok() && spill) s = writer->Close();
+    writer.reset();
+    if (!s.ok()) {
+      if (spill) RemoveQuietly(run->dir.spill());
+      return JobError(s, path, name);
+    }
+    run->moving_gray = *std::move(gray);
+    RegionSourceOptions ro;
+    ro.cache_bytes = plan.moving_cache_bytes;
+    ro.threads = threads;
+    absl::StatusOr<std::unique_ptr<FileRegionSource>> src =
+        spill ? OpenSpillRegionSource(run->dir.spill(), rec.moving_spec, ro)
+              : OpenFileRegionSource(path, ro);
+    if (!src.ok()) return JobError(src.status(), path, name);
+    run->moving_regions = *std::move(src);
+    return absl::OkStatus();
+  }
+
+  // `s` in the job's words: the path replaced by `name`.
+  static absl::Status JobError(const absl::Status& s, const std::string& path,
+                               const std::string& name) {
+    if (s.code() == absl::StatusCode::kFailedPrecondition ||
+        s.code() == absl::StatusCode::kCancelled) {
+      return s;  // already in the job's words
+    }
+    const absl::Status clean = WithoutPath(s, path, name);
+    return absl::Status(clean.code(),
+                        absl::StrCat("decoding ", name, ": ", clean.message()));
   }
 
   absl::Status DecodeOne(ImageRole role, int threads, JobRun* run) {

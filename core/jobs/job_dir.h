@@ -12,6 +12,8 @@
 //   result.partial.tif     the result while it is written
 //   result.tif             the finished result (a tiled TIFF)
 //   quality_map.bin        the quality stage's map (core/quality_map_io.h)
+//   moving.spill           the moving image's raw tiles, when it is read by
+//                          region and its file reads only in order
 //
 //   JobDir dir(jobs_dir, id);
 //   fs->WriteFileAtomic(dir.state(), EncodeJobState(rec));
@@ -47,15 +49,16 @@ class JobDir {
   std::string partial_result() const { return path_ + "/result.partial.tif"; }
   std::string result() const { return path_ + "/result.tif"; }
   std::string quality_map() const { return path_ + "/quality_map.bin"; }
+  std::string spill() const { return path_ + "/moving.spill"; }
 
   // A path recorded inside this job's directory when the data directory
   // was elsewhere ("<old data_dir>/jobs/<id>/..."), moved under path().
   // Other paths (server-side inputs) are returned unchanged.
   std::string Rebase(const std::string& recorded) const;
 
-  // Removes what a job no longer needs: the registration work dir and a
-  // partial result always, the uploads if `delete_uploads`, and the result,
-  // transform and quality map unless `keep_result`. Errors are ignored
+  // Removes what a job no longer needs: the registration work dir, the
+  // spill and a partial result always, the uploads if `delete_uploads`, and the
+  // result, transform and quality map unless `keep_result`. Errors are ignored
   // (best effort).
   void RemoveWorkFiles(bool delete_uploads, bool keep_result) const;
   // The whole directory; the state file first, since a directory without

@@ -259,6 +259,22 @@ absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobRecord& rec) const {
   for (const ResourceRequest& req : stages) {
     REGSERVE_RETURN_IF_ERROR(scheduler_->CheckFits(req));
   }
+  // A spill the data directory cannot hold would fail the job mid-decode.
+  if (plan.spill_bytes > 0) {
+    std::error_code ec;
+    const std::filesystem::space_info space =
+        std::filesystem::space(jobs_dir_, ec);
+    if (!ec && space.available < plan.spill_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the moving image is read by region through a spill file of ",
+          plan.spill_bytes / 1000000,
+          " MB (its format reads only in order), "
+          "but the data directory has ",
+          space.available / 1000000,
+          " MB free; free disk space, raise --ram_budget or send a tiled "
+          "TIFF"));
+    }
+  }
   return plan;
 }
 

@@ -149,6 +149,8 @@ void AddImageSpec(Writer* w, const std::string& prefix, const ImageSpec& s) {
   w->AddUint(prefix + ".decode_scratch_bytes", s.decode_scratch_bytes);
   w->AddInt(prefix + ".stream_rows", s.stream_rows);
   w->AddUint(prefix + ".stream_scratch_bytes", s.stream_scratch_bytes);
+  w->AddInt(prefix + ".region_chunk_width", s.region_chunk_width);
+  w->AddInt(prefix + ".region_chunk_height", s.region_chunk_height);
 }
 
 absl::Status ReadImageSpec(const Reader& r, const std::string& prefix,
@@ -172,6 +174,15 @@ absl::Status ReadImageSpec(const Reader& r, const std::string& prefix,
     REGSERVE_ASSIGN_OR_RETURN(s->stream_rows, r.Int(prefix + ".stream_rows"));
     REGSERVE_ASSIGN_OR_RETURN(s->stream_scratch_bytes,
                               r.Uint(prefix + ".stream_scratch_bytes"));
+  }
+  // Absent before region reads existed: read in order (a spill).
+  s->region_chunk_width = 0;
+  s->region_chunk_height = 0;
+  if (r.Has(prefix + ".region_chunk_width")) {
+    REGSERVE_ASSIGN_OR_RETURN(s->region_chunk_width,
+                              r.Int(prefix + ".region_chunk_width"));
+    REGSERVE_ASSIGN_OR_RETURN(s->region_chunk_height,
+                              r.Int(prefix + ".region_chunk_height"));
   }
   return absl::OkStatus();
 }
@@ -381,6 +392,14 @@ absl::Status ReadPlanExtras(const Reader& r, Plan* p) {
                             r.Int("plan.warp_cpu_tile_size"));
   REGSERVE_ASSIGN_OR_RETURN(writer, r.Int("plan.result_writer_cpu_ram_bytes"));
   p->result_writer_cpu_ram_bytes = static_cast<uint64_t>(writer);
+  // Plans stored before region reads existed held the moving image.
+  if (r.Has("plan.moving_streamed")) {
+    REGSERVE_ASSIGN_OR_RETURN(int64_t streamed, r.Int("plan.moving_streamed"));
+    p->moving_streamed = streamed != 0;
+    REGSERVE_ASSIGN_OR_RETURN(p->moving_cache_bytes,
+                              r.Uint("plan.moving_cache_bytes"));
+    REGSERVE_ASSIGN_OR_RETURN(p->spill_bytes, r.Uint("plan.spill_bytes"));
+  }
   if (r.Has("plan.result_writer_threads")) {
     REGSERVE_ASSIGN_OR_RETURN(int64_t threads,
                               r.Int("plan.result_writer_threads"));
@@ -528,6 +547,9 @@ std::string EncodeJobState(const JobRecord& record) {
   w.AddInt("plan.result_writer_cpu_ram_bytes",
            static_cast<int64_t>(p.result_writer_cpu_ram_bytes));
   w.AddInt("plan.result_writer_threads", p.result_writer_threads);
+  w.AddInt("plan.moving_streamed", p.moving_streamed ? 1 : 0);
+  w.AddUint("plan.moving_cache_bytes", p.moving_cache_bytes);
+  w.AddUint("plan.spill_bytes", p.spill_bytes);
   AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);
   AddRefinePlan(&w, p);
   AddList(&w, "plan.reasons", p.reasons);

@@ -36,6 +36,7 @@
 #include "core/common/cancel.h"
 #include "core/image/image.h"
 #include "core/image/image_io.h"
+#include "core/image/region_source.h"
 #include "core/jobs/input_root.h"
 #include "core/jobs/job_dir.h"
 #include "core/jobs/job_env.h"
@@ -116,8 +117,11 @@ struct JobRun {
   // registration copies.
   Image fixed_gray;
   Image moving_gray;
-  // decode -> warp: the full-resolution moving image.
+  // decode -> warp: the full-resolution moving image, or, when the plan
+  // reads it by region (Plan::moving_streamed), its region source (the
+  // input file, or the spill in dir.spill()) and nothing in `moving`.
   Image moving;
+  std::unique_ptr<RegionSource> moving_regions;
   // decode -> warp: what both files say beside their pixels (ICC profile,
   // resolution, orientation), for the stored result.
   ImageMetadata fixed_metadata;

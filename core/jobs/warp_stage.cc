@@ -58,6 +58,8 @@ class WarpStage final : public PipelineStage {
     if (!stats.ok()) return stats.status();
     r.Release();
     run->moving = Image();
+    run->moving_regions.reset();
+    RemoveQuietly(run->dir.spill());
     host->Progress(Stage::kWarp, 1.0,
                    absl::StrCat("warped on ", stats->device, " in ",
                                 absl::StrFormat("%.2f", stats->seconds), " s"),
@@ -207,8 +209,11 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
   ImageSpec out;
   out.width = plan.output_width;
   out.height = plan.output_height;
-  out.channels = run->moving.channels();
-  out.type = run->moving.type();
+  const ImageSpec& moving = run->moving_regions != nullptr
+                                ? run->moving_regions->spec()
+                                : run->moving.spec();
+  out.channels = moving.channels;
+  out.type = moving.type;
   const std::string partial = run->dir.partial_result();
   RemoveQuietly(partial);
   RemoveQuietly(run->dir.result());
@@ -220,20 +225,25 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
   double done = 0;
   int64_t tiles = 0;
   const bool on_cpu = warper->device() == WarpDevice::kCpu;
-  absl::StatusOr<WarpStats> stats = warper->Warp(
-      run->moving, run->reg.field, out.width, out.height,
-      Options(*run, on_cpu, threads),
-      [&](const TileRect& rect, const Image& tile) -> absl::Status {
-        REGSERVE_RETURN_IF_ERROR(writer->WriteRegion(rect.x, rect.y, tile));
-        StreamBand(grid, rect, tile, host);
-        done += static_cast<double>(rect.w) * static_cast<double>(rect.h);
-        ++tiles;
-        host->Progress(Stage::kWarp, done / total,
-                       absl::StrFormat("warped %d tiles (%.0f%%)", tiles,
-                                       100.0 * done / total),
-                       nullptr, /*force=*/false);
-        return absl::OkStatus();
-      });
+  const TileCallback on_tile = [&](const TileRect& rect,
+                                   const Image& tile) -> absl::Status {
+    REGSERVE_RETURN_IF_ERROR(writer->WriteRegion(rect.x, rect.y, tile));
+    StreamBand(grid, rect, tile, host);
+    done += static_cast<double>(rect.w) * static_cast<double>(rect.h);
+    ++tiles;
+    host->Progress(Stage::kWarp, done / total,
+                   absl::StrFormat("warped %d tiles (%.0f%%)", tiles,
+                                   100.0 * done / total),
+                   nullptr, /*force=*/false);
+    return absl::OkStatus();
+  };
+  const WarpOptions options = Options(*run, on_cpu, threads);
+  absl::StatusOr<WarpStats> stats =
+      run->moving_regions != nullptr
+          ? warper->WarpRegions(run->moving_regions.get(), run->reg.field,
+                                out.width, out.height, options, on_tile)
+          : warper->Warp(run->moving, run->reg.field, out.width, out.height,
+                         options, on_tile);
   absl::Status closed =
       stats.ok() ? writer->Close() : absl::Status(stats.status());
   writer.reset();

@@ -863,7 +863,7 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
   // The moving image does not fit beside the stages: read it by region.
   absl::StatusOr<Plan> streamed =
       MakePlanWith(fixed, moving, options, budgets, stream_tile_size, true);
-  if (!streamed.ok()) return in_ram.ok() ? streamed : in_ram;
+  if (!streamed.ok()) return streamed;
   uint64_t largest = 0;
   for (const StageMemory* m :
        {&streamed->decode, &streamed->registration,

@@ -399,8 +399,8 @@ TEST(MakePlanStreamed, TheMovingImageIsReadByRegionWhenItDoesNotFit) {
   EXPECT_LE(p->tile_size, 4096);
   EXPECT_EQ(p->spill_bytes, 0u);  // striped: read from the file
   EXPECT_GT(p->moving_cache_bytes, 0u);
-  for (const StageMemory& m : {p->decode, p->registration, p->warp,
-                               p->quality, p->initial_alignment}) {
+  for (const StageMemory& m : {p->decode, p->registration, p->warp, p->quality,
+                               p->initial_alignment}) {
     EXPECT_LE(m.ram_bytes, b.ram_bytes);
   }
   EXPECT_NE(Reasons(*p).find("streaming the moving image from disk in"),
@@ -416,15 +416,14 @@ TEST(MakePlanStreamed, TheMovingImageIsReadByRegionWhenItDoesNotFit) {
 TEST(MakePlanStreamed, SequentialFilesSpillAndGpuPlansWarpOnTheCpu) {
   ImageSpec moving = Rgb(18960, 14960);
   moving.stream_rows = 256;  // a JPEG: no region chunk
-  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 80 * kGiB),
-                                        {1000ull << 20, 0});
+  const Budgets b =
+      BudgetsFromHardware(Machine(32 * kGiB, 80 * kGiB), {1000ull << 20, 0});
   absl::StatusOr<Plan> p = MakePlan(Striped(18960, 14960), moving, {}, b);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->moving_streamed);
   EXPECT_EQ(p->warp_device, WarpDevice::kCpu);
   EXPECT_EQ(p->spill_bytes, SpillFileBytes(moving));
-  EXPECT_NE(Reasons(*p).find("the GPU warp does not do yet"),
-            std::string::npos)
+  EXPECT_NE(Reasons(*p).find("the GPU warp does not do yet"), std::string::npos)
       << Reasons(*p);
 }
 

@@ -1,0 +1,125 @@
+// Copyright regserve authors.
+//
+// Jobs whose moving image does not fit the RAM budget beside the stages:
+// refused before region reads existed, now read by region (issue 13), with
+// the pixels of the same job run in RAM.
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "core/image/image_io.h"
+#include "core/jobs/job_manager_test_fixture.h"
+#include "gtest/gtest.h"
+
+namespace regserve {
+namespace jobs_test {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_util::WaitTerminal;
+
+// The 190 MB moving image does not fit 400 MB beside the initial
+// alignment (about 310 MB for these copies).
+constexpr uint64_t kSmallBudget = 400ull << 20;
+
+class StreamedJobTest : public JobManagerTest {
+ protected:
+  void SetUp() override {
+    JobManagerTest::SetUp();
+    const std::string photo =
+        testing_util::TestDataDir() + "/photos/seeding_5312x2988.jpg";
+    fs::create_directories(root_ + "/photo");
+    fs::copy_file(photo, root_ + "/photo/fixed.jpg");
+    // The moving image: the photo at twice its size (190 MB of RGB), as a
+    // JPEG (spilled) and a striped deflate TIFF (read by region directly).
+    absl::StatusOr<Image> img = ReadImageFile(photo);
+    ASSERT_TRUE(img.ok()) << img.status();
+    ImageSpec big = img->spec();
+    big.width *= 2;
+    big.height *= 2;
+    absl::StatusOr<Image> up = Image::Allocate(big);
+    ASSERT_TRUE(up.ok());
+    for (int64_t y = 0; y < big.height; ++y) {
+      const uint8_t* src = img->row(y / 2);
+      uint8_t* dst = up->row(y);
+      for (int64_t x = 0; x < big.width; ++x) {
+        std::memcpy(dst + 3 * x, src + 3 * (x / 2), 3);
+      }
+    }
+    ASSERT_TRUE(WriteImageFile(root_ + "/photo/moving.jpg", *up).ok());
+    ASSERT_TRUE(WriteImageFile(root_ + "/photo/moving.tif", *up).ok());
+    opts_.stream_tile_size = 512;
+  }
+
+  JobSpec PhotoSpec(const std::string& moving) const {
+    JobSpec spec = ServerSideSpec("photo/fixed.jpg", "photo/" + moving);
+    spec.options.transform = TransformKind::kAffine;
+    spec.options.max_registration_megapixels = 0.3;
+    spec.options.refine = RefineMode::kOff;
+    spec.options.interpolation = Interpolation::kCubic;
+    return spec;
+  }
+
+  // Runs one job to its end; returns its result's pixels.
+  Image RunToResult(const JobSpec& spec, bool* streamed) {
+    auto m = Make(FakeEnv());
+    EXPECT_NE(m, nullptr);
+    absl::StatusOr<std::string> id = m->CreateJob(spec, "");
+    EXPECT_TRUE(id.ok()) << id.status();
+    if (!id.ok()) return Image();
+    const JobInfo info = WaitTerminal(m.get(), *id, "", absl::Seconds(300));
+    EXPECT_EQ(info.state, JobState::kCompleted) << info.failure;
+    *streamed = info.plan.moving_streamed;
+    EXPECT_FALSE(fs::exists(JobDir(*id) + "/moving.spill"));
+    absl::StatusOr<Image> out = ReadImageFile(info.result_path);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? *std::move(out) : Image();
+  }
+};
+
+TEST_F(StreamedJobTest, SmallBudgetStreamsWithTheSamePixels) {
+  for (const std::string moving : {"moving.jpg", "moving.tif"}) {
+    opts_.budget_overrides.ram_bytes = 0;
+    bool streamed = true;
+    const Image in_ram = RunToResult(PhotoSpec(moving), &streamed);
+    EXPECT_FALSE(streamed);
+    ASSERT_FALSE(in_ram.empty());
+    opts_.budget_overrides.ram_bytes = kSmallBudget;
+    const Image out = RunToResult(PhotoSpec(moving), &streamed);
+    EXPECT_TRUE(streamed) << moving;
+    ASSERT_EQ(out.spec().DebugString(), in_ram.spec().DebugString());
+    EXPECT_EQ(std::memcmp(out.data(), in_ram.data(), in_ram.size_bytes()), 0)
+        << moving;
+  }
+}
+
+TEST_F(StreamedJobTest, PlanSaysWhyAndCancelDuringTheWarpRemovesTheSpill) {
+  opts_.budget_overrides.ram_bytes = kSmallBudget;
+  JobManager* manager = nullptr;
+  bool spill_seen = false;
+  JobManagerEnv env = FakeEnv();
+  env.before_stage = [&](const std::string& id, Stage stage) {
+    if (stage != Stage::kWarp) return;
+    spill_seen = fs::exists(JobDir(id) + "/moving.spill");
+    EXPECT_TRUE(manager->Cancel(id, "").ok());
+  };
+  auto m = Make(std::move(env));
+  ASSERT_NE(m, nullptr);
+  manager = m.get();
+  absl::StatusOr<std::string> id = m->CreateJob(PhotoSpec("moving.jpg"), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  const JobInfo info = WaitTerminal(m.get(), *id);
+  EXPECT_EQ(info.state, JobState::kCancelled) << info.failure;
+  EXPECT_TRUE(spill_seen);
+  EXPECT_FALSE(fs::exists(JobDir(*id) + "/moving.spill"));
+  bool said = false;
+  for (const std::string& r : info.plan.reasons) {
+    said = said || absl::StrContains(r, "streaming the moving image from disk");
+  }
+  EXPECT_TRUE(said);
+}
+
+}  // namespace
+}  // namespace jobs_test
+}  // namespace regserve
