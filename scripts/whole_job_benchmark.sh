@@ -12,6 +12,10 @@
 #
 #   BUILD=build-h5 bash scripts/whole_job_benchmark.sh smooth homography graffiti
 #   BY_HAND=0 bash scripts/whole_job_benchmark.sh big       # the job only
+#   JOB=0 bash scripts/whole_job_benchmark.sh big           # by hand only
+#   TAG=-5mp MP=5 BY_HAND=0 bash scripts/whole_job_benchmark.sh smooth
+#       # regctl submit --max-registration-megapixels 5 (and the replay
+#       # likewise), outputs in $WORK/smooth-5mp
 #
 # Cases: smooth / homography (the Kleiber photo of Debian's
 # lomiri-wallpapers-20.04, fetched at run time; PHOTO=... to use a copy),
@@ -23,6 +27,9 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 WORK=${WORK:-/tmp/regserve-wj}
 BY_HAND=${BY_HAND:-1}
+JOB=${JOB:-1}  # 0: elastix by hand only
+TAG=${TAG:-}
+MP=${MP:-}  # regctl --max-registration-megapixels; empty: the default
 THREADS=${THREADS:-$(nproc)}
 BENCH="$BUILD/tests/bench/whole_job_benchmark"
 RC="$BUILD/client/regctl"
@@ -63,9 +70,10 @@ inputs() {  # case dir -> "fixed moving"
 
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
-run_daemon_job() {  # case dir
-  local d=$2 fixed moving pid addr="" t0
-  read -r fixed moving <<<"$(inputs "$1" "$d")"
+run_daemon_job() {  # case dir(inputs) dir(outputs)
+  local d=$3 fixed moving pid addr="" t0 extra=()
+  read -r fixed moving <<<"$(inputs "$1" "$2")"
+  [ -n "$MP" ] && extra=(--max-registration-megapixels "$MP")
   rm -rf "$d/data" "$d/result.tif"
   "$BUILD/server/regserved" --listen 127.0.0.1:0 --data_dir "$d/data" \
     >"$d/daemon.out" 2>"$d/daemon.err" &
@@ -78,7 +86,7 @@ run_daemon_job() {  # case dir
   [ -n "$addr" ] || { cat "$d/daemon.err"; kill "$pid"; exit 1; }
   t0=$(date +%s%N)
   "$RC" --server "$addr" submit --fixed "$fixed" --moving "$moving" \
-    --output "$d/result.tif" --quality-map "$d/quality.png" \
+    --output "$d/result.tif" --quality-map "$d/quality.png" "${extra[@]}" \
     >"$d/submit.out" 2>"$d/submit.err" || { tail "$d/submit.err"; kill "$pid"; exit 1; }
   echo "JOB wall $(ms_since "$t0") ms (regctl submit, uploads to the written result)"
   grep -E '^(quality|WARNING)' "$d/submit.out" || true
@@ -89,11 +97,11 @@ run_daemon_job() {  # case dir
   wait "$pid" || true
 }
 
-by_hand() {  # case dir
-  local d=$2 h=$2/hand fixed moving t0
-  read -r fixed moving <<<"$(inputs "$1" "$d")"
+by_hand() {  # case dir(inputs) dir(outputs)
+  local d=$3 h=$3/hand fixed moving t0
+  read -r fixed moving <<<"$(inputs "$1" "$2")"
   rm -rf "$h" && mkdir -p "$h/result" "$h/def"
-  "$BENCH" params --dir="$d"
+  "$BENCH" params --inputs="$2" --dir="$d"
   t0=$(date +%s%N)
   elastix -f "$fixed" -m "$moving" -p "$d/p0.txt" -p "$d/p1.txt" -out "$h" \
     -threads "$THREADS" >"$h/elastix.out" 2>&1 || { tail "$h/elastix.out"; return 1; }
@@ -106,17 +114,20 @@ by_hand() {  # case dir
   # The field, for the measurement only (not timed).
   transformix -def all -tp "$h/TransformParameters.1.txt" -out "$h/def" \
     -threads "$THREADS" >"$h/def.out" 2>&1 || { tail "$h/def.out"; return 1; }
-  "$BENCH" field --dir="$d" --def="$h/def/deformationField.mhd"
+  "$BENCH" field --inputs="$2" --dir="$d" --def="$h/def/deformationField.mhd"
   rm -rf "$h/def" "$h/result"
 }
 
 for c in "$@"; do
-  d="$WORK/$c"
-  mkdir -p "$d"
-  echo "=== $c ($(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg))"
+  d="$WORK/$c" o="$WORK/$c$TAG"
+  mkdir -p "$d" "$o"
+  echo "=== $c$TAG ($(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg))"
   make_case "$c" "$d"
-  run_daemon_job "$c" "$d"
-  "$BENCH" replay --dir="$d" --graffiti=tests/data/graffiti
-  rm -rf "$d/data"
-  if [ "$BY_HAND" = 1 ]; then by_hand "$c" "$d"; fi
+  if [ "$JOB" = 1 ]; then
+    run_daemon_job "$c" "$d" "$o"
+    "$BENCH" replay --inputs="$d" --dir="$o" --graffiti=tests/data/graffiti \
+      --max_registration_mp="${MP:-0}"
+    rm -rf "$o/data"
+  fi
+  if [ "$BY_HAND" = 1 ]; then by_hand "$c" "$d" "$o"; fi
 done

@@ -57,7 +57,9 @@
 
 ABSL_FLAG(std::string, dir, "", "the case's directory");
 ABSL_FLAG(std::string, inputs, "",
-          "replay: where fixed/moving lie (default --dir)");
+          "the made case (case.txt, fixed.tif, moving.tif), when not in --dir");
+ABSL_FLAG(double, max_registration_mp, 0,
+          "replay: as regctl --max-registration-megapixels (0: not set)");
 ABSL_FLAG(std::string, kind, "smooth",
           "make: smooth, homography, big, graffiti");
 ABSL_FLAG(std::string, photo, "", "make: the source photo");
@@ -149,7 +151,13 @@ struct Truth {
   }
 };
 
-absl::StatusOr<Truth> ReadTruth(const std::string& dir) {
+std::string InputDir() {
+  const std::string in = absl::GetFlag(FLAGS_inputs);
+  return in.empty() ? absl::GetFlag(FLAGS_dir) : in;
+}
+
+absl::StatusOr<Truth> ReadTruth() {
+  const std::string dir = InputDir();
   std::ifstream f(dir + "/case.txt");
   Truth t;
   if (!(f >> t.kind >> t.fw >> t.fh >> t.mw >> t.mh)) {
@@ -459,6 +467,8 @@ absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
       std::unique_ptr<JobManager> m,
       CreateJobManagerWithEnv(o, &scheduler, probe.get(), std::move(env)));
   JobSpec spec;  // regctl submit's defaults: nothing set
+  const double mp = absl::GetFlag(FLAGS_max_registration_mp);
+  if (mp > 0) spec.options.max_registration_megapixels = mp;
   spec.fixed.path = std::filesystem::absolute(in.fixed).string();
   spec.moving.path = std::filesystem::absolute(in.moving).string();
   const double t0 = Now();
@@ -483,7 +493,7 @@ absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
 
 int Replay() {
   const std::string dir = absl::GetFlag(FLAGS_dir);
-  absl::StatusOr<Truth> t = ReadTruth(dir);
+  absl::StatusOr<Truth> t = ReadTruth();
   if (!t.ok()) {
     std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
     return 1;
@@ -491,7 +501,8 @@ int Replay() {
   const std::string data_dir = dir + "/replay_data";
   std::filesystem::remove_all(data_dir);
   DisplacementField kept;
-  absl::StatusOr<JobInfo> info = RunReplay(InputsOf(*t, dir), data_dir, &kept);
+  absl::StatusOr<JobInfo> info =
+      RunReplay(InputsOf(*t, InputDir()), data_dir, &kept);
   if (!info.ok() || info->state != JobState::kCompleted || kept.empty()) {
     std::fprintf(stderr, "replay failed: %s %s\n",
                  info.ok() ? info->failure.ToString().c_str()
@@ -521,7 +532,7 @@ int Replay() {
 
 int Params() {
   const std::string dir = absl::GetFlag(FLAGS_dir);
-  absl::StatusOr<Truth> t = ReadTruth(dir);
+  absl::StatusOr<Truth> t = ReadTruth();
   if (!t.ok()) return 1;
   const std::vector<std::string> p =
       PresetParameters(TransformKind::kBSpline, t->fw, t->fh);
@@ -535,7 +546,7 @@ int Params() {
 }
 
 int Field() {
-  absl::StatusOr<Truth> t = ReadTruth(absl::GetFlag(FLAGS_dir));
+  absl::StatusOr<Truth> t = ReadTruth();
   if (!t.ok()) return 1;
   absl::StatusOr<DisplacementField> f =
       ReadDisplacementField(absl::GetFlag(FLAGS_def));
