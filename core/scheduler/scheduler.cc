@@ -50,6 +50,7 @@ struct ResourceScheduler::Held {
   uint64_t ram = 0;
   uint64_t vram = 0;
   std::string label;
+  absl::Time admitted_at;
 };
 
 // ---------------------------------------------------------------------------
@@ -153,6 +154,30 @@ void ResourceScheduler::RefreshLiveLocked(bool force) {
                             : static_cast<int>(i);
     for (const GpuInfo& g : hw->gpus) {
       if (g.index == ordinal) live_vram_free_[i] = g.vram_free_bytes;
+    }
+  }
+  SubtractRecentAdmissionsLocked(now);
+}
+
+void ResourceScheduler::SubtractRecentAdmissionsLocked(absl::Time now) {
+  auto subtract = [&](Lane lane, int gpu, uint64_t ram, uint64_t vram) {
+    live_ram_available_ = SubClamp(live_ram_available_, ram);
+    if (lane == Lane::kGpu && gpu >= 0 &&
+        gpu < static_cast<int>(live_vram_free_.size()) &&
+        live_vram_free_[gpu] != UINT64_MAX) {
+      live_vram_free_[gpu] = SubClamp(live_vram_free_[gpu], vram);
+    }
+  };
+  // Admitted, but their threads have not even taken the reservation yet.
+  for (const Waiter* w : waiters_) {
+    if (w->admitted) {
+      subtract(w->request.lane, w->gpu, w->request.ram_bytes,
+               w->request.vram_bytes);
+    }
+  }
+  for (const Held& h : held_) {
+    if (now - h.admitted_at < config_.allocation_grace) {
+      subtract(h.lane, h.gpu, h.ram, h.vram);
     }
   }
 }
@@ -294,6 +319,7 @@ absl::StatusOr<Reservation> ResourceScheduler::Acquire(
   h.ram = request.ram_bytes;
   h.vram = request.lane == Lane::kGpu ? request.vram_bytes : 0;
   h.label = request.label;
+  h.admitted_at = absl::Now();
   held_.push_back(h);
 
   Reservation r;
