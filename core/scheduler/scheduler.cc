@@ -160,24 +160,30 @@ void ResourceScheduler::RefreshLiveLocked(bool force) {
 }
 
 void ResourceScheduler::SubtractRecentAdmissionsLocked(absl::Time now) {
-  auto subtract = [&](Lane lane, int gpu, uint64_t ram, uint64_t vram) {
-    live_ram_available_ = SubClamp(live_ram_available_, ram);
-    if (lane == Lane::kGpu && gpu >= 0 &&
-        gpu < static_cast<int>(live_vram_free_.size()) &&
-        live_vram_free_[gpu] != UINT64_MAX) {
-      live_vram_free_[gpu] = SubClamp(live_vram_free_[gpu], vram);
-    }
+  struct Recent {
+    Lane lane;
+    int gpu;
+    uint64_t ram, vram;
   };
+  std::vector<Recent> recent;
   // Admitted, but their threads have not even taken the reservation yet.
   for (const Waiter* w : waiters_) {
     if (w->admitted) {
-      subtract(w->request.lane, w->gpu, w->request.ram_bytes,
-               w->request.vram_bytes);
+      recent.push_back({w->request.lane, w->gpu, w->request.ram_bytes,
+                        w->request.vram_bytes});
     }
   }
   for (const Held& h : held_) {
     if (now - h.admitted_at < config_.allocation_grace) {
-      subtract(h.lane, h.gpu, h.ram, h.vram);
+      recent.push_back({h.lane, h.gpu, h.ram, h.vram});
+    }
+  }
+  const int gpus = static_cast<int>(live_vram_free_.size());
+  for (const Recent& r : recent) {
+    live_ram_available_ = SubClamp(live_ram_available_, r.ram);
+    if (r.lane == Lane::kGpu && r.gpu >= 0 && r.gpu < gpus &&
+        live_vram_free_[r.gpu] != UINT64_MAX) {
+      live_vram_free_[r.gpu] = SubClamp(live_vram_free_[r.gpu], r.vram);
     }
   }
 }
