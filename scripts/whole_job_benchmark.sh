@@ -16,6 +16,7 @@
 #   TAG=-5mp MP=5 BY_HAND=0 bash scripts/whole_job_benchmark.sh smooth
 #       # regctl submit --max-registration-megapixels 5 (and the replay
 #       # likewise), outputs in $WORK/smooth-5mp
+#   TAG=-norefine REFINE=off BY_HAND=0 bash scripts/whole_job_benchmark.sh smooth
 #
 # Cases: smooth / homography (the Kleiber photo of Debian's
 # lomiri-wallpapers-20.04, fetched at run time; PHOTO=... to use a copy),
@@ -30,6 +31,7 @@ BY_HAND=${BY_HAND:-1}
 JOB=${JOB:-1}  # 0: elastix by hand only
 TAG=${TAG:-}
 MP=${MP:-}  # regctl --max-registration-megapixels; empty: the default
+REFINE=${REFINE:-}  # regctl --refine auto|off|on; empty: the default
 THREADS=${THREADS:-$(nproc)}
 BENCH="$BUILD/tests/bench/whole_job_benchmark"
 RC="$BUILD/client/regctl"
@@ -73,7 +75,8 @@ ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 run_daemon_job() {  # case dir(inputs) dir(outputs)
   local d=$3 fixed moving pid addr="" t0 extra=()
   read -r fixed moving <<<"$(inputs "$1" "$2")"
-  [ -n "$MP" ] && extra=(--max-registration-megapixels "$MP")
+  [ -n "$MP" ] && extra+=(--max-registration-megapixels "$MP")
+  [ -n "$REFINE" ] && extra+=(--refine "$REFINE")
   rm -rf "$d/data" "$d/result.tif"
   "$BUILD/server/regserved" --listen 127.0.0.1:0 --data_dir "$d/data" \
     >"$d/daemon.out" 2>"$d/daemon.err" &
@@ -126,7 +129,7 @@ for c in "$@"; do
   if [ "$JOB" = 1 ]; then
     run_daemon_job "$c" "$d" "$o"
     "$BENCH" replay --inputs="$d" --dir="$o" --graffiti=tests/data/graffiti \
-      --max_registration_mp="${MP:-0}"
+      --max_registration_mp="${MP:-0}" --refine="$REFINE"
     rm -rf "$o/data"
   fi
   if [ "$BY_HAND" = 1 ]; then by_hand "$c" "$d" "$o"; fi

@@ -50,6 +50,7 @@
 #include "core/jobs/job_env.h"
 #include "core/jobs/job_manager.h"
 #include "core/plan/resources.h"
+#include "core/refine/refine.h"
 #include "core/registration/metaimage.h"
 #include "core/registration/registration.h"
 #include "core/scheduler/scheduler.h"
@@ -58,6 +59,8 @@
 ABSL_FLAG(std::string, dir, "", "the case's directory");
 ABSL_FLAG(std::string, inputs, "",
           "the made case (case.txt, fixed.tif, moving.tif), when not in --dir");
+ABSL_FLAG(std::string, refine, "",
+          "replay: as regctl --refine auto|off|on (empty: not set)");
 ABSL_FLAG(double, max_registration_mp, 0,
           "replay: as regctl --max-registration-megapixels (0: not set)");
 ABSL_FLAG(std::string, kind, "smooth",
@@ -469,6 +472,10 @@ absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
   JobSpec spec;  // regctl submit's defaults: nothing set
   const double mp = absl::GetFlag(FLAGS_max_registration_mp);
   if (mp > 0) spec.options.max_registration_megapixels = mp;
+  if (!absl::GetFlag(FLAGS_refine).empty()) {
+    REGSERVE_ASSIGN_OR_RETURN(spec.options.refine,
+                              ParseRefineMode(absl::GetFlag(FLAGS_refine)));
+  }
   spec.fixed.path = std::filesystem::absolute(in.fixed).string();
   spec.moving.path = std::filesystem::absolute(in.moving).string();
   const double t0 = Now();
