@@ -83,4 +83,4 @@ step test_bad_input
 step test_kill_and_volume
 step test_stop_with_running_job
 [ -n "${SKIP_COMPOSE:-}" ] || step test_compose
-log "summary: image ${IMAGE} ${IMAGE_MB} MB, build ${BUILD_S} s"
+log "summary: image ${IMAGE} ${IMAGE_MB} MB, build ${BUILD_S}"

@@ -51,7 +51,7 @@ ensure_base_image() {
 build_image() {
   local t
   if [ -n "${REUSE_IMAGE:-}" ] && docker image inspect "${IMAGE}" >/dev/null 2>&1; then
-    BUILD_S="(reused)"
+    BUILD_S="reused"
     IMAGE_MB=$(( $(docker image inspect -f '{{.Size}}' "${IMAGE}") / 1000000 ))
     log "REUSE_IMAGE: not building ${IMAGE} (${IMAGE_MB} MB)"
     return
@@ -61,10 +61,10 @@ build_image() {
   nice -n 10 docker build --target cpu --build-arg "DEBIAN_BASE=${DEBIAN_BASE}" \
     --build-arg "JOBS=${JOBS}" -t "${IMAGE}" . >"${WORK}/build.log" 2>&1 \
     || { tail -60 "${WORK}/build.log" >&2; fail "docker build"; }
-  BUILD_S=$(( $(date +%s) - t ))
+  BUILD_S="$(( $(date +%s) - t )) s"
   IMAGE_MB=$(( $(docker image inspect -f '{{.Size}}' "${IMAGE}") / 1000000 ))
   grep -E 'build\.sh: (libstdc|runtime packages|copied)' "${WORK}/build.log" || true
-  pass "image ${IMAGE} built in ${BUILD_S} s, ${IMAGE_MB} MB"
+  pass "image ${IMAGE} built in ${BUILD_S}, ${IMAGE_MB} MB"
 }
 
 check_image_contents() {
