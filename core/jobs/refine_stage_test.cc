@@ -135,6 +135,45 @@ TEST_F(RefineStageTest, AfterARobustStartItsHomographyIsThePrior) {
   EXPECT_LT(MeanAbsDiff(fixed, *ReadImageFile(info.result_path)), 3.5);
 }
 
+TEST_F(RefineStageTest, AutoSkipsWhenTheFieldIsAlreadyEstimatedGood) {
+  // The start finds the exact shift and elastix adds nothing: the quality
+  // estimate made to choose between them is already good, so refine=auto
+  // does not refine (and refine=on still does).
+  auto exact_start =
+      [](const Image&, const Image&,
+         const RobustStartOptions&) -> absl::StatusOr<InitialAlignment> {
+    InitialAlignment a;
+    a.found = true;
+    a.model = AlignmentModel::kSimilarity;
+    a.fixed_to_moving.m = {1, 0, 33, 0, 1, 37, 0, 0, 1};
+    a.reason = "similarity (test)";
+    return a;
+  };
+  fake_.dx = 0;
+  fake_.dy = 0;
+  for (RefineMode mode : {RefineMode::kAuto, RefineMode::kOn}) {
+    JobManagerEnv env = FakeEnv();
+    env.align_fn = exact_start;
+    auto m = Make(std::move(env));
+    ASSERT_NE(m, nullptr);
+    JobSpec spec = BrainSpec();
+    spec.options.transform = TransformKind::kBSpline;
+    spec.options.refine = mode;
+    const std::string id = *m->CreateJob(spec, "");
+    auto stream = m->OpenEventStream(id, "", 0);
+    ASSERT_TRUE(stream.ok());
+    Drained d = Drain(stream->get());
+    ASSERT_NE(d.Last(), nullptr);
+    const JobInfo& info = d.Last()->info;
+    ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
+    ASSERT_TRUE(info.plan.refine_enabled) << RefineModeName(mode);
+    const bool skipped = AnyReasonHas(
+        info, "refinement skipped: the registration's field is estimated");
+    EXPECT_EQ(skipped, mode == RefineMode::kAuto) << RefineModeName(mode);
+    EXPECT_EQ(HasTiming(info, Stage::kRefine), mode == RefineMode::kOn);
+  }
+}
+
 TEST_F(RefineStageTest, OffLeavesTheFieldUnchanged) {
   const JobInfo info = RunJob(RefineMode::kOff);
   ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
