@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The 283.6 MP job on this machine, through regserved and regctl: a pair made
+# at run time from a real photo (tests/data/photos/seeding_5312x2988.jpg,
+# upscaled to 19024x15024; fixed = the 18960x14960 crop at (32, 32), moving
+# = the crop at (45, 49), so moving(x, y) = fixed(x + 13, y + 17)), as
+# uncompressed RGB TIFFs under --input_root; server-side input and output
+# paths, affine. Prints the wall time from submit to completed, the stage
+# timeline (GetJob), the daemon's peak RSS (VmHWM) next to the plan's
+# largest stage estimate, and the registration's error against the known
+# shift. Figures: docs/benchmarks.md ("283.6 MP job on the CPU machine").
+#   bash scripts/big_job_benchmark.sh            # BUILD=build, WORK=/tmp/regserve-big
+#   EXTRA_SUBMIT="--compression zstd" bash scripts/big_job_benchmark.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+WORK=${WORK:-/tmp/regserve-big}
+RC="$BUILD/client/regctl"
+mkdir -p "$WORK/in" "$WORK/out"
+if [ ! -f "$WORK/in/moving_283mp.tif" ]; then
+  t=$SECONDS
+  oiiotool tests/data/photos/seeding_5312x2988.jpg --resize:filter=triangle 19024x15024 \
+    -o "$WORK/in/big.tif"
+  oiiotool "$WORK/in/big.tif" --cut 18960x14960+32+32 -d uint8 --compression none \
+    -o "$WORK/in/fixed_283mp.tif"
+  oiiotool "$WORK/in/big.tif" --cut 18960x14960+45+49 -d uint8 --compression none \
+    -o "$WORK/in/moving_283mp.tif"
+  rm -f "$WORK/in/big.tif"
+  echo "made the pair in $((SECONDS - t)) s"
+fi
+rm -rf "$WORK/data" "$WORK/out/result.tif"
+"$BUILD/server/regserved" --listen 127.0.0.1:0 --data_dir "$WORK/data" \
+  --input_root "$WORK/in" --output_root "$WORK/out" ${EXTRA_DAEMON:-} \
+  >"$WORK/daemon.out" 2>"$WORK/daemon.err" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+ADDR=""
+for _ in $(seq 1 300); do
+  ADDR=$(sed -n 's/^regserved listening on //p' "$WORK/daemon.out" | head -1)
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || { cat "$WORK/daemon.err"; exit 1; }
+head -2 "$WORK/daemon.err"
+idle_rss=$(awk '/VmRSS/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
+t0=$(date +%s%N)
+# shellcheck disable=SC2086
+"$RC" --server "$ADDR" submit --fixed-path "$WORK/in/fixed_283mp.tif" \
+  --moving-path "$WORK/in/moving_283mp.tif" --output-path "$WORK/out/result.tif" \
+  --transform affine --transform-out "$WORK/out/tf" --json ${EXTRA_SUBMIT:-} \
+  >"$WORK/submit.jsonl" 2>"$WORK/submit.err" || { cat "$WORK/submit.err"; exit 1; }
+wall_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+echo "wall from submit to completed: $((wall_ms / 1000)).$(printf '%03d' $((wall_ms % 1000))) s"
+peak_rss=$(awk '/VmHWM/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
+echo "daemon peak RSS (VmHWM): $peak_rss MB; idle before the job $idle_rss MB; the job's growth $((peak_rss - idle_rss)) MB"
+job=$(python3 - "$WORK/submit.jsonl" <<'PY'
+import json, sys
+job = None
+for line in open(sys.argv[1]):
+    ev = json.loads(line)
+    job = job or ev.get("job_id")
+    plan = ev.get("accepted", {}).get("plan")
+    if plan:
+        stages = {k[:-7]: int(v.get("ram_bytes", 0)) / 1e6
+                  for k, v in plan.items() if k.endswith("_memory")}
+        print("plan RAM estimates (MB): " +
+              ", ".join("%s %.0f" % kv for kv in stages.items()) +
+              "; largest %.0f" % max(stages.values()), file=sys.stderr)
+        for r in plan.get("reasons", []):
+            print("  " + r, file=sys.stderr)
+print(job or "")
+PY
+)
+[ -n "$job" ] && "$RC" --server "$ADDR" status "$job"
+# The whole fixed -> moving map: after a robust start the stored
+# TransformParameters are elastix's residual on the pre-warped copy, and the
+# plan's reasons give the start's homography H.
+[ -n "$job" ] && "$RC" --server "$ADDR" status "$job" --json | python3 -c '
+import json, sys
+for r in json.loads(sys.stdin.read()).get("plan", {}).get("reasons", []):
+    if "H = [" in r or "initial alignment alone" in r or r.startswith("initial alignment:"):
+        print("  " + r)'
+grep -h '^(TransformParameters' "$WORK/out/tf/TransformParameters.0.txt" || true
+echo "(the true map: moving = fixed + (13, 17): H's translation, plus elastix's residual when it is kept)"
