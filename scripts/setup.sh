@@ -33,8 +33,13 @@ PACKAGES=(
   libtorch-dev
   # metrics, base library
   prometheus-cpp-dev libabsl-dev
+  # fleet mode's job table in PostgreSQL (core/fleet): the client library
+  # (libpqxx 6.4 on Debian 12, 7.8 on Ubuntu 24.04)
+  libpqxx-dev
   # tests
   libgtest-dev libgmock-dev python3 python3-grpcio
+  # fleet tests start a throwaway PostgreSQL server (initdb, pg_ctl)
+  postgresql
   # security tests (tests/e2e/security_test.cc) make certificates with it
   openssl
   # deployment tests (tests/deploy): Prometheus server and promtool, YAML lint

@@ -14,8 +14,9 @@
 # copied into the image whole by the Dockerfile, so they are left out here.
 set -euo pipefail
 
-# Test, fuzz and CI packages: not needed to build the programs.
-TEST_ONLY="libgtest-dev libgmock-dev python3 python3-grpcio openssl \
+# Test, fuzz and CI packages: not needed to build the programs (postgresql:
+# the server the fleet tests start; libpqxx-dev stays, regserved links it).
+TEST_ONLY="libgtest-dev libgmock-dev python3 python3-grpcio postgresql openssl \
 libtiff-tools prometheus yamllint clang libclang-rt-dev clang-format"
 
 deps() {
