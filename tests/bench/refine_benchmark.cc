@@ -576,7 +576,8 @@ bool JobTakes(const char* what, const Image& fg, const Image& mg,
   q.fixed_full_height = q.moving_full_height = h;
   q.threads = absl::GetFlag(FLAGS_threads);
   const double t0 = Now();
-  absl::StatusOr<FieldChoice> c = CompareFields(fg, mg, current, candidate, q);
+  absl::StatusOr<FieldChoice> c =
+      CompareFields(fg, mg, current, nullptr, candidate, q);
   const bool take = c.ok() && c->candidate_better;
   std::printf("job: %s %s (two estimates in %.2f s)\n", what,
               take ? "taken" : "not taken", Now() - t0);

@@ -371,12 +371,12 @@ int RunJob(const Case& c, const Flags& flags) {
   SchedulerConfig sc;
   sc.ram_budget_bytes = 12ull << 30;
   sc.cpu_slots = 1;
+  sc.machine_threads = sc.min_threads = flags.threads;  // each stage's
   ResourceScheduler scheduler(sc, &probe);
   JobManager::Options opts;
   opts.data_dir = (dir / "data").string();
   opts.input_root = (dir / "inputs").string();
   opts.device = DevicePreference::kCpu;
-  opts.elastix_threads = flags.threads;
   auto m = JobManager::Create(opts, &scheduler, &probe);
   if (!m.ok()) {
     std::fprintf(stderr, "%s\n", m.status().ToString().c_str());
