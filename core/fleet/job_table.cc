@@ -22,8 +22,7 @@ struct JobTable::Db {
 namespace {
 
 // The schema, one step per version, applied in order and never edited once
-// released (a change is a new step). docs/fleet.md will describe the
-// tables.
+// released (a change is a new step). docs/fleet.md describes the tables.
 struct Migration {
   int version;
   const char* sql;
