@@ -57,9 +57,11 @@ die() {
 
 # --- regctl, in one place --------------------------------------------------
 regctl_health() { "${REGCTL}" --server "${GRPC_ADDR}" health; }
+# Raw tiles on the wire (regctl's default is zstd), so that the bytes sent
+# are at least the result's samples (regserve_sent_bytes_total below).
 regctl_submit() {  # FIXED MOVING OUTPUT
   "${REGCTL}" --server "${GRPC_ADDR}" submit --fixed "$1" --moving "$2" \
-    --output "$3"
+    --output "$3" --tile-encoding raw
 }
 regctl_cancel() { "${REGCTL}" --server "${GRPC_ADDR}" cancel "$1"; }
 
