@@ -336,7 +336,9 @@ TEST(StreamedGrayMemoryTest, NeverHoldsTheWholeImage) {
   // Within the planner's figure for it, and far below the image.
   const uint64_t planned =
       StreamedGrayscaleWorkBytes(*spec, tw, o.threads) + 4ull * tw * th;
-  if (!kSanitized) EXPECT_LE(streamed_peak, planned);
+  if (!kSanitized) {
+    EXPECT_LE(streamed_peak, planned);
+  }
   EXPECT_LT(streamed_peak, static_cast<uint64_t>(image_bytes) / 4);
 
   // The same measurement sees the whole image when it is read whole, and
