@@ -206,8 +206,9 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   o.max_upload_bytes = c.max_upload_bytes;
   o.default_max_registration_megapixels = c.max_registration_megapixels;
   o.device = rc.flags.devices.preference;
-  // TODO(lead): set o.resources = rc instead, once JobManager::Options has
-  // it; the planner then takes its budgets from PlanningBudgets(hw, rc).
+  // The planner applies the same budget rule as rc (PlanningBudgets over a
+  // fresh hardware reading with these overrides, on the GPUs the scheduler
+  // manages), so only the overrides travel.
   o.budget_overrides.ram_bytes = rc.flags.ram_bytes;
   o.budget_overrides.vram_bytes = rc.flags.vram_bytes;
   o.elastix.elastix_path = c.elastix;

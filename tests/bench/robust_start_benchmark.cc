@@ -47,6 +47,7 @@
 #include "core/plan/plan.h"
 #include "core/registration/registration.h"
 #include "core/registration/robust_start.h"
+#include "tests/bench/strong_homography.h"
 
 namespace regserve {
 namespace {
@@ -163,26 +164,6 @@ Image WarpByTruth(const Image& fixed, const Homography& h) {
   cv::warpPerspective(src, dst, cv::Matx33d(h.m.data()), dst.size(),
                       cv::INTER_LINEAR, cv::BORDER_CONSTANT, cv::Scalar(0));
   return out;
-}
-
-// 60 degrees about the centre, scale 0.9, a keystone and a small shift:
-// fixed full-res -> moving full-res.
-Homography StrongHomography(int64_t w, int64_t h) {
-  const double cx = (w - 1) / 2.0, cy = (h - 1) / 2.0;
-  const double a = 60 * M_PI / 180, s = 0.9;
-  const double c = s * std::cos(a), n = s * std::sin(a);
-  Homography rot;
-  rot.m = {c, -n, cx - c * cx + n * cy + 0.01 * w,
-           n, c,  cy - n * cx - c * cy - 0.01 * h,
-           0, 0,  1};
-  // w' = 1 + p (x - cx) + q (y - cy) in the moving frame: the far side
-  // shrinks by about 20%.
-  const double p = 0.35 / w, q = -0.25 / h;
-  Homography key;
-  key.m = {1 + p * cx, q * cx,     -cx * (p * cx + q * cy),
-           p * cy,     1 + q * cy, -cy * (p * cx + q * cy),
-           p,          q,          1 - p * cx - q * cy};
-  return rot.Then(key);
 }
 
 struct Case {

@@ -55,6 +55,7 @@
 #include "core/registration/registration.h"
 #include "core/scheduler/scheduler.h"
 #include "core/warp/warp.h"
+#include "tests/bench/strong_homography.h"
 
 ABSL_FLAG(std::string, dir, "", "the case's directory");
 ABSL_FLAG(std::string, inputs, "",
@@ -82,25 +83,6 @@ double Now() {
   return std::chrono::duration<double>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
-}
-
-// The strong homography (as tests/bench/robust_start_benchmark.cc
-// defines it): 60 degrees about the centre, scale 0.9, a keystone that
-// shrinks the far side by about 20%, a shift of 1% of the size.
-Homography StrongHomography(int64_t w, int64_t h) {
-  const double cx = (w - 1) / 2.0, cy = (h - 1) / 2.0;
-  const double a = 60 * M_PI / 180, s = 0.9;
-  const double c = s * std::cos(a), n = s * std::sin(a);
-  Homography rot;
-  rot.m = {c, -n, cx - c * cx + n * cy + 0.01 * w,
-           n, c,  cy - n * cx - c * cy - 0.01 * h,
-           0, 0,  1};
-  const double p = 0.35 / w, q = -0.25 / h;
-  Homography key;
-  key.m = {1 + p * cx, q * cx,     -cx * (p * cx + q * cy),
-           p * cy,     1 + q * cy, -cy * (p * cx + q * cy),
-           p,          q,          1 - p * cx - q * cy};
-  return rot.Then(key);
 }
 
 // H1to3p.xml of the graffiti set: graf1 pixel coordinates -> graf3.
