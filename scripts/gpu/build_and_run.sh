@@ -21,6 +21,10 @@
 #          and uploads with the result streamed back; per-stage timings
 #          (GetJob) and the time to first tile (event_times.py)
 #   refine the LibTorch refinement on CUDA against the CPU (refine_benchmark)
+#   wholejob  scripts/whole_job_benchmark.sh on this machine (the daemon with
+#          its default flags, so the refinement and the warp on CUDA): the
+#          cases smooth, homography, graffiti and big (WJ_CASES), residual
+#          against the known truth; BY_HAND=1 adds elastix by hand
 # Every step writes $OUT/<step>.log; a table of results is printed last.
 # The device calls (see docs/gpu.md), back to back so the machine stays warm:
 #   run(command="bash scripts/gpu/carry_part.sh", carry=[".gpu-debs/p1"]) ...
@@ -354,9 +358,26 @@ do_refine() {
   result "refine_benchmark (CUDA vs CPU)" "$(grep -ciE 'cuda' "$OUT/refine.log") lines mention cuda; see refine.log"
 }
 
+# The whole-job accuracy benchmark, as on the CPU machine (docs/benchmarks.md,
+# "Whole-job accuracy on real cases"), with this machine's GPU and cores.
+do_wholejob() {
+  step "whole-job accuracy (scripts/whole_job_benchmark.sh ${WJ_CASES:-smooth homography graffiti big})"
+  local photo=.gpu-debs/extra/Kleiber.jpg
+  [ -f "$photo" ] || { echo "no $photo: skipped"; return 0; }
+  # shellcheck disable=SC2086
+  BUILD=$BUILD WORK=/opt/regserve-wj PHOTO=$photo BY_HAND=${BY_HAND:-0} \
+    bash scripts/whole_job_benchmark.sh ${WJ_CASES:-smooth homography graffiti big} \
+    >"$OUT/wholejob.log" 2>&1
+  local rc=$?
+  grep -E '^(===|JOB wall|quality|WARNING|BY_HAND|TRUE|EST|SAME-AS|  stage|  reason: (refine|registration|initial))' \
+    "$OUT/wholejob.log" | head -80
+  result "whole_job_benchmark" "rc $rc; see wholejob.log"
+}
+
 for s in "${STEPS[@]}"; do
   case $s in
     refine) do_refine ;;
+    wholejob) do_wholejob ;;
     link) do_link ;;
     probe) do_probe ;;
     build) do_build ;;
