@@ -40,10 +40,14 @@ struct Subscriber {
   bool live_tiles ABSL_GUARDED_BY(mu) = true;
   int pending_tiles ABSL_GUARDED_BY(mu) = 0;
 
-  bool WantsTile(int64_t index) ABSL_LOCKS_EXCLUDED(mu) {
+  TileDemand Demand(int64_t index) ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
-    return !closed && !have_terminal && error.ok() && live_tiles &&
-           next_tile == index && pending_tiles < kMaxPendingTiles;
+    if (closed || have_terminal || !error.ok() || !live_tiles ||
+        next_tile != index) {
+      return TileDemand::kNone;
+    }
+    return pending_tiles < kMaxPendingTiles ? TileDemand::kNow
+                                            : TileDemand::kLater;
   }
 
   void PushTile(const JobEvent& tile) ABSL_LOCKS_EXCLUDED(mu) {
@@ -286,11 +290,10 @@ void JobEvents::Publish(const JobEvent& event) {
   for (const auto& sub : subs_) sub->Push(event);
 }
 
-bool JobEvents::WantsTile(int64_t index) const {
-  for (const auto& sub : subs_) {
-    if (sub->WantsTile(index)) return true;
-  }
-  return false;
+TileDemand JobEvents::Demand(int64_t index) const {
+  TileDemand d = TileDemand::kNone;
+  for (const auto& sub : subs_) d = std::max(d, sub->Demand(index));
+  return d;
 }
 
 void JobEvents::PublishTile(const JobEvent& tile) {

@@ -70,9 +70,10 @@ class JobEvents {
   // takes them only in order: tile i when its next tile is i and it holds
   // fewer than a few unread tiles; otherwise it gets that tile and the
   // rest from the stored result after the job completes (as a reader that
-  // attaches late does). WantsTile says whether any reader would take tile
-  // `index` now, so the warp copies a tile out only when someone waits.
-  bool WantsTile(int64_t index) const;
+  // attaches late does). Demand says whether any reader would take tile
+  // `index` now (the highest of the readers' TileDemand), so the warp
+  // copies a tile out only when someone waits for it.
+  TileDemand Demand(int64_t index) const;
   void PublishTile(const JobEvent& tile);
   // The terminal event for every reader (a completed job's readers get the
   // stored tiles first); then the readers are released.

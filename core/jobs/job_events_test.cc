@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/common/status_macros.h"
+#include "core/jobs/event_stream.h"
 #include "core/jobs/job_manager.h"
 #include "core/jobs/job_manager_test_fixture.h"
 
@@ -273,6 +274,44 @@ TEST_F(JobManagerTest, TilesStreamWhileTheWarpRuns) {
   Drained late_d = Drain(late->get());
   ASSERT_OK(late_d.end);
   ExpectTilesMatchResult(late_d, info);
+}
+
+// The demand the warp streams by: a reader takes live tiles in order, up to
+// its fill of unread ones; the next is wanted "later" (the warp may wait for
+// it while it writes the band), any other not at all.
+TEST(JobEventsTest, TileDemandFollowsTheReadersNextTileAndFill) {
+  JobEvents events;
+  JobInfo info;
+  info.id = "j";
+  info.state = JobState::kRunning;
+  info.stage = Stage::kWarp;
+  info.has_plan = true;
+  info.tiles = TileGrid(181, 217, 16);             // 12 x 14 tiles
+  EXPECT_EQ(events.Demand(0), TileDemand::kNone);  // no reader yet
+  auto stream = events.Open(info, 2, /*shutting_down=*/false);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  JobEvent present;  // the accepted event, then the progress
+  ASSERT_OK((*stream)->Next(&present, absl::Now()));
+  ASSERT_OK((*stream)->Next(&present, absl::Now()));
+  EXPECT_EQ(events.Demand(0), TileDemand::kNone);  // before from_tile
+  int64_t next = 2;
+  while (events.Demand(next) == TileDemand::kNow) {
+    EXPECT_EQ(events.Demand(next + 1), TileDemand::kNone);
+    JobEvent tile;
+    tile.kind = JobEvent::Kind::kTile;
+    tile.tile_index = next++;
+    events.PublishTile(tile);
+    ASSERT_LT(next, 100);
+  }
+  EXPECT_GE(next - 2, 4);  // a few unread tiles are allowed
+  EXPECT_EQ(events.Demand(next), TileDemand::kLater);
+  JobEvent got;
+  ASSERT_OK((*stream)->Next(&got, absl::Now()));
+  EXPECT_EQ(got.kind, JobEvent::Kind::kTile);
+  EXPECT_EQ(got.tile_index, 2);
+  EXPECT_EQ(events.Demand(next), TileDemand::kNow);  // room for one more
+  (*stream)->Close();
+  EXPECT_EQ(events.Demand(next), TileDemand::kNone);
 }
 
 }  // namespace

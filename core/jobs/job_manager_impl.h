@@ -252,7 +252,7 @@ class JobStageHost final : public StageHost {
   void Registered(const std::string& transform_dir,
                   std::vector<std::string> transform_files,
                   const RegistrationResult& result) override;
-  bool WantsTile(int64_t index) override;
+  TileDemand Demand(int64_t index) override;
   void PublishTile(const JobEvent& tile) override;
   void QualityEstimated(const QualitySummary& summary,
                         std::shared_ptr<const QualityMap> map) override;

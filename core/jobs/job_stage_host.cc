@@ -27,9 +27,9 @@ void JobStageHost::Registered(const std::string& transform_dir,
   }
 }
 
-bool JobStageHost::WantsTile(int64_t index) {
+TileDemand JobStageHost::Demand(int64_t index) {
   absl::MutexLock lock(&m_->mu_);
-  return job_->events.WantsTile(index);
+  return job_->events.Demand(index);
 }
 
 void JobStageHost::PublishTile(const JobEvent& tile) {

@@ -143,6 +143,12 @@ struct JobEvent {
   std::string data;
 };
 
+// Whether a reader of a running job takes live result tile i (JobEvents::
+// Demand): kNow, a reader waits for it; kLater, a reader's next tile is i but
+// it holds as many unread tiles as it may (it takes i once it reads one, or
+// gets it from the stored result later); kNone, no reader will take it live.
+enum class TileDemand { kNone, kLater, kNow };
+
 // A TransformParameters file of a finished job: its base name and text.
 struct TransformFile {
   std::string name;

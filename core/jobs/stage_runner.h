@@ -73,8 +73,8 @@ class StageHost {
   virtual void Registered(const std::string& transform_dir,
                           std::vector<std::string> transform_files,
                           const RegistrationResult& result) = 0;
-  // Whether a reader waits for result tile `index` now (cheap).
-  virtual bool WantsTile(int64_t index) = 0;
+  // Whether a reader waits for result tile `index` (cheap; TileDemand).
+  virtual TileDemand Demand(int64_t index) = 0;
   // A finished result tile for the readers that wait for it.
   virtual void PublishTile(const JobEvent& tile) = 0;
   // The quality stage's estimate and its map, for the job's snapshot and

@@ -5,8 +5,11 @@
 // the CPU when that GPU's warper cannot start), and writes the tiles to the
 // partial result. Memory: Plan::warp, or Plan::warp_cpu_fallback.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
+#include <system_error>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -98,7 +101,10 @@ class WarpStage final : public PipelineStage {
   absl::StatusOr<WarpStats> WarpInto(JobRun* run, Warper* warper, int threads,
                                      StageHost* host);
   void StreamBand(const TileGrid& grid, const TileRect& rect, const Image& band,
-                  StageHost* host) const;
+                  const std::atomic<bool>& writing, StageHost* host) const;
+  absl::Status StoreAndStream(const TileGrid& grid, const TileRect& rect,
+                              const Image& band, TiledTiffWriter* writer,
+                              StageHost* host) const;
   WarpOptions Options(const JobRun& run, bool cpu, int threads) const;
   TiledTiffOptions WriterOptions(const JobRun& run, int threads) const;
 
@@ -169,10 +175,16 @@ TiledTiffOptions WarpStage::WriterOptions(const JobRun& run,
   return o;
 }
 
-// The stream tiles that a full-width band of whole tile rows completes, for
-// the readers that wait for them (live streaming while the warp goes on).
+// The stream tiles that a full-width band of whole tile rows completes, in
+// order, for the readers that wait for them (live streaming while the warp
+// goes on). A reader that holds its fill of unread tiles is waited for while
+// the band is `writing` into the stored result (it stays in memory for that
+// anyway: a one-pass GPU warp hands over the whole image at once); once it
+// is written, such a reader gets the band's remaining tiles from the stored
+// result instead, so a slow reader never holds the warp up.
 void WarpStage::StreamBand(const TileGrid& grid, const TileRect& rect,
-                           const Image& band, StageHost* host) const {
+                           const Image& band, const std::atomic<bool>& writing,
+                           StageHost* host) const {
   const int64_t edge = grid.edge();
   if (rect.x != 0 || rect.w != grid.width() || rect.y % edge != 0 ||
       (rect.h % edge != 0 && rect.y + rect.h != grid.height())) {
@@ -182,7 +194,13 @@ void WarpStage::StreamBand(const TileGrid& grid, const TileRect& rect,
   for (int64_t row = rect.y / edge; row * edge < rect.y + rect.h; ++row) {
     for (int64_t col = 0; col < grid.cols(); ++col) {
       const int64_t index = row * grid.cols() + col;
-      if (!host->WantsTile(index)) continue;
+      TileDemand demand = host->Demand(index);
+      while (demand == TileDemand::kLater && writing.load()) {
+        absl::SleepFor(absl::Microseconds(200));
+        demand = host->Demand(index);
+      }
+      if (demand == TileDemand::kLater) return;
+      if (demand == TileDemand::kNone) continue;
       JobEvent ev;
       ev.kind = JobEvent::Kind::kTile;
       ev.stage = Stage::kWarp;
@@ -201,6 +219,28 @@ void WarpStage::StreamBand(const TileGrid& grid, const TileRect& rect,
       host->PublishTile(ev);
     }
   }
+}
+
+// Writes a finished band into the stored result and, on a thread of its own
+// at the same time, streams it to the readers that wait (StreamBand).
+absl::Status WarpStage::StoreAndStream(const TileGrid& grid,
+                                       const TileRect& rect, const Image& band,
+                                       TiledTiffWriter* writer,
+                                       StageHost* host) const {
+  std::atomic<bool> writing{true};
+  std::thread streamer;
+  try {
+    streamer =
+        std::thread([&] { StreamBand(grid, rect, band, writing, host); });
+  } catch (const std::system_error&) {
+    // No thread: stream first, without waiting for slow readers.
+    writing = false;
+    StreamBand(grid, rect, band, writing, host);
+  }
+  const absl::Status written = writer->WriteRegion(rect.x, rect.y, band);
+  writing = false;
+  if (streamer.joinable()) streamer.join();
+  return written;
 }
 
 absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
@@ -227,8 +267,8 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
   const bool on_cpu = warper->device() == WarpDevice::kCpu;
   const TileCallback on_tile = [&](const TileRect& rect,
                                    const Image& tile) -> absl::Status {
-    REGSERVE_RETURN_IF_ERROR(writer->WriteRegion(rect.x, rect.y, tile));
-    StreamBand(grid, rect, tile, host);
+    REGSERVE_RETURN_IF_ERROR(
+        StoreAndStream(grid, rect, tile, writer.get(), host));
     done += static_cast<double>(rect.w) * static_cast<double>(rect.h);
     ++tiles;
     host->Progress(Stage::kWarp, done / total,

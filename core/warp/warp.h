@@ -35,6 +35,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -67,6 +69,14 @@ struct WarpOptions {
   int cpu_threads = 1;
   // Polled between tiles; may be null.
   const CancelToken* cancel = nullptr;
+  // CUDA one pass only, for benchmarks (warp_benchmark): the output band
+  // and source chunk heights and the number of band slots (0: the defaults
+  // of warp_internal.h), and whether to time the pass's phases on the GPU
+  // (WarpStats::timeline_ms). The samples do not depend on any of them.
+  int64_t cuda_band_rows = 0;
+  int64_t cuda_chunk_rows = 0;
+  int cuda_band_slots = 0;
+  bool cuda_timeline = false;
 };
 
 struct WarpStats {
@@ -75,6 +85,9 @@ struct WarpStats {
   // Measured (CUDA caching allocator); 0 on the CPU.
   uint64_t peak_device_bytes = 0;
   std::string device;  // "cpu" or "cuda:0 (NVIDIA H100 ...)"
+  // WarpOptions::cuda_timeline: milliseconds from the start of the call to
+  // each phase's end, in order (host and GPU times).
+  std::vector<std::pair<std::string, double>> timeline_ms;
 };
 
 // Called once per finished output tile, in row-major tile order, from the

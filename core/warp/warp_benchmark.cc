@@ -16,7 +16,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "core/warp/warp.h"
 #include "core/warp/warp_test_util.h"
 
@@ -45,6 +48,11 @@ ABSL_FLAG(int64_t, canvas_height, 3172, "canvas raw height");
 ABSL_FLAG(int64_t, big_megapixels, 500,
           "size of the budgeted big job (gray), 0 = skip");
 ABSL_FLAG(double, big_budget_mib, 512, "VRAM budget of the big job");
+ABSL_FLAG(std::string, sweep, "",
+          "CUDA one pass only: comma-separated BAND_ROWS:CHUNK_ROWS:SLOTS "
+          "settings to time (pinned -> pinned), each with its phase "
+          "timeline and checked against the default setting's samples; "
+          "empty: the usual cases");
 
 namespace regserve {
 namespace {
@@ -373,6 +381,46 @@ void TimedCases(Warper& cuda, const ImageSpec& spec, const Image& pinned,
   TimeWarp("cuda tiled 4096, pageable src", cuda, pageable, f, o, 3);
 }
 
+// --sweep: the one pass under other band, chunk and slot settings.
+void SweepOnePass(Warper& cuda, const Image& pinned,
+                  const DisplacementField& f) {
+  const int reps = absl::GetFlag(FLAGS_reps);
+  const Image reference = WarpAll(cuda, pinned, f, WarpOptions());
+  for (absl::string_view item :
+       absl::StrSplit(absl::GetFlag(FLAGS_sweep), ',', absl::SkipEmpty())) {
+    const std::vector<std::string> v = absl::StrSplit(item, ':');
+    WarpOptions o;
+    if (v.size() != 3 || !absl::SimpleAtoi(v[0], &o.cuda_band_rows) ||
+        !absl::SimpleAtoi(v[1], &o.cuda_chunk_rows) ||
+        !absl::SimpleAtoi(v[2], &o.cuda_band_slots)) {
+      std::printf("--sweep: bad setting '%s' (BAND:CHUNK:SLOTS)\n",
+                  std::string(item).c_str());
+      continue;
+    }
+    const std::string name =
+        absl::StrFormat("cuda one-pass, bands %d rows, chunks %d, %d slots",
+                        o.cuda_band_rows, o.cuda_chunk_rows, o.cuda_band_slots);
+    const Row row = TimeWarp(name, cuda, pinned, f, o, reps);
+    const Diff d = CompareU8(reference, WarpAll(cuda, pinned, f, o));
+    o.cuda_timeline = true;
+    absl::StatusOr<WarpStats> s = cuda.Warp(
+        pinned, f, pinned.width(), pinned.height(), o,
+        [](const TileRect&, const Image&) { return absl::OkStatus(); });
+    std::string line;
+    if (s.ok()) {
+      for (const auto& [phase, ms] : s->timeline_ms) {
+        absl::StrAppendFormat(&line, "%s%s %.1f", line.empty() ? "" : "; ",
+                              phase, ms);
+      }
+    }
+    std::printf(
+        "  %s: median %.1f ms; vs default %ld differing samples\n"
+        "    timeline (ms): %s\n",
+        name.c_str(), row.median_ms, d.differing,
+        s.ok() ? line.c_str() : s.status().ToString().c_str());
+  }
+}
+
 // --check: tiled against one pass on the GPU, and the GPU against the CPU.
 void CheckAgainstCpu(Warper& cuda, const Image& pinned, const Image& pageable,
                      const DisplacementField& f) {
@@ -490,6 +538,10 @@ void CudaBenchmark() {
       spec.width, spec.height, absl::GetFlag(FLAGS_field_width),
       absl::GetFlag(FLAGS_field_height), absl::GetFlag(FLAGS_amplitude), 42);
   TransferFloors(spec, pinned, pageable, f);
+  if (!absl::GetFlag(FLAGS_sweep).empty()) {
+    SweepOnePass(*cuda, pinned, f);
+    return;
+  }
   TimedCases(*cuda, spec, pinned, pageable, f);
   if (absl::GetFlag(FLAGS_check)) CheckAgainstCpu(*cuda, pinned, pageable, f);
   if (absl::GetFlag(FLAGS_baseline)) SeedBaseline(spec, pageable, f);

@@ -105,7 +105,20 @@ bool IsPinned(const void* p) {
   return attr.type == cudaMemoryTypeHost;
 }
 
-constexpr int kEventSlots = 3;
+// Band slots of the one pass at most (WarpOptions::cuda_band_slots).
+constexpr int kEventSlots = 8;
+static_assert(kCudaBandSlots <= kEventSlots);
+
+// The one pass's phases, timed on the GPU (WarpOptions::cuda_timeline).
+enum TimedPhase {
+  kTStart,       // h2d stream, before the first source chunk
+  kTField,       // compute stream, the field uploaded
+  kTFirstBand,   // compute stream, the first band computed
+  kTSource,      // h2d stream, the whole source uploaded
+  kTKernels,     // compute stream, the last band computed
+  kTDownloaded,  // d2h stream, the last band downloaded
+  kTimedPhases
+};
 
 class CudaWarper final : public Warper {
  public:
@@ -140,6 +153,9 @@ class CudaWarper final : public Warper {
             "cudaEventCreate");
       }
     }
+    for (cudaEvent_t& e : timed_ev_) {
+      REGSERVE_CUDA_RETURN(cudaEventCreate(&e), "cudaEventCreate");
+    }
     return absl::OkStatus();
   }
 
@@ -147,6 +163,9 @@ class CudaWarper final : public Warper {
     cudaSetDevice(device_);
     SyncQuietly().IgnoreError();
     for (cudaEvent_t e : chunk_ev_) cudaEventDestroy(e);
+    for (cudaEvent_t e : timed_ev_) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
     for (int k = 0; k < kEventSlots; ++k) {
       for (cudaEvent_t e : {comp_ev_[k], d2h_ev_[k], h2d_ev_[k], kern_ev_[k]}) {
         if (e != nullptr) cudaEventDestroy(e);
@@ -419,6 +438,29 @@ class CudaWarper final : public Warper {
     return bounds;
   }
 
+  // The one pass's timeline: the host marks, then the GPU phases measured
+  // from kTStart and shifted by the host time at which it was recorded
+  // (the first host mark).
+  absl::Status Timeline(
+      const std::vector<std::pair<std::string, double>>& host_marks,
+      double host_end_ms, WarpStats* stats) {
+    stats->timeline_ms = host_marks;
+    const double base = host_marks.empty() ? 0.0 : host_marks.front().second;
+    static constexpr const char* kNames[kTimedPhases] = {
+        "gpu: start",           "gpu: field uploaded",
+        "gpu: first band done", "gpu: source uploaded",
+        "gpu: last band done",  "gpu: last band downloaded"};
+    for (int k = kTField; k < kTimedPhases; ++k) {
+      float ms = 0;
+      REGSERVE_CUDA_RETURN(
+          cudaEventElapsedTime(&ms, timed_ev_[kTStart], timed_ev_[k]),
+          "cudaEventElapsedTime");
+      stats->timeline_ms.emplace_back(kNames[k], base + ms);
+    }
+    stats->timeline_ms.emplace_back("host: synchronised", host_end_ms);
+    return absl::OkStatus();
+  }
+
   absl::Status Launch(const WarpParams& p) {
     return CudaStatus(static_cast<cudaError_t>(LaunchWarpKernel(p, compute_)),
                       "warp kernel launch");
@@ -444,22 +486,41 @@ class CudaWarper final : public Warper {
 
     if (tiles.size() == 1) {
       // ---- One pass, output in bands. ----
-      const int64_t band_rows = std::min(kCudaBandRows, out_h);
+      const absl::Time t0 = absl::Now();
+      const bool timed = options.cuda_timeline;
+      auto host_ms = [&] {
+        return absl::ToDoubleMilliseconds(absl::Now() - t0);
+      };
+      const int64_t band_rows = std::min(
+          options.cuda_band_rows > 0 ? options.cuda_band_rows : kCudaBandRows,
+          out_h);
+      const int64_t chunk_rows = options.cuda_chunk_rows > 0
+                                     ? options.cuda_chunk_rows
+                                     : kCudaSourceChunkRows;
+      const int slots =
+          std::clamp(options.cuda_band_slots > 0 ? options.cuda_band_slots
+                                                 : kCudaBandSlots,
+                     2, kEventSlots);
       const int64_t band_bytes = band_rows * out_w * bpp;
       PrepareDevice(static_cast<int64_t>(moving.size_bytes()),
-                    kCudaBandSlots * band_bytes, field_bytes);
+                    slots * band_bytes, field_bytes);
       REGSERVE_RETURN_IF_ERROR(
           PrepareOutputPinned(static_cast<size_t>(out_w * out_h * bpp)));
       uint8_t* src_dev = src_dev_.data_ptr<uint8_t>();
       uint8_t* out_dev = out_dev_.data_ptr<uint8_t>();
       const int64_t H = moving.height();
-      const int64_t chunks =
-          (H + kCudaSourceChunkRows - 1) / kCudaSourceChunkRows;
+      const int64_t chunks = (H + chunk_rows - 1) / chunk_rows;
       REGSERVE_RETURN_IF_ERROR(EnsureChunkEvents(static_cast<size_t>(chunks)));
+      std::vector<std::pair<std::string, double>> host_marks;
+      if (timed) {
+        host_marks.emplace_back("host: buffers ready", host_ms());
+        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTStart], h2d_),
+                             "cudaEventRecord");
+      }
       int64_t issued = 0;
       auto issue_chunk = [&](int64_t c) -> absl::Status {
-        const int64_t y0 = c * kCudaSourceChunkRows;
-        const int64_t rows = std::min(kCudaSourceChunkRows, H - y0);
+        const int64_t y0 = c * chunk_rows;
+        const int64_t rows = std::min(chunk_rows, H - y0);
         const size_t off = static_cast<size_t>(y0) * moving.row_bytes();
         REGSERVE_CUDA_RETURN(
             cudaMemcpyAsync(src_dev + off, moving.data() + off,
@@ -481,6 +542,11 @@ class CudaWarper final : public Warper {
           std::unique_ptr<FieldBounds> bounds_ptr,
           UploadFieldAndBound(field, bound_threads, &base));
       const FieldBounds& bounds = *bounds_ptr;
+      if (timed) {
+        host_marks.emplace_back("host: field staged, bounds built", host_ms());
+        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTField], compute_),
+                             "cudaEventRecord");
+      }
       base.src = src_dev;
       base.src_stride = moving.width();
       const int64_t bands = (out_h + band_rows - 1) / band_rows;
@@ -491,16 +557,15 @@ class CudaWarper final : public Warper {
                             std::min(band_rows, out_h - b * band_rows)};
         const TileRect need = bounds.SourceRegion(host_params, rect);
         if (need.h > 0) {
-          const int64_t last_chunk =
-              (need.y + need.h - 1) / kCudaSourceChunkRows;
+          const int64_t last_chunk = (need.y + need.h - 1) / chunk_rows;
           while (issued <= last_chunk)
             REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
           REGSERVE_CUDA_RETURN(
               cudaStreamWaitEvent(compute_, chunk_ev_[last_chunk], 0),
               "cudaStreamWaitEvent");
         }
-        const int slot = static_cast<int>(b % kCudaBandSlots);
-        if (b >= kCudaBandSlots) {
+        const int slot = static_cast<int>(b % slots);
+        if (b >= slots) {
           REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, d2h_ev_[slot], 0),
                                "cudaStreamWaitEvent");
         }
@@ -514,6 +579,13 @@ class CudaWarper final : public Warper {
         p.out_y0 = rect.y;
         p.out_stride = out_w;
         REGSERVE_RETURN_IF_ERROR(Launch(p));
+        for (const auto& [last, phase] :
+             {std::pair{b == 0, kTFirstBand}, {b == bands - 1, kTKernels}}) {
+          if (timed && last) {
+            REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[phase], compute_),
+                                 "cudaEventRecord");
+          }
+        }
         REGSERVE_CUDA_RETURN(cudaEventRecord(comp_ev_[slot], compute_),
                              "cudaEventRecord");
         REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(d2h_, comp_ev_[slot], 0),
@@ -527,9 +599,20 @@ class CudaWarper final : public Warper {
         REGSERVE_CUDA_RETURN(cudaEventRecord(d2h_ev_[slot], d2h_),
                              "cudaEventRecord");
       }
+      if (timed) {
+        while (issued < chunks) REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
+        host_marks.emplace_back("host: every band queued", host_ms());
+        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTSource], h2d_),
+                             "cudaEventRecord");
+        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTDownloaded], d2h_),
+                             "cudaEventRecord");
+      }
       REGSERVE_CUDA_RETURN(cudaStreamSynchronize(d2h_),
                            "cudaStreamSynchronize");
       REGSERVE_RETURN_IF_ERROR(SyncQuietly());
+      if (timed) {
+        REGSERVE_RETURN_IF_ERROR(Timeline(host_marks, host_ms(), stats));
+      }
       out_spec.width = out_w;
       out_spec.height = out_h;
       BorrowedAllocator borrowed(out_host_);
@@ -647,6 +730,7 @@ class CudaWarper final : public Warper {
   cudaEvent_t h2d_ev_[kEventSlots] = {};
   cudaEvent_t kern_ev_[kEventSlots] = {};
   std::vector<cudaEvent_t> chunk_ev_;
+  cudaEvent_t timed_ev_[kTimedPhases] = {};
   // Device buffers (caching allocator): source (whole image or 2 region
   // slots), output (band ring or 2 tile slots), field (dx then dy).
   at::Tensor src_dev_;

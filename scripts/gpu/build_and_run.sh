@@ -21,6 +21,9 @@
 #          and uploads with the result streamed back; per-stage timings
 #          (GetJob) and the time to first tile (event_times.py)
 #   refine the LibTorch refinement on CUDA against the CPU (refine_benchmark)
+#   warp   the one-pass 283.6 MP warp against the duplex floor, under
+#          several band/chunk/slot settings, each with its GPU timeline
+#          (warp_benchmark --sweep; WARP_SWEEP), 113 MB and 7 MB fields
 #   wholejob  scripts/whole_job_benchmark.sh on this machine (the daemon with
 #          its default flags, so the refinement and the warp on CUDA): the
 #          cases smooth, homography, graffiti and big (WJ_CASES), residual
@@ -374,8 +377,21 @@ do_wholejob() {
   result "whole_job_benchmark" "rc $rc; see wholejob.log"
 }
 
+do_warp() {
+  step "one-pass warp: band/chunk/slot settings and their timelines"
+  local sweep=${WARP_SWEEP:-512:256:3,256:128:4,128:128:8,256:64:8,1024:256:3,128:32:8}
+  for fw in 4473x3154 1118x788; do
+    "$BUILD/core/warp/warp_benchmark" --device=cuda --reps=5 --baseline=false \
+      --big_megapixels=0 --check=false --field_width="${fw%x*}" \
+      --field_height="${fw#*x}" --sweep="$sweep" 2>&1 | tee -a "$OUT/warp.log" |
+      grep -E "floor|duplex|H2D|D2H|one-pass|timeline|differing"
+  done
+  result "warp sweep" "see warp.log"
+}
+
 for s in "${STEPS[@]}"; do
   case $s in
+    warp) do_warp ;;
     refine) do_refine ;;
     wholejob) do_wholejob ;;
     link) do_link ;;
