@@ -1,9 +1,11 @@
 // Copyright regserve authors.
 //
-// Codec choice (docs/benchmarks.md, "Result writer"): libdeflate gives
-// zlib's level-6 size at about three times its speed; zstd level 3 (zstd's
-// own default; libtiff's is 9) is about five times faster than that for a
-// few percent more bytes; the predictor takes 20-30% off both on photos.
+// Codec choice (docs/benchmarks.md, "Result writer"): libdeflate at level
+// 1, 3.2-3.6x faster than its level 6 for 10-18% more bytes on photos (the
+// default compression: the 283.6 MP result's writing then keeps a GPU job
+// within its time); zstd level 3 (zstd's own default; libtiff's is 9) is
+// faster again and smaller than deflate 1; the predictor takes 20-30% off
+// both on photos.
 #include "core/image/tile_codec.h"
 
 // jpeglib.h needs size_t and FILE declared first.
@@ -23,7 +25,7 @@
 namespace regserve {
 namespace {
 
-constexpr int kDeflateLevel = 6;
+constexpr int kDeflateLevel = 1;
 constexpr int kZstdLevel = 3;
 
 // TIFF Predictor=2: each sample minus the same channel's sample to its left,

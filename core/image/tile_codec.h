@@ -1,7 +1,7 @@
 // Copyright regserve authors.
 //
 // Compresses one TIFF tile the way the tiled TIFF writer stores it: full
-// tile x tile pixels, interleaved; deflate (libdeflate, level 6, zlib
+// tile x tile pixels, interleaved; deflate (libdeflate, level 1, zlib
 // stream) and zstd (level 3) after TIFF's horizontal predictor for integer
 // samples; baseline JPEG through libjpeg-turbo (YCbCr 4:2:0 for RGB, every
 // tile a complete JPEG stream with its own tables). The bytes are what

@@ -428,7 +428,6 @@ void AddRefinePlan(Writer* w, const Plan& p) {
   w->AddInt("plan.refine_height", p.refine_height);
   w->AddInt("plan.refine_levels", p.refine_levels);
   w->AddInt("plan.refine_iterations", p.refine_iterations);
-  w->AddInt("plan.refine_replaces_bspline", p.refine_replaces_bspline ? 1 : 0);
   AddStageMemory(w, "plan.refine", p.refine);
 }
 
@@ -456,12 +455,6 @@ absl::Status ReadRefinePlan(const Reader& r, Plan* p) {
   }
   p->refine_levels = static_cast<int>(levels);
   p->refine_iterations = static_cast<int>(iterations);
-  p->refine_replaces_bspline = false;
-  if (r.Has("plan.refine_replaces_bspline")) {
-    REGSERVE_ASSIGN_OR_RETURN(const int64_t replaces,
-                              r.Int("plan.refine_replaces_bspline"));
-    p->refine_replaces_bspline = replaces != 0;
-  }
   return ReadStageMemory(r, "plan.refine", &p->refine);
 }
 

@@ -211,7 +211,6 @@ TEST(JobStoreTest, RefineOptionAndPlanRoundTripAndOldFilesLackThem) {
   rec.info.plan.refine_height = 838;
   rec.info.plan.refine_levels = 4;
   rec.info.plan.refine_iterations = 40;
-  rec.info.plan.refine_replaces_bspline = true;
   rec.info.plan.refine = {123456789, 987654321};
   rec.info.timings = {{Stage::kRefine, 2.5}};
   JobRecord back;
@@ -228,7 +227,6 @@ TEST(JobStoreTest, RefineOptionAndPlanRoundTripAndOldFilesLackThem) {
   EXPECT_EQ(p.refine_height, 838);
   EXPECT_EQ(p.refine_levels, 4);
   EXPECT_EQ(p.refine_iterations, 40);
-  EXPECT_TRUE(p.refine_replaces_bspline);
   EXPECT_EQ(p.refine.ram_bytes, 123456789u);
   EXPECT_EQ(p.refine.vram_bytes, 987654321u);
 

@@ -175,13 +175,6 @@ class RegistrationStage final : public PipelineStage {
         prewarped ? rec.fixed_spec.height : rec.moving_spec.height;
     req.transform = rec.info.spec.options.transform;
     req.custom_parameters = rec.info.spec.custom_parameters;
-    // The refinement on the GPU does the deformable part (Plan::
-    // refine_replaces_bspline); a user's own parameter files run as given.
-    if (rec.info.plan.refine_replaces_bspline &&
-        req.transform == TransformKind::kBSpline &&
-        req.custom_parameters.empty()) {
-      req.transform = TransformKind::kAffine;
-    }
     req.threads = threads;
     req.timeout = s_.registration_timeout;
     req.cancel = run.cancel;

@@ -723,16 +723,11 @@ void PlanRefine(uint64_t held, const JobOptions& options,
     o.device = WarpDevice::kCuda;
     if (ChooseRefinePool(reg, held, budgets, 0, &o, &cost)) {
       RecordRefine(o, cost, reg, held, plan);
-      plan->refine_replaces_bspline = options.refine == RefineMode::kAuto;
       plan->reasons.push_back(absl::StrFormat(
           "refining on the GPU (%s) at %s, %d levels x %d iterations; %s "
-          "VRAM, %s RAM%s",
+          "VRAM, %s RAM",
           budgets.gpu_name, RefineSize(cost), plan->refine_levels, o.iterations,
-          Mb(plan->refine.vram_bytes), Mb(plan->refine.ram_bytes),
-          plan->refine_replaces_bspline
-              ? "; elastix runs its affine stage only, the refinement "
-                "replaces its B-spline stage (refine=on keeps both)"
-              : ""));
+          Mb(plan->refine.vram_bytes), Mb(plan->refine.ram_bytes)));
       return;
     }
     plan->reasons.push_back(

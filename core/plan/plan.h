@@ -119,11 +119,6 @@ struct Plan {
   int refine_levels = 0;
   int refine_iterations = 0;  // per level
   StageMemory refine;
-  // refine=auto on a GPU: elastix runs its affine stage only and the
-  // refinement does the deformable part in place of elastix's B-spline
-  // (which drifts where the images have little texture; docs/benchmarks.md,
-  // "Whole-job accuracy on real cases"). False in plans persisted before.
-  bool refine_replaces_bspline = false;
   // The part of warp.ram_bytes that the result writer holds (partly covered
   // stream tiles, tiles being compressed, pyramid rows: ResultWriterRamBytes)
   // and the compression threads it was sized for (the warp stage uses at

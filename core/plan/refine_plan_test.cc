@@ -76,16 +76,6 @@ TEST(RefinePlan, GpuRefinesAtTheCopysSize) {
   EXPECT_EQ(p.refine_width, p.registration_fixed_width);
   EXPECT_GT(p.refine.vram_bytes, 0u);
   EXPECT_TRUE(AnyReasonHas(p, "refining on the GPU (Test GPU) at"));
-  // refine=auto: the refinement replaces elastix's B-spline stage; refine=on
-  // keeps both, and a CPU plan keeps elastix's B-spline.
-  EXPECT_TRUE(p.refine_replaces_bspline);
-  EXPECT_TRUE(AnyReasonHas(p, "elastix runs its affine stage only"));
-  JobOptions on = o;
-  on.refine = RefineMode::kOn;
-  EXPECT_FALSE(
-      MakeOk(Rgb(6000, 4000), on, WithGpu(8ull << 30)).refine_replaces_bspline);
-  const Plan cpu = MakeOk(Rgb(6000, 4000), o, WithGpu(1ull << 20));
-  EXPECT_FALSE(cpu.refine_replaces_bspline);
   // The planned options are what the stage runs with.
   const RefineOptions ro = PlannedRefineOptions(p);
   EXPECT_EQ(ro.device, WarpDevice::kCuda);

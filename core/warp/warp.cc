@@ -181,43 +181,51 @@ std::vector<TileRect> MakeTiles(int64_t out_width, int64_t out_height,
   return tiles;
 }
 
-FieldBounds::FieldBounds(const DisplacementField& field, int threads)
+FieldBounds::FieldBounds(const DisplacementField& field, Deferred)
     : field_w_(field.width), field_h_(field.height) {
   blocks_x_ = (field_w_ + kBlock - 1) / kBlock;
   blocks_y_ = (field_h_ + kBlock - 1) / kBlock;
   stats_.assign(static_cast<size_t>(blocks_x_ * blocks_y_ * 4), 0.f);
-  auto work = [&](int64_t by_begin, int64_t by_end) {
-    constexpr float kInf = std::numeric_limits<float>::infinity();
-    for (int64_t by = by_begin; by < by_end; ++by) {
-      for (int64_t bx = 0; bx < blocks_x_; ++bx) {
-        float mnx = kInf, mxx = -kInf, mny = kInf, mxy = -kInf;
-        const int64_t y1 = std::min(field_h_, (by + 1) * kBlock);
-        const int64_t x1 = std::min(field_w_, (bx + 1) * kBlock);
-        for (int64_t y = by * kBlock; y < y1; ++y) {
-          const float* rx = field.dx.data() + y * field_w_;
-          const float* ry = field.dy.data() + y * field_w_;
-          for (int64_t x = bx * kBlock; x < x1; ++x) {
-            // Comparisons with NaN are false; infinities are excluded.
-            const float a = rx[x], b = ry[x];
-            if (a > -kInf && a < kInf) {
-              mnx = std::min(mnx, a);
-              mxx = std::max(mxx, a);
-            }
-            if (b > -kInf && b < kInf) {
-              mny = std::min(mny, b);
-              mxy = std::max(mxy, b);
-            }
+}
+
+FieldBounds::FieldBounds(const DisplacementField& field, int threads)
+    : FieldBounds(field, Deferred{}) {
+  ParallelRanges(blocks_y_, threads, [&](int64_t begin, int64_t end) {
+    ComputeBlockRows(field, begin, end);
+  });
+}
+
+void FieldBounds::ComputeBlockRows(const DisplacementField& field,
+                                   int64_t by_begin, int64_t by_end) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (int64_t by = by_begin; by < std::min(by_end, blocks_y_); ++by) {
+    for (int64_t bx = 0; bx < blocks_x_; ++bx) {
+      float mnx = kInf, mxx = -kInf, mny = kInf, mxy = -kInf;
+      const int64_t y1 = std::min(field_h_, (by + 1) * kBlock);
+      const int64_t x1 = std::min(field_w_, (bx + 1) * kBlock);
+      for (int64_t y = by * kBlock; y < y1; ++y) {
+        const float* rx = field.dx.data() + y * field_w_;
+        const float* ry = field.dy.data() + y * field_w_;
+        for (int64_t x = bx * kBlock; x < x1; ++x) {
+          // Comparisons with NaN are false; infinities are excluded.
+          const float a = rx[x], b = ry[x];
+          if (a > -kInf && a < kInf) {
+            mnx = std::min(mnx, a);
+            mxx = std::max(mxx, a);
+          }
+          if (b > -kInf && b < kInf) {
+            mny = std::min(mny, b);
+            mxy = std::max(mxy, b);
           }
         }
-        float* s = &stats_[static_cast<size_t>((by * blocks_x_ + bx) * 4)];
-        s[0] = mnx;
-        s[1] = mxx;
-        s[2] = mny;
-        s[3] = mxy;
       }
+      float* s = &stats_[static_cast<size_t>((by * blocks_x_ + bx) * 4)];
+      s[0] = mnx;
+      s[1] = mxx;
+      s[2] = mny;
+      s[3] = mxy;
     }
-  };
-  ParallelRanges(blocks_y_, threads, work);
+  }
 }
 
 void ParallelRanges(int64_t n, int threads,
@@ -274,6 +282,15 @@ bool TapInterval(double s_lo, double s_hi, int64_t size, int64_t* lo,
 }
 
 }  // namespace
+
+void FieldNodeRows(const WarpParams& p, const TileRect& rect, int64_t* lo,
+                   int64_t* hi) {
+  float px, py_lo, py_hi;
+  GridPosition(p, rect.x, rect.y, &px, &py_lo);
+  GridPosition(p, rect.x, rect.y + rect.h - 1, &px, &py_hi);
+  NodeRange(py_lo, py_hi, p.field_origin_y, p.field_inv_spacing_y, p.field_h,
+            lo, hi);
+}
 
 TileRect FieldBounds::SourceRegion(const WarpParams& p,
                                    const TileRect& rect) const {

@@ -2,13 +2,20 @@
 //
 // The CUDA warper (built only against a CUDA LibTorch).
 //
-// One pass (the tile covers the output): the whole moving image is uploaded
-// in 256-row chunks on the H2D stream (asynchronously when it lives in pinned
-// memory, see PinnedHostAllocator), and the output is computed in 512-row
-// bands on the compute stream, each band waiting (on the GPU, via events)
-// only for the chunks its source rows need; each band is downloaded on the
-// D2H stream into the Warper's pinned output buffer while the next band
-// computes. The host synchronises once, at the end.
+// One pass (the tile covers the output): the output is computed in 512-row
+// bands on the compute stream and each band is downloaded on the D2H stream
+// into the Warper's pinned output buffer while the next ones compute. Band
+// by band, the field node rows and the 256-row source chunks it reads are
+// queued on the H2D stream just before it (the field staged into pinned
+// memory and its block bounds computed by worker threads in row order,
+// RowStager), and the band waits for them alone (one event). So the first
+// band starts after its own rows, not after the whole field and image: on
+// the H200 the field queued behind the whole image held every band back
+// until the upload ended (33.5 ms for 283.6 MP, the download then
+// following it; docs/benchmarks.md). Source chunks from pageable memory
+// block the host while they copy; from pinned memory
+// (PinnedHostAllocator) they do not. The host synchronises once, at the
+// end.
 //
 // Tiled: per output tile, the source region the field points to (plus the
 // interpolation halo) is uploaded with cudaMemcpy2DAsync into one of two
@@ -96,15 +103,6 @@ class BorrowedAllocator final : public HostAllocator {
   void* p_;
 };
 
-bool IsPinned(const void* p) {
-  cudaPointerAttributes attr;
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return attr.type == cudaMemoryTypeHost;
-}
-
 // Band slots of the one pass at most (WarpOptions::cuda_band_slots).
 constexpr int kEventSlots = 8;
 static_assert(kCudaBandSlots <= kEventSlots);
@@ -112,12 +110,93 @@ static_assert(kCudaBandSlots <= kEventSlots);
 // The one pass's phases, timed on the GPU (WarpOptions::cuda_timeline).
 enum TimedPhase {
   kTStart,       // h2d stream, before the first source chunk
-  kTField,       // compute stream, the field uploaded
+  kTField,       // h2d stream, the first band's field and source rows up
   kTFirstBand,   // compute stream, the first band computed
   kTSource,      // h2d stream, the whole source uploaded
   kTKernels,     // compute stream, the last band computed
   kTDownloaded,  // d2h stream, the last band downloaded
   kTimedPhases
+};
+
+// Stages the field into pinned memory (the dx plane, then the dy plane, as
+// on the device) and computes its block bounds, in groups of node rows
+// taken in order by worker threads, so that the one pass can upload each
+// band's rows and start it as soon as they are there, not after the whole
+// field. A thread that waits for a group stages groups itself meanwhile
+// (and does all of them when no worker could be started).
+class RowStager {
+ public:
+  static constexpr int64_t kGroupRows = 4 * FieldBounds::kBlock;
+
+  RowStager(const DisplacementField& field, uint8_t* pinned,
+            FieldBounds* bounds, int threads)
+      : field_(field),
+        pinned_(pinned),
+        bounds_(bounds),
+        groups_((field.height + kGroupRows - 1) / kGroupRows),
+        done_(new std::atomic<bool>[static_cast<size_t>(groups_)]) {
+    for (int64_t g = 0; g < groups_; ++g) done_[g].store(false);
+    try {
+      for (int t = 0; t < threads && t < groups_; ++t) {
+        workers_.emplace_back([this] {
+          while (StageNext()) {
+          }
+        });
+      }
+    } catch (const std::system_error&) {
+      // Fewer workers: WaitRows stages the rest.
+    }
+  }
+  ~RowStager() {
+    for (std::thread& w : workers_) w.join();
+  }
+  RowStager(const RowStager&) = delete;
+  RowStager& operator=(const RowStager&) = delete;
+
+  // The node rows staged once rows [0, rows) are: whole groups.
+  int64_t RowsFor(int64_t rows) const {
+    return std::min(field_.height,
+                    (rows + kGroupRows - 1) / kGroupRows * kGroupRows);
+  }
+  // Returns once node rows [0, rows) are staged and their blocks bounded.
+  void WaitRows(int64_t rows) {
+    const int64_t last =
+        std::min(groups_, (rows + kGroupRows - 1) / kGroupRows);
+    for (int64_t g = 0; g < last; ++g) {
+      while (!done_[g].load(std::memory_order_acquire)) {
+        if (!StageNext()) std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  bool StageNext() {
+    const int64_t g = next_.fetch_add(1);
+    if (g >= groups_) return false;
+    const int64_t r0 = g * kGroupRows;
+    const int64_t r1 = std::min(field_.height, r0 + kGroupRows);
+    const size_t row = static_cast<size_t>(field_.width) * sizeof(float);
+    const size_t plane = field_.dx.size() * sizeof(float);
+    const size_t off = static_cast<size_t>(r0) * row;
+    const size_t len = static_cast<size_t>(r1 - r0) * row;
+    std::memcpy(pinned_ + off,
+                reinterpret_cast<const uint8_t*>(field_.dx.data()) + off, len);
+    std::memcpy(pinned_ + plane + off,
+                reinterpret_cast<const uint8_t*>(field_.dy.data()) + off, len);
+    bounds_->ComputeBlockRows(
+        field_, r0 / FieldBounds::kBlock,
+        (r1 + FieldBounds::kBlock - 1) / FieldBounds::kBlock);
+    done_[g].store(true, std::memory_order_release);
+    return true;
+  }
+
+  const DisplacementField& field_;
+  uint8_t* const pinned_;
+  FieldBounds* const bounds_;
+  const int64_t groups_;
+  std::unique_ptr<std::atomic<bool>[]> done_;
+  std::atomic<int64_t> next_{0};
+  std::vector<std::thread> workers_;
 };
 
 class CudaWarper final : public Warper {
@@ -447,7 +526,7 @@ class CudaWarper final : public Warper {
     stats->timeline_ms = host_marks;
     const double base = host_marks.empty() ? 0.0 : host_marks.front().second;
     static constexpr const char* kNames[kTimedPhases] = {
-        "gpu: start",           "gpu: field uploaded",
+        "gpu: start",           "gpu: first band's rows uploaded",
         "gpu: first band done", "gpu: source uploaded",
         "gpu: last band done",  "gpu: last band downloaded"};
     for (int k = kTField; k < kTimedPhases; ++k) {
@@ -466,6 +545,175 @@ class CudaWarper final : public Warper {
                       "warp kernel launch");
   }
 
+  // One pass, output in bands (see the header comment). Band b's field
+  // rows and source rows go up on the H2D stream just before it, so band 0
+  // starts as soon as its own rows are there, downloads overlap the rest of
+  // the upload, and the field is never queued behind the whole image.
+  absl::Status OnePass(const Image& moving, const DisplacementField& field,
+                       int64_t out_w, int64_t out_h, const WarpOptions& options,
+                       const TileCallback& on_tile, WarpParams base,
+                       const WarpParams& host_params, int threads,
+                       WarpStats* stats) {
+    const absl::Time t0 = absl::Now();
+    const bool timed = options.cuda_timeline;
+    auto host_ms = [&] { return absl::ToDoubleMilliseconds(absl::Now() - t0); };
+    const int64_t bpp = static_cast<int64_t>(moving.spec().bytes_per_pixel());
+    const int64_t band_rows = std::min(
+        options.cuda_band_rows > 0 ? options.cuda_band_rows : kCudaBandRows,
+        out_h);
+    const int64_t chunk_rows = options.cuda_chunk_rows > 0
+                                   ? options.cuda_chunk_rows
+                                   : kCudaSourceChunkRows;
+    const int slots = std::clamp(
+        options.cuda_band_slots > 0 ? options.cuda_band_slots : kCudaBandSlots,
+        2, kEventSlots);
+    const int64_t band_bytes = band_rows * out_w * bpp;
+    const size_t plane = field.dx.size() * sizeof(float);
+    PrepareDevice(static_cast<int64_t>(moving.size_bytes()), slots * band_bytes,
+                  static_cast<int64_t>(2 * plane));
+    REGSERVE_RETURN_IF_ERROR(
+        PrepareOutputPinned(static_cast<size_t>(out_w * out_h * bpp)));
+    REGSERVE_RETURN_IF_ERROR(PreparePinned(
+        &field_host_, &field_host_bytes_, 2 * plane, "the displacement field"));
+    uint8_t* src_dev = src_dev_.data_ptr<uint8_t>();
+    uint8_t* out_dev = out_dev_.data_ptr<uint8_t>();
+    uint8_t* field_dev = field_dev_.data_ptr<uint8_t>();
+    base.field_dx = reinterpret_cast<float*>(field_dev);
+    base.field_dy = reinterpret_cast<float*>(field_dev + plane);
+    base.src = src_dev;
+    base.src_stride = moving.width();
+    const int64_t H = moving.height();
+    const int64_t chunks = (H + chunk_rows - 1) / chunk_rows;
+    const int64_t bands = (out_h + band_rows - 1) / band_rows;
+    REGSERVE_RETURN_IF_ERROR(EnsureChunkEvents(static_cast<size_t>(bands)));
+    std::vector<std::pair<std::string, double>> marks;
+    if (timed) {
+      marks.emplace_back("host: buffers ready", host_ms());
+      REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTStart], h2d_),
+                           "cudaEventRecord");
+    }
+    FieldBounds bounds(field, FieldBounds::Deferred{});
+    RowStager stager(field, field_host_, &bounds, threads);
+    int64_t issued = 0;  // source chunks queued
+    auto issue_chunk = [&](int64_t c) -> absl::Status {
+      const int64_t y0 = c * chunk_rows;
+      const int64_t rows = std::min(chunk_rows, H - y0);
+      const size_t off = static_cast<size_t>(y0) * moving.row_bytes();
+      REGSERVE_CUDA_RETURN(
+          cudaMemcpyAsync(src_dev + off, moving.data() + off,
+                          static_cast<size_t>(rows) * moving.row_bytes(),
+                          cudaMemcpyHostToDevice, h2d_),
+          "source upload");
+      return absl::OkStatus();
+    };
+    int64_t field_rows = 0;  // field node rows queued
+    auto issue_field_rows = [&](int64_t rows) -> absl::Status {
+      if (rows <= field_rows) return absl::OkStatus();
+      stager.WaitRows(rows);
+      const size_t row = static_cast<size_t>(field.width) * sizeof(float);
+      const size_t off = static_cast<size_t>(field_rows) * row;
+      const size_t len = static_cast<size_t>(rows - field_rows) * row;
+      for (size_t p : {size_t{0}, plane}) {
+        REGSERVE_CUDA_RETURN(
+            cudaMemcpyAsync(field_dev + p + off, field_host_ + p + off, len,
+                            cudaMemcpyHostToDevice, h2d_),
+            "field upload");
+      }
+      field_rows = rows;
+      return absl::OkStatus();
+    };
+    for (int64_t b = 0; b < bands; ++b) {
+      if (options.cancel != nullptr)
+        REGSERVE_RETURN_IF_ERROR(options.cancel->Check());
+      const TileRect rect{0, b * band_rows, out_w,
+                          std::min(band_rows, out_h - b * band_rows)};
+      int64_t lo = 0, hi = 0;
+      FieldNodeRows(host_params, rect, &lo, &hi);
+      REGSERVE_RETURN_IF_ERROR(issue_field_rows(stager.RowsFor(hi + 1)));
+      // Its block bounds are computed now (RowStager::WaitRows).
+      const TileRect need = bounds.SourceRegion(host_params, rect);
+      if (need.h > 0) {
+        const int64_t last_chunk = (need.y + need.h - 1) / chunk_rows;
+        while (issued <= last_chunk)
+          REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
+      }
+      // The H2D stream runs in order: this band's event covers its rows.
+      REGSERVE_CUDA_RETURN(cudaEventRecord(chunk_ev_[b], h2d_),
+                           "cudaEventRecord");
+      REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, chunk_ev_[b], 0),
+                           "cudaStreamWaitEvent");
+      if (timed && b == 0) {
+        marks.emplace_back("host: first band queued", host_ms());
+        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTField], h2d_),
+                             "cudaEventRecord");
+      }
+      REGSERVE_RETURN_IF_ERROR(LaunchBand(base, rect, b, slots, band_bytes, bpp,
+                                          out_w, out_dev, timed, bands));
+    }
+    if (timed) {
+      while (issued < chunks) REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
+      marks.emplace_back("host: every band queued", host_ms());
+      REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTSource], h2d_),
+                           "cudaEventRecord");
+      REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTDownloaded], d2h_),
+                           "cudaEventRecord");
+    }
+    REGSERVE_CUDA_RETURN(cudaStreamSynchronize(d2h_), "cudaStreamSynchronize");
+    REGSERVE_RETURN_IF_ERROR(SyncQuietly());
+    if (timed) REGSERVE_RETURN_IF_ERROR(Timeline(marks, host_ms(), stats));
+    ImageSpec out_spec = moving.spec();
+    out_spec.width = out_w;
+    out_spec.height = out_h;
+    BorrowedAllocator borrowed(out_host_);
+    REGSERVE_ASSIGN_OR_RETURN(Image out, Image::Allocate(out_spec, &borrowed));
+    REGSERVE_RETURN_IF_ERROR(on_tile(TileRect{0, 0, out_w, out_h}, out));
+    stats->tiles = 1;
+    return absl::OkStatus();
+  }
+
+  // Band b of the one pass: computed into its slot once the slot's last
+  // download is done, then downloaded into the pinned output.
+  absl::Status LaunchBand(const WarpParams& base, const TileRect& rect,
+                          int64_t b, int slots, int64_t band_bytes, int64_t bpp,
+                          int64_t out_w, uint8_t* out_dev, bool timed,
+                          int64_t bands) {
+    const int slot = static_cast<int>(b % slots);
+    if (b >= slots) {
+      REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, d2h_ev_[slot], 0),
+                           "cudaStreamWaitEvent");
+    }
+    WarpParams p = base;
+    p.rect_x0 = rect.x;
+    p.rect_y0 = rect.y;
+    p.rect_w = rect.w;
+    p.rect_h = rect.h;
+    p.out = out_dev + slot * band_bytes;
+    p.out_x0 = 0;
+    p.out_y0 = rect.y;
+    p.out_stride = out_w;
+    REGSERVE_RETURN_IF_ERROR(Launch(p));
+    for (const auto& [last, phase] :
+         {std::pair{b == 0, kTFirstBand}, {b == bands - 1, kTKernels}}) {
+      if (timed && last) {
+        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[phase], compute_),
+                             "cudaEventRecord");
+      }
+    }
+    REGSERVE_CUDA_RETURN(cudaEventRecord(comp_ev_[slot], compute_),
+                         "cudaEventRecord");
+    REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(d2h_, comp_ev_[slot], 0),
+                         "cudaStreamWaitEvent");
+    REGSERVE_CUDA_RETURN(
+        cudaMemcpyAsync(out_host_ + rect.y * out_w * bpp,
+                        out_dev + slot * band_bytes,
+                        static_cast<size_t>(rect.h * out_w * bpp),
+                        cudaMemcpyDeviceToHost, d2h_),
+        "output download");
+    REGSERVE_CUDA_RETURN(cudaEventRecord(d2h_ev_[slot], d2h_),
+                         "cudaEventRecord");
+    return absl::OkStatus();
+  }
+
   absl::Status WarpImpl(const Image& moving, const DisplacementField& field,
                         int64_t out_w, int64_t out_h,
                         const WarpOptions& options, const TileCallback& on_tile,
@@ -482,145 +730,9 @@ class CudaWarper final : public Warper {
         MakeTiles(out_w, out_h, options.tile_size);
     const int bound_threads = static_cast<int>(
         std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
-    ImageSpec out_spec = moving.spec();
-
     if (tiles.size() == 1) {
-      // ---- One pass, output in bands. ----
-      const absl::Time t0 = absl::Now();
-      const bool timed = options.cuda_timeline;
-      auto host_ms = [&] {
-        return absl::ToDoubleMilliseconds(absl::Now() - t0);
-      };
-      const int64_t band_rows = std::min(
-          options.cuda_band_rows > 0 ? options.cuda_band_rows : kCudaBandRows,
-          out_h);
-      const int64_t chunk_rows = options.cuda_chunk_rows > 0
-                                     ? options.cuda_chunk_rows
-                                     : kCudaSourceChunkRows;
-      const int slots =
-          std::clamp(options.cuda_band_slots > 0 ? options.cuda_band_slots
-                                                 : kCudaBandSlots,
-                     2, kEventSlots);
-      const int64_t band_bytes = band_rows * out_w * bpp;
-      PrepareDevice(static_cast<int64_t>(moving.size_bytes()),
-                    slots * band_bytes, field_bytes);
-      REGSERVE_RETURN_IF_ERROR(
-          PrepareOutputPinned(static_cast<size_t>(out_w * out_h * bpp)));
-      uint8_t* src_dev = src_dev_.data_ptr<uint8_t>();
-      uint8_t* out_dev = out_dev_.data_ptr<uint8_t>();
-      const int64_t H = moving.height();
-      const int64_t chunks = (H + chunk_rows - 1) / chunk_rows;
-      REGSERVE_RETURN_IF_ERROR(EnsureChunkEvents(static_cast<size_t>(chunks)));
-      std::vector<std::pair<std::string, double>> host_marks;
-      if (timed) {
-        host_marks.emplace_back("host: buffers ready", host_ms());
-        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTStart], h2d_),
-                             "cudaEventRecord");
-      }
-      int64_t issued = 0;
-      auto issue_chunk = [&](int64_t c) -> absl::Status {
-        const int64_t y0 = c * chunk_rows;
-        const int64_t rows = std::min(chunk_rows, H - y0);
-        const size_t off = static_cast<size_t>(y0) * moving.row_bytes();
-        REGSERVE_CUDA_RETURN(
-            cudaMemcpyAsync(src_dev + off, moving.data() + off,
-                            static_cast<size_t>(rows) * moving.row_bytes(),
-                            cudaMemcpyHostToDevice, h2d_),
-            "source upload");
-        REGSERVE_CUDA_RETURN(cudaEventRecord(chunk_ev_[c], h2d_),
-                             "cudaEventRecord");
-        return absl::OkStatus();
-      };
-      // Pinned source: queue the whole upload now (it does not block the
-      // host). Pageable: copies block the host, so they are interleaved with
-      // the bands below, chunk by chunk as the bands need them.
-      if (IsPinned(moving.data())) {
-        for (; issued < chunks; ++issued)
-          REGSERVE_RETURN_IF_ERROR(issue_chunk(issued));
-      }
-      REGSERVE_ASSIGN_OR_RETURN(
-          std::unique_ptr<FieldBounds> bounds_ptr,
-          UploadFieldAndBound(field, bound_threads, &base));
-      const FieldBounds& bounds = *bounds_ptr;
-      if (timed) {
-        host_marks.emplace_back("host: field staged, bounds built", host_ms());
-        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTField], compute_),
-                             "cudaEventRecord");
-      }
-      base.src = src_dev;
-      base.src_stride = moving.width();
-      const int64_t bands = (out_h + band_rows - 1) / band_rows;
-      for (int64_t b = 0; b < bands; ++b) {
-        if (options.cancel != nullptr)
-          REGSERVE_RETURN_IF_ERROR(options.cancel->Check());
-        const TileRect rect{0, b * band_rows, out_w,
-                            std::min(band_rows, out_h - b * band_rows)};
-        const TileRect need = bounds.SourceRegion(host_params, rect);
-        if (need.h > 0) {
-          const int64_t last_chunk = (need.y + need.h - 1) / chunk_rows;
-          while (issued <= last_chunk)
-            REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
-          REGSERVE_CUDA_RETURN(
-              cudaStreamWaitEvent(compute_, chunk_ev_[last_chunk], 0),
-              "cudaStreamWaitEvent");
-        }
-        const int slot = static_cast<int>(b % slots);
-        if (b >= slots) {
-          REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(compute_, d2h_ev_[slot], 0),
-                               "cudaStreamWaitEvent");
-        }
-        WarpParams p = base;
-        p.rect_x0 = rect.x;
-        p.rect_y0 = rect.y;
-        p.rect_w = rect.w;
-        p.rect_h = rect.h;
-        p.out = out_dev + slot * band_bytes;
-        p.out_x0 = 0;
-        p.out_y0 = rect.y;
-        p.out_stride = out_w;
-        REGSERVE_RETURN_IF_ERROR(Launch(p));
-        for (const auto& [last, phase] :
-             {std::pair{b == 0, kTFirstBand}, {b == bands - 1, kTKernels}}) {
-          if (timed && last) {
-            REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[phase], compute_),
-                                 "cudaEventRecord");
-          }
-        }
-        REGSERVE_CUDA_RETURN(cudaEventRecord(comp_ev_[slot], compute_),
-                             "cudaEventRecord");
-        REGSERVE_CUDA_RETURN(cudaStreamWaitEvent(d2h_, comp_ev_[slot], 0),
-                             "cudaStreamWaitEvent");
-        REGSERVE_CUDA_RETURN(
-            cudaMemcpyAsync(out_host_ + rect.y * out_w * bpp,
-                            out_dev + slot * band_bytes,
-                            static_cast<size_t>(rect.h * out_w * bpp),
-                            cudaMemcpyDeviceToHost, d2h_),
-            "output download");
-        REGSERVE_CUDA_RETURN(cudaEventRecord(d2h_ev_[slot], d2h_),
-                             "cudaEventRecord");
-      }
-      if (timed) {
-        while (issued < chunks) REGSERVE_RETURN_IF_ERROR(issue_chunk(issued++));
-        host_marks.emplace_back("host: every band queued", host_ms());
-        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTSource], h2d_),
-                             "cudaEventRecord");
-        REGSERVE_CUDA_RETURN(cudaEventRecord(timed_ev_[kTDownloaded], d2h_),
-                             "cudaEventRecord");
-      }
-      REGSERVE_CUDA_RETURN(cudaStreamSynchronize(d2h_),
-                           "cudaStreamSynchronize");
-      REGSERVE_RETURN_IF_ERROR(SyncQuietly());
-      if (timed) {
-        REGSERVE_RETURN_IF_ERROR(Timeline(host_marks, host_ms(), stats));
-      }
-      out_spec.width = out_w;
-      out_spec.height = out_h;
-      BorrowedAllocator borrowed(out_host_);
-      REGSERVE_ASSIGN_OR_RETURN(Image out,
-                                Image::Allocate(out_spec, &borrowed));
-      REGSERVE_RETURN_IF_ERROR(on_tile(tiles[0], out));
-      stats->tiles = 1;
-      return absl::OkStatus();
+      return OnePass(moving, field, out_w, out_h, options, on_tile, base,
+                     host_params, bound_threads, stats);
     }
 
     // ---- Tiled. ----

@@ -58,8 +58,21 @@ void ParallelRanges(int64_t n, int threads,
 // pixel interpolating one gets a non-finite position, hence the fill value.
 class FieldBounds {
  public:
+  // Node rows per block (a block is kBlock x kBlock nodes).
+  static constexpr int64_t kBlock = 16;
+
   // `threads` > 1 computes the blocks in parallel.
   FieldBounds(const DisplacementField& field, int threads);
+  // Sized for `field`, no block computed yet: ComputeBlockRows fills them
+  // (the CUDA one pass does so row by row, as its bands need them).
+  struct Deferred {};
+  FieldBounds(const DisplacementField& field, Deferred);
+
+  // Computes the blocks of block rows [by_begin, by_end), i.e. node rows
+  // [by_begin * kBlock, by_end * kBlock). Distinct ranges may be computed on
+  // different threads at once.
+  void ComputeBlockRows(const DisplacementField& field, int64_t by_begin,
+                        int64_t by_end);
 
   // Source rectangle (absolute moving pixels, clamped to the image) holding
   // every tap read by the output pixels of `rect`; w or h is 0 when no pixel
@@ -67,12 +80,16 @@ class FieldBounds {
   TileRect SourceRegion(const WarpParams& params, const TileRect& rect) const;
 
  private:
-  static constexpr int64_t kBlock = 16;
   int64_t field_w_ = 0, field_h_ = 0;
   int64_t blocks_x_ = 0, blocks_y_ = 0;
   // 4 floats per block: min dx, max dx, min dy, max dy (+inf/-inf if none).
   std::vector<float> stats_;
 };
+
+// Node rows [*lo, *hi] of the field that the output pixels of `rect` may
+// read (FieldAt's arithmetic, widened by a node as SourceRegion does).
+void FieldNodeRows(const WarpParams& params, const TileRect& rect, int64_t* lo,
+                   int64_t* hi);
 
 // Exact source rectangle of `rect` from the per-pixel positions (same
 // arithmetic as the kernel). Cost: one field lookup per pixel; used for small
