@@ -372,7 +372,7 @@ do_wholejob() {
     bash scripts/whole_job_benchmark.sh ${WJ_CASES:-smooth homography graffiti big} \
     >"$OUT/wholejob.log" 2>&1
   local rc=$?
-  grep -E '^(===|JOB wall|quality|WARNING|BY_HAND|TRUE|EST|SAME-AS|  stage|  reason: (refine|registration|initial))' \
+  grep -E '^(===|JOB wall|quality|WARNING|BY_HAND|TRUE|WHERE|EST|SAME-AS|  stage|  reason: (refine|registration|initial))' \
     "$OUT/wholejob.log" | head -80
   result "whole_job_benchmark" "rc $rc; see wholejob.log"
 }

@@ -309,13 +309,26 @@ void SampleField(const DisplacementField& f, double x, double y, double* dx,
 struct Residual {
   double mean = 0, median = 0, p95 = 0, max = 0, over1 = 0, over2 = 0;
   size_t points = 0;
+  // Where the points over 2 px lie: by their distance (full-resolution px)
+  // to the nearer border of the fixed or of the moving image, and the
+  // residual of the interior (both distances >= kInterior).
+  static constexpr double kInterior = 256;
+  size_t over2_near[4] = {0, 0, 0, 0};  // < 64, < 256, < 1024, >= 1024 px
+  double interior_mean = 0, interior_p95 = 0, interior_max = 0;
+  size_t interior_points = 0;
 };
+
+// Bucket of a border distance for Residual::over2_near.
+int BorderBucket(double d) {
+  return d < 64 ? 0 : d < 256 ? 1 : d < 1024 ? 2 : 3;
+}
 
 Residual Measure(const DisplacementField& field, const Truth& t) {
   int step = absl::GetFlag(FLAGS_step);
   if (step <= 0) step = static_cast<int>(std::max<int64_t>(4, t.fw / 1500));
   if (t.kind == "graffiti") step = 2;
-  std::vector<double> e;
+  std::vector<double> e, interior;
+  Residual r;
   for (int64_t y = 0; y < t.fh; y += step) {
     for (int64_t x = 0; x < t.fw; x += step) {
       if (t.kind == "graffiti" && !OnGraffitiWall(x, y)) continue;
@@ -324,10 +337,25 @@ Residual Measure(const DisplacementField& field, const Truth& t) {
       if (tx < 0 || ty < 0 || tx > t.mw - 1 || ty > t.mh - 1) continue;
       double dx = 0, dy = 0;
       SampleField(field, x, y, &dx, &dy);
-      e.push_back(std::hypot(x + dx - tx, y + dy - ty));
+      const double err = std::hypot(x + dx - tx, y + dy - ty);
+      e.push_back(err);
+      const double border = std::min(
+          {static_cast<double>(std::min({x, y, t.fw - 1 - x, t.fh - 1 - y})),
+           std::min({tx, ty, t.mw - 1 - tx, t.mh - 1 - ty})});
+      if (err > 2) ++r.over2_near[BorderBucket(border)];
+      if (border >= Residual::kInterior) interior.push_back(err);
     }
   }
-  Residual r;
+  if (!interior.empty()) {
+    std::sort(interior.begin(), interior.end());
+    double s = 0;
+    for (double v : interior) s += v;
+    r.interior_points = interior.size();
+    r.interior_mean = s / interior.size();
+    r.interior_p95 = interior[std::min(
+        interior.size() - 1, static_cast<size_t>(0.95 * interior.size()))];
+    r.interior_max = interior.back();
+  }
   r.points = e.size();
   if (e.empty()) return r;
   std::sort(e.begin(), e.end());
@@ -352,6 +380,13 @@ void PrintResidual(const char* what, const Truth& t, const Residual& r) {
       ">1px=%.2f%% >2px=%.2f%% points=%zu\n",
       what, t.kind.c_str(), r.mean, r.median, r.p95, r.max, 100 * r.over1,
       100 * r.over2, r.points);
+  std::printf(
+      "WHERE %s case=%s over2px_by_border_distance: <64px=%zu <256px=%zu "
+      "<1024px=%zu >=1024px=%zu; interior (>=%.0f px from every border): "
+      "mean=%.3f p95=%.3f max=%.3f points=%zu\n",
+      what, t.kind.c_str(), r.over2_near[0], r.over2_near[1], r.over2_near[2],
+      r.over2_near[3], Residual::kInterior, r.interior_mean, r.interior_p95,
+      r.interior_max, r.interior_points);
 }
 
 // ------------------------------------------------------------ replay
