@@ -238,7 +238,11 @@ TEST(ProcessRunner, PidFileExistsOnlyWhileTheChildRuns) {
   ASSERT_NE(mkdtemp(tmpl), nullptr);
   const std::string pid_file = absl::StrCat(tmpl, "/child.pid");
   std::vector<std::string> lines;
-  ProcessOptions o = Sh("cat child.pid; echo $$");
+  // The parent writes the file just after the spawn: the child waits for it
+  // (a second at most) rather than race it.
+  ProcessOptions o =
+      Sh("i=0; while [ ! -s child.pid ] && [ $i -lt 100 ]; do sleep 0.01; "
+         "i=$((i+1)); done; cat child.pid; echo $$");
   o.working_dir = tmpl;
   o.pid_file = pid_file;
   o.on_line = [&](absl::string_view l) { lines.emplace_back(l); };
