@@ -238,11 +238,12 @@ absl::Status WriteAll(int fd, const uint8_t* data, size_t bytes, off_t offset,
   while (done < bytes) {
     const ssize_t n = ::pwrite(fd, data + done, bytes - done, offset + done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == ENOSPC || errno == EDQUOT)) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the disk is full while spilling the moving image (",
-                       total, " bytes) at byte ", offset + done,
-                       "; free space in the data directory"));
+    if (n < 0 && (errno == ENOSPC || errno == EDQUOT || errno == EFBIG)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          errno == EFBIG ? "the file size limit was reached"
+                         : "the disk is full",
+          " while spilling the moving image (", total, " bytes) at byte ",
+          offset + done, "; free space in the data directory"));
     }
     if (n <= 0) {
       return absl::InternalError(

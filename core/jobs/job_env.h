@@ -18,6 +18,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -74,6 +75,11 @@ struct JobManagerEnv {
   int pipeline_threads = -1;
   // Called on the pipeline thread before a stage acquires its resources.
   std::function<void(const std::string& job_id, Stage stage)> before_stage;
+  // Free bytes of the file system holding `dir` (a spill must fit there
+  // before its job is accepted); empty: std::filesystem::space. Nullopt
+  // when unknown (the check is then skipped).
+  std::function<std::optional<uint64_t>(const std::string& dir)>
+      free_disk_bytes;
 };
 
 }  // namespace regserve

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <thread>
 #include <utility>
@@ -110,6 +111,15 @@ JobManagerImpl::JobManagerImpl(const Options& options,
     env_.register_fn = [](const RegistrationRequest& request,
                           const ElastixConfig& config) {
       return ::regserve::Register(request, config);
+    };
+  }
+  if (!env_.free_disk_bytes) {
+    env_.free_disk_bytes =
+        [](const std::string& dir) -> std::optional<uint64_t> {
+      std::error_code ec;
+      const std::filesystem::space_info space = std::filesystem::space(dir, ec);
+      if (ec) return std::nullopt;
+      return static_cast<uint64_t>(space.available);
     };
   }
   if (!env_.create_warper) {
@@ -261,16 +271,14 @@ absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobRecord& rec) const {
   }
   // A spill the data directory cannot hold would fail the job mid-decode.
   if (plan.spill_bytes > 0) {
-    std::error_code ec;
-    const std::filesystem::space_info space =
-        std::filesystem::space(jobs_dir_, ec);
-    if (!ec && space.available < plan.spill_bytes) {
+    const std::optional<uint64_t> available = env_.free_disk_bytes(jobs_dir_);
+    if (available.has_value() && *available < plan.spill_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the moving image is read by region through a spill file of ",
           plan.spill_bytes / 1000000,
           " MB (its format reads only in order), "
           "but the data directory has ",
-          space.available / 1000000,
+          *available / 1000000,
           " MB free; free disk space, raise --ram_budget or send a tiled "
           "TIFF"));
     }

@@ -3,8 +3,13 @@
 // Jobs whose moving image does not fit the RAM budget beside the stages:
 // refused before region reads existed, now read by region (issue 13), with
 // the pixels of the same job run in RAM.
+#include <sys/resource.h>
+
+#include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -118,6 +123,123 @@ TEST_F(StreamedJobTest, PlanSaysWhyAndCancelDuringTheWarpRemovesTheSpill) {
     said = said || absl::StrContains(r, "streaming the moving image from disk");
   }
   EXPECT_TRUE(said);
+}
+
+// Cancels its job after the first tile of a warp read by region, then goes
+// on: the warp itself must notice, between tiles.
+class CancellingWarper final : public Warper {
+ public:
+  explicit CancellingWarper(std::function<void()> cancel)
+      : inner_(Warper::Create(WarpDevice::kCpu).value()),
+        cancel_(std::move(cancel)) {}
+  absl::StatusOr<WarpStats> Warp(const Image& moving,
+                                 const DisplacementField& field, int64_t w,
+                                 int64_t h, const WarpOptions& options,
+                                 const TileCallback& on_tile) override {
+    return inner_->Warp(moving, field, w, h, options, on_tile);
+  }
+  absl::StatusOr<WarpStats> WarpRegions(RegionSource* moving,
+                                        const DisplacementField& field,
+                                        int64_t w, int64_t h,
+                                        const WarpOptions& options,
+                                        const TileCallback& on_tile) override {
+    int tiles = 0;
+    return inner_->WarpRegions(
+        moving, field, w, h, options,
+        [&](const TileRect& rect, const Image& tile) -> absl::Status {
+          const absl::Status s = on_tile(rect, tile);
+          if (++tiles == 1) cancel_();
+          return s;
+        });
+  }
+  WarpDevice device() const override { return WarpDevice::kCpu; }
+
+ private:
+  std::unique_ptr<Warper> inner_;
+  std::function<void()> cancel_;
+};
+
+TEST_F(StreamedJobTest, CancelMidWarpReleasesTheReservationAndTheSpill) {
+  opts_.budget_overrides.ram_bytes = kSmallBudget;
+  JobManager* manager = nullptr;
+  std::string job;
+  JobManagerEnv env = FakeEnv();
+  env.create_warper = [&](WarpDevice,
+                          int) -> absl::StatusOr<std::unique_ptr<Warper>> {
+    return std::unique_ptr<Warper>(new CancellingWarper(
+        [&] { EXPECT_TRUE(manager->Cancel(job, "").ok()); }));
+  };
+  auto m = Make(std::move(env));
+  ASSERT_NE(m, nullptr);
+  manager = m.get();
+  absl::StatusOr<std::string> id = m->CreateJob(PhotoSpec("moving.jpg"), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  job = *id;
+  const JobInfo info = WaitTerminal(m.get(), *id);
+  EXPECT_EQ(info.state, JobState::kCancelled) << info.failure;
+  EXPECT_TRUE(info.plan.moving_streamed);
+  EXPECT_FALSE(fs::exists(JobDir(*id) + "/moving.spill"));
+  // Nothing is held once the job has ended (the pipeline thread releases
+  // the warp's reservation on its way out).
+  SchedulerStats stats;
+  for (int i = 0; i < 200; ++i) {
+    stats = scheduler_->Stats();
+    if (stats.ram_reserved_bytes == 0) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(stats.ram_reserved_bytes, 0u);
+  EXPECT_TRUE(stats.held_labels.empty());
+}
+
+TEST_F(StreamedJobTest, ASpillTheDiskCannotHoldIsRefusedBeforeTheJobStarts) {
+  opts_.budget_overrides.ram_bytes = kSmallBudget;
+  JobManagerEnv env = FakeEnv();
+  env.free_disk_bytes = [](const std::string&) -> std::optional<uint64_t> {
+    return uint64_t{10} << 20;  // 10 MB free
+  };
+  auto m = Make(std::move(env));
+  ASSERT_NE(m, nullptr);
+  absl::StatusOr<std::string> id = m->CreateJob(PhotoSpec("moving.jpg"), "");
+  ASSERT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted)
+      << id.status();
+  EXPECT_TRUE(absl::StrContains(id.status().message(), "spill file"));
+  EXPECT_TRUE(absl::StrContains(id.status().message(), "10 MB free"));
+  // A tiled or striped TIFF needs no spill: the same budget takes it.
+  absl::StatusOr<std::string> tif = m->CreateJob(PhotoSpec("moving.tif"), "");
+  ASSERT_TRUE(tif.ok()) << tif.status();
+  EXPECT_EQ(WaitTerminal(m.get(), *tif, "", absl::Seconds(300)).state,
+            JobState::kCompleted);
+}
+
+// A file size limit stands in for a disk that fills during the spill: the
+// writes past it fail with EFBIG as a full disk fails them with ENOSPC.
+TEST_F(StreamedJobTest, ADiskThatFillsDuringTheSpillFailsOnlyThatJob) {
+  opts_.budget_overrides.ram_bytes = kSmallBudget;
+  auto m = Make(FakeEnv());
+  ASSERT_NE(m, nullptr);
+  struct rlimit before;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &before), 0);
+  void (*old_handler)(int) = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limited = before;
+  limited.rlim_cur = 32ull << 20;  // the spill needs 190 MB
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limited), 0);
+  absl::StatusOr<std::string> id = m->CreateJob(PhotoSpec("moving.jpg"), "");
+  JobInfo info;
+  if (id.ok()) info = WaitTerminal(m.get(), *id);
+  setrlimit(RLIMIT_FSIZE, &before);
+  std::signal(SIGXFSZ, old_handler);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(info.state, JobState::kFailed);
+  EXPECT_EQ(info.failure.code(), absl::StatusCode::kResourceExhausted)
+      << info.failure;
+  EXPECT_TRUE(absl::StrContains(info.failure.message(), "spilling"))
+      << info.failure;
+  EXPECT_FALSE(fs::exists(JobDir(*id) + "/moving.spill"));
+  // The manager goes on serving: the next job completes.
+  absl::StatusOr<std::string> next = m->CreateJob(PhotoSpec("moving.tif"), "");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(WaitTerminal(m.get(), *next, "", absl::Seconds(300)).state,
+            JobState::kCompleted);
 }
 
 }  // namespace
