@@ -9,6 +9,7 @@
 
 #include <cstring>
 
+#include "absl/synchronization/notification.h"
 #include "core/jobs/job_manager_test_fixture.h"
 
 namespace regserve {
@@ -16,11 +17,20 @@ namespace jobs_test {
 namespace {
 
 TEST_F(JobManagerTest, ServerSideJobCompletesAndMatchesFixed) {
-  auto m = Make(FakeEnv());
+  // The job waits for the reader before it decodes, so that the reader
+  // sees every stage's progress (a reader that attaches later gets the
+  // present stage only; on a loaded machine the decode can be over first).
+  absl::Notification reader_attached;
+  JobManagerEnv env = FakeEnv();
+  env.before_stage = [&](const std::string&, Stage stage) {
+    if (stage == Stage::kDecode) reader_attached.WaitForNotification();
+  };
+  auto m = Make(std::move(env));
   ASSERT_NE(m, nullptr);
   absl::StatusOr<std::string> id = m->CreateJob(BrainSpec(), "alice");
   ASSERT_TRUE(id.ok()) << id.status();
   auto stream = m->OpenEventStream(*id, "alice", 0);
+  reader_attached.Notify();
   ASSERT_TRUE(stream.ok()) << stream.status();
   Drained d = Drain(stream->get());
   ASSERT_OK(d.end);
