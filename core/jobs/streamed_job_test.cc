@@ -6,8 +6,11 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <optional>
 #include <string>
@@ -54,6 +57,7 @@ class StreamedJobTest : public JobManagerTest {
     }
     ASSERT_TRUE(WriteImageFile(root_ + "/photo/moving.jpg", *up).ok());
     ASSERT_TRUE(WriteImageFile(root_ + "/photo/moving.tif", *up).ok());
+    moving_bytes_ = big.bytes();
     opts_.stream_tile_size = 512;
   }
 
@@ -65,6 +69,8 @@ class StreamedJobTest : public JobManagerTest {
     spec.options.interpolation = Interpolation::kCubic;
     return spec;
   }
+
+  uint64_t moving_bytes_ = 0;  // the moving image's samples
 
   // Runs one job to its end; returns its result's pixels.
   Image RunToResult(const JobSpec& spec, bool* streamed) {
@@ -240,6 +246,66 @@ TEST_F(StreamedJobTest, ADiskThatFillsDuringTheSpillFailsOnlyThatJob) {
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(WaitTerminal(m.get(), *next, "", absl::Seconds(300)).state,
             JobState::kCompleted);
+}
+
+// /proc/self/status field in bytes (VmHWM: the peak RSS, VmRSS: now).
+uint64_t StatusBytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10) * 1024;
+    }
+  }
+  return 0;
+}
+
+// Resets VmHWM to the current RSS (Linux clear_refs "5").
+bool ResetPeakRss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return f.good();
+}
+
+// The sanitizers' shadow memory and quarantine add to RSS.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// The job's peak RSS growth in this process, read from /proc: the same job
+// in RAM holds the 190 MB moving image; streamed, it must not.
+TEST_F(StreamedJobTest, AStreamedJobNeverHoldsTheMovingImage) {
+  if (kSanitized) GTEST_SKIP() << "RSS includes the sanitizer's shadow";
+  const uint64_t image_bytes = moving_bytes_;
+  auto growth = [&](uint64_t budget, bool* streamed) -> uint64_t {
+    opts_.budget_overrides.ram_bytes = budget;
+    if (!ResetPeakRss()) return 0;
+    const uint64_t base = StatusBytes("VmRSS");
+    EXPECT_FALSE(RunToResult(PhotoSpec("moving.tif"), streamed).empty());
+    return StatusBytes("VmHWM") - base;
+  };
+  if (!ResetPeakRss()) GTEST_SKIP() << "no /proc/self/clear_refs here";
+  bool streamed = true;
+  const uint64_t in_ram = growth(0, &streamed);
+  EXPECT_FALSE(streamed);
+  const uint64_t out_of_core = growth(kSmallBudget, &streamed);
+  EXPECT_TRUE(streamed);
+  std::printf(
+      "peak RSS growth: in RAM %.0f MB, streamed %.0f MB; moving "
+      "image %.0f MB\n",
+      in_ram / 1e6, out_of_core / 1e6, image_bytes / 1e6);
+  EXPECT_GT(in_ram, image_bytes);
+  EXPECT_LT(out_of_core, image_bytes);
+  EXPECT_LE(out_of_core, kSmallBudget);
 }
 
 }  // namespace
