@@ -18,6 +18,7 @@
 #ifndef REGSERVE_CORE_IMAGE_DISPLACEMENT_FIELD_H_
 #define REGSERVE_CORE_IMAGE_DISPLACEMENT_FIELD_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

@@ -15,10 +15,18 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
+#include "core/image/field_coarsen.h"
 #include "core/jobs/stage_runner.h"
 
 namespace regserve {
 namespace {
+
+// The warp reads a coarser copy of the field when that moves no output
+// pixel by more than this (field_coarsen.h): the 283.6 MP job's field on
+// its 20 MP registration grid is 160 MB, which then crosses PCIe beside the
+// image (docs/benchmarks.md, "Session 6's device runs").
+constexpr double kFieldTolerancePx = 0.01;
+constexpr int kMaxFieldCoarsening = 8;
 
 class WarpStage final : public PipelineStage {
  public:
@@ -278,12 +286,25 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
     return absl::OkStatus();
   };
   const WarpOptions options = Options(*run, on_cpu, threads);
+  const FieldCoarsening coarse =
+      CoarsestFieldWithin(run->reg.field, kFieldTolerancePx,
+                          kMaxFieldCoarsening, std::max(1, threads));
+  const DisplacementField& field =
+      coarse.factor > 1 ? coarse.field : run->reg.field;
+  if (coarse.factor > 1) {
+    host->AddPlanReason(absl::StrFormat(
+        "warp: the field read at %dx%d nodes instead of %dx%d (%.1f MB "
+        "instead of %.1f MB); it moves no pixel by more than %.4f px",
+        field.width, field.height, run->reg.field.width, run->reg.field.height,
+        field.bytes() / 1e6, run->reg.field.bytes() / 1e6,
+        coarse.max_error_px));
+  }
   absl::StatusOr<WarpStats> stats =
       run->moving_regions != nullptr
-          ? warper->WarpRegions(run->moving_regions.get(), run->reg.field,
-                                out.width, out.height, options, on_tile)
-          : warper->Warp(run->moving, run->reg.field, out.width, out.height,
-                         options, on_tile);
+          ? warper->WarpRegions(run->moving_regions.get(), field, out.width,
+                                out.height, options, on_tile)
+          : warper->Warp(run->moving, field, out.width, out.height, options,
+                         on_tile);
   absl::Status closed =
       stats.ok() ? writer->Close() : absl::Status(stats.status());
   writer.reset();
