@@ -10,19 +10,23 @@
 # shift. Figures: docs/benchmarks.md ("283.6 MP job on the CPU machine").
 #   bash scripts/big_job_benchmark.sh            # BUILD=build, WORK=/tmp/regserve-big
 #   EXTRA_SUBMIT="--compression zstd" bash scripts/big_job_benchmark.sh
+#   W=25824 H=19360 WORK=/tmp/regserve-500 EXTRA_DAEMON=--ram_budget=512M \
+#     bash scripts/big_job_benchmark.sh     # another size (here 500 MP)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 WORK=${WORK:-/tmp/regserve-big}
 RC="$BUILD/client/regctl"
+W=${W:-18960}
+H=${H:-14960}
 mkdir -p "$WORK/in" "$WORK/out"
 if [ ! -f "$WORK/in/moving_283mp.tif" ]; then
   t=$SECONDS
-  oiiotool tests/data/photos/seeding_5312x2988.jpg --resize:filter=triangle 19024x15024 \
-    -o "$WORK/in/big.tif"
-  oiiotool "$WORK/in/big.tif" --cut 18960x14960+32+32 -d uint8 --compression none \
+  oiiotool tests/data/photos/seeding_5312x2988.jpg --resize:filter=triangle \
+    "$((W + 64))x$((H + 64))" -d uint8 -o "$WORK/in/big.tif"
+  oiiotool "$WORK/in/big.tif" --cut "${W}x${H}+32+32" -d uint8 --compression none \
     -o "$WORK/in/fixed_283mp.tif"
-  oiiotool "$WORK/in/big.tif" --cut 18960x14960+45+49 -d uint8 --compression none \
+  oiiotool "$WORK/in/big.tif" --cut "${W}x${H}+45+49" -d uint8 --compression none \
     -o "$WORK/in/moving_283mp.tif"
   rm -f "$WORK/in/big.tif"
   echo "made the pair in $((SECONDS - t)) s"

@@ -845,6 +845,10 @@ bool FitsRam(const Plan& plan, const Budgets& budgets) {
   return true;
 }
 
+// The smallest registration copy the streamed plan shrinks to so that the
+// warp fits (MakePlan).
+constexpr double kMinStreamedRegistrationMp = 0.5;
+
 }  // namespace
 
 absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
@@ -863,6 +867,32 @@ absl::StatusOr<Plan> MakePlan(const ImageSpec& fixed, const ImageSpec& moving,
   // The moving image does not fit beside the stages: read it by region.
   absl::StatusOr<Plan> streamed =
       MakePlanWith(fixed, moving, options, budgets, stream_tile_size, true);
+  // The warp also holds the registration's field (8 B per pixel of the
+  // copy: 160 MB at 20 MP) and the result writer, so a smaller copy may let
+  // it fit where the budget allowed the registration itself a larger one.
+  for (JobOptions smaller = options;
+       ((streamed.ok() && !FitsRam(*streamed, budgets)) ||
+        (!streamed.ok() && absl::IsResourceExhausted(streamed.status()))) &&
+       smaller.max_registration_megapixels > kMinStreamedRegistrationMp;) {
+    smaller.max_registration_megapixels =
+        std::max(kMinStreamedRegistrationMp,
+                 std::min(smaller.max_registration_megapixels,
+                          static_cast<double>(fixed.pixels()) / 1e6) /
+                     2);
+    absl::StatusOr<Plan> again =
+        MakePlanWith(fixed, moving, smaller, budgets, stream_tile_size, true);
+    if (again.ok() && FitsRam(*again, budgets)) {
+      again->reasons.push_back(absl::StrFormat(
+          "the registration copy is limited to %g MP (of the %g asked): with "
+          "more, the warp's field and result writer do not fit the RAM "
+          "budget of %s beside its tiles",
+          smaller.max_registration_megapixels,
+          options.max_registration_megapixels, Mb(budgets.ram_bytes)));
+      streamed = std::move(again);
+      break;
+    }
+    if (!again.ok() && !absl::IsResourceExhausted(again.status())) break;
+  }
   if (!streamed.ok()) return streamed;
   uint64_t largest = 0;
   for (const StageMemory* m :

@@ -413,6 +413,42 @@ TEST(MakePlanStreamed, TheMovingImageIsReadByRegionWhenItDoesNotFit) {
   EXPECT_FALSE(in_ram->moving_streamed);
 }
 
+// A 500 MP pair under 512 MiB: at the 20 MP registration copy the warp's
+// field and writer do not fit beside its tiles, so the copy shrinks until
+// every stage does (it was refused: "warp needs 595 MB").
+TEST(MakePlanStreamed, TheRegistrationCopyShrinksSoThatTheWarpFits) {
+  const ImageSpec fixed = Striped(25824, 19360);
+  const ImageSpec moving = Striped(25824, 19360);
+  // Two cores, as where it ran (docs/benchmarks.md): the writer's buffers
+  // grow with the cores, and on 8 no copy size fits 512 MiB.
+  HardwareSnapshot two = Machine(32 * kGiB, 0);
+  two.cpu_cores = 2;
+  const Budgets b = BudgetsFromHardware(two, {512ull << 20, 0});
+  JobOptions o;
+  o.transform = TransformKind::kAffine;
+  absl::StatusOr<Plan> p = MakePlan(fixed, moving, o, b);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->moving_streamed);
+  for (const StageMemory& m : {p->decode, p->registration, p->warp, p->quality,
+                               p->initial_alignment}) {
+    EXPECT_LE(m.ram_bytes, b.ram_bytes);
+  }
+  const double mp = static_cast<double>(p->registration_fixed_width) *
+                    p->registration_fixed_height / 1e6;
+  EXPECT_LT(mp, 20.0);
+  EXPECT_GE(mp, 0.4);
+  EXPECT_NE(Reasons(*p).find("the registration copy is limited to"),
+            std::string::npos)
+      << Reasons(*p);
+  // With room for the copy it asks for, nothing is limited.
+  absl::StatusOr<Plan> roomy =
+      MakePlan(fixed, moving, o,
+               BudgetsFromHardware(Machine(32 * kGiB, 0), {2 * kGiB, 0}));
+  ASSERT_TRUE(roomy.ok()) << roomy.status();
+  EXPECT_EQ(Reasons(*roomy).find("the registration copy is limited to"),
+            std::string::npos);
+}
+
 TEST(MakePlanStreamed, SequentialFilesSpillAndGpuPlansWarpOnTheCpu) {
   ImageSpec moving = Rgb(18960, 14960);
   moving.stream_rows = 256;  // a JPEG: no region chunk
