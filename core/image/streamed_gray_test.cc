@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/testing/peak_rss.h"
 #include "core/image/image_io.h"
 #include "gtest/gtest.h"
 
@@ -250,26 +251,8 @@ TEST(StreamedGrayTest, TruncatedFileNamesTheRows) {
   }
 }
 
-// /proc/self/status fields in bytes (VmHWM: the peak RSS, VmRSS: now).
-uint64_t StatusBytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10) * 1024;
-    }
-  }
-  return 0;
-}
-
-// Resets VmHWM to the current RSS (Linux clear_refs "5"), so that the peak
-// of what follows is measured in this process.
-bool ResetPeakRss() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return f.good();
-}
+using testing_util::ResetPeakRss;
+using testing_util::StatusBytes;
 
 // A 57 MP RGB striped TIFF (uncompressed, so it writes and reads fast),
 // written in bands from the photo crop so that the test never holds it.
@@ -306,17 +289,7 @@ std::string WriteLargeTiff(int64_t* bytes) {
 // The sanitizers' shadow memory and quarantine add to RSS: the planned
 // bound is checked in the plain build only (the bound against the whole
 // image holds in both).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing_util::kSanitized;
 
 TEST(StreamedGrayMemoryTest, NeverHoldsTheWholeImage) {
   int64_t image_bytes = 0;

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "core/common/testing/peak_rss.h"
 #include "core/image/image_io.h"
 #include "core/jobs/job_manager_test_fixture.h"
 #include "gtest/gtest.h"
@@ -248,38 +249,9 @@ TEST_F(StreamedJobTest, ADiskThatFillsDuringTheSpillFailsOnlyThatJob) {
             JobState::kCompleted);
 }
 
-// /proc/self/status field in bytes (VmHWM: the peak RSS, VmRSS: now).
-uint64_t StatusBytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10) * 1024;
-    }
-  }
-  return 0;
-}
-
-// Resets VmHWM to the current RSS (Linux clear_refs "5").
-bool ResetPeakRss() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return f.good();
-}
-
-// The sanitizers' shadow memory and quarantine add to RSS.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing_util::kSanitized;
+using testing_util::ResetPeakRss;
+using testing_util::StatusBytes;
 
 // The job's peak RSS growth in this process, read from /proc: the same job
 // in RAM holds the 190 MB moving image; streamed, it must not.
