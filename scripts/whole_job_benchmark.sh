@@ -17,6 +17,11 @@
 #       # regctl submit --max-registration-megapixels 5 (and the replay
 #       # likewise), outputs in $WORK/smooth-5mp
 #   TAG=-norefine REFINE=off BY_HAND=0 bash scripts/whole_job_benchmark.sh smooth
+#   TAG=-e5 ELASTIX="--gpu_refine_elastix_megapixels=5" BY_HAND=0 \
+#     bash scripts/whole_job_benchmark.sh big
+#       # regserved (and the replay) with those --gpu_refine_elastix_* flags
+#   MARGIN=64 ... big   # the big case of session 6: its moving image has
+#       # black fill along the borders (the default margin leaves none)
 #
 # Cases: smooth / homography (the Kleiber photo of Debian's
 # lomiri-wallpapers-20.04, fetched at run time; PHOTO=... to use a copy),
@@ -32,6 +37,8 @@ JOB=${JOB:-1}  # 0: elastix by hand only
 TAG=${TAG:-}
 MP=${MP:-}  # regctl --max-registration-megapixels; empty: the default
 REFINE=${REFINE:-}  # regctl --refine auto|off|on; empty: the default
+ELASTIX=${ELASTIX:-}  # --gpu_refine_elastix_* flags for regserved and the replay
+MARGIN=${MARGIN:--1}  # make --margin for big (-1: the least without fill)
 THREADS=${THREADS:-$(nproc)}
 BENCH="$BUILD/tests/bench/whole_job_benchmark"
 RC="$BUILD/client/regctl"
@@ -56,7 +63,7 @@ make_case() {  # case dir
   case $c in
     smooth|homography) "$BENCH" make --kind="$c" --photo="$(photo)" --dir="$d" ;;
     big) "$BENCH" make --kind=big --photo=tests/data/photos/seeding_5312x2988.jpg \
-           --dir="$d" --margin=64 ;;
+           --dir="$d" --margin="$MARGIN" ;;
     graffiti) "$BENCH" make --kind=graffiti --graffiti=tests/data/graffiti --dir="$d" ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac
@@ -78,7 +85,8 @@ run_daemon_job() {  # case dir(inputs) dir(outputs)
   [ -n "$MP" ] && extra+=(--max-registration-megapixels "$MP")
   [ -n "$REFINE" ] && extra+=(--refine "$REFINE")
   rm -rf "$d/data" "$d/result.tif"
-  "$BUILD/server/regserved" --listen 127.0.0.1:0 --data_dir "$d/data" \
+  # shellcheck disable=SC2086  # ELASTIX is a list of flags
+  "$BUILD/server/regserved" --listen 127.0.0.1:0 --data_dir "$d/data" $ELASTIX \
     >"$d/daemon.out" 2>"$d/daemon.err" &
   pid=$!
   for _ in $(seq 1 300); do
@@ -128,8 +136,9 @@ for c in "$@"; do
   make_case "$c" "$d"
   if [ "$JOB" = 1 ]; then
     run_daemon_job "$c" "$d" "$o"
+    # shellcheck disable=SC2086
     "$BENCH" replay --inputs="$d" --dir="$o" --graffiti=tests/data/graffiti \
-      --max_registration_mp="${MP:-0}" --refine="$REFINE"
+      --max_registration_mp="${MP:-0}" --refine="$REFINE" $ELASTIX
     rm -rf "$o/data"
   fi
   if [ "$BY_HAND" = 1 ]; then by_hand "$c" "$d" "$o"; fi

@@ -2,6 +2,7 @@
 #include "server/daemon_config.h"
 
 #include <cctype>
+#include <cmath>
 #include <utility>
 
 #include "absl/flags/flag.h"
@@ -29,6 +30,18 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(double, max_registration_megapixels, 20.0,
           "Default upper bound for the registration copy in megapixels; the "
           "plan may pick less to fit the budgets.");
+ABSL_FLAG(double, gpu_refine_elastix_megapixels, 0.0,
+          "When the refinement runs on a GPU after elastix, elastix works on "
+          "the registration copy pooled to at most this many megapixels "
+          "(the refinement does the fine work at the whole copy). 0: the "
+          "registration copy itself.");
+ABSL_FLAG(double, gpu_refine_elastix_iterations, 1.0,
+          "When the refinement runs on a GPU after elastix: elastix's "
+          "preset iterations times this (0 < x <= 100).");
+ABSL_FLAG(bool, gpu_refine_elastix_affine, true,
+          "When the refinement runs on a GPU after elastix: run elastix's "
+          "affine stage before its B-spline even after an initial alignment "
+          "was found.");
 ABSL_FLAG(int, max_queue, 64,
           "Jobs not yet finished (uploading, queued, running) before Submit "
           "answers RESOURCE_EXHAUSTED.");
@@ -215,6 +228,12 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
       ByteSizeFlag("max_upload", absl::GetFlag(FLAGS_max_upload)));
   c.max_registration_megapixels =
       absl::GetFlag(FLAGS_max_registration_megapixels);
+  c.elastix_before_gpu_refine.max_megapixels =
+      absl::GetFlag(FLAGS_gpu_refine_elastix_megapixels);
+  c.elastix_before_gpu_refine.iteration_scale =
+      absl::GetFlag(FLAGS_gpu_refine_elastix_iterations);
+  c.elastix_before_gpu_refine.linear_stage =
+      absl::GetFlag(FLAGS_gpu_refine_elastix_affine);
   c.stream_tile_size = absl::GetFlag(FLAGS_stream_tile_size);
   c.retention = absl::GetFlag(FLAGS_retention);
   c.registration_timeout = absl::GetFlag(FLAGS_registration_timeout);
@@ -229,6 +248,16 @@ absl::Status ValidateDaemonConfig(const DaemonConfig& c) {
   if (c.max_message_bytes < kMinMessageBytes ||
       c.max_message_bytes > kMaxMessageBytes) {
     return absl::InvalidArgumentError(kMessageSizeHint);
+  }
+  const ElastixSchedule& e = c.elastix_before_gpu_refine;
+  if (!(e.max_megapixels >= 0) || !std::isfinite(e.max_megapixels)) {
+    return absl::InvalidArgumentError(
+        "--gpu_refine_elastix_megapixels must be 0 (the registration copy) "
+        "or positive");
+  }
+  if (!(e.iteration_scale > 0) || !(e.iteration_scale <= 100)) {
+    return absl::InvalidArgumentError(
+        "--gpu_refine_elastix_iterations must be more than 0 and at most 100");
   }
   if (c.max_streams < 1) {
     return absl::InvalidArgumentError("--max_streams must be at least 1");

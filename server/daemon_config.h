@@ -67,6 +67,7 @@ struct DaemonConfig {
   int64_t max_image_pixels = 1000ll * 1000 * 1000;
   uint64_t max_upload_bytes = 8ull << 30;
   double max_registration_megapixels = 20.0;
+  ElastixSchedule elastix_before_gpu_refine;
   int64_t stream_tile_size = 512;
   absl::Duration retention = absl::Hours(24 * 7);
   absl::Duration registration_timeout = absl::Hours(2);

@@ -205,6 +205,7 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   o.max_pixels = c.max_image_pixels;
   o.max_upload_bytes = c.max_upload_bytes;
   o.default_max_registration_megapixels = c.max_registration_megapixels;
+  o.elastix_before_gpu_refine = c.elastix_before_gpu_refine;
   o.device = rc.flags.devices.preference;
   // The planner applies the same budget rule as rc (PlanningBudgets over a
   // fresh hardware reading with these overrides, on the GPUs the scheduler

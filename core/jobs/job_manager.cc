@@ -90,6 +90,15 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
     return absl::InvalidArgumentError(
         "default_max_registration_megapixels must be positive");
   }
+  const ElastixSchedule& e = o.elastix_before_gpu_refine;
+  if (!(e.max_megapixels >= 0) || !std::isfinite(e.max_megapixels)) {
+    return absl::InvalidArgumentError(
+        "elastix_before_gpu_refine.max_megapixels must be >= 0");
+  }
+  if (!(e.iteration_scale > 0) || !(e.iteration_scale <= 100)) {
+    return absl::InvalidArgumentError(
+        "elastix_before_gpu_refine.iteration_scale must be in (0, 100]");
+  }
   if (o.pipeline_threads < 0) {
     return absl::InvalidArgumentError("pipeline_threads must be >= 0");
   }
@@ -254,9 +263,11 @@ absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobRecord& rec) const {
   flags.vram_bytes = options_.budget_overrides.vram_bytes;
   const Budgets budgets =
       PlanningBudgets(hw, flags, scheduler_->config().gpu_ordinals);
-  REGSERVE_ASSIGN_OR_RETURN(Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec,
-                                                rec.info.spec.options, budgets,
-                                                options_.stream_tile_size));
+  JobOptions options = rec.info.spec.options;
+  options.elastix_before_gpu_refine = options_.elastix_before_gpu_refine;
+  REGSERVE_ASSIGN_OR_RETURN(
+      Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec, options, budgets,
+                          options_.stream_tile_size));
   // Each stage must fit what the scheduler manages, or the job would wait
   // forever.
   const bool gpu = plan.warp_device == WarpDevice::kCuda;

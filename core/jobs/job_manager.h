@@ -101,6 +101,8 @@ class JobManager {
     // 0 = no limit beyond max_queue.
     int max_jobs_per_principal = 0;
     double default_max_registration_megapixels = 20.0;
+    // elastix's schedule before a refinement on the GPU (plan.h).
+    ElastixSchedule elastix_before_gpu_refine;
     DevicePreference device = DevicePreference::kAuto;
     BudgetOverrides budget_overrides;
     ElastixConfig elastix;

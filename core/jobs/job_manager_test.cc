@@ -9,6 +9,7 @@
 
 #include <cstring>
 
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "core/jobs/job_manager_test_fixture.h"
 
@@ -548,6 +549,53 @@ TEST_F(JobManagerTest, CudaWarperFailureFallsBackToCpu) {
     reason = reason || absl::StrContains(r, "no CUDA device 0");
   }
   EXPECT_TRUE(reason);
+  m.reset();
+  scheduler_.reset();
+}
+
+// Before a GPU refinement elastix gets the registration copies pooled to
+// the daemon's --gpu_refine_elastix_megapixels and its schedule; without an
+// initial alignment (none here) the affine stage stays.
+TEST_F(JobManagerTest, ElastixGetsItsOwnCopyBeforeAGpuRefinement) {
+  HardwareSnapshot hw = testing_util::SmallMachine();
+  hw.gpus.push_back(GpuInfo{0, "Fake GPU", 8ull << 30, 8ull << 30});
+  probe_->Set(hw);
+  SchedulerConfig config = testing_util::SmallSchedulerConfig();
+  config.vram_budget_bytes = {4ull << 30};
+  config.gpu_ordinals = {0};
+  scheduler_ = std::make_unique<ResourceScheduler>(config, probe_.get());
+  opts_.device = DevicePreference::kAuto;
+  opts_.elastix_before_gpu_refine.max_megapixels = 0.01;  // 1/2 of 181x217
+  opts_.elastix_before_gpu_refine.iteration_scale = 0.5;
+  opts_.elastix_before_gpu_refine.linear_stage = false;
+  absl::Mutex mu;
+  std::vector<std::array<int64_t, 4>> sizes;  // fixed w, h, moving w, h
+  std::vector<PresetSchedule> schedules;
+  fake_.hook = [&](const RegistrationRequest& r) {
+    absl::MutexLock lock(&mu);
+    sizes.push_back({r.fixed->width(), r.fixed->height(), r.moving->width(),
+                     r.moving->height()});
+    schedules.push_back(r.schedule);
+    return absl::OkStatus();
+  };
+  auto m = Make(FakeEnv());
+  ASSERT_NE(m, nullptr);
+  JobSpec spec = BrainSpec();
+  spec.options.transform = TransformKind::kBSpline;
+  spec.options.device = DevicePreference::kCuda;
+  const std::string id = *m->CreateJob(spec, "");
+  const JobInfo info = WaitTerminal(m.get(), id);
+  ASSERT_EQ(info.plan.refine_device, WarpDevice::kCuda)
+      << absl::StrJoin(info.plan.reasons, "\n");
+  EXPECT_EQ(info.plan.elastix_fixed_width, 91);  // 181 / sqrt(3.93)
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(sizes.size(), 1u) << info.failure;
+  EXPECT_EQ(sizes[0][0], info.plan.elastix_fixed_width);
+  EXPECT_EQ(sizes[0][1], info.plan.elastix_fixed_height);
+  EXPECT_EQ(sizes[0][2], info.plan.elastix_moving_width);
+  EXPECT_LT(sizes[0][0], info.plan.registration_fixed_width);
+  EXPECT_DOUBLE_EQ(schedules[0].iteration_scale, 0.5);
+  EXPECT_TRUE(schedules[0].linear_stage);  // no initial alignment was found
   m.reset();
   scheduler_.reset();
 }

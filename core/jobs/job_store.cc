@@ -458,6 +458,43 @@ absl::Status ReadRefinePlan(const Reader& r, Plan* p) {
   return ReadStageMemory(r, "plan.refine", &p->refine);
 }
 
+// elastix's own copy and schedule (absent in files written before they
+// existed: the registration copy and the preset, as such jobs ran).
+void AddElastixPlan(Writer* w, const Plan& p) {
+  w->AddInt("plan.elastix_fixed_width", p.elastix_fixed_width);
+  w->AddInt("plan.elastix_fixed_height", p.elastix_fixed_height);
+  w->AddInt("plan.elastix_moving_width", p.elastix_moving_width);
+  w->AddInt("plan.elastix_moving_height", p.elastix_moving_height);
+  w->AddDouble("plan.elastix_iteration_scale", p.elastix_iteration_scale);
+  w->AddInt("plan.elastix_linear_stage", p.elastix_linear_stage ? 1 : 0);
+}
+
+absl::Status ReadElastixPlan(const Reader& r, Plan* p) {
+  if (!r.Has("plan.elastix_fixed_width")) return absl::OkStatus();
+  REGSERVE_ASSIGN_OR_RETURN(p->elastix_fixed_width,
+                            r.Int("plan.elastix_fixed_width"));
+  REGSERVE_ASSIGN_OR_RETURN(p->elastix_fixed_height,
+                            r.Int("plan.elastix_fixed_height"));
+  REGSERVE_ASSIGN_OR_RETURN(p->elastix_moving_width,
+                            r.Int("plan.elastix_moving_width"));
+  REGSERVE_ASSIGN_OR_RETURN(p->elastix_moving_height,
+                            r.Int("plan.elastix_moving_height"));
+  REGSERVE_ASSIGN_OR_RETURN(p->elastix_iteration_scale,
+                            r.Double("plan.elastix_iteration_scale"));
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t linear,
+                            r.Int("plan.elastix_linear_stage"));
+  p->elastix_linear_stage = linear != 0;
+  const bool sizes_ok =
+      p->elastix_fixed_width >= 0 && p->elastix_fixed_height >= 0 &&
+      p->elastix_moving_width >= 0 && p->elastix_moving_height >= 0 &&
+      (p->elastix_fixed_width > 0) == (p->elastix_moving_width > 0);
+  if (!sizes_ok || !(p->elastix_iteration_scale > 0) ||
+      !(p->elastix_iteration_scale <= 100)) {
+    return absl::DataLossError("job file: bad plan.elastix_* values");
+  }
+  return absl::OkStatus();
+}
+
 constexpr QualityVerdict kVerdicts[] = {
     QualityVerdict::kGood, QualityVerdict::kPoor, QualityVerdict::kUnchecked};
 
@@ -552,6 +589,7 @@ std::string EncodeJobState(const JobRecord& record) {
   w.AddUint("plan.spill_bytes", p.spill_bytes);
   AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);
   AddRefinePlan(&w, p);
+  AddElastixPlan(&w, p);
   AddList(&w, "plan.reasons", p.reasons);
   w.AddInt("timings.count", static_cast<int64_t>(info.timings.size()));
   for (size_t i = 0; i < info.timings.size(); ++i) {
@@ -628,6 +666,7 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_RETURN_IF_ERROR(ReadPlanExtras(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadInitialAlignmentPlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadRefinePlan(r, &p));
+  REGSERVE_RETURN_IF_ERROR(ReadElastixPlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadList(r, "plan.reasons", &p.reasons));
   REGSERVE_ASSIGN_OR_RETURN(int64_t timings, r.Int("timings.count"));
   if (timings < 0 || timings > 64)

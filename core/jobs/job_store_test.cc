@@ -252,6 +252,50 @@ TEST(JobStoreTest, RefineOptionAndPlanRoundTripAndOldFilesLackThem) {
   EXPECT_FALSE(DecodeJobSpec(bad, &old).ok());
 }
 
+TEST(JobStoreTest, ElastixScheduleRoundTrips) {
+  JobRecord rec;
+  rec.info.id = "00112233445566778899aabbccddeeff";
+  rec.info.state = JobState::kRunning;
+  rec.info.stage = Stage::kRegistration;
+  rec.info.has_plan = true;
+  Plan& in = rec.info.plan;
+  in.elastix_fixed_width = 2582;
+  in.elastix_fixed_height = 1403;
+  in.elastix_moving_width = 2600;
+  in.elastix_moving_height = 1400;
+  in.elastix_iteration_scale = 0.375;
+  in.elastix_linear_stage = false;
+  JobRecord back;
+  ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
+  ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
+  const Plan& p = back.info.plan;
+  EXPECT_EQ(p.elastix_fixed_width, 2582);
+  EXPECT_EQ(p.elastix_fixed_height, 1403);
+  EXPECT_EQ(p.elastix_moving_width, 2600);
+  EXPECT_EQ(p.elastix_moving_height, 1400);
+  EXPECT_DOUBLE_EQ(p.elastix_iteration_scale, 0.375);
+  EXPECT_FALSE(p.elastix_linear_stage);
+  // Files from before the fields: the registration copy and the preset.
+  std::string old_text;
+  for (absl::string_view line : absl::StrSplit(EncodeJobState(rec), '\n')) {
+    if (!absl::StartsWith(line, "plan.elastix_")) {
+      absl::StrAppend(&old_text, line, "\n");
+    }
+  }
+  JobRecord old;
+  ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &old));
+  ASSERT_OK(DecodeJobState(old_text, &old));
+  EXPECT_EQ(old.info.plan.elastix_fixed_width, 0);
+  EXPECT_DOUBLE_EQ(old.info.plan.elastix_iteration_scale, 1.0);
+  EXPECT_TRUE(old.info.plan.elastix_linear_stage);
+  // A damaged value is refused.
+  std::string bad = EncodeJobState(rec);
+  bad.replace(bad.find("plan.elastix_iteration_scale="),
+              std::string("plan.elastix_iteration_scale=").size(),
+              "plan.elastix_iteration_scale=-");
+  EXPECT_FALSE(DecodeJobState(bad, &old).ok());
+}
+
 TEST(JobStoreTest, JobIdsAreRandomHex) {
   std::set<std::string> ids;
   for (int i = 0; i < 100; ++i) {

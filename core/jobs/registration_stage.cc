@@ -17,6 +17,7 @@
 #include "core/common/file_util.h"
 #include "core/common/status_macros.h"
 #include "core/image/field_ops.h"
+#include "core/image/image_io.h"
 #include "core/jobs/field_choice.h"
 #include "core/jobs/stage_runner.h"
 
@@ -39,6 +40,9 @@ class RegistrationStage final : public PipelineStage {
     host->Started(Stage::kRegistration);
     const absl::Time start = absl::Now();
     RegistrationRequest req = Request(*run, r.threads());
+    Image elastix_fixed, elastix_moving;  // elastix's pooled copies, if any
+    REGSERVE_RETURN_IF_ERROR(PoolForElastix(*run, r.threads(), &elastix_fixed,
+                                            &elastix_moving, &req));
     RemoveAllQuietly(req.work_dir);
     req.on_progress = [host](const RegistrationProgress& p) {
       host->Progress(Stage::kRegistration, p.fraction, p.message, &p,
@@ -158,6 +162,38 @@ class RegistrationStage final : public PipelineStage {
     return absl::OkStatus();
   }
 
+  // elastix's own copies when the plan pools the registration copies for it
+  // (Plan::elastix_*, before a GPU refinement): `req` then points at them.
+  absl::Status PoolForElastix(const JobRun& run, int threads, Image* fixed,
+                              Image* moving, RegistrationRequest* req) const {
+    const Plan& plan = run.rec.info.plan;
+    if (plan.elastix_fixed_width <= 0 ||
+        plan.elastix_fixed_width >= req->fixed->width()) {
+      return absl::OkStatus();
+    }
+    // The pre-warped moving copy lies on the fixed grid.
+    const bool on_fixed_grid = !run.moving_prewarped.empty();
+    absl::StatusOr<Image> f =
+        MakeGrayscaleCopy(*req->fixed, plan.elastix_fixed_width,
+                          plan.elastix_fixed_height, threads);
+    absl::StatusOr<Image> m = MakeGrayscaleCopy(
+        *req->moving,
+        on_fixed_grid ? plan.elastix_fixed_width : plan.elastix_moving_width,
+        on_fixed_grid ? plan.elastix_fixed_height : plan.elastix_moving_height,
+        threads);
+    if (!f.ok() || !m.ok()) {
+      const absl::Status& s = f.ok() ? m.status() : f.status();
+      return absl::Status(
+          s.code(),
+          absl::StrCat("registration: elastix's copy: ", s.message()));
+    }
+    *fixed = *std::move(f);
+    *moving = *std::move(m);
+    req->fixed = fixed;
+    req->moving = moving;
+    return absl::OkStatus();
+  }
+
   RegistrationRequest Request(const JobRun& run, int threads) const {
     const JobRecord& rec = run.rec;
     // The pre-warped copy lies on the fixed grid: its full-resolution frame
@@ -175,6 +211,9 @@ class RegistrationStage final : public PipelineStage {
         prewarped ? rec.fixed_spec.height : rec.moving_spec.height;
     req.transform = rec.info.spec.options.transform;
     req.custom_parameters = rec.info.spec.custom_parameters;
+    req.schedule.iteration_scale = rec.info.plan.elastix_iteration_scale;
+    req.schedule.linear_stage =
+        rec.info.plan.elastix_linear_stage || !run.initial.found;
     req.threads = threads;
     req.timeout = s_.registration_timeout;
     req.cancel = run.cancel;

@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
 #include "core/image/region_source.h"
 #include "core/warp/warp.h"
@@ -701,6 +703,44 @@ std::string RefineSize(const RefineCost& c) {
           : absl::StrCat("1/", c.work.pool, " of the registration copy"));
 }
 
+// elastix's copy and schedule before a refinement on the GPU
+// (ElastixSchedule), with the reason when it differs from the preset's.
+void PlanElastixBeforeGpuRefine(const ElastixSchedule& s, const RegSize& reg,
+                                Plan* plan) {
+  plan->elastix_iteration_scale = s.iteration_scale;
+  plan->elastix_linear_stage = s.linear_stage;
+  const double px = static_cast<double>(reg.fw * reg.fh);
+  const double shortest =
+      static_cast<double>(std::min({reg.fw, reg.fh, reg.mw, reg.mh}));
+  double k =
+      s.max_megapixels > 0 ? std::sqrt(px / (s.max_megapixels * 1e6)) : 1.0;
+  k = std::min(k, shortest / kMinRegistrationEdge);
+  std::vector<std::string> what;
+  if (k > 1.0) {
+    auto pooled = [k](int64_t n) {
+      return std::max<int64_t>(1, static_cast<int64_t>(std::floor(n / k)));
+    };
+    plan->elastix_fixed_width = pooled(reg.fw);
+    plan->elastix_fixed_height = pooled(reg.fh);
+    plan->elastix_moving_width = pooled(reg.mw);
+    plan->elastix_moving_height = pooled(reg.mh);
+    what.push_back(absl::StrFormat("at %dx%d (1/%.2f of the registration copy)",
+                                   plan->elastix_fixed_width,
+                                   plan->elastix_fixed_height, k));
+  }
+  if (s.iteration_scale != 1.0) {
+    what.push_back(absl::StrFormat("with %g x the preset's iterations",
+                                   s.iteration_scale));
+  }
+  if (!s.linear_stage) {
+    what.push_back("without the affine stage after an initial alignment");
+  }
+  if (what.empty()) return;
+  plan->reasons.push_back(absl::StrCat(
+      "elastix before the GPU refinement runs ", absl::StrJoin(what, ", "),
+      ": the refinement does the fine work at the registration copy"));
+}
+
 // Whether, where and at what size the refinement runs, with the reason.
 void PlanRefine(uint64_t held, const JobOptions& options,
                 const Budgets& budgets, const RegSize& reg, Plan* plan) {
@@ -728,6 +768,7 @@ void PlanRefine(uint64_t held, const JobOptions& options,
           "VRAM, %s RAM",
           budgets.gpu_name, RefineSize(cost), plan->refine_levels, o.iterations,
           Mb(plan->refine.vram_bytes), Mb(plan->refine.ram_bytes)));
+      PlanElastixBeforeGpuRefine(options.elastix_before_gpu_refine, reg, plan);
       return;
     }
     plan->reasons.push_back(

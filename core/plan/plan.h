@@ -37,6 +37,21 @@
 
 namespace regserve {
 
+// elastix's work when the refinement runs on a GPU after it: the
+// refinement then does the fine work at the whole registration copy, so
+// elastix needs only the large-scale map (docs/benchmarks.md, "elastix
+// before a GPU refinement").
+struct ElastixSchedule {
+  // elastix's copy: the registration copy pooled to at most this many
+  // megapixels (fixed copy); 0 keeps the registration copy.
+  double max_megapixels = 0.0;
+  // The preset's iterations times this (PresetSchedule::iteration_scale).
+  double iteration_scale = 1.0;
+  // false: no affine stage before the B-spline one when the initial
+  // alignment found a start (its homography already holds the global map).
+  bool linear_stage = true;
+};
+
 struct JobOptions {
   TransformKind transform = TransformKind::kBSpline;
   double max_registration_megapixels = 20.0;
@@ -53,6 +68,9 @@ struct JobOptions {
   // for kJpeg, which takes 8-bit grey or RGB images only.
   Compression compression = Compression::kDeflate;
   int jpeg_quality = kDefaultJpegQuality;
+  // The daemon's setting (JobManager::Options), applied when the job is
+  // planned; not part of the job's spec.
+  ElastixSchedule elastix_before_gpu_refine;
 };
 
 // Budgets the plan must fit. VRAM budget 0 or has_gpu=false means CPU only.
@@ -119,6 +137,18 @@ struct Plan {
   int refine_levels = 0;
   int refine_iterations = 0;  // per level
   StageMemory refine;
+  // elastix's own copy and schedule in the registration stage: the
+  // registration copies pooled to these sizes (0: the copies themselves),
+  // the preset's iterations times elastix_iteration_scale, and its affine
+  // stage skipped after a found initial alignment unless
+  // elastix_linear_stage. Lighter than the default only before a GPU
+  // refinement (JobOptions::elastix_before_gpu_refine).
+  int64_t elastix_fixed_width = 0;
+  int64_t elastix_fixed_height = 0;
+  int64_t elastix_moving_width = 0;
+  int64_t elastix_moving_height = 0;
+  double elastix_iteration_scale = 1.0;
+  bool elastix_linear_stage = true;
   // The part of warp.ram_bytes that the result writer holds (partly covered
   // stream tiles, tiles being compressed, pyramid rows: ResultWriterRamBytes)
   // and the compression threads it was sized for (the warp stage uses at

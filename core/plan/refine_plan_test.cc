@@ -139,6 +139,41 @@ TEST(RefinePlan, AutoSkipsWhatWouldBeTooCoarseOnTheCpuAndOnForcesIt) {
   EXPECT_GT(q.refine_max_pixels, 0);
 }
 
+TEST(RefinePlan, ElastixRunsLighterOnlyBeforeAGpuRefinement) {
+  JobOptions o;
+  o.elastix_before_gpu_refine.max_megapixels = 2.0;
+  o.elastix_before_gpu_refine.iteration_scale = 0.5;
+  o.elastix_before_gpu_refine.linear_stage = false;
+  const Plan gpu = MakeOk(Rgb(6000, 4000), o, WithGpu(8ull << 30));
+  ASSERT_EQ(gpu.refine_device, WarpDevice::kCuda);
+  // Pooled by one factor from the 20 MP copy to at most 2 MP, both images.
+  EXPECT_GT(gpu.elastix_fixed_width, 0);
+  EXPECT_LE(gpu.elastix_fixed_width * gpu.elastix_fixed_height, 2000000);
+  EXPECT_GT(gpu.elastix_fixed_width * gpu.elastix_fixed_height, 1800000);
+  EXPECT_EQ(gpu.elastix_moving_width, gpu.elastix_fixed_width);
+  EXPECT_LT(gpu.elastix_fixed_width, gpu.registration_fixed_width);
+  EXPECT_DOUBLE_EQ(gpu.elastix_iteration_scale, 0.5);
+  EXPECT_FALSE(gpu.elastix_linear_stage);
+  EXPECT_TRUE(AnyReasonHas(gpu, "elastix before the GPU refinement runs at"));
+  EXPECT_TRUE(AnyReasonHas(gpu, "without the affine stage"));
+  // The refinement still works at the whole registration copy.
+  EXPECT_EQ(gpu.refine_width, gpu.registration_fixed_width);
+
+  for (const Budgets& b : {CpuOnly(), WithGpu(8ull << 30)}) {
+    JobOptions cpu = o;
+    if (b.has_gpu) cpu.device = DevicePreference::kCpu;
+    const Plan p = MakeOk(Rgb(6000, 4000), cpu, b);
+    EXPECT_NE(p.refine_device, WarpDevice::kCuda);
+    EXPECT_EQ(p.elastix_fixed_width, 0);
+    EXPECT_DOUBLE_EQ(p.elastix_iteration_scale, 1.0);
+    EXPECT_TRUE(p.elastix_linear_stage);
+  }
+  // The default schedule changes nothing.
+  const Plan d = MakeOk(Rgb(6000, 4000), JobOptions(), WithGpu(8ull << 30));
+  EXPECT_EQ(d.elastix_fixed_width, 0);
+  EXPECT_FALSE(AnyReasonHas(d, "elastix before the GPU refinement"));
+}
+
 TEST(RefinePlan, ModeNamesRoundTrip) {
   for (RefineMode m : {RefineMode::kAuto, RefineMode::kOff, RefineMode::kOn}) {
     absl::StatusOr<RefineMode> back = ParseRefineMode(RefineModeName(m));

@@ -293,6 +293,33 @@ TEST(PresetParameters, ScaleWithTheRegistrationSize) {
       "AffineTransform");
 }
 
+TEST(PresetParameters, FollowTheSchedule) {
+  PresetSchedule light;
+  light.linear_stage = false;
+  light.iteration_scale = 0.3;
+  auto files = PresetParameters(TransformKind::kBSpline, 2000, 1125, light);
+  ASSERT_EQ(files.size(), 1u);  // the B-spline stage alone
+  auto b = ParseParameterText(files[0]).value();
+  EXPECT_EQ(b.GetString("Transform").value(), "BSplineTransform");
+  EXPECT_EQ(b.GetInt("MaximumNumberOfIterations").value(), 150);  // 500 x 0.3
+  EXPECT_TRUE(ValidateParameterText(files[0]).ok());
+  PresetSchedule scaled;
+  scaled.iteration_scale = 0.01;  // floored at 16 iterations
+  files = PresetParameters(TransformKind::kBSpline, 2000, 1125, scaled);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(ParseParameterText(files[0])
+                .value()
+                .GetInt("MaximumNumberOfIterations")
+                .value(),
+            16);
+  // The linear presets ignore linear_stage; they scale too.
+  files = PresetParameters(TransformKind::kAffine, 100, 100, light);
+  ASSERT_EQ(files.size(), 1u);
+  auto a = ParseParameterText(files[0]).value();
+  EXPECT_EQ(a.GetString("Transform").value(), "AffineTransform");
+  EXPECT_EQ(a.GetInt("MaximumNumberOfIterations").value(), 75);  // 250 x 0.3
+}
+
 TEST(ScheduleFromParameters, ReadsResolutionsAndIterations) {
   auto p = ParseParameterText(
                "(Transform \"BSplineTransform\")\n"

@@ -64,9 +64,15 @@ void Common(ParameterFile* p, int resolutions, int iterations, int samples) {
   p->SetStrings("ResultImageFormat", {"mhd"});
 }
 
-std::string Linear(const char* transform, int64_t width, int64_t height) {
+// The preset's iteration count scaled by the schedule, at least 16.
+int Iterations(int preset, double scale) {
+  return std::max(16, static_cast<int>(std::lround(preset * scale)));
+}
+
+std::string Linear(const char* transform, int64_t width, int64_t height,
+                   double scale) {
   ParameterFile p;
-  Common(&p, ResolutionsFor(width, height), 250,
+  Common(&p, ResolutionsFor(width, height), Iterations(250, scale),
          SamplesFor(width, height, 2048));
   p.SetStrings("Transform", {transform});
   p.SetStrings("AutomaticScalesEstimation", {"true"});
@@ -75,9 +81,9 @@ std::string Linear(const char* transform, int64_t width, int64_t height) {
   return p.ToText();
 }
 
-std::string BSpline(int64_t width, int64_t height) {
+std::string BSpline(int64_t width, int64_t height, double scale) {
   ParameterFile p;
-  Common(&p, ResolutionsFor(width, height), 500,
+  Common(&p, ResolutionsFor(width, height), Iterations(500, scale),
          SamplesFor(width, height, 4096));
   p.SetStrings("Transform", {"BSplineTransform"});
   // Final control-point spacing: width / 16 registration pixels, which is
@@ -92,14 +98,18 @@ std::string BSpline(int64_t width, int64_t height) {
 }  // namespace
 
 std::vector<std::string> PresetParameters(TransformKind kind, int64_t width,
-                                          int64_t height) {
+                                          int64_t height,
+                                          const PresetSchedule& schedule) {
+  const double scale = schedule.iteration_scale;
   switch (kind) {
     case TransformKind::kRigid:
-      return {Linear("EulerTransform", width, height)};
+      return {Linear("EulerTransform", width, height, scale)};
     case TransformKind::kAffine:
-      return {Linear("AffineTransform", width, height)};
+      return {Linear("AffineTransform", width, height, scale)};
     case TransformKind::kBSpline:
-      return {Linear("AffineTransform", width, height), BSpline(width, height)};
+      if (!schedule.linear_stage) return {BSpline(width, height, scale)};
+      return {Linear("AffineTransform", width, height, scale),
+              BSpline(width, height, scale)};
   }
   return {};
 }

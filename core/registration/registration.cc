@@ -171,7 +171,7 @@ absl::StatusOr<StagePlan> PrepareStages(const RegistrationRequest& request,
   std::vector<std::string> texts =
       custom ? request.custom_parameters
              : PresetParameters(request.transform, request.fixed->width(),
-                                request.fixed->height());
+                                request.fixed->height(), request.schedule);
   StagePlan stages;
   for (size_t i = 0; i < texts.size(); ++i) {
     if (custom) {

@@ -59,6 +59,17 @@ struct RegistrationProgress {
   std::string message;
 };
 
+// How much of the preset elastix runs: a refinement that follows on the GPU
+// does the fine work, so elastix may run a lighter schedule before it
+// (Plan::elastix_*). Ignored for custom parameter files.
+struct PresetSchedule {
+  // kBSpline: the affine stage before the B-spline one. Without it the
+  // B-spline starts from the initial alignment (or the images' centres).
+  bool linear_stage = true;
+  // Each stage's MaximumNumberOfIterations times this (at least 16).
+  double iteration_scale = 1.0;
+};
+
 struct RegistrationRequest {
   std::string work_dir;           // absolute; created if missing
   const Image* fixed = nullptr;   // float32, 1 channel registration copy
@@ -71,6 +82,7 @@ struct RegistrationRequest {
   // Custom elastix parameter files (their text). When non-empty they replace
   // the preset, run in order. Validated with ValidateParameterText.
   std::vector<std::string> custom_parameters;
+  PresetSchedule schedule;
   int threads = 1;                          // elastix -threads
   absl::Duration timeout = absl::Hours(2);  // whole registration
   const CancelToken* cancel = nullptr;      // may be null
@@ -110,9 +122,11 @@ absl::StatusOr<RegistrationResult> Register(const RegistrationRequest& request,
 
 // The preset parameter files for `kind`, scaled to a registration copy of
 // width x height (B-spline grid spacing, sample counts). kBSpline gives two
-// files (affine, then B-spline); the others give one.
+// files (affine, then B-spline; only the B-spline one without
+// schedule.linear_stage); the others give one.
 std::vector<std::string> PresetParameters(TransformKind kind, int64_t width,
-                                          int64_t height);
+                                          int64_t height,
+                                          const PresetSchedule& schedule = {});
 
 // Validates a user-supplied elastix parameter file: well-formed
 // "(Name value ...)" lines, known-safe keys only for anything that names

@@ -27,7 +27,8 @@
 #   wholejob  scripts/whole_job_benchmark.sh on this machine (the daemon with
 #          its default flags, so the refinement and the warp on CUDA): the
 #          cases smooth, homography, graffiti and big (WJ_CASES), residual
-#          against the known truth; BY_HAND=1 adds elastix by hand
+#          against the known truth; BY_HAND=1 adds elastix by hand; WJ_RUNS
+#          runs several flag sets in turn (see do_wholejob)
 # Every step writes $OUT/<step>.log; a table of results is printed last.
 # The device calls (see docs/gpu.md), back to back so the machine stays warm:
 #   run(command="bash scripts/gpu/carry_part.sh", carry=[".gpu-debs/p1"]) ...
@@ -364,17 +365,25 @@ do_refine() {
 # The whole-job accuracy benchmark, as on the CPU machine (docs/benchmarks.md,
 # "Whole-job accuracy on real cases"), with this machine's GPU and cores.
 do_wholejob() {
-  step "whole-job accuracy (scripts/whole_job_benchmark.sh ${WJ_CASES:-smooth homography graffiti big})"
-  local photo=.gpu-debs/extra/Kleiber.jpg
+  # WJ_RUNS: runs separated by "|", each "tag=case,case=regserved flags"
+  # (the flags also go to the replay; tag "" writes to $WORK/<case>); the
+  # default: every case with the daemon's default flags.
+  local runs=${WJ_RUNS:-"=${WJ_CASES:-smooth homography graffiti big}="}
+  local photo=.gpu-debs/extra/Kleiber.jpg rc=0 r tag rest cases flags
   [ -f "$photo" ] || { echo "no $photo: skipped"; return 0; }
-  # shellcheck disable=SC2086
-  BUILD=$BUILD WORK=/opt/regserve-wj PHOTO=$photo BY_HAND=${BY_HAND:-0} \
-    bash scripts/whole_job_benchmark.sh ${WJ_CASES:-smooth homography graffiti big} \
-    >"$OUT/wholejob.log" 2>&1
-  local rc=$?
-  grep -E '^(===|JOB wall|quality|WARNING|BY_HAND|TRUE|WHERE|EST|SAME-AS|  stage|  reason: (refine|registration|initial))' \
-    "$OUT/wholejob.log" | head -80
-  result "whole_job_benchmark" "rc $rc; see wholejob.log"
+  IFS='|' read -ra all <<<"$runs"
+  for r in "${all[@]}"; do
+    tag=${r%%=*}; rest=${r#*=}; cases=${rest%%=*}; flags=${rest#*=}
+    step "whole-job accuracy: ${tag:-default} (${cases//,/ }; flags: ${flags:-none})"
+    local log="$OUT/wholejob${tag:+-$tag}.log"
+    # shellcheck disable=SC2086
+    BUILD=$BUILD WORK=/opt/regserve-wj PHOTO=$photo BY_HAND=${BY_HAND:-0} \
+      TAG=${tag:+-$tag} ELASTIX="$flags" \
+      bash scripts/whole_job_benchmark.sh ${cases//,/ } >"$log" 2>&1 || rc=$?
+    grep -E '^(===|JOB wall|quality|WARNING|TRUE|WHERE|SAME-AS|.*: margin|  stage|  reason: (refine|registration|initial|elastix))' \
+      "$log" | head -90
+    result "whole_job_benchmark ${tag:-default}" "rc $rc; see $(basename "$log")"
+  done
 }
 
 do_warp() {

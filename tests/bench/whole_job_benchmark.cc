@@ -69,11 +69,19 @@ ABSL_FLAG(std::string, kind, "smooth",
           "make: smooth, homography, big, graffiti");
 ABSL_FLAG(std::string, photo, "", "make: the source photo");
 ABSL_FLAG(std::string, graffiti, "tests/data/graffiti", "make: graffiti dir");
-ABSL_FLAG(int64_t, margin, 128,
-          "make: the fixed image is the photo less this margin on each side");
+ABSL_FLAG(int64_t, margin, -1,
+          "make: the fixed image is the photo (big: the upscaled photo) less "
+          "this margin on each side; -1: 128 px, and for big the least margin "
+          "that gives the moving image real content everywhere");
 ABSL_FLAG(int64_t, big_width, 18960, "make --kind=big: fixed width");
 ABSL_FLAG(int64_t, big_height, 14960, "make --kind=big: fixed height");
 ABSL_FLAG(int, threads, 2, "threads for making the images");
+ABSL_FLAG(double, gpu_refine_elastix_megapixels, 0.0,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(double, gpu_refine_elastix_iterations, 1.0,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(bool, gpu_refine_elastix_affine, true,
+          "replay: as regserved's flag of that name");
 ABSL_FLAG(int, step, 0, "residual grid step (px); 0 = about 1500 across");
 ABSL_FLAG(std::string, def, "", "field: transformix's deformationField.mhd");
 
@@ -172,6 +180,29 @@ struct Canvas {
   }
 };
 
+// The least margin around the fixed frame for which every moving pixel
+// samples the source (T^-1 of the frame's border, which bounds the map's
+// reach for the smooth map, plus 16 px for the cubic kernel at the
+// upscaled size): the moving image then has real content everywhere, as a
+// scan of the same object would, and no fill a fixed image lacks.
+int64_t ContentMargin(const Truth& t) {
+  double over = 0;
+  auto at = [&](double x, double y) {
+    double sx = 0, sy = 0;
+    t.Inverse(x, y, &sx, &sy);
+    over = std::max({over, -sx, -sy, sx - (t.fw - 1.0), sy - (t.fh - 1.0)});
+  };
+  for (int64_t x = 0; x < t.fw; x += 4) {
+    at(x, 0);
+    at(x, t.fh - 1.0);
+  }
+  for (int64_t y = 0; y < t.fh; y += 4) {
+    at(0, y);
+    at(t.fw - 1.0, y);
+  }
+  return static_cast<int64_t>(std::ceil(over)) + 16;
+}
+
 // The field that makes an image of w x h from the source: output p samples
 // the source at Source(T^-1(p)) (moving) or Source(p) (fixed).
 DisplacementField MakingField(const Truth* t, const Canvas& cv, int64_t w,
@@ -244,21 +275,25 @@ int Make() {
     return 1;
   }
   Canvas cv;
+  const int64_t margin = absl::GetFlag(FLAGS_margin);
   if (t.kind == "big") {
     // The photo upscaled so that the fixed image plus the margin fills it.
-    cv.margin = static_cast<double>(absl::GetFlag(FLAGS_margin));
     t.fw = absl::GetFlag(FLAGS_big_width);
     t.fh = absl::GetFlag(FLAGS_big_height);
+    t.Init();
+    cv.margin = static_cast<double>(margin >= 0 ? margin : ContentMargin(t));
     cv.kx = photo->width() / (t.fw + 2 * cv.margin);
     cv.ky = photo->height() / (t.fh + 2 * cv.margin);
   } else {
-    cv.margin = static_cast<double>(absl::GetFlag(FLAGS_margin));
-    t.fw = photo->width() - 2 * absl::GetFlag(FLAGS_margin);
-    t.fh = photo->height() - 2 * absl::GetFlag(FLAGS_margin);
+    cv.margin = static_cast<double>(margin >= 0 ? margin : 128);
+    t.fw = photo->width() - 2 * static_cast<int64_t>(cv.margin);
+    t.fh = photo->height() - 2 * static_cast<int64_t>(cv.margin);
   }
   t.mw = t.fw;
   t.mh = t.fh;
   t.Init();
+  std::printf("%s: margin %.0f px (source %gx%g px per canvas px)\n",
+              t.kind.c_str(), cv.margin, cv.kx, cv.ky);
   const int threads = absl::GetFlag(FLAGS_threads);
   for (const bool moving : {false, true}) {
     const DisplacementField f =
@@ -474,6 +509,13 @@ absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
   o.data_dir = data_dir;
   o.input_root = std::filesystem::absolute(in.fixed).parent_path().string();
   o.device = rc.flags.devices.preference;
+  // As regserved's --gpu_refine_elastix_* flags (same defaults).
+  o.elastix_before_gpu_refine.max_megapixels =
+      absl::GetFlag(FLAGS_gpu_refine_elastix_megapixels);
+  o.elastix_before_gpu_refine.iteration_scale =
+      absl::GetFlag(FLAGS_gpu_refine_elastix_iterations);
+  o.elastix_before_gpu_refine.linear_stage =
+      absl::GetFlag(FLAGS_gpu_refine_elastix_affine);
   std::mutex mu;
   JobManagerEnv env;
   env.create_warper = [kept, &mu](
