@@ -30,15 +30,15 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(double, max_registration_megapixels, 20.0,
           "Default upper bound for the registration copy in megapixels; the "
           "plan may pick less to fit the budgets.");
-ABSL_FLAG(double, gpu_refine_elastix_megapixels, 0.0,
+ABSL_FLAG(double, gpu_refine_elastix_megapixels, 2.0,
           "When the refinement runs on a GPU after elastix, elastix works on "
           "the registration copy pooled to at most this many megapixels "
           "(the refinement does the fine work at the whole copy). 0: the "
           "registration copy itself.");
-ABSL_FLAG(double, gpu_refine_elastix_iterations, 1.0,
+ABSL_FLAG(double, gpu_refine_elastix_iterations, 0.5,
           "When the refinement runs on a GPU after elastix: elastix's "
           "preset iterations times this (0 < x <= 100).");
-ABSL_FLAG(bool, gpu_refine_elastix_affine, true,
+ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "When the refinement runs on a GPU after elastix: run elastix's "
           "affine stage before its B-spline even after an initial alignment "
           "was found.");

@@ -67,7 +67,10 @@ struct DaemonConfig {
   int64_t max_image_pixels = 1000ll * 1000 * 1000;
   uint64_t max_upload_bytes = 8ull << 30;
   double max_registration_megapixels = 20.0;
-  ElastixSchedule elastix_before_gpu_refine;
+  // --gpu_refine_elastix_*: 2 MP, half the iterations, no affine stage
+  // after an initial alignment (docs/benchmarks.md, "elastix before a GPU
+  // refinement").
+  ElastixSchedule elastix_before_gpu_refine{2.0, 0.5, false};
   int64_t stream_tile_size = 512;
   absl::Duration retention = absl::Hours(24 * 7);
   absl::Duration registration_timeout = absl::Hours(2);

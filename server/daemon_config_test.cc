@@ -26,6 +26,8 @@ ABSL_DECLARE_FLAG(std::string, metrics_tokens);
 ABSL_DECLARE_FLAG(std::string, auth_tokens);
 ABSL_DECLARE_FLAG(std::string, tls_cert);
 ABSL_DECLARE_FLAG(bool, insecure_listen_any);
+ABSL_DECLARE_FLAG(double, gpu_refine_elastix_megapixels);
+ABSL_DECLARE_FLAG(double, gpu_refine_elastix_iterations);
 
 namespace regserve {
 namespace {
@@ -62,6 +64,9 @@ TEST_F(DaemonConfigTest, Defaults) {
   EXPECT_EQ(c->max_upload_bytes, 8ull << 30);
   EXPECT_FALSE(c->tls.enabled());
   EXPECT_THAT(ExposureWarnings(*c), IsEmpty());
+  EXPECT_DOUBLE_EQ(c->elastix_before_gpu_refine.max_megapixels, 2.0);
+  EXPECT_DOUBLE_EQ(c->elastix_before_gpu_refine.iteration_scale, 0.5);
+  EXPECT_FALSE(c->elastix_before_gpu_refine.linear_stage);
 }
 
 TEST_F(DaemonConfigTest, ParsesValues) {
@@ -113,6 +118,16 @@ TEST_F(DaemonConfigTest, BadValuesNameTheFlag) {
   absl::SetFlag(&FLAGS_upload_idle_timeout, absl::ZeroDuration());
   EXPECT_THAT(FlagError(), HasSubstr("--upload_idle_timeout"));
   absl::SetFlag(&FLAGS_upload_idle_timeout, absl::Seconds(1));
+
+  absl::SetFlag(&FLAGS_gpu_refine_elastix_megapixels, -1.0);
+  EXPECT_THAT(FlagError(), HasSubstr("--gpu_refine_elastix_megapixels"));
+  absl::SetFlag(&FLAGS_gpu_refine_elastix_megapixels, 0.0);
+  EXPECT_EQ(FlagError(), "");
+  for (double x : {0.0, -0.5, 101.0}) {
+    absl::SetFlag(&FLAGS_gpu_refine_elastix_iterations, x);
+    EXPECT_THAT(FlagError(), HasSubstr("--gpu_refine_elastix_iterations"));
+  }
+  absl::SetFlag(&FLAGS_gpu_refine_elastix_iterations, 1.0);
 
   absl::SetFlag(&FLAGS_metrics_tokens, "/some/file");
   EXPECT_THAT(FlagError(), HasSubstr("--metrics_listen"));

@@ -389,7 +389,7 @@ do_wholejob() {
 do_warp() {
   step "one-pass warp: band/chunk/slot settings and their timelines"
   local sweep=${WARP_SWEEP:-512:256:3,256:128:4,128:128:8,256:64:8,1024:256:3,128:32:8}
-  for fw in 4473x3154 1118x788; do
+  for fw in ${WARP_FIELDS:-4473x3154 1118x788}; do
     "$BUILD/core/warp/warp_benchmark" --device=cuda --reps=5 --baseline=false \
       --big_megapixels=0 --check=false --field_width="${fw%x*}" \
       --field_height="${fw#*x}" --sweep="$sweep" 2>&1 | tee -a "$OUT/warp.log" |

@@ -42,6 +42,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
 #include "core/hardware/hardware.h"
@@ -56,6 +57,7 @@
 #include "core/registration/registration.h"
 #include "core/scheduler/scheduler.h"
 #include "core/warp/warp.h"
+#include "tests/bench/local_contrast.h"
 #include "tests/bench/strong_homography.h"
 
 ABSL_FLAG(std::string, dir, "", "the case's directory");
@@ -76,11 +78,11 @@ ABSL_FLAG(int64_t, margin, -1,
 ABSL_FLAG(int64_t, big_width, 18960, "make --kind=big: fixed width");
 ABSL_FLAG(int64_t, big_height, 14960, "make --kind=big: fixed height");
 ABSL_FLAG(int, threads, 2, "threads for making the images");
-ABSL_FLAG(double, gpu_refine_elastix_megapixels, 0.0,
+ABSL_FLAG(double, gpu_refine_elastix_megapixels, 2.0,
           "replay: as regserved's flag of that name");
-ABSL_FLAG(double, gpu_refine_elastix_iterations, 1.0,
+ABSL_FLAG(double, gpu_refine_elastix_iterations, 0.5,
           "replay: as regserved's flag of that name");
-ABSL_FLAG(bool, gpu_refine_elastix_affine, true,
+ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(int, step, 0, "residual grid step (px); 0 = about 1500 across");
 ABSL_FLAG(std::string, def, "", "field: transformix's deformationField.mhd");
@@ -342,56 +344,14 @@ void SampleField(const DisplacementField& f, double x, double y, double* dx,
   }
 }
 
-struct Residual {
+// Figures of a set of residuals (full-resolution px).
+struct Summary {
   double mean = 0, median = 0, p95 = 0, max = 0, over1 = 0, over2 = 0;
   size_t points = 0;
-  // Where the points over 2 px lie: by their distance (full-resolution px)
-  // to the nearer border of the fixed or of the moving image, and the
-  // residual of the interior (both distances >= kInterior).
-  static constexpr double kInterior = 256;
-  size_t over2_near[4] = {0, 0, 0, 0};  // < 64, < 256, < 1024, >= 1024 px
-  double interior_mean = 0, interior_p95 = 0, interior_max = 0;
-  size_t interior_points = 0;
 };
 
-// Bucket of a border distance for Residual::over2_near.
-int BorderBucket(double d) {
-  return d < 64 ? 0 : d < 256 ? 1 : d < 1024 ? 2 : 3;
-}
-
-Residual Measure(const DisplacementField& field, const Truth& t) {
-  int step = absl::GetFlag(FLAGS_step);
-  if (step <= 0) step = static_cast<int>(std::max<int64_t>(4, t.fw / 1500));
-  if (t.kind == "graffiti") step = 2;
-  std::vector<double> e, interior;
-  Residual r;
-  for (int64_t y = 0; y < t.fh; y += step) {
-    for (int64_t x = 0; x < t.fw; x += step) {
-      if (t.kind == "graffiti" && !OnGraffitiWall(x, y)) continue;
-      double tx = 0, ty = 0;
-      if (!t.Forward(x, y, &tx, &ty)) continue;
-      if (tx < 0 || ty < 0 || tx > t.mw - 1 || ty > t.mh - 1) continue;
-      double dx = 0, dy = 0;
-      SampleField(field, x, y, &dx, &dy);
-      const double err = std::hypot(x + dx - tx, y + dy - ty);
-      e.push_back(err);
-      const double border = std::min(
-          {static_cast<double>(std::min({x, y, t.fw - 1 - x, t.fh - 1 - y})),
-           std::min({tx, ty, t.mw - 1 - tx, t.mh - 1 - ty})});
-      if (err > 2) ++r.over2_near[BorderBucket(border)];
-      if (border >= Residual::kInterior) interior.push_back(err);
-    }
-  }
-  if (!interior.empty()) {
-    std::sort(interior.begin(), interior.end());
-    double s = 0;
-    for (double v : interior) s += v;
-    r.interior_points = interior.size();
-    r.interior_mean = s / interior.size();
-    r.interior_p95 = interior[std::min(
-        interior.size() - 1, static_cast<size_t>(0.95 * interior.size()))];
-    r.interior_max = interior.back();
-  }
+Summary Summarize(std::vector<double> e) {
+  Summary r;
   r.points = e.size();
   if (e.empty()) return r;
   std::sort(e.begin(), e.end());
@@ -410,19 +370,103 @@ Residual Measure(const DisplacementField& field, const Truth& t) {
   return r;
 }
 
+struct Residual {
+  Summary all;
+  // Where the points over 2 px lie: by their distance (full-resolution px)
+  // to the nearer border of the fixed or of the moving image, and the
+  // residual of the interior (both distances >= kInterior).
+  static constexpr double kInterior = 256;
+  size_t over2_near[4] = {0, 0, 0, 0};  // < 64, < 256, < 1024, >= 1024 px
+  Summary interior;
+  // By the fixed image's local contrast (local_contrast.h): points with
+  // signal around them, and those in flat areas (below kFlat).
+  static constexpr double kFlat = 0.01;
+  static constexpr double kContrastWindow = 64;
+  bool has_contrast = false;
+  Summary textured, flat;
+};
+
+// Bucket of a border distance for Residual::over2_near.
+int BorderBucket(double d) {
+  return d < 64 ? 0 : d < 256 ? 1 : d < 1024 ? 2 : 3;
+}
+
+// `contrast` of the fixed image may be null.
+Residual Measure(const DisplacementField& field, const Truth& t,
+                 const LocalContrast* contrast) {
+  int step = absl::GetFlag(FLAGS_step);
+  if (step <= 0) step = static_cast<int>(std::max<int64_t>(4, t.fw / 1500));
+  if (t.kind == "graffiti") step = 2;
+  std::vector<double> e, interior, textured, flat;
+  Residual r;
+  for (int64_t y = 0; y < t.fh; y += step) {
+    for (int64_t x = 0; x < t.fw; x += step) {
+      if (t.kind == "graffiti" && !OnGraffitiWall(x, y)) continue;
+      double tx = 0, ty = 0;
+      if (!t.Forward(x, y, &tx, &ty)) continue;
+      if (tx < 0 || ty < 0 || tx > t.mw - 1 || ty > t.mh - 1) continue;
+      double dx = 0, dy = 0;
+      SampleField(field, x, y, &dx, &dy);
+      const double err = std::hypot(x + dx - tx, y + dy - ty);
+      e.push_back(err);
+      const double border = std::min(
+          {static_cast<double>(std::min({x, y, t.fw - 1 - x, t.fh - 1 - y})),
+           std::min({tx, ty, t.mw - 1 - tx, t.mh - 1 - ty})});
+      if (err > 2) ++r.over2_near[BorderBucket(border)];
+      if (border >= Residual::kInterior) interior.push_back(err);
+      if (contrast != nullptr) {
+        (contrast->At(x, y) >= Residual::kFlat ? textured : flat)
+            .push_back(err);
+      }
+    }
+  }
+  r.all = Summarize(std::move(e));
+  r.interior = Summarize(std::move(interior));
+  r.has_contrast = contrast != nullptr;
+  r.textured = Summarize(std::move(textured));
+  r.flat = Summarize(std::move(flat));
+  return r;
+}
+
+std::string Figures(const Summary& s) {
+  return absl::StrFormat(
+      "mean=%.3f median=%.3f p95=%.3f max=%.3f >1px=%.2f%% >2px=%.2f%% "
+      "points=%zu",
+      s.mean, s.median, s.p95, s.max, 100 * s.over1, 100 * s.over2, s.points);
+}
+
 void PrintResidual(const char* what, const Truth& t, const Residual& r) {
-  std::printf(
-      "TRUE %s case=%s mean=%.3f median=%.3f p95=%.3f max=%.3f "
-      ">1px=%.2f%% >2px=%.2f%% points=%zu\n",
-      what, t.kind.c_str(), r.mean, r.median, r.p95, r.max, 100 * r.over1,
-      100 * r.over2, r.points);
+  std::printf("TRUE %s case=%s %s\n", what, t.kind.c_str(),
+              Figures(r.all).c_str());
   std::printf(
       "WHERE %s case=%s over2px_by_border_distance: <64px=%zu <256px=%zu "
       "<1024px=%zu >=1024px=%zu; interior (>=%.0f px from every border): "
       "mean=%.3f p95=%.3f max=%.3f points=%zu\n",
       what, t.kind.c_str(), r.over2_near[0], r.over2_near[1], r.over2_near[2],
-      r.over2_near[3], Residual::kInterior, r.interior_mean, r.interior_p95,
-      r.interior_max, r.interior_points);
+      r.over2_near[3], Residual::kInterior, r.interior.mean, r.interior.p95,
+      r.interior.max, r.interior.points);
+  if (!r.has_contrast) return;
+  const double n = std::max<double>(1, r.all.points);
+  std::printf(
+      "CONTRAST %s case=%s (fixed image's grey std over %.0f px): with "
+      "signal (>= %.2f, %.1f%% of the points): %s\n",
+      what, t.kind.c_str(), Residual::kContrastWindow, Residual::kFlat,
+      100 * r.textured.points / n, Figures(r.textured).c_str());
+  std::printf("CONTRAST %s case=%s flat (< %.2f, %.1f%%): %s\n", what,
+              t.kind.c_str(), Residual::kFlat, 100 * r.flat.points / n,
+              Figures(r.flat).c_str());
+}
+
+// The fixed image's local contrast, or null (with a note) when it cannot
+// be read.
+std::unique_ptr<LocalContrast> FixedContrast(const std::string& fixed) {
+  absl::StatusOr<LocalContrast> c = LocalContrast::Of(
+      fixed, Residual::kContrastWindow, absl::GetFlag(FLAGS_threads));
+  if (!c.ok()) {
+    std::printf("CONTRAST not measured: %s\n", c.status().ToString().c_str());
+    return nullptr;
+  }
+  return std::make_unique<LocalContrast>(*std::move(c));
 }
 
 // ------------------------------------------------------------ replay
@@ -578,15 +622,18 @@ int Replay() {
     return 1;
   }
   CompareResults(info->result_path, dir + "/result.tif");
-  const Residual r = Measure(kept, *t);
+  const std::unique_ptr<LocalContrast> contrast =
+      FixedContrast(InputsOf(*t, InputDir()).fixed);
+  const Residual r = Measure(kept, *t, contrast.get());
   PrintResidual("job", *t, r);
   const QualitySummary& q = info->quality;
   std::printf(
       "EST job est_mean=%.3f est_p95=%.3f est_max=%.3f checked=%.0f%% "
       "unmatched=%d verdict=%s ratio_mean=%.2f ratio_p95=%.2f\n",
       q.mean_px, q.p95_px, q.max_px, 100 * q.checked_fraction, q.unmatched,
-      q.warning.empty() ? "good" : "poor", r.mean > 0 ? q.mean_px / r.mean : 0,
-      r.p95 > 0 ? q.p95_px / r.p95 : 0);
+      q.warning.empty() ? "good" : "poor",
+      r.all.mean > 0 ? q.mean_px / r.all.mean : 0,
+      r.all.p95 > 0 ? q.p95_px / r.all.p95 : 0);
   std::printf("FIELD job %lldx%lld nodes, spacing %.3f x %.3f px\n",
               static_cast<long long>(kept.width),
               static_cast<long long>(kept.height), kept.spacing_x,
@@ -634,7 +681,9 @@ int Field() {
     std::fprintf(stderr, "%s\n", f.status().ToString().c_str());
     return 1;
   }
-  PrintResidual("by_hand", *t, Measure(*f, *t));
+  const std::unique_ptr<LocalContrast> contrast =
+      FixedContrast(InputsOf(*t, InputDir()).fixed);
+  PrintResidual("by_hand", *t, Measure(*f, *t, contrast.get()));
   return 0;
 }
 
