@@ -46,13 +46,47 @@ done
 [ -n "$ADDR" ] || { cat "$WORK/daemon.err"; exit 1; }
 head -2 "$WORK/daemon.err"
 idle_rss=$(awk '/VmRSS/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
+# The daemon's RSS every 0.1 s ("ns kB"), for the peak of each stage.
+(while kill -0 "$PID" 2>/dev/null; do
+   echo "$(date +%s%N) $(awk '/VmRSS/ {print $2}' /proc/$PID/status 2>/dev/null)"
+   sleep 0.1
+ done) >"$WORK/rss.txt" &
+SAMPLER=$!
 t0=$(date +%s%N)
+# Each event line is stamped with its arrival ("ns {json}").
 # shellcheck disable=SC2086
 "$RC" --server "$ADDR" submit --fixed-path "$WORK/in/fixed_283mp.tif" \
   --moving-path "$WORK/in/moving_283mp.tif" --output-path "$WORK/out/result.tif" \
   --transform affine --transform-out "$WORK/out/tf" --json ${EXTRA_SUBMIT:-} \
-  >"$WORK/submit.jsonl" 2>"$WORK/submit.err" || { cat "$WORK/submit.err"; exit 1; }
+  2>"$WORK/submit.err" | while IFS= read -r line; do echo "$(date +%s%N) $line"; done \
+  >"$WORK/submit.stamped" || { cat "$WORK/submit.err"; exit 1; }
+[ -s "$WORK/submit.stamped" ] || { cat "$WORK/submit.err"; exit 1; }
+cut -d' ' -f2- "$WORK/submit.stamped" >"$WORK/submit.jsonl"
 wall_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+kill "$SAMPLER" 2>/dev/null || true
+# The peak RSS while each stage ran, from the first progress event of a
+# stage to the first of the next (the sampler's resolution: 0.1 s).
+python3 - "$WORK/submit.stamped" "$WORK/rss.txt" "$idle_rss" <<'PY'
+import json, sys
+marks = []
+for line in open(sys.argv[1]):
+    t, _, js = line.partition(" ")
+    stage = json.loads(js).get("progress", {}).get("stage")
+    if stage and (not marks or marks[-1][1] != stage):
+        marks.append((int(t), stage))
+rss = []
+for line in open(sys.argv[2]):
+    f = line.split()
+    if len(f) == 2:
+        rss.append((int(f[0]), int(f[1]) * 1024 / 1e6))
+idle = float(sys.argv[3])
+ends = [m[0] for m in marks[1:]] + [float("inf")]
+for (start, stage), end in zip(marks, ends):
+    inside = [r for t, r in rss if start <= t < end]
+    if inside:
+        print("stage %-28s peak RSS %6.0f MB (growth %6.0f MB), %d samples"
+              % (stage, max(inside), max(inside) - idle, len(inside)))
+PY
 echo "wall from submit to completed: $((wall_ms / 1000)).$(printf '%03d' $((wall_ms % 1000))) s"
 peak_rss=$(awk '/VmHWM/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
 echo "daemon peak RSS (VmHWM): $peak_rss MB; idle before the job $idle_rss MB; the job's growth $((peak_rss - idle_rss)) MB"

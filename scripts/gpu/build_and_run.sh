@@ -380,7 +380,7 @@ do_wholejob() {
     BUILD=$BUILD WORK=/opt/regserve-wj PHOTO=$photo BY_HAND=${BY_HAND:-0} \
       TAG=${tag:+-$tag} ELASTIX="$flags" \
       bash scripts/whole_job_benchmark.sh ${cases//,/ } >"$log" 2>&1 || rc=$?
-    grep -E '^(===|JOB wall|quality|WARNING|TRUE|WHERE|SAME-AS|.*: margin|  stage|  reason: (refine|registration|initial|elastix))' \
+    grep -E '^(===|JOB wall|quality|WARNING|TRUE|WHERE|CONTRAST|EST|FIELD|SAME-AS|.*: margin|  stage|  reason: (refine|registration|initial|elastix))' \
       "$log" | head -90
     result "whole_job_benchmark ${tag:-default}" "rc $rc; see $(basename "$log")"
   done
