@@ -45,6 +45,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/auth/token_store.h"
+#include "core/common/malloc_policy.h"
 #include "core/common/types.h"
 #include "core/hardware/hardware.h"
 #include "core/jobs/job_manager.h"
@@ -376,6 +377,7 @@ int Main(int argc, char** argv) {
       "  regserved --data_dir=/var/lib/regserve [--listen=127.0.0.1:50051] "
       "[flags]\nSee the README, \"Running the daemon\".");
   absl::ParseCommandLine(argc, argv);
+  BoundMallocCaching();  // before any thread: see malloc_policy.h
   const sigset_t signals = BlockSignals();
 
   // Flags, TLS files and token files: exit 2 before anything starts.

@@ -407,14 +407,13 @@ struct WarpSizer {
   const RegSize& reg;
   int64_t output_width;
   int64_t output_height;
-  bool streamed = false;  // the moving image read by region, on the CPU
+  bool streamed = false;  // the moving image read by region
 
   WarpMemoryEstimate Estimate(int64_t tile, WarpDevice device) const {
     if (streamed) {
-      WarpMemoryEstimate e;
-      e.host_bytes =
-          EstimateRegionWarpHostBytes(moving, output_width, output_height,
-                                      reg.fw, reg.fh, tile) +
+      WarpMemoryEstimate e = EstimateRegionWarpMemory(
+          moving, output_width, output_height, reg.fw, reg.fh, tile, device);
+      e.host_bytes +=
           RegionSourceRamBytes(moving, RegionCacheBytes(moving, tile));
       return e;
     }
@@ -550,39 +549,69 @@ void RecordWarpMemory(const WarpSizer& sizer, int64_t tile, Plan* plan_out) {
   }
 }
 
-// The streamed warp: on the CPU (the GPU's region reads are a later step),
-// its tiles, the region source's cache and the spill.
+// The streamed warp: on the GPU when its tiles, pinned region slots and
+// field fit the VRAM and RAM budgets (CudaWarper::WarpRegions), else on the
+// CPU; its tiles, the region source's cache and the spill.
 absl::Status PlanStreamedWarp(const WarpSizer& sizer, const JobOptions& options,
                               Plan* plan_out) {
   Plan& plan = *plan_out;
   const ImageSpec& moving = sizer.moving;
+  const Budgets& budgets = sizer.budgets;
   int64_t tile = 0;
-  if (!sizer.ChooseTile(WarpDevice::kCpu, &tile)) {
+  const bool want_cuda = options.device == DevicePreference::kCuda;
+  if (want_cuda && !budgets.has_gpu) {
+    return absl::FailedPreconditionError(
+        "device=cuda was requested but this server has no usable GPU; use "
+        "device=auto or device=cpu");
+  }
+  const bool may_cuda =
+      budgets.has_gpu && options.device != DevicePreference::kCpu;
+  if (may_cuda && sizer.ChooseTile(WarpDevice::kCuda, &tile)) {
+    plan.warp_device = WarpDevice::kCuda;
+  } else if (want_cuda) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the RAM budget of ", Mb(sizer.budgets.ram_bytes),
+        "the warp of the moving image read by region does not fit the VRAM "
+        "budget of ",
+        Mb(budgets.vram_bytes), " and the RAM budget of ",
+        Mb(budgets.ram_bytes),
+        " even with 256 px tiles; raise the budgets "
+        "or use device=cpu"));
+  } else if (!sizer.ChooseTile(WarpDevice::kCpu, &tile)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the RAM budget of ", Mb(budgets.ram_bytes),
         " cannot hold the warp even reading the moving image by region (",
         Mb(sizer.RamFor(sizer.Estimate(256, WarpDevice::kCpu))),
         " with 256 px tiles); raise --ram_budget"));
+  } else {
+    plan.warp_device = WarpDevice::kCpu;
+    if (may_cuda) {
+      plan.reasons.push_back(absl::StrCat(
+          "the GPU's VRAM budget of ", Mb(budgets.vram_bytes),
+          " (with the RAM for its pinned regions) cannot hold even the "
+          "smallest warp tile of the moving image read by region: warping "
+          "on the CPU"));
+    }
   }
-  if (sizer.budgets.has_gpu && options.device != DevicePreference::kCpu) {
-    plan.reasons.push_back(
-        "the moving image is read by region, which the GPU warp does not do "
-        "yet: warping on the CPU");
-  }
-  plan.warp_device = WarpDevice::kCpu;
+  const bool gpu = plan.warp_device == WarpDevice::kCuda;
   plan.moving_streamed = true;
   plan.moving_cache_bytes = RegionCacheBytes(moving, tile);
   plan.spill_bytes = moving.region_chunk_width > 0 ? 0 : SpillFileBytes(moving);
   plan.reasons.push_back(absl::StrFormat(
-      "warping %dx%d on the CPU in %dx%d tiles, the moving image read %s "
+      "warping %dx%d on the %s in %dx%d tiles, the moving image read %s "
       "through a %s cache",
-      plan.output_width, plan.output_height, tile, tile,
+      plan.output_width, plan.output_height,
+      gpu ? absl::StrCat("GPU (", budgets.gpu_name, ")") : "CPU", tile, tile,
       plan.spill_bytes > 0
           ? absl::StrCat("from a spill file of ", Mb(plan.spill_bytes),
                          " (it can only be decoded in order)")
           : std::string("from its file by tile or strip"),
       Mb(plan.moving_cache_bytes)));
   RecordWarpMemory(sizer, tile, plan_out);
+  if (gpu) {
+    plan.reasons.back() +=
+        absl::StrFormat("; %s of VRAM, budget %s", Mb(plan.warp.vram_bytes),
+                        Mb(budgets.vram_bytes));
+  }
   return absl::OkStatus();
 }
 

@@ -449,7 +449,7 @@ TEST(MakePlanStreamed, TheRegistrationCopyShrinksSoThatTheWarpFits) {
             std::string::npos);
 }
 
-TEST(MakePlanStreamed, SequentialFilesSpillAndGpuPlansWarpOnTheCpu) {
+TEST(MakePlanStreamed, SequentialFilesSpillAndTheGpuWarpsByRegion) {
   ImageSpec moving = Rgb(18960, 14960);
   moving.stream_rows = 256;  // a JPEG: no region chunk
   const Budgets b =
@@ -457,10 +457,43 @@ TEST(MakePlanStreamed, SequentialFilesSpillAndGpuPlansWarpOnTheCpu) {
   absl::StatusOr<Plan> p = MakePlan(Striped(18960, 14960), moving, {}, b);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->moving_streamed);
-  EXPECT_EQ(p->warp_device, WarpDevice::kCpu);
   EXPECT_EQ(p->spill_bytes, SpillFileBytes(moving));
-  EXPECT_NE(Reasons(*p).find("the GPU warp does not do yet"), std::string::npos)
+  // The GPU warps the regions: VRAM for the tiled warp, RAM for its pinned
+  // region slots, within both budgets; a CPU fallback that fits too.
+  EXPECT_EQ(p->warp_device, WarpDevice::kCuda);
+  EXPECT_GT(p->tile_size, 0);
+  EXPECT_GT(p->warp.vram_bytes, 0u);
+  EXPECT_LE(p->warp.vram_bytes, b.vram_bytes);
+  EXPECT_LE(p->warp.ram_bytes, b.ram_bytes);
+  EXPECT_GT(p->warp_cpu_fallback.ram_bytes, 0u);
+  EXPECT_LE(p->warp_cpu_fallback.ram_bytes, b.ram_bytes);
+  EXPECT_NE(Reasons(*p).find("on the GPU (" + b.gpu_name + ") in"),
+            std::string::npos)
       << Reasons(*p);
+
+  // A VRAM budget too small for any tile: the CPU, and the plan says why.
+  const Budgets tiny =
+      BudgetsFromHardware(Machine(32 * kGiB, 80 * kGiB),
+                          {1000ull << 20, 4ull << 20});
+  absl::StatusOr<Plan> q = MakePlan(Striped(18960, 14960), moving, {}, tiny);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->warp_device, WarpDevice::kCpu);
+  EXPECT_NE(Reasons(*q).find("cannot hold even the smallest warp tile of the "
+                             "moving image read by region"),
+            std::string::npos)
+      << Reasons(*q);
+  // device=cuda asked for: refused with the numbers instead.
+  JobOptions cuda;
+  cuda.device = DevicePreference::kCuda;
+  const absl::Status refused =
+      MakePlan(Striped(18960, 14960), moving, cuda, tiny).status();
+  EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
+  // device=cpu: the CPU, without a GPU reason.
+  JobOptions cpu;
+  cpu.device = DevicePreference::kCpu;
+  absl::StatusOr<Plan> c = MakePlan(Striped(18960, 14960), moving, cpu, b);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->warp_device, WarpDevice::kCpu);
 }
 
 }  // namespace

@@ -163,6 +163,14 @@ struct WarpMemoryEstimate {
 uint64_t EstimateRegionWarpHostBytes(const ImageSpec& moving, int64_t out_width,
                                      int64_t out_height, int64_t field_width,
                                      int64_t field_height, int64_t tile_size);
+// The warp of an image read by region on `device`: on the CPU
+// EstimateRegionWarpHostBytes; on CUDA the tiled warp's VRAM and pinned
+// staging plus its two pinned source-region slots (the region source's
+// cache again not included).
+WarpMemoryEstimate EstimateRegionWarpMemory(
+    const ImageSpec& moving, int64_t out_width, int64_t out_height,
+    int64_t field_width, int64_t field_height, int64_t tile_size,
+    WarpDevice device);
 // Most source pixels one region read holds for output tiles of
 // `tile_size`: (tile + 2 x 256)^2 within the image.
 int64_t RegionWarpCapacityPixels(const ImageSpec& moving, int64_t tile_size);

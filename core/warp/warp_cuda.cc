@@ -45,6 +45,7 @@
 #include <atomic>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -255,6 +256,7 @@ class CudaWarper final : public Warper {
     }
     if (out_host_ != nullptr) cudaFreeHost(out_host_);
     if (field_host_ != nullptr) cudaFreeHost(field_host_);
+    if (region_host_ != nullptr) cudaFreeHost(region_host_);
     try {
       src_dev_ = at::Tensor();
       out_dev_ = at::Tensor();
@@ -285,15 +287,51 @@ class CudaWarper final : public Warper {
                                  int64_t out_width, int64_t out_height,
                                  const WarpOptions& options,
                                  const TileCallback& on_tile) override {
-    const absl::Time start = absl::Now();
     REGSERVE_RETURN_IF_ERROR(
         ValidateWarpInputs(moving, field, out_width, out_height, options));
+    return Guarded(moving.spec(), field, out_width, out_height, options,
+                   [&](WarpStats* stats) {
+                     return WarpImpl(moving, field, out_width, out_height,
+                                     options, on_tile, stats);
+                   });
+  }
+
+  // The tiled path with each source region read from `moving` into a
+  // pinned slot on this thread while the GPU computes the previous one.
+  absl::StatusOr<WarpStats> WarpRegions(RegionSource* moving,
+                                        const DisplacementField& field,
+                                        int64_t out_width, int64_t out_height,
+                                        const WarpOptions& options,
+                                        const TileCallback& on_tile) override {
+    const ImageSpec& spec = moving->spec();
+    REGSERVE_RETURN_IF_ERROR(
+        ValidateWarpInputs(spec, field, out_width, out_height, options));
+    if (options.tile_size <= 0) {
+      return absl::InvalidArgumentError(
+          "a moving image read by region is warped in tiles: tile_size must "
+          "be > 0");
+    }
+    return Guarded(spec, field, out_width, out_height, options,
+                   [&](WarpStats* stats) {
+                     return RegionsImpl(moving, field, out_width, out_height,
+                                        options, on_tile, stats);
+                   });
+  }
+
+ private:
+  // Runs `impl` on this warper's device, turning LibTorch's and CUDA's
+  // exceptions into a Status, and waits for every stream before returning
+  // (nothing may still read the caller's memory or write our buffers).
+  absl::StatusOr<WarpStats> Guarded(
+      const ImageSpec& moving, const DisplacementField& field,
+      int64_t out_width, int64_t out_height, const WarpOptions& options,
+      const std::function<absl::Status(WarpStats*)>& impl) {
+    const absl::Time start = absl::Now();
     WarpStats stats;
     absl::Status status;
     try {
       c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
-      status = WarpImpl(moving, field, out_width, out_height, options, on_tile,
-                        &stats);
+      status = impl(&stats);
     } catch (const c10::OutOfMemoryError& e) {
       status = absl::ResourceExhaustedError(
           OomMessage(moving, field, out_width, out_height, options,
@@ -305,8 +343,6 @@ class CudaWarper final : public Warper {
       status =
           absl::InternalError(absl::StrCat("CUDA warp failed: ", e.what()));
     }
-    // Whatever happened, nothing may still be reading the caller's image or
-    // writing our buffers when we return.
     const absl::Status synced = SyncQuietly();
     if (status.ok()) status = synced;
     if (absl::IsResourceExhausted(status) &&
@@ -324,7 +360,6 @@ class CudaWarper final : public Warper {
     return stats;
   }
 
- private:
   absl::Status SyncQuietly() {
     absl::Status s;
     for (cudaStream_t st : {h2d_, compute_, d2h_}) {
@@ -336,8 +371,9 @@ class CudaWarper final : public Warper {
     return s;
   }
 
-  std::string OomMessage(const Image& moving, const DisplacementField& field,
-                         int64_t out_w, int64_t out_h, const WarpOptions& o,
+  std::string OomMessage(const ImageSpec& moving,
+                         const DisplacementField& field, int64_t out_w,
+                         int64_t out_h, const WarpOptions& o,
                          absl::string_view detail) {
     size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) cudaGetLastError();
@@ -345,8 +381,8 @@ class CudaWarper final : public Warper {
     for (int64_t t = 16384; t >= 256; t /= 2) {
       if (o.tile_size > 0 && t >= o.tile_size) continue;
       const uint64_t need =
-          EstimateWarpMemory(moving.spec(), out_w, out_h, field.width,
-                             field.height, t, WarpDevice::kCuda)
+          EstimateWarpMemory(moving, out_w, out_h, field.width, field.height, t,
+                             WarpDevice::kCuda)
               .device_bytes;
       if (need <= free_b * 8 / 10) {
         suggest = t;
@@ -724,8 +760,6 @@ class CudaWarper final : public Warper {
     // gets the device pointers in UploadField.
     const WarpParams host_params = base;
     const int64_t bpp = static_cast<int64_t>(moving.spec().bytes_per_pixel());
-    const int64_t field_bytes =
-        static_cast<int64_t>(field.dx.size()) * 2 * sizeof(float);
     const std::vector<TileRect> tiles =
         MakeTiles(out_w, out_h, options.tile_size);
     const int bound_threads = static_cast<int>(
@@ -735,10 +769,74 @@ class CudaWarper final : public Warper {
                      host_params, bound_threads, stats);
     }
 
-    // ---- Tiled. ----
-    const int64_t T = options.tile_size;
+    const uint8_t* data = moving.data();
+    const size_t row_bytes = moving.row_bytes();
+    return Tiled(
+        moving.spec(), field, out_w, out_h, options, on_tile, base, host_params,
+        bound_threads,
+        [&](const TileRect& src, int,
+            size_t* pitch) -> absl::StatusOr<const uint8_t*> {
+          *pitch = row_bytes;
+          return data + src.y * row_bytes + src.x * bpp;
+        },
+        stats);
+  }
+
+  absl::Status RegionsImpl(RegionSource* moving, const DisplacementField& field,
+                           int64_t out_w, int64_t out_h,
+                           const WarpOptions& options,
+                           const TileCallback& on_tile, WarpStats* stats) {
+    const ImageSpec& spec = moving->spec();
+    WarpParams base = MakeBaseParams(spec, field, options);
+    const WarpParams host_params = base;
+    const size_t bpp = spec.bytes_per_pixel();
     const int64_t cap =
-        RegionCapacityPixels(moving.width(), moving.height(), T);
+        RegionCapacityPixels(spec.width, spec.height, options.tile_size);
+    const size_t slot_bytes = static_cast<size_t>(cap) * bpp;
+    REGSERVE_RETURN_IF_ERROR(PreparePinned(&region_host_, &region_host_bytes_,
+                                           2 * slot_bytes,
+                                           "the source regions"));
+    std::vector<bool> used(2, false);
+    const int bound_threads = static_cast<int>(
+        std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    return Tiled(
+        spec, field, out_w, out_h, options, on_tile, base, host_params,
+        bound_threads,
+        [&](const TileRect& src, int slot,
+            size_t* pitch) -> absl::StatusOr<const uint8_t*> {
+          // The slot's last upload must be done before it is refilled.
+          if (used[slot]) {
+            REGSERVE_CUDA_RETURN(cudaEventSynchronize(h2d_ev_[slot]),
+                                 "cudaEventSynchronize");
+          }
+          used[slot] = true;
+          uint8_t* dst = region_host_ + slot * slot_bytes;
+          *pitch = static_cast<size_t>(src.w) * bpp;
+          REGSERVE_RETURN_IF_ERROR(
+              moving->ReadRegion(src.x, src.y, src.w, src.h, dst, *pitch));
+          return dst;
+        },
+        stats);
+  }
+
+  // The source of a region item: a host pointer to its first pixel and the
+  // row pitch, valid until the item's upload (recorded on h2d_ev_[slot]).
+  using SourceFn = std::function<absl::StatusOr<const uint8_t*>(
+      const TileRect& src, int slot, size_t* pitch)>;
+
+  // Tiled: see the header comment.
+  absl::Status Tiled(const ImageSpec& spec, const DisplacementField& field,
+                     int64_t out_w, int64_t out_h, const WarpOptions& options,
+                     const TileCallback& on_tile, WarpParams base,
+                     const WarpParams& host_params, int bound_threads,
+                     const SourceFn& source, WarpStats* stats) {
+    const int64_t bpp = static_cast<int64_t>(spec.bytes_per_pixel());
+    const int64_t field_bytes =
+        static_cast<int64_t>(field.dx.size()) * 2 * sizeof(float);
+    const std::vector<TileRect> tiles =
+        MakeTiles(out_w, out_h, options.tile_size);
+    const int64_t T = options.tile_size;
+    const int64_t cap = RegionCapacityPixels(spec.width, spec.height, T);
     const int64_t tile_bytes = T * T * bpp;
     PrepareDevice(2 * cap * bpp, 2 * tile_bytes, field_bytes);
     REGSERVE_RETURN_IF_ERROR(
@@ -753,11 +851,12 @@ class CudaWarper final : public Warper {
       const int slot = static_cast<int>(k % 2);
       REGSERVE_CUDA_RETURN(cudaEventSynchronize(d2h_ev_[slot]),
                            "cudaEventSynchronize");
-      ImageSpec spec = moving.spec();
-      spec.width = tiles[k].w;
-      spec.height = tiles[k].h;
+      ImageSpec tile_spec = spec;
+      tile_spec.width = tiles[k].w;
+      tile_spec.height = tiles[k].h;
       BorrowedAllocator borrowed(out_host_ + slot * tile_bytes);
-      REGSERVE_ASSIGN_OR_RETURN(Image img, Image::Allocate(spec, &borrowed));
+      REGSERVE_ASSIGN_OR_RETURN(Image img,
+                                Image::Allocate(tile_spec, &borrowed));
       REGSERVE_RETURN_IF_ERROR(on_tile(tiles[k], img));
       ++stats->tiles;
       return absl::OkStatus();
@@ -785,10 +884,12 @@ class CudaWarper final : public Warper {
         ++item_counter;
         uint8_t* region = src_dev + s * cap * bpp;
         if (item.src.w > 0 && item.src.h > 0) {
+          size_t pitch = 0;
+          REGSERVE_ASSIGN_OR_RETURN(const uint8_t* host,
+                                    source(item.src, s, &pitch));
           REGSERVE_CUDA_RETURN(
               cudaMemcpy2DAsync(region, static_cast<size_t>(item.src.w * bpp),
-                                moving.row(item.src.y) + item.src.x * bpp,
-                                moving.row_bytes(),
+                                host, pitch,
                                 static_cast<size_t>(item.src.w * bpp),
                                 static_cast<size_t>(item.src.h),
                                 cudaMemcpyHostToDevice, h2d_),
@@ -854,6 +955,9 @@ class CudaWarper final : public Warper {
   // Pinned host field staging (dx then dy, as on the device).
   uint8_t* field_host_ = nullptr;
   size_t field_host_bytes_ = 0;
+  // Pinned host source regions of WarpRegions (two slots).
+  uint8_t* region_host_ = nullptr;
+  size_t region_host_bytes_ = 0;
 };
 
 }  // namespace

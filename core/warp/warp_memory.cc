@@ -64,6 +64,27 @@ uint64_t EstimateRegionWarpHostBytes(const ImageSpec& moving, int64_t out_width,
   return regions + tiles + bounds;
 }
 
+WarpMemoryEstimate EstimateRegionWarpMemory(
+    const ImageSpec& moving, int64_t out_width, int64_t out_height,
+    int64_t field_width, int64_t field_height, int64_t tile_size,
+    WarpDevice device) {
+  WarpMemoryEstimate e;
+  if (device == WarpDevice::kCpu) {
+    e.host_bytes = EstimateRegionWarpHostBytes(
+        moving, out_width, out_height, field_width, field_height, tile_size);
+    return e;
+  }
+  // CudaWarper::WarpRegions: the tiled path, plus the pinned slots the
+  // regions are read into.
+  e = EstimateWarpMemory(moving, out_width, out_height, field_width,
+                         field_height, std::max<int64_t>(1, tile_size),
+                         WarpDevice::kCuda);
+  e.host_bytes +=
+      2 * static_cast<uint64_t>(RegionWarpCapacityPixels(moving, tile_size)) *
+      moving.bytes_per_pixel();
+  return e;
+}
+
 WarpMemoryEstimate EstimateWarpMemory(const ImageSpec& moving,
                                       int64_t out_width, int64_t out_height,
                                       int64_t field_width, int64_t field_height,
