@@ -472,9 +472,8 @@ TEST(MakePlanStreamed, SequentialFilesSpillAndTheGpuWarpsByRegion) {
       << Reasons(*p);
 
   // A VRAM budget too small for any tile: the CPU, and the plan says why.
-  const Budgets tiny =
-      BudgetsFromHardware(Machine(32 * kGiB, 80 * kGiB),
-                          {1000ull << 20, 4ull << 20});
+  const Budgets tiny = BudgetsFromHardware(Machine(32 * kGiB, 80 * kGiB),
+                                           {1000ull << 20, 4ull << 20});
   absl::StatusOr<Plan> q = MakePlan(Striped(18960, 14960), moving, {}, tiny);
   ASSERT_TRUE(q.ok()) << q.status();
   EXPECT_EQ(q->warp_device, WarpDevice::kCpu);
