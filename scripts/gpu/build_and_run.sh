@@ -24,6 +24,9 @@
 #   warp   the one-pass 283.6 MP warp against the duplex floor, under
 #          several band/chunk/slot settings, each with its GPU timeline
 #          (warp_benchmark --sweep; WARP_SWEEP), 113 MB and 7 MB fields
+#   streamed  the 500 MP pair under 512 MiB of RAM and of VRAM: the moving
+#          image read by region and warped on the GPU, then on the CPU, the
+#          results compared (scripts/big_job_benchmark.sh)
 #   wholejob  scripts/whole_job_benchmark.sh on this machine (the daemon with
 #          its default flags, so the refinement and the warp on CUDA): the
 #          cases smooth, homography, graffiti and big (WJ_CASES), residual
@@ -386,6 +389,33 @@ do_wholejob() {
   done
 }
 
+# The 500 MP pair (scripts/big_job_benchmark.sh: upscaled photo, a shift,
+# striped uncompressed TIFFs, server-side paths, affine) under 512 MiB of
+# RAM and of VRAM: the moving image read by region, warped on the GPU; then
+# the same job with --device cpu, and the two results compared.
+do_streamed() {
+  step "500 MP pair under --ram_budget=512M --vram_budget=512M"
+  local w=/opt/regserve-500 rc=0
+  BUILD=$BUILD W=25824 H=19360 WORK=$w \
+    EXTRA_DAEMON="--ram_budget=512M --vram_budget=512M" \
+    bash scripts/big_job_benchmark.sh >"$OUT/streamed_gpu.log" 2>&1 || rc=$?
+  grep -E "^(stage|wall|daemon peak|made|plan RAM)|warping|memory estimates|warp on|  warp:|limited to|refused" \
+    "$OUT/streamed_gpu.log"
+  result "500 MP, 512M RAM + 512M VRAM" "rc $rc; $(grep -o 'wall from submit to completed: [0-9.]* s' "$OUT/streamed_gpu.log")"
+  [ -f "$w/out/result.tif" ] && mv "$w/out/result.tif" "$w/out/result_gpu.tif"
+  rc=0
+  BUILD=$BUILD W=25824 H=19360 WORK=$w EXTRA_SUBMIT="--device cpu" \
+    EXTRA_DAEMON="--ram_budget=512M --vram_budget=512M" \
+    bash scripts/big_job_benchmark.sh >"$OUT/streamed_cpu.log" 2>&1 || rc=$?
+  grep -E "^(stage|wall|daemon peak)|warping|  warp:" "$OUT/streamed_cpu.log"
+  result "500 MP, the same job with --device cpu" "rc $rc; $(grep -o 'wall from submit to completed: [0-9.]* s' "$OUT/streamed_cpu.log")"
+  if [ -f "$w/out/result_gpu.tif" ] && [ -f "$w/out/result.tif" ]; then
+    local d; d=$(idiff "$w/out/result_gpu.tif" "$w/out/result.tif" 2>&1 | tail -3)
+    echo "$d"
+    result "500 MP: GPU result vs CPU result (idiff)" "$(echo "$d" | tr '\n' ' ')"
+  fi
+}
+
 do_warp() {
   step "one-pass warp: band/chunk/slot settings and their timelines"
   local sweep=${WARP_SWEEP:-512:256:3,256:128:4,128:128:8,256:64:8,1024:256:3,128:32:8}
@@ -401,6 +431,7 @@ do_warp() {
 for s in "${STEPS[@]}"; do
   case $s in
     warp) do_warp ;;
+    streamed) do_streamed ;;
     refine) do_refine ;;
     wholejob) do_wholejob ;;
     link) do_link ;;
