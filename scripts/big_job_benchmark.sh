@@ -46,11 +46,17 @@ done
 [ -n "$ADDR" ] || { cat "$WORK/daemon.err"; exit 1; }
 head -2 "$WORK/daemon.err"
 idle_rss=$(awk '/VmRSS/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
-# The daemon's RSS every 0.1 s ("ns rss anon file", kB), for the peak of
-# each stage: anonymous memory (heap, buffers) apart from file pages
-# mapped into the process (RssFile), which the kernel may drop.
+# The daemon's RSS every 0.1 s ("ns rss anon file children", kB), for the
+# peak of each stage: anonymous memory (heap, buffers) apart from file
+# pages mapped into the process (RssFile), which the kernel may drop, and
+# the RSS of its children (elastix, transformix), which the plan's
+# registration stage includes.
 (while kill -0 "$PID" 2>/dev/null; do
-   echo "$(date +%s%N) $(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' /proc/$PID/status 2>/dev/null)"
+   kids=0
+   for k in $(cat /proc/$PID/task/*/children 2>/dev/null); do
+     kids=$((kids + $(awk '/^VmRSS:/ {print $2}' /proc/$k/status 2>/dev/null || echo 0)))
+   done
+   echo "$(date +%s%N) $(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' /proc/$PID/status 2>/dev/null)$kids"
    sleep 0.1
  done) >"$WORK/rss.txt" &
 SAMPLER=$!
@@ -79,17 +85,19 @@ for line in open(sys.argv[1]):
 rss = []
 for line in open(sys.argv[2]):
     f = line.split()
-    if len(f) == 4:
+    if len(f) == 5:
         rss.append((int(f[0]),) + tuple(int(v) * 1024 / 1e6 for v in f[1:]))
 idle = float(sys.argv[3])
 ends = [m[0] for m in marks[1:]] + [float("inf")]
 for (start, stage), end in zip(marks, ends):
     inside = [r for r in rss if start <= r[0] < end]
     if inside:
-        top = max(inside, key=lambda r: r[1])
-        print("stage %-28s peak RSS %6.0f MB (growth %6.0f MB; anon %.0f, "
-              "file-backed %.0f MB), %d samples"
-              % (stage, top[1], top[1] - idle, top[2], top[3], len(inside)))
+        top = max(inside, key=lambda r: r[1] + r[4])
+        print("stage %-28s peak RSS %6.0f MB with its children's %4.0f MB "
+              "(growth %6.0f MB; daemon anon %.0f, file-backed %.0f MB), "
+              "%d samples" % (stage, top[1] + top[4], top[4],
+                              top[1] + top[4] - idle, top[2], top[3],
+                              len(inside)))
 PY
 echo "wall from submit to completed: $((wall_ms / 1000)).$(printf '%03d' $((wall_ms % 1000))) s"
 peak_rss=$(awk '/VmHWM/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
