@@ -854,9 +854,31 @@ absl::StatusOr<Plan> MakePlanWith(const ImageSpec& fixed,
   REGSERVE_RETURN_IF_ERROR(
       PlanWarp(moving, options, budgets, reg, streamed, &plan));
   PlanRefine(streamed ? 0 : moving.bytes(), options, budgets, reg, &plan);
-  // The writer compresses on up to one thread per core.
-  plan.result_writer_threads = std::max(1, budgets.cpu_threads);
+  // The writer compresses on up to one thread per core, fewer where each
+  // thread's tiles and buffers would not fit the RAM budget beside the warp.
+  const int cores = std::max(1, budgets.cpu_threads);
+  plan.result_writer_threads = cores;
   SetStreamTiles(stream_tile_size, moving, &plan);
+  while (plan.result_writer_threads > 1 &&
+         std::max(plan.warp.ram_bytes, plan.warp_cpu_fallback.ram_bytes) >
+             budgets.ram_bytes) {
+    plan.result_writer_threads /= 2;
+    SetStreamTiles(stream_tile_size, moving, &plan);
+  }
+  if (plan.result_writer_threads < cores) {
+    plan.reasons.push_back(absl::StrFormat(
+        "the result is compressed on %d threads, not %d: more would not fit "
+        "the RAM budget of %s beside the warp",
+        plan.result_writer_threads, cores, Mb(budgets.ram_bytes)));
+  }
+  if (plan.warp_cpu_fallback.ram_bytes > budgets.ram_bytes) {
+    // The job fails with that reason if the GPU warper cannot start.
+    plan.reasons.push_back(absl::StrFormat(
+        "no CPU fallback for the GPU warp: it would need %s of RAM",
+        Mb(plan.warp_cpu_fallback.ram_bytes)));
+    plan.warp_cpu_fallback.ram_bytes = 0;
+    plan.result_writer_cpu_ram_bytes = 0;  // SetStreamTiles keeps it so
+  }
   const TileGrid tiles(plan.output_width, plan.output_height,
                        plan.stream_tile_size);
   plan.reasons.push_back(

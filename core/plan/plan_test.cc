@@ -449,6 +449,32 @@ TEST(MakePlanStreamed, TheRegistrationCopyShrinksSoThatTheWarpFits) {
             std::string::npos);
 }
 
+// The same pair on a 16-core GPU host under 512 MiB of RAM and of VRAM:
+// the writer's threads shrink until the warp fits (it was refused, "warp
+// needs 624 MB"), and the GPU warps the regions.
+TEST(MakePlanStreamed, ManyCoresCompressOnFewerThreadsToFit) {
+  const ImageSpec fixed = Striped(25824, 19360);
+  const ImageSpec moving = Striped(25824, 19360);
+  HardwareSnapshot host = Machine(128 * kGiB, 140 * kGiB);
+  host.cpu_cores = 16;
+  const Budgets b = BudgetsFromHardware(host, {512ull << 20, 512ull << 20});
+  JobOptions o;
+  o.transform = TransformKind::kAffine;
+  absl::StatusOr<Plan> p = MakePlan(fixed, moving, o, b);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->moving_streamed);
+  for (const StageMemory& m : {p->decode, p->registration, p->warp, p->quality,
+                               p->initial_alignment, p->warp_cpu_fallback}) {
+    EXPECT_LE(m.ram_bytes, b.ram_bytes) << Reasons(*p);
+  }
+  EXPECT_LE(p->warp.vram_bytes, b.vram_bytes);
+  EXPECT_EQ(p->warp_device, WarpDevice::kCuda) << Reasons(*p);
+  EXPECT_LT(p->result_writer_threads, 16);
+  EXPECT_GE(p->result_writer_threads, 1);
+  EXPECT_NE(Reasons(*p).find("the result is compressed on"), std::string::npos)
+      << Reasons(*p);
+}
+
 TEST(MakePlanStreamed, SequentialFilesSpillAndTheGpuWarpsByRegion) {
   ImageSpec moving = Rgb(18960, 14960);
   moving.stream_rows = 256;  // a JPEG: no region chunk
