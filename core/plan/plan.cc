@@ -140,10 +140,13 @@ uint64_t RegistrationStageRam(const RegSize& r, uint64_t held) {
 // about 237 B per detection pixel, measured from 0.5 to 2 MP
 // (docs/benchmarks.md, "Robust start"); the matcher's and the fits' buffers
 // are a few MB. The stage then writes the pre-warped copy and its validity
-// mask (5 B per fixed copy pixel).
+// mask (5 B per fixed copy pixel). The base covers what the stage measured
+// beyond that in a daemon (the 283.6 MP pair streamed under 1 GB: 428 MB
+// against 417 MB planned with a 16 MiB base; docs/benchmarks.md, "The
+// memory plan against malloc's caching").
 constexpr double kDetectionPixels = 1.5e6;
 constexpr double kSiftBytesPerDetectionPixel = 240.0;
-constexpr uint64_t kSiftBaseBytes = 16ull << 20;
+constexpr uint64_t kSiftBaseBytes = 48ull << 20;
 
 // RAM of the initial alignment stage: its own, plus the copies and the full
 // moving image it holds.
