@@ -37,7 +37,7 @@ JOB=${JOB:-1}  # 0: elastix by hand only
 TAG=${TAG:-}
 MP=${MP:-}  # regctl --max-registration-megapixels; empty: the default
 REFINE=${REFINE:-}  # regctl --refine auto|off|on; empty: the default
-ELASTIX=${ELASTIX:-}  # --gpu_refine_elastix_* flags for regserved and the replay
+ELASTIX=${ELASTIX:-}  # regserved flags the replay takes too: --gpu_refine_elastix_*, --ram_budget
 MARGIN=${MARGIN:--1}  # make --margin for big (-1: the least without fill)
 THREADS=${THREADS:-$(nproc)}
 BENCH="$BUILD/tests/bench/whole_job_benchmark"
@@ -100,6 +100,7 @@ run_daemon_job() {  # case dir(inputs) dir(outputs)
     --output "$d/result.tif" --quality-map "$d/quality.png" "${extra[@]}" \
     >"$d/submit.out" 2>"$d/submit.err" || { tail "$d/submit.err"; kill "$pid"; exit 1; }
   echo "JOB wall $(ms_since "$t0") ms (regctl submit, uploads to the written result)"
+  awk '/^VmHWM/ {printf "DAEMON peak RSS (VmHWM) %.0f MB\n", $2 / 1024}' "/proc/$pid/status"
   grep -E '^(quality|WARNING)' "$d/submit.out" || true
   local id
   id=$("$RC" --server "$addr" list | awk 'NR == 2 {print $1}')

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -84,6 +85,11 @@ ABSL_FLAG(double, gpu_refine_elastix_iterations, 0.5,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "replay: as regserved's flag of that name");
+ABSL_FLAG(int64_t, max_image_pixels, 1000ll * 1000 * 1000,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(std::string, ram_budget, "",
+          "replay: as regserved's flag of that name (digits with an optional "
+          "K/M/G suffix, binary); empty: 80% of the available RAM");
 ABSL_FLAG(int, step, 0, "residual grid step (px); 0 = about 1500 across");
 ABSL_FLAG(std::string, def, "", "field: transformix's deformationField.mhd");
 
@@ -540,19 +546,36 @@ ReplayInputs InputsOf(const Truth& t, const std::string& dir) {
   return {dir + "/fixed.tif", dir + "/moving.tif"};
 }
 
+// --ram_budget's bytes (0 when empty or unreadable: the default budget).
+uint64_t RamBudgetFlag() {
+  const std::string text = absl::GetFlag(FLAGS_ram_budget);
+  if (text.empty()) return 0;
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  const std::string unit = end == nullptr ? "" : std::string(end);
+  const double scale = unit == "K"   ? 1024.0
+                       : unit == "M" ? 1048576.0
+                       : unit == "G" ? 1073741824.0
+                                     : 1.0;
+  return v > 0 ? static_cast<uint64_t>(v * scale) : 0;
+}
+
 // The job, built as regserved builds its JobManager with its default flags.
 absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
                                   const std::string& data_dir,
                                   DisplacementField* kept) {
   std::unique_ptr<HardwareProbe> probe = NewSystemProbe();
   REGSERVE_ASSIGN_OR_RETURN(HardwareSnapshot hw, probe->Probe());
-  REGSERVE_ASSIGN_OR_RETURN(ResourceConfig rc,
-                            MakeResourceConfig(hw, ResourceFlags{}));
+  ResourceFlags flags;
+  flags.ram_bytes = RamBudgetFlag();
+  REGSERVE_ASSIGN_OR_RETURN(ResourceConfig rc, MakeResourceConfig(hw, flags));
   ResourceScheduler scheduler(ToSchedulerConfig(rc), probe.get());
   JobManager::Options o;
   o.data_dir = data_dir;
   o.input_root = std::filesystem::absolute(in.fixed).parent_path().string();
   o.device = rc.flags.devices.preference;
+  o.budget_overrides.ram_bytes = rc.flags.ram_bytes;
+  o.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   // As regserved's --gpu_refine_elastix_* flags (same defaults).
   o.elastix_before_gpu_refine.max_megapixels =
       absl::GetFlag(FLAGS_gpu_refine_elastix_megapixels);
