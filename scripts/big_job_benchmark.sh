@@ -22,11 +22,12 @@ H=${H:-14960}
 mkdir -p "$WORK/in" "$WORK/out"
 if [ ! -f "$WORK/in/moving_283mp.tif" ]; then
   t=$SECONDS
-  oiiotool tests/data/photos/seeding_5312x2988.jpg --resize:filter=triangle \
-    "$((W + 64))x$((H + 64))" -d uint8 -o "$WORK/in/big.tif"
-  oiiotool "$WORK/in/big.tif" --cut "${W}x${H}+32+32" -d uint8 --compression none \
+  # --native: uint8 buffers (without it oiiotool works in float: 24 B/px).
+  oiiotool --native tests/data/photos/seeding_5312x2988.jpg --resize:filter=triangle \
+    "$((W + 64))x$((H + 64))" -d uint8 --compression none -o "$WORK/in/big.tif"
+  oiiotool --native "$WORK/in/big.tif" --cut "${W}x${H}+32+32" -d uint8 --compression none \
     -o "$WORK/in/fixed_283mp.tif"
-  oiiotool "$WORK/in/big.tif" --cut "${W}x${H}+45+49" -d uint8 --compression none \
+  oiiotool --native "$WORK/in/big.tif" --cut "${W}x${H}+45+49" -d uint8 --compression none \
     -o "$WORK/in/moving_283mp.tif"
   rm -f "$WORK/in/big.tif"
   echo "made the pair in $((SECONDS - t)) s"
@@ -54,7 +55,8 @@ idle_rss=$(awk '/VmRSS/ {printf "%.0f", $2 * 1024 / 1e6}' /proc/$PID/status)
 (while kill -0 "$PID" 2>/dev/null; do
    kids=0
    for k in $(cat /proc/$PID/task/*/children 2>/dev/null); do
-     kids=$((kids + $(awk '/^VmRSS:/ {print $2}' /proc/$k/status 2>/dev/null || echo 0)))
+     v=$(awk '/^VmRSS:/ {print $2}' "/proc/$k/status" 2>/dev/null || true)
+     kids=$((kids + ${v:-0}))  # a child may have exited meanwhile
    done
    echo "$(date +%s%N) $(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' /proc/$PID/status 2>/dev/null)$kids"
    sleep 0.1
