@@ -503,13 +503,7 @@ TEST_F(JobManagerTest, PlanRefusalIsResourceExhausted) {
 }
 
 TEST_F(JobManagerTest, CudaWarperFailureFallsBackToCpu) {
-  HardwareSnapshot hw = testing_util::SmallMachine();
-  hw.gpus.push_back(GpuInfo{0, "Fake GPU", 8ull << 30, 8ull << 30});
-  probe_->Set(hw);
-  SchedulerConfig config = testing_util::SmallSchedulerConfig();
-  config.vram_budget_bytes = {4ull << 30};
-  config.gpu_ordinals = {0};
-  scheduler_ = std::make_unique<ResourceScheduler>(config, probe_.get());
+  UseFakeGpu();
   std::atomic<int> cuda_attempts{0};
   JobManagerEnv env = FakeEnv();
   env.create_warper =
@@ -557,13 +551,7 @@ TEST_F(JobManagerTest, CudaWarperFailureFallsBackToCpu) {
 // the daemon's --gpu_refine_elastix_megapixels and its schedule; without an
 // initial alignment (none here) the affine stage stays.
 TEST_F(JobManagerTest, ElastixGetsItsOwnCopyBeforeAGpuRefinement) {
-  HardwareSnapshot hw = testing_util::SmallMachine();
-  hw.gpus.push_back(GpuInfo{0, "Fake GPU", 8ull << 30, 8ull << 30});
-  probe_->Set(hw);
-  SchedulerConfig config = testing_util::SmallSchedulerConfig();
-  config.vram_budget_bytes = {4ull << 30};
-  config.gpu_ordinals = {0};
-  scheduler_ = std::make_unique<ResourceScheduler>(config, probe_.get());
+  UseFakeGpu();
   opts_.device = DevicePreference::kAuto;
   opts_.elastix_before_gpu_refine.max_megapixels = 0.01;  // 1/2 of 181x217
   opts_.elastix_before_gpu_refine.iteration_scale = 0.5;

@@ -184,6 +184,19 @@ class JobManagerTest : public ::testing::Test {
     opts_.max_upload_bytes = 1 << 20;
   }
 
+  // The machine gets one fake 8 GiB GPU, which the scheduler manages with
+  // a 4 GiB VRAM budget (no CUDA runs: warpers and refinements fail or are
+  // faked by the test).
+  void UseFakeGpu() {
+    HardwareSnapshot hw = testing_util::SmallMachine();
+    hw.gpus.push_back(GpuInfo{0, "Fake GPU", 8ull << 30, 8ull << 30});
+    probe_->Set(hw);
+    SchedulerConfig config = testing_util::SmallSchedulerConfig();
+    config.vram_budget_bytes = {4ull << 30};
+    config.gpu_ordinals = {0};
+    scheduler_ = std::make_unique<ResourceScheduler>(config, probe_.get());
+  }
+
   JobManagerEnv FakeEnv(int threads = -1) {
     JobManagerEnv env;
     env.register_fn = fake_.Fn();

@@ -416,17 +416,20 @@ TEST(MakePlanStreamed, TheMovingImageIsReadByRegionWhenItDoesNotFit) {
 // A 500 MP pair under 512 MiB: at the 20 MP registration copy the warp's
 // field and writer do not fit beside its tiles, so the copy shrinks until
 // every stage does (it was refused: "warp needs 595 MB").
+// The affine 500 MP pair of striped TIFFs that docs/benchmarks.md runs.
+absl::StatusOr<Plan> Plan500Mp(const Budgets& b) {
+  JobOptions o;
+  o.transform = TransformKind::kAffine;
+  return MakePlan(Striped(25824, 19360), Striped(25824, 19360), o, b);
+}
+
 TEST(MakePlanStreamed, TheRegistrationCopyShrinksSoThatTheWarpFits) {
-  const ImageSpec fixed = Striped(25824, 19360);
-  const ImageSpec moving = Striped(25824, 19360);
   // Two cores, as where it ran (docs/benchmarks.md): the writer's buffers
-  // grow with the cores, and on 8 no copy size fits 512 MiB.
+  // grow with its threads, one per core (see ManyCores... below).
   HardwareSnapshot two = Machine(32 * kGiB, 0);
   two.cpu_cores = 2;
   const Budgets b = BudgetsFromHardware(two, {512ull << 20, 0});
-  JobOptions o;
-  o.transform = TransformKind::kAffine;
-  absl::StatusOr<Plan> p = MakePlan(fixed, moving, o, b);
+  absl::StatusOr<Plan> p = Plan500Mp(b);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->moving_streamed);
   for (const StageMemory& m : {p->decode, p->registration, p->warp, p->quality,
@@ -442,8 +445,7 @@ TEST(MakePlanStreamed, TheRegistrationCopyShrinksSoThatTheWarpFits) {
       << Reasons(*p);
   // With room for the copy it asks for, nothing is limited.
   absl::StatusOr<Plan> roomy =
-      MakePlan(fixed, moving, o,
-               BudgetsFromHardware(Machine(32 * kGiB, 0), {2 * kGiB, 0}));
+      Plan500Mp(BudgetsFromHardware(Machine(32 * kGiB, 0), {2 * kGiB, 0}));
   ASSERT_TRUE(roomy.ok()) << roomy.status();
   EXPECT_EQ(Reasons(*roomy).find("the registration copy is limited to"),
             std::string::npos);
@@ -453,14 +455,10 @@ TEST(MakePlanStreamed, TheRegistrationCopyShrinksSoThatTheWarpFits) {
 // the writer's threads shrink until the warp fits (it was refused, "warp
 // needs 624 MB"), and the GPU warps the regions.
 TEST(MakePlanStreamed, ManyCoresCompressOnFewerThreadsToFit) {
-  const ImageSpec fixed = Striped(25824, 19360);
-  const ImageSpec moving = Striped(25824, 19360);
   HardwareSnapshot host = Machine(128 * kGiB, 140 * kGiB);
   host.cpu_cores = 16;
   const Budgets b = BudgetsFromHardware(host, {512ull << 20, 512ull << 20});
-  JobOptions o;
-  o.transform = TransformKind::kAffine;
-  absl::StatusOr<Plan> p = MakePlan(fixed, moving, o, b);
+  absl::StatusOr<Plan> p = Plan500Mp(b);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->moving_streamed);
   for (const StageMemory& m : {p->decode, p->registration, p->warp, p->quality,

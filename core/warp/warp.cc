@@ -110,6 +110,20 @@ absl::Status ValidateWarpInputs(const ImageSpec& moving,
   return absl::OkStatus();
 }
 
+absl::Status ValidateRegionWarpInputs(const ImageSpec& moving,
+                                      const DisplacementField& field,
+                                      int64_t out_width, int64_t out_height,
+                                      const WarpOptions& options) {
+  REGSERVE_RETURN_IF_ERROR(
+      ValidateWarpInputs(moving, field, out_width, out_height, options));
+  if (options.tile_size <= 0) {
+    return absl::InvalidArgumentError(
+        "a moving image read by region is warped in tiles: tile_size must "
+        "be > 0");
+  }
+  return absl::OkStatus();
+}
+
 WarpParams MakeBaseParams(const Image& moving, const DisplacementField& field,
                           const WarpOptions& options) {
   return MakeBaseParams(moving.spec(), field, options);
@@ -539,12 +553,7 @@ absl::StatusOr<WarpStats> CpuWarper::WarpRegions(RegionSource* moving,
   const absl::Time start = absl::Now();
   const ImageSpec& spec = moving->spec();
   REGSERVE_RETURN_IF_ERROR(
-      ValidateWarpInputs(spec, field, out_width, out_height, options));
-  if (options.tile_size <= 0) {
-    return absl::InvalidArgumentError(
-        "a moving image read by region is warped in tiles: tile_size must "
-        "be > 0");
-  }
+      ValidateRegionWarpInputs(spec, field, out_width, out_height, options));
   const WarpParams base = MakeBaseParams(spec, field, options);
   const RowFn row_fn = SelectRowFn(base);
   const std::vector<TileRect> tiles =

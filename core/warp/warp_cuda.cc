@@ -64,6 +64,12 @@ namespace regserve {
 namespace warp_internal {
 namespace {
 
+// Host threads that bound the field's blocks: the cores, at most 8.
+int BoundThreads() {
+  return static_cast<int>(
+      std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+}
+
 absl::Status CudaStatus(cudaError_t e, absl::string_view what) {
   if (e == cudaSuccess) return absl::OkStatus();
   if (e == cudaErrorMemoryAllocation) {
@@ -305,12 +311,7 @@ class CudaWarper final : public Warper {
                                         const TileCallback& on_tile) override {
     const ImageSpec& spec = moving->spec();
     REGSERVE_RETURN_IF_ERROR(
-        ValidateWarpInputs(spec, field, out_width, out_height, options));
-    if (options.tile_size <= 0) {
-      return absl::InvalidArgumentError(
-          "a moving image read by region is warped in tiles: tile_size must "
-          "be > 0");
-    }
+        ValidateRegionWarpInputs(spec, field, out_width, out_height, options));
     return Guarded(spec, field, out_width, out_height, options,
                    [&](WarpStats* stats) {
                      return RegionsImpl(moving, field, out_width, out_height,
@@ -762,8 +763,7 @@ class CudaWarper final : public Warper {
     const int64_t bpp = static_cast<int64_t>(moving.spec().bytes_per_pixel());
     const std::vector<TileRect> tiles =
         MakeTiles(out_w, out_h, options.tile_size);
-    const int bound_threads = static_cast<int>(
-        std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    const int bound_threads = BoundThreads();
     if (tiles.size() == 1) {
       return OnePass(moving, field, out_w, out_h, options, on_tile, base,
                      host_params, bound_threads, stats);
@@ -797,8 +797,7 @@ class CudaWarper final : public Warper {
                                            2 * slot_bytes,
                                            "the source regions"));
     std::vector<bool> used(2, false);
-    const int bound_threads = static_cast<int>(
-        std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    const int bound_threads = BoundThreads();
     return Tiled(
         spec, field, out_w, out_h, options, on_tile, base, host_params,
         bound_threads,

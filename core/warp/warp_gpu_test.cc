@@ -49,6 +49,24 @@ double MaxDiff(const Image& a, const Image& b) {
   return worst;
 }
 
+// For a 3000x2000 image: neighbouring nodes pointing to opposite ends of
+// it, so that the tiled path must split tiles until each source region
+// fits.
+DisplacementField OppositeEndsField() {
+  DisplacementField f;
+  f.width = 30;
+  f.height = 20;
+  f.spacing_x = 100;
+  f.spacing_y = 100;
+  f.dx.resize(600);
+  f.dy.resize(600);
+  for (int k = 0; k < 600; ++k) {
+    f.dx[k] = (k % 2) ? 2500.f : -2500.f;
+    f.dy[k] = (k % 3) ? 1500.f : -1500.f;
+  }
+  return f;
+}
+
 TEST(WarpGpuTest, CudaMatchesCpuOnFreshRandomInputs) {
   std::string why;
   auto cuda = CudaOrNull(&why);
@@ -118,17 +136,7 @@ TEST(WarpGpuTest, PathologicalFieldSplitsRegionsAndStaysCorrect) {
   if (cuda == nullptr) GTEST_SKIP() << "CUDA unavailable: " << why;
   auto cpu = Warper::Create(WarpDevice::kCpu).value();
   const Image m = RandomImage({3000, 2000, 1, SampleType::kUInt8}, 5);
-  DisplacementField f;
-  f.width = 30;
-  f.height = 20;
-  f.spacing_x = 100;
-  f.spacing_y = 100;
-  f.dx.resize(600);
-  f.dy.resize(600);
-  for (int k = 0; k < 600; ++k) {
-    f.dx[k] = (k % 2) ? 2500.f : -2500.f;
-    f.dy[k] = (k % 3) ? 1500.f : -1500.f;
-  }
+  const DisplacementField f = OppositeEndsField();
   WarpOptions o;
   o.tile_size = 256;
   const Image ref = WarpToImage(*cpu, m, f, 3000, 2000, o).value();
@@ -165,17 +173,7 @@ TEST(WarpGpuTest, RegionsReadByRegionMatchTheCpu) {
   }
   // Opposite ends of the image side by side: regions split per tile.
   const Image m = RandomImage({3000, 2000, 1, SampleType::kUInt8}, 5);
-  DisplacementField f;
-  f.width = 30;
-  f.height = 20;
-  f.spacing_x = 100;
-  f.spacing_y = 100;
-  f.dx.resize(600);
-  f.dy.resize(600);
-  for (int k = 0; k < 600; ++k) {
-    f.dx[k] = (k % 2) ? 2500.f : -2500.f;
-    f.dy[k] = (k % 3) ? 1500.f : -1500.f;
-  }
+  const DisplacementField f = OppositeEndsField();
   const std::unique_ptr<RegionSource> src = MakeImageRegionSource(&m);
   WarpOptions o;
   o.tile_size = 256;

@@ -39,6 +39,12 @@ absl::Status ValidateWarpInputs(const ImageSpec& moving,
 WarpParams MakeBaseParams(const ImageSpec& moving,
                           const DisplacementField& field,
                           const WarpOptions& options);
+// ValidateWarpInputs for Warper::WarpRegions, which also needs tiles
+// (tile_size > 0).
+absl::Status ValidateRegionWarpInputs(const ImageSpec& moving,
+                                      const DisplacementField& field,
+                                      int64_t out_width, int64_t out_height,
+                                      const WarpOptions& options);
 
 // Output tiles in row-major order. tile_size 0 (or >= both dimensions) gives
 // one tile covering the whole output, or, with band_rows > 0, full-width
