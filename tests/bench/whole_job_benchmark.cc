@@ -58,6 +58,7 @@
 #include "core/registration/registration.h"
 #include "core/scheduler/scheduler.h"
 #include "core/warp/warp.h"
+#include "server/flag_util.h"
 #include "tests/bench/local_contrast.h"
 #include "tests/bench/strong_homography.h"
 
@@ -88,8 +89,8 @@ ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
 ABSL_FLAG(int64_t, max_image_pixels, 1000ll * 1000 * 1000,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(std::string, ram_budget, "",
-          "replay: as regserved's flag of that name (digits with an optional "
-          "K/M/G suffix, binary); empty: 80% of the available RAM");
+          "replay: as regserved's flag of that name; empty: 80% of the "
+          "available RAM");
 ABSL_FLAG(int, step, 0, "residual grid step (px); 0 = about 1500 across");
 ABSL_FLAG(std::string, def, "", "field: transformix's deformationField.mhd");
 
@@ -546,18 +547,18 @@ ReplayInputs InputsOf(const Truth& t, const std::string& dir) {
   return {dir + "/fixed.tif", dir + "/moving.tif"};
 }
 
-// --ram_budget's bytes (0 when empty or unreadable: the default budget).
+// --ram_budget's bytes, parsed as regserved parses it (0 when empty or
+// unreadable: the default budget).
 uint64_t RamBudgetFlag() {
   const std::string text = absl::GetFlag(FLAGS_ram_budget);
   if (text.empty()) return 0;
-  char* end = nullptr;
-  const double v = std::strtod(text.c_str(), &end);
-  const std::string unit = end == nullptr ? "" : std::string(end);
-  const double scale = unit == "K"   ? 1024.0
-                       : unit == "M" ? 1048576.0
-                       : unit == "G" ? 1073741824.0
-                                     : 1.0;
-  return v > 0 ? static_cast<uint64_t>(v * scale) : 0;
+  const absl::StatusOr<uint64_t> bytes = ParseByteSize(text);
+  if (!bytes.ok()) {
+    std::fprintf(stderr, "--ram_budget: %s\n",
+                 std::string(bytes.status().message()).c_str());
+    return 0;
+  }
+  return *bytes;
 }
 
 // The job, built as regserved builds its JobManager with its default flags.
