@@ -42,6 +42,23 @@ ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "When the refinement runs on a GPU after elastix: run elastix's "
           "affine stage before its B-spline even after an initial alignment "
           "was found.");
+ABSL_FLAG(double, correction_elastix_megapixels, 2.0,
+          "When no GPU refines and the shift correction follows elastix "
+          "(--shift_correction_passes > 0): elastix works on the "
+          "registration copy pooled to at most this many megapixels. 0: the "
+          "registration copy itself.");
+ABSL_FLAG(double, correction_elastix_iterations, 0.5,
+          "When no GPU refines and the shift correction follows elastix: "
+          "elastix's preset iterations times this (0 < x <= 100).");
+ABSL_FLAG(bool, correction_elastix_affine, true,
+          "When no GPU refines and the shift correction follows elastix: run "
+          "elastix's affine stage before its B-spline even after an initial "
+          "alignment was found.");
+ABSL_FLAG(int, shift_correction_passes, 4,
+          "Passes of the shift correction after registration (the quality "
+          "map's measured patch shifts, smoothed and composed with the "
+          "field; each kept only when the estimate improves), before the "
+          "LibTorch refinement. 0: none. Jobs with refine=off have none.");
 ABSL_FLAG(int, max_queue, 64,
           "Jobs not yet finished (uploading, queued, running) before Submit "
           "answers RESOURCE_EXHAUSTED.");
@@ -234,6 +251,13 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
       absl::GetFlag(FLAGS_gpu_refine_elastix_iterations);
   c.elastix_before_gpu_refine.linear_stage =
       absl::GetFlag(FLAGS_gpu_refine_elastix_affine);
+  c.shift_correction_passes = absl::GetFlag(FLAGS_shift_correction_passes);
+  c.elastix_before_cpu_correction.max_megapixels =
+      absl::GetFlag(FLAGS_correction_elastix_megapixels);
+  c.elastix_before_cpu_correction.iteration_scale =
+      absl::GetFlag(FLAGS_correction_elastix_iterations);
+  c.elastix_before_cpu_correction.linear_stage =
+      absl::GetFlag(FLAGS_correction_elastix_affine);
   c.stream_tile_size = absl::GetFlag(FLAGS_stream_tile_size);
   c.retention = absl::GetFlag(FLAGS_retention);
   c.registration_timeout = absl::GetFlag(FLAGS_registration_timeout);
@@ -244,20 +268,39 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   return c;
 }
 
+namespace {
+
+// --<prefix>_elastix_megapixels and _iterations.
+absl::Status ValidateSchedule(const ElastixSchedule& e, const char* prefix) {
+  if (!(e.max_megapixels >= 0) || !std::isfinite(e.max_megapixels)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", prefix,
+                     "_elastix_megapixels must be 0 (the registration copy) "
+                     "or positive"));
+  }
+  if (!(e.iteration_scale > 0) || !(e.iteration_scale <= 100)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", prefix,
+                     "_elastix_iterations must be more than 0 and at most "
+                     "100"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ValidateDaemonConfig(const DaemonConfig& c) {
   if (c.max_message_bytes < kMinMessageBytes ||
       c.max_message_bytes > kMaxMessageBytes) {
     return absl::InvalidArgumentError(kMessageSizeHint);
   }
-  const ElastixSchedule& e = c.elastix_before_gpu_refine;
-  if (!(e.max_megapixels >= 0) || !std::isfinite(e.max_megapixels)) {
+  REGSERVE_RETURN_IF_ERROR(
+      ValidateSchedule(c.elastix_before_gpu_refine, "gpu_refine"));
+  REGSERVE_RETURN_IF_ERROR(
+      ValidateSchedule(c.elastix_before_cpu_correction, "correction"));
+  if (c.shift_correction_passes < 0 || c.shift_correction_passes > 20) {
     return absl::InvalidArgumentError(
-        "--gpu_refine_elastix_megapixels must be 0 (the registration copy) "
-        "or positive");
-  }
-  if (!(e.iteration_scale > 0) || !(e.iteration_scale <= 100)) {
-    return absl::InvalidArgumentError(
-        "--gpu_refine_elastix_iterations must be more than 0 and at most 100");
+        "--shift_correction_passes must be 0 (none) to 20");
   }
   if (c.max_streams < 1) {
     return absl::InvalidArgumentError("--max_streams must be at least 1");

@@ -71,6 +71,8 @@ struct DaemonConfig {
   // after an initial alignment (docs/benchmarks.md, "elastix before a GPU
   // refinement").
   ElastixSchedule elastix_before_gpu_refine{2.0, 0.5, false};
+  int shift_correction_passes = 4;
+  ElastixSchedule elastix_before_cpu_correction{2.0, 0.5, true};
   int64_t stream_tile_size = 512;
   absl::Duration retention = absl::Hours(24 * 7);
   absl::Duration registration_timeout = absl::Hours(2);

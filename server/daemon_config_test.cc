@@ -28,6 +28,9 @@ ABSL_DECLARE_FLAG(std::string, tls_cert);
 ABSL_DECLARE_FLAG(bool, insecure_listen_any);
 ABSL_DECLARE_FLAG(double, gpu_refine_elastix_megapixels);
 ABSL_DECLARE_FLAG(double, gpu_refine_elastix_iterations);
+ABSL_DECLARE_FLAG(double, correction_elastix_megapixels);
+ABSL_DECLARE_FLAG(double, correction_elastix_iterations);
+ABSL_DECLARE_FLAG(int, shift_correction_passes);
 
 namespace regserve {
 namespace {
@@ -128,6 +131,19 @@ TEST_F(DaemonConfigTest, BadValuesNameTheFlag) {
     EXPECT_THAT(FlagError(), HasSubstr("--gpu_refine_elastix_iterations"));
   }
   absl::SetFlag(&FLAGS_gpu_refine_elastix_iterations, 1.0);
+  absl::SetFlag(&FLAGS_correction_elastix_megapixels, -1.0);
+  EXPECT_THAT(FlagError(), HasSubstr("--correction_elastix_megapixels"));
+  absl::SetFlag(&FLAGS_correction_elastix_megapixels, 2.0);
+  absl::SetFlag(&FLAGS_correction_elastix_iterations, 0.0);
+  EXPECT_THAT(FlagError(), HasSubstr("--correction_elastix_iterations"));
+  absl::SetFlag(&FLAGS_correction_elastix_iterations, 0.5);
+  for (int passes : {-1, 21}) {
+    absl::SetFlag(&FLAGS_shift_correction_passes, passes);
+    EXPECT_THAT(FlagError(), HasSubstr("--shift_correction_passes"));
+  }
+  absl::SetFlag(&FLAGS_shift_correction_passes, 0);
+  EXPECT_EQ(FlagError(), "");
+  absl::SetFlag(&FLAGS_shift_correction_passes, 4);
 
   absl::SetFlag(&FLAGS_metrics_tokens, "/some/file");
   EXPECT_THAT(FlagError(), HasSubstr("--metrics_listen"));

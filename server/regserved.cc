@@ -207,6 +207,8 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   o.max_upload_bytes = c.max_upload_bytes;
   o.default_max_registration_megapixels = c.max_registration_megapixels;
   o.elastix_before_gpu_refine = c.elastix_before_gpu_refine;
+  o.shift_correction_passes = c.shift_correction_passes;
+  o.elastix_before_cpu_correction = c.elastix_before_cpu_correction;
   o.device = rc.flags.devices.preference;
   // The planner applies the same budget rule as rc (PlanningBudgets over a
   // fresh hardware reading with these overrides, on the GPUs the scheduler

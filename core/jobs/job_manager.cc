@@ -90,14 +90,20 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
     return absl::InvalidArgumentError(
         "default_max_registration_megapixels must be positive");
   }
-  const ElastixSchedule& e = o.elastix_before_gpu_refine;
-  if (!(e.max_megapixels >= 0) || !std::isfinite(e.max_megapixels)) {
-    return absl::InvalidArgumentError(
-        "elastix_before_gpu_refine.max_megapixels must be >= 0");
+  for (const ElastixSchedule* e :
+       {&o.elastix_before_gpu_refine, &o.elastix_before_cpu_correction}) {
+    if (!(e->max_megapixels >= 0) || !std::isfinite(e->max_megapixels)) {
+      return absl::InvalidArgumentError(
+          "elastix_before_*.max_megapixels must be >= 0");
+    }
+    if (!(e->iteration_scale > 0) || !(e->iteration_scale <= 100)) {
+      return absl::InvalidArgumentError(
+          "elastix_before_*.iteration_scale must be in (0, 100]");
+    }
   }
-  if (!(e.iteration_scale > 0) || !(e.iteration_scale <= 100)) {
+  if (o.shift_correction_passes < 0 || o.shift_correction_passes > 20) {
     return absl::InvalidArgumentError(
-        "elastix_before_gpu_refine.iteration_scale must be in (0, 100]");
+        "shift_correction_passes must be in [0, 20]");
   }
   if (o.pipeline_threads < 0) {
     return absl::InvalidArgumentError("pipeline_threads must be >= 0");
@@ -265,6 +271,9 @@ absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobRecord& rec) const {
       PlanningBudgets(hw, flags, scheduler_->config().gpu_ordinals);
   JobOptions options = rec.info.spec.options;
   options.elastix_before_gpu_refine = options_.elastix_before_gpu_refine;
+  options.shift_correction_passes = options_.shift_correction_passes;
+  options.elastix_before_cpu_correction =
+      options_.elastix_before_cpu_correction;
   REGSERVE_ASSIGN_OR_RETURN(
       Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec, options, budgets,
                           options_.stream_tile_size));

@@ -103,6 +103,10 @@ class JobManager {
     double default_max_registration_megapixels = 20.0;
     // elastix's schedule before a refinement on the GPU (plan.h).
     ElastixSchedule elastix_before_gpu_refine;
+    // Passes of the shift correction (plan.h; 0: none).
+    int shift_correction_passes = 4;
+    // elastix's schedule before the shift correction on the CPU (plan.h).
+    ElastixSchedule elastix_before_cpu_correction;
     DevicePreference device = DevicePreference::kAuto;
     BudgetOverrides budget_overrides;
     ElastixConfig elastix;

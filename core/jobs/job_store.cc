@@ -458,6 +458,24 @@ absl::Status ReadRefinePlan(const Reader& r, Plan* p) {
   return ReadStageMemory(r, "plan.refine", &p->refine);
 }
 
+// The shift correction's plan (absent in files written before it existed:
+// none, as such jobs ran).
+void AddShiftCorrectionPlan(Writer* w, const Plan& p) {
+  w->AddInt("plan.shift_correction_passes", p.shift_correction_passes);
+  AddStageMemory(w, "plan.shift_correction", p.shift_correction);
+}
+
+absl::Status ReadShiftCorrectionPlan(const Reader& r, Plan* p) {
+  if (!r.Has("plan.shift_correction_passes")) return absl::OkStatus();
+  REGSERVE_ASSIGN_OR_RETURN(const int64_t passes,
+                            r.Int("plan.shift_correction_passes"));
+  if (passes < 0 || passes > 100) {
+    return absl::DataLossError("job file: bad plan.shift_correction_passes");
+  }
+  p->shift_correction_passes = static_cast<int>(passes);
+  return ReadStageMemory(r, "plan.shift_correction", &p->shift_correction);
+}
+
 // elastix's own copy and schedule (absent in files written before they
 // existed: the registration copy and the preset, as such jobs ran).
 void AddElastixPlan(Writer* w, const Plan& p) {
@@ -589,6 +607,7 @@ std::string EncodeJobState(const JobRecord& record) {
   w.AddUint("plan.spill_bytes", p.spill_bytes);
   AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);
   AddRefinePlan(&w, p);
+  AddShiftCorrectionPlan(&w, p);
   AddElastixPlan(&w, p);
   AddList(&w, "plan.reasons", p.reasons);
   w.AddInt("timings.count", static_cast<int64_t>(info.timings.size()));
@@ -666,6 +685,7 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_RETURN_IF_ERROR(ReadPlanExtras(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadInitialAlignmentPlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadRefinePlan(r, &p));
+  REGSERVE_RETURN_IF_ERROR(ReadShiftCorrectionPlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadElastixPlan(r, &p));
   REGSERVE_RETURN_IF_ERROR(ReadList(r, "plan.reasons", &p.reasons));
   REGSERVE_ASSIGN_OR_RETURN(int64_t timings, r.Int("timings.count"));

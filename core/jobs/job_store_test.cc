@@ -265,6 +265,8 @@ TEST(JobStoreTest, ElastixScheduleRoundTrips) {
   in.elastix_moving_height = 1400;
   in.elastix_iteration_scale = 0.375;
   in.elastix_linear_stage = false;
+  in.shift_correction_passes = 2;
+  in.shift_correction.ram_bytes = 123456789;
   JobRecord back;
   ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
   ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
@@ -275,10 +277,14 @@ TEST(JobStoreTest, ElastixScheduleRoundTrips) {
   EXPECT_EQ(p.elastix_moving_height, 1400);
   EXPECT_DOUBLE_EQ(p.elastix_iteration_scale, 0.375);
   EXPECT_FALSE(p.elastix_linear_stage);
-  // Files from before the fields: the registration copy and the preset.
+  EXPECT_EQ(p.shift_correction_passes, 2);
+  EXPECT_EQ(p.shift_correction.ram_bytes, 123456789u);
+  // Files from before the fields: the registration copy and the preset,
+  // no shift correction.
   std::string old_text;
   for (absl::string_view line : absl::StrSplit(EncodeJobState(rec), '\n')) {
-    if (!absl::StartsWith(line, "plan.elastix_")) {
+    if (!absl::StartsWith(line, "plan.elastix_") &&
+        !absl::StartsWith(line, "plan.shift_correction")) {
       absl::StrAppend(&old_text, line, "\n");
     }
   }
@@ -288,6 +294,7 @@ TEST(JobStoreTest, ElastixScheduleRoundTrips) {
   EXPECT_EQ(old.info.plan.elastix_fixed_width, 0);
   EXPECT_DOUBLE_EQ(old.info.plan.elastix_iteration_scale, 1.0);
   EXPECT_TRUE(old.info.plan.elastix_linear_stage);
+  EXPECT_EQ(old.info.plan.shift_correction_passes, 0);
   // A damaged value is refused.
   std::string bad = EncodeJobState(rec);
   bad.replace(bad.find("plan.elastix_iteration_scale="),

@@ -6,6 +6,7 @@
 // after a robust start, the start's homography is the bending's prior;
 // refine=off, and refine=auto on a rigid job, leave the field exactly as
 // registration gave it, with the plan saying why.
+#include "absl/strings/str_join.h"
 #include "core/jobs/job_manager_test_fixture.h"
 #include "core/warp/warp.h"
 
@@ -167,10 +168,50 @@ TEST_F(RefineStageTest, AutoSkipsWhenTheFieldIsAlreadyEstimatedGood) {
     const JobInfo& info = d.Last()->info;
     ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
     ASSERT_TRUE(info.plan.refine_enabled) << RefineModeName(mode);
-    const bool skipped = AnyReasonHas(
-        info, "refinement skipped: the registration's field is estimated");
+    const bool skipped =
+        AnyReasonHas(info, "refinement skipped: the field is estimated");
     EXPECT_EQ(skipped, mode == RefineMode::kAuto) << RefineModeName(mode);
-    EXPECT_EQ(HasTiming(info, Stage::kRefine), mode == RefineMode::kOn);
+    // The shift correction ran (with little to gain) either way.
+    EXPECT_TRUE(AnyReasonHas(info, "passes on 64 px patches kept"))
+        << absl::StrJoin(info.plan.reasons, "\n");
+    EXPECT_TRUE(HasTiming(info, Stage::kRefine));
+  }
+}
+
+TEST_F(RefineStageTest, ShiftCorrectionFixesAFieldOffByAFewPixels) {
+  // A B-spline job under refine=auto: the shift correction measures the
+  // (2.5, -1.5) px error and removes it; the LibTorch refinement after it
+  // is then not needed.
+  for (int passes : {3, 0}) {
+    opts_.shift_correction_passes = passes;
+    auto m = Make(FakeEnv());
+    ASSERT_NE(m, nullptr);
+    JobSpec spec = BrainSpec();
+    spec.options.transform = TransformKind::kBSpline;
+    const std::string id = *m->CreateJob(spec, "");
+    auto stream = m->OpenEventStream(id, "", 0);
+    ASSERT_TRUE(stream.ok());
+    Drained d = Drain(stream->get());
+    ASSERT_NE(d.Last(), nullptr);
+    const JobInfo& info = d.Last()->info;
+    ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
+    EXPECT_EQ(info.plan.shift_correction_passes, passes);
+    EXPECT_EQ(scheduler_->Stats().ram_reserved_bytes, 0u);
+    if (passes == 0) {
+      EXPECT_FALSE(AnyReasonHas(info, "shift correction"));
+      continue;
+    }
+    EXPECT_GT(info.plan.shift_correction.ram_bytes, 0u);
+    EXPECT_TRUE(AnyReasonHas(info, "shift correction: up to 3 passes"));
+    EXPECT_TRUE(AnyReasonHas(info, "passes on 64 px patches kept"));
+    EXPECT_FALSE(AnyReasonHas(info, "0 of 3 passes on 64 px"));
+    EXPECT_TRUE(HasTiming(info, Stage::kRefine));
+    const Image fixed = *ReadImageFile(BrainFixed());
+    const double wrong = MeanAbsDiff(fixed, WarpedByRegistration());
+    const double corrected =
+        MeanAbsDiff(fixed, *ReadImageFile(info.result_path));
+    EXPECT_GT(wrong, 6.0);
+    EXPECT_LT(corrected, 3.5) << "wrong field " << wrong;
   }
 }
 

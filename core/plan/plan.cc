@@ -735,10 +735,11 @@ std::string RefineSize(const RefineCost& c) {
           : absl::StrCat("1/", c.work.pool, " of the registration copy"));
 }
 
-// elastix's copy and schedule before a refinement on the GPU
-// (ElastixSchedule), with the reason when it differs from the preset's.
-void PlanElastixBeforeGpuRefine(const ElastixSchedule& s, const RegSize& reg,
-                                Plan* plan) {
+// elastix's copy and schedule before `what` (a refinement on the GPU, or
+// the shift correction on the CPU: ElastixSchedule), with the reason when
+// it differs from the preset's.
+void PlanLightElastix(const ElastixSchedule& s, const char* before,
+                      const RegSize& reg, Plan* plan) {
   plan->elastix_iteration_scale = s.iteration_scale;
   plan->elastix_linear_stage = s.linear_stage;
   const double px = static_cast<double>(reg.fw * reg.fh);
@@ -769,8 +770,32 @@ void PlanElastixBeforeGpuRefine(const ElastixSchedule& s, const RegSize& reg,
   }
   if (what.empty()) return;
   plan->reasons.push_back(absl::StrCat(
-      "elastix before the GPU refinement runs ", absl::StrJoin(what, ", "),
-      ": the refinement does the fine work at the registration copy"));
+      "elastix before ", before, " runs ", absl::StrJoin(what, ", "), ": ",
+      before, " does the fine work at the registration copy"));
+}
+
+// The shift correction's passes and memory (plan.quality is set).
+void PlanShiftCorrection(const JobOptions& options, const Budgets& budgets,
+                         const RegSize& reg, Plan* plan) {
+  if (options.shift_correction_passes <= 0) return;
+  const uint64_t ram =
+      plan->quality.ram_bytes +
+      static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);
+  if (ram > budgets.ram_bytes) {
+    plan->reasons.push_back(absl::StrFormat(
+        "shift correction skipped: it needs %s of RAM, more than the budget "
+        "of %s",
+        Mb(ram), Mb(budgets.ram_bytes)));
+    return;
+  }
+  plan->shift_correction_passes = options.shift_correction_passes;
+  plan->shift_correction.ram_bytes = ram;
+  plan->reasons.push_back(absl::StrFormat(
+      "shift correction: up to %d passes on the %dx%d registration copy "
+      "(then 2 on patches of half the size), each kept when the quality "
+      "estimate improves; %s RAM",
+      plan->shift_correction_passes, reg.fw, reg.fh,
+      Mb(plan->shift_correction.ram_bytes)));
 }
 
 // Whether, where and at what size the refinement runs, with the reason.
@@ -800,7 +825,8 @@ void PlanRefine(uint64_t held, const JobOptions& options,
           "VRAM, %s RAM",
           budgets.gpu_name, RefineSize(cost), plan->refine_levels, o.iterations,
           Mb(plan->refine.vram_bytes), Mb(plan->refine.ram_bytes)));
-      PlanElastixBeforeGpuRefine(options.elastix_before_gpu_refine, reg, plan);
+      PlanLightElastix(options.elastix_before_gpu_refine, "the GPU refinement",
+                       reg, plan);
       return;
     }
     plan->reasons.push_back(
@@ -809,6 +835,11 @@ void PlanRefine(uint64_t held, const JobOptions& options,
   }
   o.device = WarpDevice::kCpu;
   o.threads = 1;  // as the stage runs it (RefineOptions::threads)
+  PlanShiftCorrection(options, budgets, reg, plan);
+  if (plan->shift_correction_passes > 0) {
+    PlanLightElastix(options.elastix_before_cpu_correction,
+                     "the shift correction", reg, plan);
+  }
   const double seconds = RefineCpuBudgetSeconds(reg.fw * reg.fh);
   const bool found = ChooseRefinePool(reg, held, budgets, seconds, &o, &cost);
   const bool pays = found && cost.work.pool <= kMaxPayingCpuPool;

@@ -68,9 +68,13 @@ struct JobOptions {
   // for kJpeg, which takes 8-bit grey or RGB images only.
   Compression compression = Compression::kDeflate;
   int jpeg_quality = kDefaultJpegQuality;
-  // The daemon's setting (JobManager::Options), applied when the job is
-  // planned; not part of the job's spec.
+  // The daemon's settings (JobManager::Options), applied when the job is
+  // planned; not part of the job's spec. The shift correction's passes
+  // (Plan::shift_correction_passes; 0: none).
   ElastixSchedule elastix_before_gpu_refine;
+  int shift_correction_passes = 4;
+  // elastix's schedule when no GPU refines and the shift correction follows.
+  ElastixSchedule elastix_before_cpu_correction;
 };
 
 // Budgets the plan must fit. VRAM budget 0 or has_gpu=false means CPU only.
@@ -137,6 +141,16 @@ struct Plan {
   int refine_levels = 0;
   int refine_iterations = 0;  // per level
   StageMemory refine;
+  // The shift correction (core/refine/shift_correction.h) at the start of
+  // the refine stage, before a LibTorch refinement on the CPU: at most this
+  // many passes on the quality map's patches (then two on patches of half
+  // the size), each kept only when the quality estimate improved (0: none;
+  // jobs refined on a GPU, refine=off and, under refine=auto, rigid and
+  // affine jobs have none),
+  // and its memory (a quality estimate and one more field, + the copies,
+  // the field and the moving image held).
+  int shift_correction_passes = 0;
+  StageMemory shift_correction;
   // elastix's own copy and schedule in the registration stage: the
   // registration copies pooled to these sizes (0: the copies themselves),
   // the preset's iterations times elastix_iteration_scale, and its affine

@@ -174,6 +174,41 @@ TEST(RefinePlan, ElastixRunsLighterOnlyBeforeAGpuRefinement) {
   EXPECT_FALSE(AnyReasonHas(d, "elastix before the GPU refinement"));
 }
 
+TEST(RefinePlan, ShiftCorrectionOnlyWhereNoGpuRefines) {
+  JobOptions o;
+  o.shift_correction_passes = 4;
+  o.elastix_before_cpu_correction = {2.0, 0.5, true};
+  const Plan cpu = MakeOk(Rgb(6000, 4000), o, CpuOnly());
+  EXPECT_EQ(cpu.shift_correction_passes, 4);
+  // A quality estimate and one more field, beside what the stage holds.
+  EXPECT_GT(cpu.shift_correction.ram_bytes, cpu.quality.ram_bytes);
+  EXPECT_TRUE(AnyReasonHas(cpu, "shift correction: up to 4 passes"));
+  // elastix before it works on a 2 MP copy with half the iterations.
+  EXPECT_GT(cpu.elastix_fixed_width, 0);
+  EXPECT_LE(cpu.elastix_fixed_width * cpu.elastix_fixed_height, 2000000);
+  EXPECT_DOUBLE_EQ(cpu.elastix_iteration_scale, 0.5);
+  EXPECT_TRUE(cpu.elastix_linear_stage);
+  EXPECT_TRUE(AnyReasonHas(cpu, "elastix before the shift correction runs"));
+
+  const Plan gpu = MakeOk(Rgb(6000, 4000), o, WithGpu(8ull << 30));
+  ASSERT_EQ(gpu.refine_device, WarpDevice::kCuda);
+  EXPECT_EQ(gpu.shift_correction_passes, 0);
+  EXPECT_FALSE(AnyReasonHas(gpu, "shift correction"));
+
+  JobOptions off = o;
+  off.refine = RefineMode::kOff;
+  EXPECT_EQ(MakeOk(Rgb(6000, 4000), off, CpuOnly()).shift_correction_passes, 0);
+  JobOptions rigid = o;
+  rigid.transform = TransformKind::kRigid;
+  EXPECT_EQ(MakeOk(Rgb(6000, 4000), rigid, CpuOnly()).shift_correction_passes,
+            0);
+  JobOptions none = o;
+  none.shift_correction_passes = 0;
+  const Plan n = MakeOk(Rgb(6000, 4000), none, CpuOnly());
+  EXPECT_EQ(n.shift_correction_passes, 0);
+  EXPECT_EQ(n.elastix_fixed_width, 0);  // the preset, as before
+}
+
 TEST(RefinePlan, ModeNamesRoundTrip) {
   for (RefineMode m : {RefineMode::kAuto, RefineMode::kOff, RefineMode::kOn}) {
     absl::StatusOr<RefineMode> back = ParseRefineMode(RefineModeName(m));

@@ -86,6 +86,14 @@ ABSL_FLAG(double, gpu_refine_elastix_iterations, 0.5,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "replay: as regserved's flag of that name");
+ABSL_FLAG(double, correction_elastix_megapixels, 2.0,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(double, correction_elastix_iterations, 0.5,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(bool, correction_elastix_affine, true,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(int, shift_correction_passes, 4,
+          "replay: as regserved's flag of that name");
 ABSL_FLAG(int64_t, max_image_pixels, 1000ll * 1000 * 1000,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(std::string, ram_budget, "",
@@ -584,6 +592,13 @@ absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
       absl::GetFlag(FLAGS_gpu_refine_elastix_iterations);
   o.elastix_before_gpu_refine.linear_stage =
       absl::GetFlag(FLAGS_gpu_refine_elastix_affine);
+  o.shift_correction_passes = absl::GetFlag(FLAGS_shift_correction_passes);
+  o.elastix_before_cpu_correction.max_megapixels =
+      absl::GetFlag(FLAGS_correction_elastix_megapixels);
+  o.elastix_before_cpu_correction.iteration_scale =
+      absl::GetFlag(FLAGS_correction_elastix_iterations);
+  o.elastix_before_cpu_correction.linear_stage =
+      absl::GetFlag(FLAGS_correction_elastix_affine);
   std::mutex mu;
   JobManagerEnv env;
   env.create_warper = [kept, &mu](
