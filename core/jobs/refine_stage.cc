@@ -3,10 +3,10 @@
 // Refine: improves the registration's field on the grayscale copies in two
 // steps, and replaces run->reg.field with each result the quality map's
 // estimate confirms.
-//  1. The shift correction (core/refine/shift_correction.h), on the CPU:
-//     up to Plan::shift_correction_passes rounds of the quality map's
-//     measured patch shifts composed into the field, each kept only when
-//     the estimate improved. Cheap (one estimate per pass).
+//  1. The shift correction (correction_passes.h), on the CPU, where no GPU
+//     refines: rounds of the quality map's measured patch shifts composed
+//     into the field (Plan::shift_correction_passes), each kept only when
+//     the estimate improved. One or two quality estimates per pass.
 //  2. The LibTorch refinement (core/refine), on the device and at the
 //     working size the plan chose. After a robust start, the start's
 //     homography is the bending penalty's prior. On the CPU under
@@ -22,13 +22,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
+#include "core/jobs/correction_passes.h"
 #include "core/jobs/field_choice.h"
 #include "core/jobs/stage_runner.h"
 #include "core/refine/refine.h"
-#include "core/refine/shift_correction.h"
 
 namespace regserve {
 namespace {
@@ -43,17 +42,6 @@ namespace {
 // 2.2 s there and brought the same case to 0.009 / 0.018 px (mean / p95).
 constexpr double kGoodEnoughP95 = 0.25;
 constexpr double kMaxUnmatched = 0.01;
-
-// After the passes on the quality map's own patches, passes measured on
-// patches of half the size reach twice as close to the borders, where the
-// field's counterpart leaves the moving image and no 64 px patch fits: on
-// the Kleiber benchmark ("Shift correction" in docs/benchmarks.md) two
-// such passes took the points off by more than 2 px within 64 px of a
-// border from 14839 to 4082, and the mean from 0.141 to 0.087 px. Their
-// shifts are noisier, so they are smoothed over two strides.
-constexpr int kFinePatch = 32;
-constexpr int kFinePasses = 2;
-constexpr double kFineSigma = 2.0;
 
 class RefineStage final : public PipelineStage {
  public:
@@ -116,97 +104,29 @@ class RefineStage final : public PipelineStage {
                       0, "shift correction"));
     Start(host, timing);
     const absl::Time start = absl::Now();
-    const QualityOptions q = Quality(*run, r.threads());
-    if (!run->reg_quality.has_value()) {
-      absl::StatusOr<QualityReport> first =
-          EstimateQuality(run->fixed_gray, run->moving_gray, run->reg.field, q);
-      if (!first.ok()) {
-        std::string stop;
-        // OK unless stopped: the job goes on without the correction.
-        return SoftFailure(first.status(), host, &stop).status();
-      }
-      run->reg_quality = *std::move(first);
-    }
-    const QualitySummary before = run->reg_quality->summary;
-    std::vector<std::string> done;
-    for (const CorrectionPhase& phase :
-         {CorrectionPhase{q.patch_size, passes, 1.0},
-          CorrectionPhase{kFinePatch, kFinePasses, kFineSigma}}) {
-      REGSERVE_ASSIGN_OR_RETURN(const std::string what,
-                                CorrectionPasses(phase, q, run, host));
-      done.push_back(what);
-    }
+    const std::string before = run->reg_quality.has_value()
+                                   ? ChoiceFigures(run->reg_quality->summary)
+                                   : std::string("not estimated");
+    CorrectionSchedule schedule;
+    schedule.passes = passes;
+    CorrectionOutcome out;
+    const absl::Status s = RunShiftCorrection(
+        run->fixed_gray, run->moving_gray,
+        run->reg_quality.has_value() ? &*run->reg_quality : nullptr,
+        Quality(*run, r.threads()), schedule,
+        [host](const std::string& what) {
+          host->Progress(Stage::kRefine, 0.0, what);
+        },
+        &run->reg.field, &out);
+    if (absl::IsCancelled(s) || absl::IsDeadlineExceeded(s)) return s;
+    run->reg_quality = std::move(out.estimate);
     host->AddPlanReason(absl::StrFormat(
         "shift correction in %.2f s: %s; before %s, after %s",
-        absl::ToDoubleSeconds(absl::Now() - start), absl::StrJoin(done, "; "),
-        ChoiceFigures(before), ChoiceFigures(run->reg_quality->summary)));
+        absl::ToDoubleSeconds(absl::Now() - start), out.summary, before,
+        run->reg_quality.has_value()
+            ? ChoiceFigures(run->reg_quality->summary)
+            : absl::StrCat("not estimated (", s.message(), ")")));
     return absl::OkStatus();
-  }
-
-  // Passes measured on patches of one size; each kept only when the
-  // estimate (q's patches) improves. Returns what was done, for the plan.
-  struct CorrectionPhase {
-    int patch;
-    int passes;
-    double sigma;  // ShiftCorrectionOptions::smoothing_sigma
-  };
-  absl::StatusOr<std::string> CorrectionPasses(const CorrectionPhase& phase,
-                                               const QualityOptions& q,
-                                               JobRun* run,
-                                               StageHost* host) const {
-    QualityOptions measure = q;
-    measure.patch_size = phase.patch;
-    measure.max_patches = q.max_patches * (q.patch_size / phase.patch) *
-                          (q.patch_size / phase.patch);
-    ShiftCorrectionOptions o;
-    o.threads = q.threads;
-    o.smoothing_sigma = phase.sigma;
-    int kept = 0;
-    std::string stop;
-    for (int pass = 0; pass < phase.passes; ++pass) {
-      host->Progress(Stage::kRefine, 0.0,
-                     absl::StrFormat("shift correction, %d px patches, pass "
-                                     "%d/%d",
-                                     phase.patch, pass + 1, phase.passes));
-      absl::StatusOr<QualityReport> measured =
-          phase.patch == q.patch_size
-              ? absl::StatusOr<QualityReport>(*run->reg_quality)
-              : EstimateQuality(run->fixed_gray, run->moving_gray,
-                                run->reg.field, measure);
-      if (!measured.ok()) return SoftFailure(measured.status(), host, &stop);
-      absl::StatusOr<DisplacementField> next =
-          CorrectMeasuredShifts(run->reg.field, measured->grid, o, nullptr);
-      if (!next.ok()) {
-        stop = absl::StrCat(", stopped: ", next.status().message());
-        break;
-      }
-      absl::StatusOr<FieldChoice> c =
-          CompareFields(run->fixed_gray, run->moving_gray, run->reg.field,
-                        &*run->reg_quality, *next, q);
-      if (!c.ok()) return SoftFailure(c.status(), host, &stop);
-      if (!c->candidate_better) {
-        stop = absl::StrFormat(", pass %d not kept (%s)", pass + 1,
-                               ChoiceFigures(c->candidate.summary));
-        break;
-      }
-      run->reg.field = *std::move(next);
-      run->reg_quality = std::move(c->candidate);
-      ++kept;
-    }
-    return absl::StrFormat("%d of %d passes on %d px patches kept%s", kept,
-                           phase.passes, phase.patch, stop);
-  }
-
-  // A failed estimate stops the correction, not the job (unless stopped).
-  static absl::StatusOr<std::string> SoftFailure(const absl::Status& s,
-                                                 StageHost* host,
-                                                 std::string* stop) {
-    if (absl::IsCancelled(s) || absl::IsDeadlineExceeded(s)) return s;
-    host->AddPlanReason(
-        absl::StrCat("shift correction: the quality estimate "
-                     "failed (",
-                     s.message(), "); the field is kept"));
-    return absl::StrCat(*stop, ", stopped: the estimate failed");
   }
 
   // Step 2.

@@ -172,7 +172,7 @@ TEST_F(RefineStageTest, AutoSkipsWhenTheFieldIsAlreadyEstimatedGood) {
         AnyReasonHas(info, "refinement skipped: the field is estimated");
     EXPECT_EQ(skipped, mode == RefineMode::kAuto) << RefineModeName(mode);
     // The shift correction ran (with little to gain) either way.
-    EXPECT_TRUE(AnyReasonHas(info, "passes on 64 px patches kept"))
+    EXPECT_TRUE(AnyReasonHas(info, "passes with 64 px patches kept"))
         << absl::StrJoin(info.plan.reasons, "\n");
     EXPECT_TRUE(HasTiming(info, Stage::kRefine));
   }
@@ -203,8 +203,8 @@ TEST_F(RefineStageTest, ShiftCorrectionFixesAFieldOffByAFewPixels) {
     }
     EXPECT_GT(info.plan.shift_correction.ram_bytes, 0u);
     EXPECT_TRUE(AnyReasonHas(info, "shift correction: up to 3 passes"));
-    EXPECT_TRUE(AnyReasonHas(info, "passes on 64 px patches kept"));
-    EXPECT_FALSE(AnyReasonHas(info, "0 of 3 passes on 64 px"));
+    EXPECT_TRUE(AnyReasonHas(info, "passes with 64 px patches kept"));
+    EXPECT_FALSE(AnyReasonHas(info, "0 of 3 passes with 64 px"));
     EXPECT_TRUE(HasTiming(info, Stage::kRefine));
     const Image fixed = *ReadImageFile(BrainFixed());
     const double wrong = MeanAbsDiff(fixed, WarpedByRegistration());

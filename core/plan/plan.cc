@@ -778,6 +778,7 @@ void PlanLightElastix(const ElastixSchedule& s, const char* before,
 void PlanShiftCorrection(const JobOptions& options, const Budgets& budgets,
                          const RegSize& reg, Plan* plan) {
   if (options.shift_correction_passes <= 0) return;
+  // A quality estimate and one more field.
   const uint64_t ram =
       plan->quality.ram_bytes +
       static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);

@@ -117,17 +117,18 @@ HomographyMap Perspective() {
   const double a = 25 * M_PI / 180, s = 0.92;
   const double r0 = s * std::cos(a), r1 = -s * std::sin(a);
   const double r3 = s * std::sin(a), r4 = s * std::cos(a);
-  const std::array<double, 9> sim = {r0, r1, cx - r0 * cx - r1 * cy,
-                                     r3, r4, cy - r3 * cx - r4 * cy,
-                                     0,  0,  1};
+  const std::array<double, 9> sim = {
+      r0, r1, cx - r0 * cx - r1 * cy, r3, r4, cy - r3 * cx - r4 * cy, 0, 0, 1};
   const double p = 0.15 / kFullW, q = -0.1 / kFullH;
-  const std::array<double, 9> key = {1 + p * cx, q * cx, -cx * (p * cx + q * cy),
-                                     p * cy, 1 + q * cy, -cy * (p * cx + q * cy),
-                                     p, q, 1 - p * cx - q * cy};
+  const std::array<double, 9> key = {
+      1 + p * cx, q * cx,     -cx * (p * cx + q * cy),
+      p * cy,     1 + q * cy, -cy * (p * cx + q * cy),
+      p,          q,          1 - p * cx - q * cy};
   std::array<double, 9> m{};
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) {
-      for (int k = 0; k < 3; ++k) m[3 * i + j] += key[3 * i + k] * sim[3 * k + j];
+      for (int k = 0; k < 3; ++k)
+        m[3 * i + j] += key[3 * i + k] * sim[3 * k + j];
     }
   }
   return HomographyMap(kFullW, kFullH, m);
