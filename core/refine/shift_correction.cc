@@ -182,10 +182,11 @@ GridValues Smooth(const GridValues& v, const ShiftCorrectionOptions& o) {
 
 // Fractional index of `p` among increasing `centres`. Beyond the outer
 // centres it continues at the outer spacing, up to one more spacing: the
-// correction is extrapolated linearly into the border strip that no patch
-// centre reaches, where elastix's field bends most freely (on the Kleiber
-// benchmark 3/4 of the points off by more than 2 px lay within 64 px of a
-// border when the correction was held constant there).
+// correction is extrapolated linearly into the half-patch strip along the
+// borders that no patch centre reaches, rather than held constant. (On the
+// Kleiber benchmark that alone changed little: most of the border strip's
+// error lies where no patch can be measured at all, which the 32 px passes
+// of correction_passes.h narrow.)
 double IndexOf(const std::vector<double>& centres, double p) {
   const size_t n = centres.size();
   if (n < 2) return 0.0;
