@@ -14,7 +14,6 @@
 
 #include "absl/strings/match.h"
 #include "core/common/cancel.h"
-#include "core/image/image_io.h"
 #include "core/refine/refine_test_util.h"
 #include "gtest/gtest.h"
 
@@ -30,25 +29,14 @@ using refine_test::MapField;
 constexpr int64_t kFullW = 1400, kFullH = 756, kMargin = 36;
 constexpr int64_t kCopyW = 700, kCopyH = 378;
 
-std::string PhotoPath() {
-  const char* dir = std::getenv("REGSERVE_TEST_DATA");
-  return std::string(dir != nullptr ? dir : "tests/data") +
-         "/photos/seeding_5312x2988.jpg";
-}
-
 class CorrectionPassesTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<Image> photo = ReadImageFile(PhotoPath());
-    ASSERT_TRUE(photo.ok()) << photo.status();
-    absl::StatusOr<Image> source = MakeGrayscaleCopy(
-        *photo, kFullW + 2 * kMargin, kFullH + 2 * kMargin, 2);
-    ASSERT_TRUE(source.ok()) << source.status();
-    absl::StatusOr<refine_test::Scene> scene =
-        refine_test::MakeScene(*source, kMargin, Map());
-    ASSERT_TRUE(scene.ok()) << scene.status();
-    fixed_ = new Image(*MakeGrayscaleCopy(scene->fixed, kCopyW, kCopyH, 2));
-    moving_ = new Image(*MakeGrayscaleCopy(scene->moving, kCopyW, kCopyH, 2));
+    absl::StatusOr<refine_test::Copies> c =
+        refine_test::MakeSeedingCopies(Map(), kMargin, kCopyW, kCopyH);
+    ASSERT_TRUE(c.ok()) << c.status();
+    fixed_ = new Image(std::move(c->fixed));
+    moving_ = new Image(std::move(c->moving));
   }
   static void TearDownTestSuite() {
     delete fixed_;

@@ -28,12 +28,6 @@ using refine_test::HomographyMap;
 using refine_test::KnownMap;
 using refine_test::MapField;
 
-std::string PhotoPath() {
-  const char* dir = std::getenv("REGSERVE_TEST_DATA");
-  return std::string(dir != nullptr ? dir : "tests/data") +
-         "/photos/seeding_5312x2988.jpg";
-}
-
 constexpr int64_t kFullW = 1400, kFullH = 756, kMargin = 36;
 constexpr int64_t kCopyW = 700, kCopyH = 378;
 
@@ -50,19 +44,11 @@ RefineOptions BaseOptions() {
 class RefineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<Image> photo = ReadImageFile(PhotoPath());
-    ASSERT_TRUE(photo.ok()) << photo.status();
-    absl::StatusOr<Image> source = MakeGrayscaleCopy(
-        *photo, kFullW + 2 * kMargin, kFullH + 2 * kMargin, 2);
-    ASSERT_TRUE(source.ok()) << source.status();
-    absl::StatusOr<refine_test::Scene> scene =
-        refine_test::MakeScene(*source, kMargin, Map());
-    ASSERT_TRUE(scene.ok()) << scene.status();
-    auto fixed = MakeGrayscaleCopy(scene->fixed, kCopyW, kCopyH, 2);
-    auto moving = MakeGrayscaleCopy(scene->moving, kCopyW, kCopyH, 2);
-    ASSERT_TRUE(fixed.ok() && moving.ok());
-    fixed_ = new Image(*std::move(fixed));
-    moving_ = new Image(*std::move(moving));
+    absl::StatusOr<refine_test::Copies> c =
+        refine_test::MakeSeedingCopies(Map(), kMargin, kCopyW, kCopyH);
+    ASSERT_TRUE(c.ok()) << c.status();
+    fixed_ = new Image(std::move(c->fixed));
+    moving_ = new Image(std::move(c->moving));
   }
   static void TearDownTestSuite() {
     delete fixed_;
@@ -201,20 +187,11 @@ class RefinePriorTest : public ::testing::Test {
  protected:
   static constexpr int64_t kPerspectiveMargin = 120;
   static void SetUpTestSuite() {
-    absl::StatusOr<Image> photo = ReadImageFile(PhotoPath());
-    ASSERT_TRUE(photo.ok()) << photo.status();
-    absl::StatusOr<Image> source =
-        MakeGrayscaleCopy(*photo, kFullW + 2 * kPerspectiveMargin,
-                          kFullH + 2 * kPerspectiveMargin, 2);
-    ASSERT_TRUE(source.ok()) << source.status();
-    absl::StatusOr<refine_test::Scene> scene =
-        refine_test::MakeScene(*source, kPerspectiveMargin, Map());
-    ASSERT_TRUE(scene.ok()) << scene.status();
-    auto fixed = MakeGrayscaleCopy(scene->fixed, kCopyW, kCopyH, 2);
-    auto moving = MakeGrayscaleCopy(scene->moving, kCopyW, kCopyH, 2);
-    ASSERT_TRUE(fixed.ok() && moving.ok());
-    fixed_ = new Image(*std::move(fixed));
-    moving_ = new Image(*std::move(moving));
+    absl::StatusOr<refine_test::Copies> c = refine_test::MakeSeedingCopies(
+        Map(), kPerspectiveMargin, kCopyW, kCopyH);
+    ASSERT_TRUE(c.ok()) << c.status();
+    fixed_ = new Image(std::move(c->fixed));
+    moving_ = new Image(std::move(c->moving));
   }
   static void TearDownTestSuite() {
     delete fixed_;

@@ -17,12 +17,15 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/common/status_macros.h"
 #include "core/image/displacement_field.h"
 #include "core/image/image.h"
+#include "core/image/image_io.h"
 #include "core/warp/warp.h"
 
 namespace regserve {
@@ -148,6 +151,37 @@ absl::StatusOr<Scene> MakeScene(const Image& source, int64_t margin,
   REGSERVE_ASSIGN_OR_RETURN(s.fixed, WarpInto(source, shift, w, h));
   REGSERVE_ASSIGN_OR_RETURN(s.moving, WarpInto(source, inverse, w, h));
   return s;
+}
+
+// The seeding photo of tests/data (or $REGSERVE_TEST_DATA).
+inline std::string SeedingPhotoPath() {
+  const char* dir = std::getenv("REGSERVE_TEST_DATA");
+  return std::string(dir != nullptr ? dir : "tests/data") +
+         "/photos/seeding_5312x2988.jpg";
+}
+
+// The registration copies (copy_w x copy_h, grey float) of MakeScene's
+// pair made from the seeding photo reduced to map.w x map.h plus `margin`
+// on every side.
+struct Copies {
+  Image fixed, moving;
+};
+template <typename Map>
+absl::StatusOr<Copies> MakeSeedingCopies(const Map& map, int64_t margin,
+                                         int64_t copy_w, int64_t copy_h) {
+  REGSERVE_ASSIGN_OR_RETURN(Image photo, ReadImageFile(SeedingPhotoPath()));
+  const int64_t w = static_cast<int64_t>(map.w);
+  const int64_t h = static_cast<int64_t>(map.h);
+  REGSERVE_ASSIGN_OR_RETURN(
+      Image source,
+      MakeGrayscaleCopy(photo, w + 2 * margin, h + 2 * margin, 2));
+  REGSERVE_ASSIGN_OR_RETURN(Scene scene, MakeScene(source, margin, map));
+  Copies c;
+  REGSERVE_ASSIGN_OR_RETURN(c.fixed,
+                            MakeGrayscaleCopy(scene.fixed, copy_w, copy_h, 2));
+  REGSERVE_ASSIGN_OR_RETURN(c.moving,
+                            MakeGrayscaleCopy(scene.moving, copy_w, copy_h, 2));
+  return c;
 }
 
 // T(p) - p on the grid of `like`, plus a known error: a Gaussian bump of

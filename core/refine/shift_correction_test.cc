@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <string>
 
-#include "core/image/image_io.h"
 #include "core/refine/refine_test_util.h"
 #include "gtest/gtest.h"
 
@@ -31,33 +30,14 @@ using refine_test::MapField;
 constexpr int64_t kFullW = 1400, kFullH = 756, kMargin = 36;
 constexpr int64_t kCopyW = 700, kCopyH = 378;
 
-std::string PhotoPath() {
-  const char* dir = std::getenv("REGSERVE_TEST_DATA");
-  return std::string(dir != nullptr ? dir : "tests/data") +
-         "/photos/seeding_5312x2988.jpg";
-}
-
-struct Copies {
-  Image fixed, moving;
-};
+using refine_test::Copies;
 
 template <typename Map>
 Copies MakeCopies(const Map& map, int64_t margin) {
-  Copies c;
-  absl::StatusOr<Image> photo = ReadImageFile(PhotoPath());
-  EXPECT_TRUE(photo.ok()) << photo.status();
-  if (!photo.ok()) return c;
-  absl::StatusOr<Image> source =
-      MakeGrayscaleCopy(*photo, kFullW + 2 * margin, kFullH + 2 * margin, 2);
-  EXPECT_TRUE(source.ok()) << source.status();
-  if (!source.ok()) return c;
-  absl::StatusOr<refine_test::Scene> scene =
-      refine_test::MakeScene(*source, margin, map);
-  EXPECT_TRUE(scene.ok()) << scene.status();
-  if (!scene.ok()) return c;
-  c.fixed = *MakeGrayscaleCopy(scene->fixed, kCopyW, kCopyH, 2);
-  c.moving = *MakeGrayscaleCopy(scene->moving, kCopyW, kCopyH, 2);
-  return c;
+  absl::StatusOr<Copies> c =
+      refine_test::MakeSeedingCopies(map, margin, kCopyW, kCopyH);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : Copies();
 }
 
 QualityOptions Quality() {
