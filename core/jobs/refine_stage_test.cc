@@ -39,12 +39,18 @@ class RefineStageTest : public JobManagerTest {
 
   JobInfo RunJob(RefineMode refine, std::vector<JobEvent>* events = nullptr,
                  JobManagerEnv env = JobManagerEnv()) {
+    JobSpec spec = BrainSpec();  // rigid
+    spec.options.refine = refine;
+    return RunSpec(spec, events, std::move(env));
+  }
+
+  // Runs `spec` to its end; the last event's info.
+  JobInfo RunSpec(const JobSpec& spec, std::vector<JobEvent>* events = nullptr,
+                  JobManagerEnv env = JobManagerEnv()) {
     if (!env.align_fn) env = FakeEnv();
     auto m = Make(std::move(env));
     EXPECT_NE(m, nullptr);
     if (m == nullptr) return JobInfo();
-    JobSpec spec = BrainSpec();  // rigid
-    spec.options.refine = refine;
     const std::string id = *m->CreateJob(spec, "");
     auto stream = m->OpenEventStream(id, "", 0);
     EXPECT_TRUE(stream.ok());
@@ -155,17 +161,10 @@ TEST_F(RefineStageTest, AutoSkipsWhenTheFieldIsAlreadyEstimatedGood) {
   for (RefineMode mode : {RefineMode::kAuto, RefineMode::kOn}) {
     JobManagerEnv env = FakeEnv();
     env.align_fn = exact_start;
-    auto m = Make(std::move(env));
-    ASSERT_NE(m, nullptr);
     JobSpec spec = BrainSpec();
     spec.options.transform = TransformKind::kBSpline;
     spec.options.refine = mode;
-    const std::string id = *m->CreateJob(spec, "");
-    auto stream = m->OpenEventStream(id, "", 0);
-    ASSERT_TRUE(stream.ok());
-    Drained d = Drain(stream->get());
-    ASSERT_NE(d.Last(), nullptr);
-    const JobInfo& info = d.Last()->info;
+    const JobInfo info = RunSpec(spec, nullptr, std::move(env));
     ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
     ASSERT_TRUE(info.plan.refine_enabled) << RefineModeName(mode);
     const bool skipped =
@@ -184,19 +183,11 @@ TEST_F(RefineStageTest, ShiftCorrectionFixesAFieldOffByAFewPixels) {
   // is then not needed.
   for (int passes : {3, 0}) {
     opts_.shift_correction_passes = passes;
-    auto m = Make(FakeEnv());
-    ASSERT_NE(m, nullptr);
     JobSpec spec = BrainSpec();
     spec.options.transform = TransformKind::kBSpline;
-    const std::string id = *m->CreateJob(spec, "");
-    auto stream = m->OpenEventStream(id, "", 0);
-    ASSERT_TRUE(stream.ok());
-    Drained d = Drain(stream->get());
-    ASSERT_NE(d.Last(), nullptr);
-    const JobInfo& info = d.Last()->info;
+    const JobInfo info = RunSpec(spec);  // reservations all released
     ASSERT_EQ(info.state, JobState::kCompleted) << info.failure;
     EXPECT_EQ(info.plan.shift_correction_passes, passes);
-    EXPECT_EQ(scheduler_->Stats().ram_reserved_bytes, 0u);
     if (passes == 0) {
       EXPECT_FALSE(AnyReasonHas(info, "shift correction"));
       continue;
