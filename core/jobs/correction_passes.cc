@@ -49,16 +49,19 @@ absl::Status RunPhase(const Phase& p, const QualityOptions& judge,
       progress(absl::StrFormat("shift correction, %d px patches, pass %d/%d",
                                p.patch, pass + 1, p.passes));
     }
-    absl::StatusOr<QualityReport> measured =
-        p.patch == judge.patch_size
-            ? absl::StatusOr<QualityReport>(*current)
-            : EstimateQuality(*p.fixed, *p.moving, *field, measure);
-    if (!measured.ok()) {
-      status = measured.status();
-      break;
+    // On the judge's own patches the current estimate is the measurement.
+    absl::StatusOr<QualityReport> other;
+    if (p.patch != judge.patch_size) {
+      other = EstimateQuality(*p.fixed, *p.moving, *field, measure);
+      if (!other.ok()) {
+        status = other.status();
+        break;
+      }
     }
+    const QualityGrid& grid =
+        p.patch == judge.patch_size ? current->grid : other->grid;
     absl::StatusOr<DisplacementField> next =
-        CorrectMeasuredShifts(*field, measured->grid, o, nullptr);
+        CorrectMeasuredShifts(*field, grid, o, nullptr);
     if (!next.ok()) {
       stop = absl::StrCat(", stopped: ", next.status().message());
       break;
