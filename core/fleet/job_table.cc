@@ -53,6 +53,16 @@ constexpr Migration kMigrations[] = {
      "  WHERE state = 'queued';"
      "CREATE INDEX jobs_lease_expiry ON jobs (lease_expires_at)"
      "  WHERE state = 'running';"},
+    // The job's record (JobInfo and paths, core/jobs/job_store.h's state
+    // text) kept by its holder, so that any replica can answer for it; and
+    // the replicas' heartbeats (GetServerInfo).
+    {2,
+     "ALTER TABLE jobs ADD COLUMN record bytea NOT NULL DEFAULT ''::bytea,"
+     "  ADD COLUMN record_version bigint NOT NULL DEFAULT 0;"
+     "CREATE TABLE replicas ("
+     "  name text PRIMARY KEY,"
+     "  info bytea NOT NULL,"
+     "  heartbeat_at timestamptz NOT NULL DEFAULT now());"},
 };
 
 // Replicas starting together take this lock around the migration, so that
@@ -71,7 +81,8 @@ constexpr char kColumns[] =
     " lease_token, attempts, error,"
     " (extract(epoch FROM created_at) * 1e6)::bigint AS created_us,"
     " (extract(epoch FROM updated_at) * 1e6)::bigint AS updated_us,"
-    " (extract(epoch FROM finished_at) * 1e6)::bigint AS finished_us";
+    " (extract(epoch FROM finished_at) * 1e6)::bigint AS finished_us,"
+    " encode(record, 'hex') AS record_hex, record_version";
 
 // Bytes as the table's bigint (budgets beyond 8 EiB are "no limit").
 int64_t AsBigint(uint64_t v) {
@@ -116,6 +127,8 @@ JobRow RowFrom(const pqxx::row& r) {
   row.created_at = TimeField(r["created_us"]);
   row.updated_at = TimeField(r["updated_us"]);
   row.finished_at = TimeField(r["finished_us"]);
+  row.record = absl::HexStringToBytes(r["record_hex"].as<std::string>());
+  row.record_version = r["record_version"].as<int64_t>();
   return row;
 }
 
@@ -140,6 +153,11 @@ int SweepExpired(pqxx::work& txn, int max_attempts) {
       max_attempts);
   return static_cast<int>(r.affected_rows());
 }
+
+// A holder's new record, when $5 (a boolean) says it sent one as $6 (hex).
+constexpr char kRecordUpdate[] =
+    " record = CASE WHEN $5 THEN decode($6, 'hex') ELSE record END,"
+    " record_version = record_version + CASE WHEN $5 THEN 1 ELSE 0 END";
 
 // The fenced rows: still running under this very lease, and not expired.
 constexpr char kFence[] =
@@ -289,10 +307,11 @@ absl::StatusOr<int64_t> JobTable::Enqueue(const NewJob& job) {
     pqxx::work txn(db->conn);
     pqxx::row r = txn.exec_params1(
         "INSERT INTO jobs (id, principal, priority, state, spec, ram_bytes,"
-        " vram_bytes) VALUES ($1, $2, $3, 'queued', decode($4, 'hex'), $5, $6)"
-        " RETURNING sequence",
+        " vram_bytes, record) VALUES ($1, $2, $3, 'queued', decode($4, 'hex'),"
+        " $5, $6, decode($7, 'hex')) RETURNING sequence",
         job.id, job.principal, job.priority, absl::BytesToHexString(job.spec),
-        AsBigint(job.needs.ram_bytes), AsBigint(job.needs.vram_bytes));
+        AsBigint(job.needs.ram_bytes), AsBigint(job.needs.vram_bytes),
+        absl::BytesToHexString(job.record));
     txn.commit();
     return r[0].as<int64_t>();
   } catch (...) {
@@ -367,19 +386,21 @@ absl::Status JobTable::FenceFailure(const Lease& lease) {
 }
 
 absl::StatusOr<LeaseRenewal> JobTable::RenewLease(const Lease& lease,
-                                                  absl::Duration duration) {
+                                                  absl::Duration duration,
+                                                  const std::string* record) {
   absl::MutexLock lock(&mu_);
   REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
   try {
     pqxx::work txn(db->conn);
     pqxx::result r = txn.exec_params(
         absl::StrCat("UPDATE jobs SET lease_expires_at = now() +"
-                     " make_interval(secs => $4::float8), updated_at = now()",
-                     kFence,
+                     " make_interval(secs => $4::float8), updated_at = now(),",
+                     kRecordUpdate, kFence,
                      " RETURNING " REGSERVE_EPOCH_US(
                          "lease_expires_at") ","
                                              " cancel_requested"),
-        lease.job_id, lease.token, lease.owner, Seconds(duration));
+        lease.job_id, lease.token, lease.owner, Seconds(duration),
+        record != nullptr, absl::BytesToHexString(record ? *record : ""));
     txn.commit();
     if (r.empty()) return FenceFailure(lease);
     LeaseRenewal renewal;
@@ -403,11 +424,12 @@ absl::Status JobTable::CompleteWithFence(const Lease& lease,
   try {
     pqxx::work txn(db->conn);
     pqxx::result r = txn.exec_params(
-        absl::StrCat("UPDATE jobs SET state = $4, error = $5,"
-                     " finished_at = now(), updated_at = now()",
-                     kFence),
+        absl::StrCat("UPDATE jobs SET state = $4, error = $7,"
+                     " finished_at = now(), updated_at = now(),",
+                     kRecordUpdate, kFence),
         lease.job_id, lease.token, lease.owner,
-        std::string(JobRowStateName(outcome.state)), outcome.error);
+        std::string(JobRowStateName(outcome.state)), outcome.record.has_value(),
+        absl::BytesToHexString(outcome.record.value_or("")), outcome.error);
     txn.commit();
     if (r.affected_rows() == 0) return FenceFailure(lease);
     return absl::OkStatus();
@@ -499,8 +521,10 @@ absl::StatusOr<std::vector<JobRow>> JobTable::List(
         absl::StrCat("SELECT ", kColumns,
                      " FROM jobs WHERE ($1 = '' OR principal = $1)"
                      " AND ($2 = '' OR state = $2)"
-                     " ORDER BY sequence LIMIT $3"),
-        filter.principal, state, std::max(filter.limit, 0));
+                     " AND ($4 = 0 OR sequence < $4) ORDER BY sequence",
+                     filter.newest_first ? " DESC" : "", " LIMIT $3"),
+        filter.principal, state, std::max(filter.limit, 0),
+        filter.before_sequence);
     std::vector<JobRow> rows;
     rows.reserve(r.size());
     for (const pqxx::row& row : r) rows.push_back(RowFrom(row));
@@ -519,6 +543,63 @@ absl::StatusOr<int64_t> JobTable::QueueDepth() {
         .as<int64_t>();
   } catch (...) {
     return CurrentException("count queued jobs");
+  }
+}
+
+absl::Status JobTable::Heartbeat(const std::string& name,
+                                 const std::string& info) {
+  absl::MutexLock lock(&mu_);
+  REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
+  try {
+    pqxx::work txn(db->conn);
+    txn.exec_params(
+        "INSERT INTO replicas (name, info, heartbeat_at)"
+        " VALUES ($1, decode($2, 'hex'), now()) ON CONFLICT (name)"
+        " DO UPDATE SET info = excluded.info, heartbeat_at = now()",
+        name, absl::BytesToHexString(info));
+    txn.commit();
+    return absl::OkStatus();
+  } catch (...) {
+    return CurrentException("record this replica's heartbeat");
+  }
+}
+
+absl::Status JobTable::Leave(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
+  try {
+    pqxx::work txn(db->conn);
+    txn.exec_params("DELETE FROM replicas WHERE name = $1", name);
+    txn.commit();
+    return absl::OkStatus();
+  } catch (...) {
+    return CurrentException("remove this replica");
+  }
+}
+
+absl::StatusOr<std::vector<ReplicaRow>> JobTable::Replicas(
+    absl::Duration max_age) {
+  absl::MutexLock lock(&mu_);
+  REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
+  try {
+    pqxx::nontransaction txn(db->conn);
+    pqxx::result r = txn.exec_params(
+        "SELECT name, encode(info, 'hex'), " REGSERVE_EPOCH_US(
+            "heartbeat_at") " FROM replicas"
+                            " WHERE heartbeat_at > now() - make_interval(secs"
+                            " => $1::float8) ORDER BY name",
+        Seconds(max_age));
+    std::vector<ReplicaRow> rows;
+    for (const pqxx::row& row : r) {
+      ReplicaRow out;
+      out.name = row[0].as<std::string>();
+      out.info = absl::HexStringToBytes(row[1].as<std::string>());
+      out.heartbeat_at = TimeField(row[2]);
+      rows.push_back(std::move(out));
+    }
+    return rows;
+  } catch (...) {
+    return CurrentException("list the replicas");
   }
 }
 

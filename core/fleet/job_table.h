@@ -93,6 +93,7 @@ struct NewJob {
   int priority = 0;       // higher runs first
   std::string spec;       // opaque bytes (the serialised job spec)
   StageNeeds needs;
+  std::string record;  // opaque bytes: the job's first record (JobRow)
 };
 
 // One row of the table.
@@ -113,6 +114,18 @@ struct JobRow {
   absl::Time created_at;
   absl::Time updated_at;
   absl::Time finished_at;  // absl::InfinitePast() until terminal
+  // Opaque bytes kept by the job's holder (RenewLease, CompleteWithFence):
+  // what any replica needs to answer for the job. record_version grows by
+  // one at each new record, so a poller sees a change without comparing.
+  std::string record;
+  int64_t record_version = 0;
+};
+
+// A replica's latest heartbeat.
+struct ReplicaRow {
+  std::string name;
+  std::string info;  // opaque bytes (what the replica says of itself)
+  absl::Time heartbeat_at;
 };
 
 // A replica's hold on a running job. Copyable: it names the hold, it is
@@ -132,12 +145,15 @@ struct LeaseRenewal {
 struct JobOutcome {
   JobRowState state = JobRowState::kSucceeded;  // a terminal state
   std::string error;                            // for kFailed
+  std::optional<std::string> record;            // the final record, if set
 };
 
 struct JobListFilter {
   std::string principal;             // "" = everyone's
   std::optional<JobRowState> state;  // unset = any state
   int limit = 1000;
+  int64_t before_sequence = 0;  // > 0: only jobs with a smaller sequence
+  bool newest_first = false;    // by sequence descending
 };
 
 class JobTable {
@@ -172,10 +188,12 @@ class JobTable {
                                              const ReplicaBudgets& budgets,
                                              absl::Duration duration);
 
-  // Extends the lease to now + duration. FAILED_PRECONDITION: it expired;
+  // Extends the lease to now + duration and, when `record` is not null,
+  // stores it as the job's record. FAILED_PRECONDITION: it expired;
   // ABORTED: taken over or the job is no longer running; NOT_FOUND.
   absl::StatusOr<LeaseRenewal> RenewLease(const Lease& lease,
-                                          absl::Duration duration);
+                                          absl::Duration duration,
+                                          const std::string* record = nullptr);
 
   // Ends the job with `outcome` if `lease` still holds it (same errors as
   // RenewLease); the lease ends with it.
@@ -199,6 +217,13 @@ class JobTable {
   absl::StatusOr<std::vector<JobRow>> List(const JobListFilter& filter);
   // Queued jobs (the autoscaler's signal).
   absl::StatusOr<int64_t> QueueDepth();
+
+  // Replicas: each records what it is (`info`, opaque) every few seconds;
+  // Replicas lists those heard from within `max_age`; Leave removes one
+  // (a clean shutdown).
+  absl::Status Heartbeat(const std::string& name, const std::string& info);
+  absl::StatusOr<std::vector<ReplicaRow>> Replicas(absl::Duration max_age);
+  absl::Status Leave(const std::string& name);
 
  private:
   JobTable(std::string connection_string, Options options);

@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "core/fleet/testing/postgres_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -338,6 +339,74 @@ TEST_F(JobTableTest, ListFiltersByPrincipalAndState) {
   EXPECT_EQ((*rows)[1].id, "a2");
   alice.limit = 1;
   EXPECT_EQ(table_->List(alice)->size(), 1u);
+}
+
+TEST_F(JobTableTest, HolderKeepsTheRecordFencedOnItsLease) {
+  NewJob job = Job("a");
+  job.record = std::string("first\0record", 12);
+  Enqueue(job);
+  auto row = table_->Get("a");
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(row->record, job.record);
+  EXPECT_EQ(row->record_version, 0);
+  const Lease lease = MustClaim(*table_, "r1");
+  ASSERT_TRUE(table_->RenewLease(lease, absl::Seconds(30)).ok());
+  EXPECT_EQ(table_->Get("a")->record_version, 0);  // no record: unchanged
+  const std::string second = "second";
+  ASSERT_TRUE(table_->RenewLease(lease, absl::Seconds(30), &second).ok());
+  row = table_->Get("a");
+  EXPECT_EQ(row->record, "second");
+  EXPECT_EQ(row->record_version, 1);
+  JobOutcome done;
+  done.record = "final";
+  ASSERT_TRUE(table_->CompleteWithFence(lease, done).ok());
+  row = table_->Get("a");
+  EXPECT_EQ(row->state, JobRowState::kSucceeded);
+  EXPECT_EQ(row->record, "final");
+  EXPECT_EQ(row->record_version, 2);
+  // A stale holder's record is refused with its write.
+  const std::string late = "late";
+  EXPECT_FALSE(table_->RenewLease(lease, absl::Seconds(30), &late).ok());
+  EXPECT_EQ(table_->Get("a")->record, "final");
+}
+
+TEST_F(JobTableTest, ListPagesNewestFirst) {
+  for (const char* id : {"a", "b", "c", "d"}) Enqueue(Job(id));
+  JobListFilter filter;
+  filter.newest_first = true;
+  filter.limit = 2;
+  auto page = table_->List(filter);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->size(), 2u);
+  EXPECT_EQ((*page)[0].id, "d");
+  EXPECT_EQ((*page)[1].id, "c");
+  filter.before_sequence = (*page)[1].sequence;
+  page = table_->List(filter);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->size(), 2u);
+  EXPECT_EQ((*page)[0].id, "b");
+  EXPECT_EQ((*page)[1].id, "a");
+}
+
+TEST_F(JobTableTest, ReplicasHeartbeatAndLeave) {
+  ASSERT_TRUE(table_->Heartbeat("r2", "two").ok());
+  ASSERT_TRUE(table_->Heartbeat("r1", "one").ok());
+  ASSERT_TRUE(table_->Heartbeat("r1", "one again").ok());
+  auto replicas = table_->Replicas(absl::Seconds(60));
+  ASSERT_TRUE(replicas.ok()) << replicas.status();
+  ASSERT_EQ(replicas->size(), 2u);
+  EXPECT_EQ((*replicas)[0].name, "r1");
+  EXPECT_EQ((*replicas)[0].info, "one again");
+  EXPECT_EQ((*replicas)[1].info, "two");
+  ASSERT_TRUE(table_->Leave("r2").ok());
+  replicas = table_->Replicas(absl::Seconds(60));
+  ASSERT_TRUE(replicas.ok());
+  EXPECT_EQ(replicas->size(), 1u);
+  // Heartbeats older than max_age are not listed.
+  absl::SleepFor(absl::Milliseconds(300));
+  replicas = table_->Replicas(absl::Milliseconds(100));
+  ASSERT_TRUE(replicas.ok());
+  EXPECT_TRUE(replicas->empty());
 }
 
 // Last: restarts the shared server. A call on the lost connection fails
