@@ -142,6 +142,22 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT for the Prometheus endpoint (/metrics). Port 0 picks a "
           "free port, printed as \"regserved metrics on HOST:PORT\". Empty: "
           "no endpoint.");
+ABSL_FLAG(std::string, fleet_db, "",
+          "Fleet mode (README, \"Several hosts\"): libpq connection string "
+          "of the PostgreSQL database every replica shares, e.g. "
+          "postgresql://regserve@db/regserve; --data_dir must then be a "
+          "volume every replica mounts. Empty: a single host.");
+ABSL_FLAG(std::string, fleet_replica, "",
+          "Fleet mode: this replica's unique name (default: host name and "
+          "process id).");
+ABSL_FLAG(std::string, fleet_advertise, "",
+          "Fleet mode: the address other replicas and GetServerInfo show "
+          "for this one (default: --listen).");
+ABSL_FLAG(absl::Duration, fleet_lease, absl::Seconds(10),
+          "Fleet mode: a replica that stops renewing loses its jobs to the "
+          "queue after this long.");
+ABSL_FLAG(int, fleet_jobs_per_replica, 2,
+          "Fleet mode: jobs this replica claims at once.");
 ABSL_FLAG(std::string, elastix, "elastix", "The elastix program.");
 ABSL_FLAG(std::string, transformix, "transformix", "The transformix program.");
 
@@ -173,6 +189,9 @@ struct FieldFlag {
 };
 constexpr FieldFlag kFieldFlags[] = {
     {"data_dir", "data_dir"},
+    {"replica_name", "fleet_replica"},
+    {"fleet_lease", "fleet_lease"},
+    {"fleet_jobs_per_replica", "fleet_jobs_per_replica"},
     {"input_root", "input_root"},
     {"output_root", "output_root"},
     {"max_queue", "max_queue"},
@@ -263,6 +282,11 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   c.registration_timeout = absl::GetFlag(FLAGS_registration_timeout);
   c.elastix = absl::GetFlag(FLAGS_elastix);
   c.transformix = absl::GetFlag(FLAGS_transformix);
+  c.fleet_db = absl::GetFlag(FLAGS_fleet_db);
+  c.fleet_replica = absl::GetFlag(FLAGS_fleet_replica);
+  c.fleet_advertise = absl::GetFlag(FLAGS_fleet_advertise);
+  c.fleet_lease = absl::GetFlag(FLAGS_fleet_lease);
+  c.fleet_jobs_per_replica = absl::GetFlag(FLAGS_fleet_jobs_per_replica);
 
   REGSERVE_RETURN_IF_ERROR(ValidateDaemonConfig(c));
   return c;

@@ -78,6 +78,13 @@ struct DaemonConfig {
   absl::Duration registration_timeout = absl::Hours(2);
   std::string elastix = "elastix";
   std::string transformix = "transformix";
+
+  // Fleet mode (empty fleet_db: a single host).
+  std::string fleet_db;
+  std::string fleet_replica;    // empty: host name and process id
+  std::string fleet_advertise;  // empty: listen
+  absl::Duration fleet_lease = absl::Seconds(10);
+  int fleet_jobs_per_replica = 2;
 };
 
 // The flags as a DaemonConfig. InvalidArgument whose message names the

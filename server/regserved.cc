@@ -19,13 +19,16 @@
 // --insecure_listen_any is given.
 //
 // Health: grpc.health.v1 answers SERVING for "" and for
-// "regserve.v1.Registration" until shutdown begins, NOT_SERVING after.
+// "regserve.v1.Registration" until shutdown begins, NOT_SERVING after; in
+// fleet mode also NOT_SERVING while the job table cannot be reached.
 //
 // Exit codes: 0 after a clean shutdown, 1 when it cannot start (data_dir not
-// writable, address in use, ...), 2 for bad flags (including unreadable or
+// writable, address in use, a --fleet_db that is malformed or cannot be
+// reached, ...), 2 for bad flags (including unreadable or
 // malformed TLS and token files, an unprotected non-loopback --listen, a
 // --device GPU the machine lacks, and any option the job manager refuses).
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
@@ -42,6 +45,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/auth/token_store.h"
@@ -220,7 +224,36 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   o.registration_timeout = c.registration_timeout;
   o.retention = c.retention;
   o.stream_tile_size = c.stream_tile_size;
+  o.fleet_db = c.fleet_db;
+  o.replica_name = c.fleet_replica;
+  if (o.replica_name.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
+    o.replica_name = absl::StrCat(host[0] ? host : "replica", "-", getpid());
+  }
+  o.replica_address = c.fleet_advertise.empty() ? c.listen : c.fleet_advertise;
+  o.fleet_lease = c.fleet_lease;
+  o.fleet_jobs_per_replica = c.fleet_jobs_per_replica;
   return o;
+}
+
+// Fleet mode: the health service follows the job table (NOT_SERVING while
+// it cannot be reached) until `stop`.
+std::thread WatchFleetHealth(grpc::Server* server, JobManager* manager,
+                             absl::Notification* stop) {
+  return std::thread([server, manager, stop] {
+    bool serving = true;
+    while (!stop->WaitForNotificationWithTimeout(absl::Seconds(1))) {
+      const absl::Status health = manager->FleetHealth();
+      if (health.ok() == serving) continue;
+      serving = health.ok();
+      std::fprintf(
+          stderr, "regserved: %s\n",
+          serving ? "the fleet's job table is back: SERVING"
+                  : absl::StrCat(health.message(), ": NOT_SERVING").c_str());
+      server->GetHealthCheckService()->SetServingStatus(serving);
+    }
+  });
 }
 
 // The job manager refuses bad options with InvalidArgument naming the field:
@@ -442,8 +475,16 @@ int Main(int argc, char** argv) {
                  sig == SIGINT ? "SIGINT" : "SIGTERM");
     Stop(&service, server.get(), manager->get(), config->shutdown_grace);
   });
+  absl::Notification stop_health;
+  std::thread health_thread;
+  if (!config->fleet_db.empty()) {
+    health_thread =
+        WatchFleetHealth(server.get(), manager->get(), &stop_health);
+  }
   server->Wait();
   signal_thread.join();
+  stop_health.Notify();
+  if (health_thread.joinable()) health_thread.join();
   service.WaitForCalls();
   (*metrics)->SetScrapeCallback(nullptr);
   scheduler.Shutdown();

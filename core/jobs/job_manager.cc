@@ -108,6 +108,20 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
   if (o.pipeline_threads < 0) {
     return absl::InvalidArgumentError("pipeline_threads must be >= 0");
   }
+  if (!o.fleet_db.empty()) {
+    if (o.replica_name.empty()) {
+      return absl::InvalidArgumentError("fleet mode needs a replica name");
+    }
+    if (o.fleet_lease < absl::Seconds(1)) {
+      return absl::InvalidArgumentError("fleet_lease must be at least 1 s");
+    }
+    if (o.fleet_jobs_per_replica < 1) {
+      return absl::InvalidArgumentError("fleet_jobs_per_replica must be >= 1");
+    }
+    if (o.fleet_poll <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("fleet_poll must be positive");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -182,7 +196,13 @@ absl::Status JobManagerImpl::Init() {
   REGSERVE_ASSIGN_OR_RETURN(input_root_, InputRoot::Open(options_.input_root));
   REGSERVE_ASSIGN_OR_RETURN(output_root_,
                             OutputRoot::Open(options_.output_root));
-  REGSERVE_RETURN_IF_ERROR(Recover());
+  // In fleet mode the job table, not the directory, says what exists: the
+  // directory is shared, and its running jobs are other replicas'.
+  if (!options_.fleet_db.empty()) {
+    REGSERVE_RETURN_IF_ERROR(OpenFleet());
+  } else {
+    REGSERVE_RETURN_IF_ERROR(Recover());
+  }
 
   int threads = options_.pipeline_threads;
   if (threads == 0) {
@@ -195,6 +215,10 @@ absl::Status JobManagerImpl::Init() {
     pipeline_.emplace_back([this] { PipelineLoop(); });
   }
   janitor_ = std::thread([this] { JanitorLoop(); });
+  if (fleet()) {
+    SendHeartbeat();
+    lease_thread_ = std::thread([this] { LeaseLoop(); });
+  }
   return absl::OkStatus();
 }
 
@@ -365,6 +389,7 @@ absl::Status JobManagerImpl::CheckCapacityLocked(
 }
 
 absl::Status JobManagerImpl::PersistLocked(Job* job) {
+  ++job->version;
   return fs_->WriteFileAtomic(DirOf(job->rec.info.id).state(),
                               EncodeJobState(job->rec));
 }
@@ -394,29 +419,31 @@ void JobManagerImpl::UpdateQueuePositionsLocked() {
   }
 }
 
+void MarkTerminal(JobInfo* info, JobState state, absl::Status why) {
+  info->state = state;
+  info->failure =
+      state == JobState::kCompleted ? absl::OkStatus() : std::move(why);
+  info->queue_position = 0;
+  info->finished = absl::Now();
+  if (state == JobState::kCompleted) {
+    info->stage_fraction = 1.0;
+    info->stage_detail = "completed";
+  } else {
+    info->stage_detail = std::string(info->failure.message());
+    info->result_path.clear();
+    info->transform_dir.clear();
+    info->transform_files.clear();
+  }
+}
+
 void JobManagerImpl::FinishJobLocked(Job* job, JobState state,
                                      absl::Status why) {
   JobInfo& info = job->rec.info;
   if (IsTerminal(info.state)) return;
   if (info.state == JobState::kQueued) queue_.erase(KeyOf(*job));
-  info.state = state;
-  info.failure =
-      state == JobState::kCompleted ? absl::OkStatus() : std::move(why);
-  info.queue_position = 0;
-  info.finished = absl::Now();
-  if (state == JobState::kCompleted) {
-    info.stage_fraction = 1.0;
-    info.stage_detail = "completed";
-  } else {
-    info.stage_detail = std::string(info.failure.message());
-  }
+  MarkTerminal(&info, state, std::move(why));
   DirOf(info.id).RemoveWorkFiles(/*delete_uploads=*/true,
                                  /*keep_result=*/state == JobState::kCompleted);
-  if (state != JobState::kCompleted) {
-    info.result_path.clear();
-    info.transform_dir.clear();
-    info.transform_files.clear();
-  }
   // Custom elastix parameters (up to 8 MiB a job) are needed only to run
   // the job; its spec file keeps them. Finished jobs stay in memory for the
   // whole retention, so they drop them.
@@ -452,6 +479,7 @@ void JobManagerImpl::ProgressLocked(Job* job, Stage stage, double fraction,
   }
   job->last_progress = now;
   job->last_progress_stage = stage;
+  ++job->version;
   JobEvent ev;
   ev.kind = JobEvent::Kind::kProgress;
   ev.stage = stage;
@@ -569,6 +597,13 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
     job->rec.sequence = next_sequence_++;
   }
   REGSERVE_RETURN_IF_ERROR(WriteNewJob(*job));
+  if (fleet() && info.state == JobState::kQueued) {
+    // Straight to the fleet's queue: any replica may run it.
+    const absl::Status queued = FleetEnqueue(job->rec);
+    if (!queued.ok()) RemoveAllQuietly(DirOf(info.id).path());
+    if (!queued.ok()) return queued;
+    return info.id;
+  }
   absl::MutexLock lock(&mu_);
   absl::Status admit = shutting_down_ ? absl::UnavailableError("shutting down")
                                       : CheckCapacityLocked(principal);
@@ -591,6 +626,12 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
 
 absl::Status JobManagerImpl::Cancel(const std::string& job_id,
                                     const std::string& principal) {
+  if (fleet()) {
+    std::shared_ptr<Job> local = Find(job_id);
+    if (local == nullptr || local->lease.has_value()) {
+      return FleetCancel(job_id, principal);
+    }
+  }
   absl::MutexLock lock(&mu_);
   REGSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job,
                             FindOwnedLocked(job_id, principal));
@@ -615,6 +656,17 @@ absl::Status JobManagerImpl::Cancel(const std::string& job_id,
 
 absl::StatusOr<JobInfo> JobManagerImpl::GetJob(
     const std::string& job_id, const std::string& principal) const {
+  if (fleet()) {
+    {
+      // Uploading or running here: this replica knows best.
+      absl::MutexLock lock(&mu_);
+      std::shared_ptr<Job> job = FindLocked(job_id);
+      if (job != nullptr && job->rec.info.principal == principal) {
+        return job->rec.info;
+      }
+    }
+    return FleetGetJob(job_id, principal);
+  }
   absl::MutexLock lock(&mu_);
   REGSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job,
                             FindOwnedLocked(job_id, principal));
@@ -675,6 +727,7 @@ absl::StatusOr<JobManager::JobPage> JobManagerImpl::ListJobPage(
         "page_token is not one this server gave out: pass the "
         "next_page_token of the previous ListJobs response unchanged");
   }
+  if (fleet()) return FleetListJobPage(principal, limit, before);
   std::vector<std::pair<uint64_t, std::shared_ptr<Job>>> found;
   absl::MutexLock lock(&mu_);
   for (const auto& [id, job] : jobs_) {
@@ -699,6 +752,7 @@ absl::StatusOr<JobManager::JobPage> JobManagerImpl::ListJobPage(
 absl::StatusOr<std::unique_ptr<EventStream>> JobManagerImpl::OpenEventStream(
     const std::string& job_id, const std::string& principal,
     int64_t from_tile) {
+  if (fleet()) return FleetOpenEventStream(job_id, principal, from_tile);
   // A completed job's quality map is on disk: read outside the lock.
   std::shared_ptr<const QualityMap> map;
   {
@@ -721,6 +775,11 @@ absl::StatusOr<std::unique_ptr<EventStream>> JobManagerImpl::OpenEventStream(
 
 JobManager::Stats JobManagerImpl::GetStats() const {
   Stats stats;
+  if (fleet()) {
+    // The fleet's queue, not this replica's (it has none).
+    absl::StatusOr<int64_t> depth = QueueDepth();
+    if (depth.ok()) stats.queued = static_cast<int>(*depth);
+  }
   absl::MutexLock lock(&mu_);
   for (const auto& [id, job] : jobs_) {
     switch (job->rec.info.state) {
@@ -756,6 +815,7 @@ void JobManagerImpl::Shutdown() {
     if (t.joinable()) t.join();
   }
   if (janitor_.joinable()) janitor_.join();
+  if (lease_thread_.joinable()) lease_thread_.join();
   absl::MutexLock lock(&mu_);
   joined_ = true;
   for (auto& [id, job] : jobs_) job->events.Shutdown();
@@ -818,7 +878,9 @@ std::shared_ptr<Job> JobManagerImpl::TakeNextJob() {
 }
 
 void JobManagerImpl::PipelineLoop() {
-  while (std::shared_ptr<Job> job = TakeNextJob()) RunJob(job);
+  while (std::shared_ptr<Job> job = fleet() ? ClaimFleetJob() : TakeNextJob()) {
+    RunJob(job);
+  }
 }
 
 void JobManagerImpl::RunJob(const std::shared_ptr<Job>& job) {
@@ -832,6 +894,7 @@ void JobManagerImpl::RunJob(const std::shared_ptr<Job>& job) {
   JobRun run(rec, DirOf(rec.info.id), token.get());
   JobStageHost host(this, job, rec, token.get());
   const absl::Status s = RunPipeline(stages_, services_, &run, &host);
+  if (fleet()) return EndFleetRun(job, s);
   absl::MutexLock lock(&mu_);
   EndRunLocked(job.get(), s);
 }

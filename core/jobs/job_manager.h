@@ -121,6 +121,21 @@ class JobManager {
     // Not owned; may be null; must outlive the manager.
     JobLifecycleObserver* observer = nullptr;
     int pipeline_threads = 0;  // 0 = cpu slots + gpus + 1
+
+    // Fleet mode (docs/fleet.md): a libpq connection string to the job
+    // table every replica shares, with data_dir on a volume every replica
+    // mounts. Empty: a single host (local queue, recovery from data_dir).
+    std::string fleet_db;
+    std::string replica_name;     // required in fleet mode, unique
+    std::string replica_address;  // what GetServerInfo shows for it
+    // A replica that stops renewing loses its jobs after this long.
+    absl::Duration fleet_lease = absl::Seconds(10);
+    // Jobs one replica claims at once (their stages still share the
+    // scheduler).
+    int fleet_jobs_per_replica = 2;
+    // How often an idle replica looks for work and a reader of a job run
+    // elsewhere looks for news.
+    absl::Duration fleet_poll = absl::Milliseconds(200);
   };
 
   // The checks Create makes of `options` alone (InvalidArgument naming the
@@ -219,6 +234,25 @@ class JobManager {
   };
   virtual Stats GetStats() const = 0;
   virtual const Options& options() const = 0;
+
+  // Fleet mode: OK while the job table answers (the last call of the lease
+  // thread succeeded), UNAVAILABLE with the reason otherwise; a single host
+  // is always OK. For the health service.
+  virtual absl::Status FleetHealth() const = 0;
+  // Fleet mode: the replicas heard from lately, this one included, each
+  // with its budgets and running jobs; empty for a single host.
+  struct FleetReplica {
+    std::string name;
+    std::string address;
+    uint64_t ram_budget_bytes = 0;
+    std::vector<uint64_t> vram_budget_bytes;
+    std::vector<std::string> running_ids;
+    absl::Time heartbeat;
+  };
+  virtual absl::StatusOr<std::vector<FleetReplica>> FleetReplicas() const = 0;
+  // Fleet mode: jobs queued across the fleet (the autoscaler's signal);
+  // a single host: its own queue.
+  virtual absl::StatusOr<int64_t> QueueDepth() const = 0;
 };
 
 // Create with the seams of core/jobs/job_env.h (tests inject fakes).

@@ -15,6 +15,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -22,6 +23,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "core/fleet/job_table.h"
 #include "core/jobs/job_dir.h"
 #include "core/jobs/job_manager.h"
 #include "core/jobs/job_store.h"
@@ -51,6 +53,16 @@ struct Job {
   absl::Time stage_start;
   // Serialises AppendUpload/FinishUpload file I/O of this job.
   absl::Mutex upload_mu;
+  // Fleet mode (job_fleet.cc): the lease this replica runs the job under;
+  // the local time by which it must be renewed, or it counts as lost;
+  // whether it was lost. `version` grows at every change a replica that
+  // does not run the job would show; the lease thread sends the record
+  // when it is ahead of `pushed_version`.
+  std::optional<Lease> lease;
+  absl::Time lease_deadline = absl::InfinitePast();
+  bool lease_lost = false;
+  uint64_t version = 0;
+  uint64_t pushed_version = 0;
 };
 
 struct QueueKey {
@@ -75,6 +87,8 @@ absl::Status NoSuchJob(const std::string& id);
 // otherwise.
 absl::Status NotUploadingStatus(const JobInfo& info);
 absl::Status ValidateOptions(const JobManager::Options& o);
+// A job's info as it ends in `state` (FinishJobLocked's changes to it).
+void MarkTerminal(JobInfo* info, JobState state, absl::Status why);
 
 class JobStageHost;
 
@@ -108,6 +122,9 @@ class JobManagerImpl final : public JobManager {
   void Shutdown() override;
   Stats GetStats() const override;
   const Options& options() const override { return options_; }
+  absl::Status FleetHealth() const override;
+  absl::StatusOr<std::vector<FleetReplica>> FleetReplicas() const override;
+  absl::StatusOr<int64_t> QueueDepth() const override;
 
  private:
   friend class JobStageHost;
@@ -177,6 +194,42 @@ class JobManagerImpl final : public JobManager {
   void CloseStageLocked(Job* job, bool completed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Fleet mode (job_fleet.cc). The job table holds every job that left its
+  // upload; jobs_ holds only those uploading here or running here.
+  bool fleet() const { return claims_ != nullptr; }
+  absl::Status OpenFleet();
+  // Adds a planned job to the fleet's queue (no lock held).
+  absl::Status FleetEnqueue(const JobRecord& rec);
+  // The next job this replica claims, marked running; null when shutting
+  // down.
+  std::shared_ptr<Job> ClaimFleetJob() ABSL_LOCKS_EXCLUDED(mu_);
+  bool MayClaimOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return shutting_down_ || fleet_active_ < options_.fleet_jobs_per_replica;
+  }
+  absl::StatusOr<std::shared_ptr<Job>> AdoptClaimed(const Lease& lease);
+  // Ends a fleet run: the outcome is committed fenced on the lease first,
+  // and only then stored and told; a lost lease leaves the job to its new
+  // holder.
+  void EndFleetRun(const std::shared_ptr<Job>& job, const absl::Status& s)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status CommitOutcome(const Lease& lease, const JobOutcome& outcome);
+  // The job leaves this replica: readers here carry on from the table.
+  void DetachLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LeaseLoop();
+  void RenewLeases();
+  void SendHeartbeat();
+  absl::StatusOr<JobRecord> FleetRecord(const std::string& id,
+                                        const std::string& principal,
+                                        int64_t* version) const;
+  absl::StatusOr<JobInfo> FleetGetJob(const std::string& id,
+                                      const std::string& principal) const;
+  absl::StatusOr<JobPage> FleetListJobPage(const std::string& principal,
+                                           size_t limit, uint64_t before) const;
+  absl::Status FleetCancel(const std::string& id, const std::string& principal);
+  absl::StatusOr<std::unique_ptr<EventStream>> FleetOpenEventStream(
+      const std::string& id, const std::string& principal, int64_t from_tile);
+  ReplicaBudgets OwnBudgets() const;
+
   const Options options_;
   ResourceScheduler* const scheduler_;
   HardwareProbe* const probe_;
@@ -198,6 +251,16 @@ class JobManagerImpl final : public JobManager {
 
   std::vector<std::thread> pipeline_;
   std::thread janitor_;
+
+  // Fleet mode: one connection each for claims, the lease thread, and the
+  // RPC threads' queries, so that a slow query never delays a renewal.
+  std::unique_ptr<JobTable> claims_;
+  std::unique_ptr<JobTable> leases_;
+  std::unique_ptr<JobTable> queries_;
+  std::thread lease_thread_;
+  int fleet_active_ ABSL_GUARDED_BY(mu_) = 0;     // claiming or running here
+  bool fleet_kick_ ABSL_GUARDED_BY(mu_) = false;  // a job was just queued
+  absl::Status fleet_health_ ABSL_GUARDED_BY(mu_);
 };
 
 // The narrow view a running stage has of its job (core/jobs/stage_runner.h).

@@ -571,6 +571,10 @@ std::string EncodeJobState(const JobRecord& record) {
   w.Add("format", kStateFormat);
   w.Add("state", JobStateName(info.state));
   w.Add("stage", StageName(info.stage));
+  // Where the stage is: what a fleet replica that does not run the job
+  // shows (job_fleet.cc); recovery resets it.
+  w.AddDouble("stage_fraction", info.stage_fraction);
+  w.Add("stage_detail", info.stage_detail);
   w.AddInt("attempts", info.attempts);
   w.AddInt("checkpointed_runs", record.checkpointed_runs);
   w.AddInt("failure.code", static_cast<int>(info.failure.code()));
@@ -639,6 +643,10 @@ absl::Status DecodeJobState(absl::string_view text, JobRecord* record) {
   REGSERVE_ASSIGN_OR_RETURN(s, r.Str("stage"));
   REGSERVE_ASSIGN_OR_RETURN(info.stage,
                             ParseEnum("stage", s, kStages, &StageName));
+  if (r.Has("stage_fraction")) {  // absent in state files before it existed
+    REGSERVE_ASSIGN_OR_RETURN(info.stage_fraction, r.Double("stage_fraction"));
+    REGSERVE_ASSIGN_OR_RETURN(info.stage_detail, r.Str("stage_detail"));
+  }
   REGSERVE_ASSIGN_OR_RETURN(int64_t attempts, r.Int("attempts"));
   info.attempts = static_cast<int>(attempts);
   record->checkpointed_runs = 0;  // absent in state files before it existed

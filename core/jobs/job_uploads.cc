@@ -135,18 +135,38 @@ absl::Status JobManagerImpl::FinishUpload(const std::string& job_id) {
   // Make the uploads durable, read their headers and plan, without the lock.
   absl::Status s = ReadUploadedSpecs(*job, &rec);
   absl::StatusOr<Plan> plan = s.ok() ? PlanJob(rec) : absl::StatusOr<Plan>(s);
-  absl::MutexLock lock(&mu_);
-  if (job->rec.info.state != JobState::kUploading) {
-    return NotUploadingStatus(job->rec.info);
+  {
+    absl::MutexLock lock(&mu_);
+    if (job->rec.info.state != JobState::kUploading) {
+      return NotUploadingStatus(job->rec.info);
+    }
+    if (!plan.ok()) {
+      FinishJobLocked(job.get(), JobState::kFailed, plan.status());
+      return plan.status();
+    }
+    REGSERVE_RETURN_IF_ERROR(
+        AcceptUploadedLocked(job.get(), rec, *std::move(plan)));
+    if (!fleet()) {
+      EnqueueLocked(job);
+      UpdateQueuePositionsLocked();
+      return absl::OkStatus();
+    }
+    rec = job->rec;
   }
-  if (!plan.ok()) {
-    FinishJobLocked(job.get(), JobState::kFailed, plan.status());
-    return plan.status();
+  // Fleet mode: to the fleet's queue; this replica's readers follow it
+  // there.
+  const absl::Status queued = FleetEnqueue(rec);
+  bool cancelled_meanwhile = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!queued.ok()) {
+      FinishJobLocked(job.get(), JobState::kFailed, queued);
+      return queued;
+    }
+    cancelled_meanwhile = job->rec.info.state == JobState::kCancelled;
+    DetachLocked(job.get());
   }
-  REGSERVE_RETURN_IF_ERROR(
-      AcceptUploadedLocked(job.get(), rec, *std::move(plan)));
-  EnqueueLocked(job);
-  UpdateQueuePositionsLocked();
+  if (cancelled_meanwhile) (void)queries_->Cancel(job_id);
   return absl::OkStatus();
 }
 

@@ -54,15 +54,6 @@ absl::Status ReadJob(const JobDir& dir, const std::string& id, JobRecord* rec) {
   return s;
 }
 
-void Rebase(const JobDir& dir, JobRecord* rec) {
-  JobInfo& info = rec->info;
-  for (std::string* path : {&info.result_path, &info.transform_dir,
-                            &rec->fixed_input, &rec->moving_input}) {
-    *path = dir.Rebase(*path);
-  }
-  for (std::string& path : info.transform_files) path = dir.Rebase(path);
-}
-
 // A finished result keeps the tiles it was written and streamed in; jobs
 // not yet warped use this daemon's edge.
 void RederiveTiles(const RecoveryOptions& o, JobRecord* rec) {
@@ -139,6 +130,15 @@ void Decide(const RecoveryOptions& o, const JobDir& dir, RecoveredJob* job) {
 
 }  // namespace
 
+void RebaseRecord(const JobDir& dir, JobRecord* rec) {
+  JobInfo& info = rec->info;
+  for (std::string* path : {&info.result_path, &info.transform_dir,
+                            &rec->fixed_input, &rec->moving_input}) {
+    *path = dir.Rebase(*path);
+  }
+  for (std::string& path : info.transform_files) path = dir.Rebase(path);
+}
+
 absl::StatusOr<std::vector<RecoveredJob>> ScanJobDirectory(
     const RecoveryOptions& o) {
   absl::StatusOr<std::vector<std::string>> ids = ListJobIds(o.jobs_dir);
@@ -160,7 +160,7 @@ absl::StatusOr<std::vector<RecoveredJob>> ScanJobDirectory(
                    std::string(s.message()).c_str());
       continue;
     }
-    Rebase(dir, &job.record);
+    RebaseRecord(dir, &job.record);
     RederiveTiles(o, &job.record);
     Decide(o, dir, &job);
     out.push_back(std::move(job));

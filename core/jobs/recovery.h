@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/jobs/job_dir.h"
 #include "core/jobs/job_store.h"
 
 namespace regserve {
@@ -45,6 +46,11 @@ struct RecoveredJob {
   Action action = Action::kKeep;
   absl::Status failure;
 };
+
+// The record's paths inside its job directory, recorded when the data
+// directory was elsewhere (another mount of it, on another replica, or
+// before a move), moved under `dir`.
+void RebaseRecord(const JobDir& dir, JobRecord* record);
 
 // Every job found, with its paths rebased to where the directory is now.
 // Directories without a state file (never acknowledged) are removed; jobs

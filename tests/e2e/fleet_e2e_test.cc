@@ -1,0 +1,383 @@
+// Copyright regserve authors.
+//
+// Fleet mode end to end (issue 12): a real PostgreSQL started by the test
+// (core/fleet/testing/postgres_server.h; skipped without its binaries) and
+// three regserved replicas on loopback sharing one data directory, driven
+// by regctl and the client library. Small images (the ITK brain slice) and
+// rigid transforms keep it fast; where a test needs a job to stay in its
+// registration, elastix is a script that sleeps while a file exists.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/regserve_client.h"
+#include "core/common/file_util.h"
+#include "core/fleet/job_table.h"
+#include "core/fleet/testing/postgres_server.h"
+#include "gtest/gtest.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace regserve {
+namespace e2e {
+namespace {
+
+std::string Fixed() {
+  return TestData("itk_brain/BrainProtonDensitySlice.png");
+}
+std::string Moving() {
+  return TestData("itk_brain/BrainProtonDensitySliceR10X13Y17.png");
+}
+std::string ReadAll(const std::string& path) {
+  return ReadFileToString(path).value_or("");
+}
+void WriteAll(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+
+const std::vector<std::string> kFlags = {"--stream_tile_size=64",
+                                         "--elastix_threads=1", "--cpu_slots=1",
+                                         "--fleet_lease=3s"};
+
+// regserved run to its exit: the exit code and its stderr.
+CommandResult RunDaemonToExit(const std::vector<std::string>& flags) {
+  const std::string dir = MakeTempDir("regserve_fleet_exit");
+  std::string cmd = BinaryDir() + "/server/regserved --listen=127.0.0.1:0" +
+                    " --data_dir=" + dir + "/data";
+  for (const std::string& f : flags) absl::StrAppend(&cmd, " '", f, "'");
+  absl::StrAppend(&cmd, " >", dir, "/out 2>", dir, "/err </dev/null");
+  const int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = ReadAll(dir + "/out");
+  r.err = ReadAll(dir + "/err");
+  return r;
+}
+
+class FleetE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto server = PostgresServer::Start();
+    if (server.ok()) {
+      pg_ = std::move(*server).release();
+    } else {
+      skip_ = new std::string(server.status().ToString());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete pg_;
+    pg_ = nullptr;
+  }
+
+  void SetUp() override {
+    if (pg_ == nullptr) GTEST_SKIP() << *skip_;
+    const std::string name = absl::AsciiStrToLower(
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    auto db = pg_->CreateDatabase(name);
+    ASSERT_TRUE(db.ok()) << db.status();
+    db_ = *db;
+    data_ = MakeTempDir("regserve_fleet_data");
+    // An elastix that sleeps while `slow` exists (tests that need a job
+    // caught in its registration create it).
+    wrapper_dir_ = MakeTempDir("regserve_fleet_wrapper");
+    WriteAll(
+        wrapper_dir_ + "/elastix",
+        absl::StrCat("#!/bin/sh\nwhile [ -f '", wrapper_dir_,
+                     "/slow' ]; do sleep 0.1; done\nexec elastix \"$@\"\n"));
+    chmod((wrapper_dir_ + "/elastix").c_str(), 0755);
+  }
+
+  void StartReplicas(int n, std::vector<std::string> extra = {}) {
+    for (int i = 0; i < n; ++i) {
+      std::vector<std::string> flags = kFlags;
+      flags.push_back("--fleet_db=" + db_);
+      flags.push_back(absl::StrCat("--fleet_replica=r", i));
+      flags.push_back("--elastix=" + wrapper_dir_ + "/elastix");
+      flags.insert(flags.end(), extra.begin(), extra.end());
+      auto d = std::make_unique<Daemon>();
+      ASSERT_TRUE(d->Start(data_, flags)) << ReadAll(d->stderr_path());
+      replicas_.push_back(std::move(d));
+    }
+  }
+
+  void TearDown() override {
+    for (auto& d : replicas_) {
+      if (d->pid() > 0) d->Stop();
+    }
+    std::remove((wrapper_dir_ + "/slow").c_str());
+  }
+
+  RegistrationClient Client(int replica) {
+    RegistrationClient::Options o;
+    o.address = replicas_[replica]->address();
+    return RegistrationClient(o);
+  }
+
+  // What one plain daemon gives for the rigid pair (the reference).
+  std::string Reference() {
+    Daemon one;
+    EXPECT_TRUE(one.Start(MakeTempDir("regserve_fleet_single"), kFlags));
+    const std::string out = MakeTempDir("regserve_fleet_ref") + "/ref.png";
+    CommandResult r = RunRegctl(
+        one.address(), {"submit", "--fixed", Fixed(), "--moving", Moving(),
+                        "--output", out, "--transform", "rigid"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    one.Stop();
+    return out;
+  }
+
+  std::unique_ptr<JobTable> Table() {
+    auto table = JobTable::Open(db_);
+    EXPECT_TRUE(table.ok()) << table.status();
+    return table.ok() ? std::move(*table) : nullptr;
+  }
+
+  // The replica whose GetServerInfo lists `job` as running; -1 if none
+  // within `wait`.
+  int OwnerOf(const std::string& job, absl::Duration wait) {
+    const absl::Time deadline = absl::Now() + wait;
+    while (absl::Now() < deadline) {
+      for (size_t i = 0; i < replicas_.size(); ++i) {
+        if (replicas_[i]->pid() <= 0) continue;
+        v1::ServerInfo info;
+        if (!Client(static_cast<int>(i)).GetServerInfo(&info).ok()) continue;
+        for (const std::string& id : info.running_job_ids()) {
+          if (id == job) return static_cast<int>(i);
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return -1;
+  }
+
+  // Submits the rigid pair through `replica` on a thread; the job id is
+  // set as soon as the daemon names it.
+  std::thread SubmitAsync(int replica, v1::JobSpec spec, std::string* job_id,
+                          std::atomic<bool>* named, grpc::Status* status) {
+    return std::thread([this, replica, spec, job_id, named, status] {
+      RegistrationClient client = Client(replica);
+      *status =
+          client.Submit(spec, {Fixed(), Moving()}, [&](const v1::JobEvent& e) {
+            if (!*named) {
+              *job_id = e.job_id();
+              *named = true;
+            }
+            return true;
+          });
+    });
+  }
+
+  static PostgresServer* pg_;
+  static std::string* skip_;
+  std::string db_;
+  std::string data_;
+  std::string wrapper_dir_;
+  std::vector<std::unique_ptr<Daemon>> replicas_;
+};
+
+PostgresServer* FleetE2eTest::pg_ = nullptr;
+std::string* FleetE2eTest::skip_ = nullptr;
+
+TEST_F(FleetE2eTest, TwelveJobsFromFourClientsRunOnceEachAndMatchOneDaemon) {
+  const std::string reference = Reference();
+  StartReplicas(3);
+  const std::string out_dir = MakeTempDir("regserve_fleet_out");
+  std::vector<std::thread> clients;
+  std::vector<CommandResult> results(12);
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      for (int j = 0; j < 3; ++j) {
+        const int n = c * 3 + j;
+        results[n] = RunRegctl(
+            replicas_[n % 3]->address(),
+            {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+             absl::StrCat(out_dir, "/", n, ".png"), "--transform", "rigid"});
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (int n = 0; n < 12; ++n) {
+    ASSERT_EQ(results[n].exit_code, 0) << n << ": " << results[n].err;
+    std::string why;
+    EXPECT_TRUE(
+        SamePixels(reference, absl::StrCat(out_dir, "/", n, ".png"), &why))
+        << n << ": " << why;
+  }
+  // Each job was claimed once (lease token 1), none lost a lease, and the
+  // work was spread over the replicas.
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  auto rows = table->List(JobListFilter());
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 12u);
+  std::set<std::string> owners;
+  for (const JobRow& row : *rows) {
+    EXPECT_EQ(row.state, JobRowState::kSucceeded) << row.id << " " << row.error;
+    EXPECT_EQ(row.lease_token, 1) << row.id;
+    EXPECT_EQ(row.attempts, 0) << row.id;
+    owners.insert(row.lease_owner);
+  }
+  EXPECT_GE(owners.size(), 2u);
+  // Any replica answers for any job.
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(Client(2).ListJobs(&listed).ok());
+  EXPECT_EQ(listed.jobs_size(), 12);
+}
+
+TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
+  const std::string reference = Reference();
+  StartReplicas(3);
+  WriteAll(wrapper_dir_ + "/slow", "1\n");
+  std::string job_id;
+  std::atomic<bool> named{false};
+  grpc::Status submitted;
+  v1::JobSpec spec;
+  spec.set_transform(v1::TRANSFORM_KIND_RIGID);
+  std::thread submit = SubmitAsync(0, spec, &job_id, &named, &submitted);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!named && absl::Now() < deadline)
+    absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(named.load());
+  const int owner = OwnerOf(job_id, absl::Seconds(30));
+  ASSERT_GE(owner, 0);
+  // A Watch attached through a replica that is neither the owner nor the
+  // submitter (unless there is no other).
+  const int watcher = owner == 1 ? 2 : 1;
+  const std::string watched = MakeTempDir("regserve_fleet_watch") + "/w.png";
+  CommandResult watch_result;
+  std::thread watch([&] {
+    watch_result = RunRegctl(replicas_[watcher]->address(),
+                             {"watch", job_id, "--output", watched});
+  });
+  absl::SleepFor(absl::Milliseconds(500));  // in its registration
+  // The host dies: the daemon and its registration child with it.
+  const std::vector<pid_t> children =
+      DescendantsNamed(replicas_[owner]->pid(), "elastix");
+  replicas_[owner]->Kill();
+  for (pid_t child : children) kill(child, SIGKILL);
+  std::remove((wrapper_dir_ + "/slow").c_str());
+  watch.join();
+  submit.join();
+  ASSERT_EQ(watch_result.exit_code, 0) << watch_result.err;
+  std::string why;
+  EXPECT_TRUE(SamePixels(reference, watched, &why)) << why;
+  // The submitter's own stream went through replica 0: it completes too
+  // unless replica 0 was the one killed.
+  if (owner != 0) {
+    EXPECT_TRUE(submitted.ok()) << submitted.error_message();
+  }
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  auto row = table->Get(job_id);
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(row->state, JobRowState::kSucceeded);
+  EXPECT_EQ(row->lease_token, 2);  // claimed again after the lease expired
+  EXPECT_NE(row->lease_owner, absl::StrCat("r", owner));
+}
+
+TEST_F(FleetE2eTest, CancelThroughAnotherReplicaStopsTheRunWithinTwoSeconds) {
+  StartReplicas(3);
+  WriteAll(wrapper_dir_ + "/slow", "1\n");
+  std::string job_id;
+  std::atomic<bool> named{false};
+  grpc::Status submitted;
+  v1::JobSpec spec;
+  spec.set_transform(v1::TRANSFORM_KIND_RIGID);
+  std::thread submit = SubmitAsync(0, spec, &job_id, &named, &submitted);
+  const absl::Time named_by = absl::Now() + absl::Seconds(30);
+  while (!named && absl::Now() < named_by)
+    absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(named.load());
+  const int owner = OwnerOf(job_id, absl::Seconds(30));
+  ASSERT_GE(owner, 0);
+  const pid_t owner_pid = replicas_[owner]->pid();
+  // Its registration child (the wrapper's sh) is running.
+  const absl::Time started_by = absl::Now() + absl::Seconds(30);
+  while (DescendantsNamed(owner_pid, "elastix").empty() &&
+         absl::Now() < started_by) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_FALSE(DescendantsNamed(owner_pid, "elastix").empty());
+  const int other = (owner + 1) % 3;
+  v1::CancelResponse cancelled;
+  const absl::Time asked = absl::Now();
+  ASSERT_TRUE(Client(other).Cancel(job_id, &cancelled).ok());
+  bool stopped = false;
+  while (!stopped && absl::Now() < asked + absl::Seconds(2)) {
+    v1::JobStatus status;
+    stopped = DescendantsNamed(owner_pid, "elastix").empty() &&
+              Client(other).GetJob(job_id, &status).ok() &&
+              status.state() == v1::JOB_STATE_CANCELLED;
+    if (!stopped) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(stopped) << "not stopped within 2 s of the Cancel";
+  submit.join();
+  EXPECT_EQ(submitted.error_code(), grpc::StatusCode::CANCELLED)
+      << submitted.error_message();
+  // The owner released its reservations.
+  bool released = false;
+  for (int i = 0; i < 100 && !released; ++i) {
+    v1::ServerInfo info;
+    released = Client(owner).GetServerInfo(&info).ok() &&
+               info.ram_reserved_bytes() == 0 && info.cpu_running() == 0;
+    if (!released) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(released);
+}
+
+TEST_F(FleetE2eTest, DatabaseLostMakesHealthNotServingAndRestartCarriesOn) {
+  StartReplicas(2);
+  bool serving = false;
+  ASSERT_TRUE(Client(1).CheckHealth("", &serving).ok());
+  EXPECT_TRUE(serving);
+  ASSERT_TRUE(pg_->Stop().ok());
+  const absl::Time lost_by = absl::Now() + absl::Seconds(10);
+  while (serving && absl::Now() < lost_by) {
+    absl::SleepFor(absl::Milliseconds(100));
+    ASSERT_TRUE(Client(1).CheckHealth("", &serving).ok());
+  }
+  EXPECT_FALSE(serving) << "still SERVING 10 s after the database stopped";
+  ASSERT_TRUE(pg_->Restart().ok());
+  const absl::Time back_by = absl::Now() + absl::Seconds(15);
+  while (!serving && absl::Now() < back_by) {
+    absl::SleepFor(absl::Milliseconds(100));
+    ASSERT_TRUE(Client(1).CheckHealth("", &serving).ok());
+  }
+  EXPECT_TRUE(serving);
+  const std::string out = MakeTempDir("regserve_fleet_after") + "/a.png";
+  CommandResult r =
+      RunRegctl(replicas_[0]->address(),
+                {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+                 out, "--transform", "rigid"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST_F(FleetE2eTest, BadOrUnreachableDatabaseExitsOneWithAClearError) {
+  CommandResult bad = RunDaemonToExit({"--fleet_db=host=x port=notaport="});
+  EXPECT_EQ(bad.exit_code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("fleet database"), std::string::npos) << bad.err;
+  // A port where nothing listens (the test server's, once stopped, would
+  // race with other tests: a fresh one).
+  CommandResult away = RunDaemonToExit(
+      {"--fleet_db=host=127.0.0.1 port=1 dbname=x connect_timeout=2"});
+  EXPECT_EQ(away.exit_code, 1) << away.err;
+  EXPECT_NE(away.err.find("fleet database"), std::string::npos) << away.err;
+}
+
+}  // namespace
+}  // namespace e2e
+}  // namespace regserve
