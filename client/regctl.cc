@@ -55,6 +55,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "client/channel_target.h"
 #include "client/quality_map_image.h"
 #include "client/regserve_client.h"
 #include "client/tile_assembler.h"
@@ -79,6 +80,10 @@ enum ExitCode {
 constexpr char kUsage[] =
     "usage: regctl [--server ADDR] [--timeout SECONDS] [security options] "
     "COMMAND ...\n"
+    "\n"
+    "--server: HOST:PORT (default 127.0.0.1:50051); for a fleet, a list "
+    "HOST:PORT,HOST:PORT,... or a dns:///NAME:PORT, over which new jobs are "
+    "spread (round_robin)\n"
     "\n"
     "security options (needed when the server uses TLS or tokens):\n"
     "  --tls                  use TLS, trusting the system's CA certificates\n"
@@ -972,6 +977,22 @@ int ServerInfo(RegistrationClient* client, Options& opt, const Args& args,
     std::printf("  holds: %s\n", h.c_str());
   for (const std::string& w : info.waiting_for())
     std::printf("  waits: %s\n", w.c_str());
+  if (!info.replica().empty()) {
+    std::printf("fleet: this is replica %s; %d replica(s):\n",
+                info.replica().c_str(), info.replicas_size());
+  }
+  for (const v1::Replica& r : info.replicas()) {
+    std::string vram;
+    for (uint64_t v : r.vram_budget_bytes()) {
+      absl::StrAppend(&vram, vram.empty() ? "" : ", ", FormatBytes(v));
+    }
+    std::printf(
+        "  %s at %s: RAM budget %s, VRAM %s, %d running, seen %.1f s ago\n",
+        r.name().c_str(), r.address().c_str(),
+        FormatBytes(r.ram_budget_bytes()).c_str(),
+        vram.empty() ? "none" : vram.c_str(), r.running_job_ids_size(),
+        r.heartbeat_age_seconds());
+  }
   return kExitOk;
 }
 
@@ -1035,6 +1056,11 @@ int Main(int argc, char** argv) {
   }
   RegistrationClient::Options copts;
   copts.address = opt.Get("server", "127.0.0.1:50051");
+  if (absl::StatusOr<ChannelTarget> target =
+          ResolveChannelTarget(copts.address);
+      !target.ok()) {
+    return Usage(std::string(target.status().message()));
+  }
   if (!ReadToken(opt, &copts.token, &error)) return Usage(error);
   if (opt.Has("tls") || opt.Has("tls-ca") || opt.Has("tls-cert") ||
       opt.Has("tls-key")) {

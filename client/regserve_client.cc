@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client/channel_target.h"
 #include "grpcpp/generic/generic_stub.h"
 
 namespace regserve {
@@ -114,7 +115,15 @@ std::shared_ptr<grpc::Channel> RegistrationClient::MakeChannel(
   } else {
     credentials = grpc::InsecureChannelCredentials();
   }
-  return grpc::CreateCustomChannel(options.address, credentials, args);
+  // A list of replicas or a dns:/// name: new calls spread over them. A
+  // list that does not resolve is left to fail at the first call (regctl
+  // checks it first, with ResolveChannelTarget's message).
+  absl::StatusOr<ChannelTarget> target = ResolveChannelTarget(options.address);
+  if (target.ok() && target->balanced) {
+    args.SetLoadBalancingPolicyName("round_robin");
+  }
+  return grpc::CreateCustomChannel(
+      target.ok() ? target->target : options.address, credentials, args);
 }
 
 std::shared_ptr<grpc::Channel> RegistrationClient::MakeChannel(

@@ -1,6 +1,8 @@
 // Copyright regserve authors.
 #include "server/convert.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/common/status_macros.h"
@@ -562,6 +564,22 @@ void ServerInfoToProto(const absl::StatusOr<HardwareSnapshot>& hardware,
   out->set_input_root_enabled(!options.input_root.empty());
   out->set_output_root_enabled(!options.output_root.empty());
   out->set_max_message_bytes(max_message_bytes);
+}
+
+void FleetToProto(const std::string& self,
+                  const std::vector<JobManager::FleetReplica>& replicas,
+                  absl::Time now, v1::ServerInfo* out) {
+  out->set_replica(self);
+  for (const JobManager::FleetReplica& r : replicas) {
+    v1::Replica* p = out->add_replicas();
+    p->set_name(r.name);
+    p->set_address(r.address);
+    p->set_ram_budget_bytes(r.ram_budget_bytes);
+    for (uint64_t v : r.vram_budget_bytes) p->add_vram_budget_bytes(v);
+    for (const std::string& id : r.running_ids) p->add_running_job_ids(id);
+    p->set_heartbeat_age_seconds(
+        std::max(0.0, absl::ToDoubleSeconds(now - r.heartbeat)));
+  }
 }
 
 }  // namespace regserve

@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "core/hardware/hardware.h"
 #include "core/jobs/job_manager.h"
 #include "core/scheduler/scheduler.h"
@@ -87,6 +88,11 @@ void ServerInfoToProto(const absl::StatusOr<HardwareSnapshot>& hardware,
                        const JobManager::Stats& jobs,
                        const JobManager::Options& options,
                        int64_t max_message_bytes, v1::ServerInfo* out);
+
+// Fleet mode: this replica's name and the fleet's replicas.
+void FleetToProto(const std::string& self,
+                  const std::vector<JobManager::FleetReplica>& replicas,
+                  absl::Time now, v1::ServerInfo* out);
 
 }  // namespace regserve
 

@@ -1036,6 +1036,12 @@ grpc::ServerUnaryReactor* RegistrationService::GetServerInfo(
                       manager_->GetStats(), manager_->options(),
                       options_.max_message_bytes, response);
     response->set_version(options_.version);
+    if (!manager_->options().fleet_db.empty()) {
+      REGSERVE_ASSIGN_OR_RETURN(std::vector<JobManager::FleetReplica> replicas,
+                                manager_->FleetReplicas());
+      FleetToProto(manager_->options().replica_name, replicas, absl::Now(),
+                   response);
+    }
     return absl::OkStatus();
   });
 }

@@ -32,6 +32,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "core/common/format.h"
 #include "core/common/status_macros.h"
 #include "core/jobs/fleet_event_stream.h"
 #include "core/jobs/job_manager_impl.h"
@@ -154,6 +155,41 @@ ReplicaBudgets JobManagerImpl::OwnBudgets() const {
     b.vram_bytes = std::max(b.vram_bytes, v);
   }
   return b;
+}
+
+absl::StatusOr<Plan> JobManagerImpl::PlanForFleet(
+    const JobRecord& rec, const absl::Status& here) const {
+  absl::StatusOr<std::vector<FleetReplica>> replicas = FleetReplicas();
+  if (!replicas.ok()) return here;
+  std::vector<std::string> others;
+  for (const FleetReplica& r : *replicas) {
+    if (r.name == options_.replica_name) continue;
+    Budgets b;
+    b.ram_bytes = r.ram_budget_bytes;
+    for (uint64_t v : r.vram_budget_bytes) {
+      b.vram_bytes = std::max(b.vram_bytes, v);
+    }
+    b.has_gpu = b.vram_bytes > 0;
+    absl::StatusOr<Plan> plan =
+        MakePlan(rec.fixed_spec, rec.moving_spec, PlanningOptions(rec), b,
+                 options_.stream_tile_size);
+    if (plan.ok()) {
+      const StageNeeds needs = NeedsOf(*plan);
+      if (needs.ram_bytes <= b.ram_bytes && needs.vram_bytes <= b.vram_bytes) {
+        plan->reasons.push_back(absl::StrCat(
+            "planned for replica ", r.name, " (RAM budget ",
+            FormatBytes(b.ram_bytes), "): it does not fit ",
+            options_.replica_name, "; the replica that runs it plans again"));
+        return plan;
+      }
+    }
+    others.push_back(absl::StrCat(r.name, " (RAM budget ",
+                                  FormatBytes(b.ram_bytes), ", VRAM ",
+                                  FormatBytes(b.vram_bytes), ")"));
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      here.message(), "; no replica of the fleet can run it",
+      others.empty() ? "" : absl::StrCat(": ", absl::StrJoin(others, ", "))));
 }
 
 absl::Status JobManagerImpl::FleetEnqueue(const JobRecord& rec) {
@@ -376,7 +412,7 @@ absl::StatusOr<std::shared_ptr<Job>> JobManagerImpl::AdoptClaimed(
   if (s.ok()) RebaseRecord(DirOf(lease.job_id), &rec);
   // Planned again for this replica's hardware: the submitter's may differ.
   absl::StatusOr<Plan> plan =
-      s.ok() && rec.have_input_specs ? PlanJob(rec) : absl::StatusOr<Plan>(s);
+      s.ok() && rec.have_input_specs ? PlanHere(rec) : absl::StatusOr<Plan>(s);
   if (!plan.ok()) {
     JobOutcome failed;
     failed.state = JobRowState::kFailed;

@@ -283,7 +283,23 @@ absl::StatusOr<ImageSpec> JobManagerImpl::ReadInputSpec(
   return *spec;
 }
 
+JobOptions JobManagerImpl::PlanningOptions(const JobRecord& rec) const {
+  JobOptions options = rec.info.spec.options;
+  options.elastix_before_gpu_refine = options_.elastix_before_gpu_refine;
+  options.shift_correction_passes = options_.shift_correction_passes;
+  options.elastix_before_cpu_correction =
+      options_.elastix_before_cpu_correction;
+  return options;
+}
+
 absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobRecord& rec) const {
+  absl::StatusOr<Plan> here = PlanHere(rec);
+  // In a fleet, a job too big for this replica may fit another.
+  if (!fleet() || !absl::IsResourceExhausted(here.status())) return here;
+  return PlanForFleet(rec, here.status());
+}
+
+absl::StatusOr<Plan> JobManagerImpl::PlanHere(const JobRecord& rec) const {
   HardwareSnapshot hw;
   if (probe_ != nullptr) {
     REGSERVE_ASSIGN_OR_RETURN(hw, probe_->Probe());
@@ -293,13 +309,9 @@ absl::StatusOr<Plan> JobManagerImpl::PlanJob(const JobRecord& rec) const {
   flags.vram_bytes = options_.budget_overrides.vram_bytes;
   const Budgets budgets =
       PlanningBudgets(hw, flags, scheduler_->config().gpu_ordinals);
-  JobOptions options = rec.info.spec.options;
-  options.elastix_before_gpu_refine = options_.elastix_before_gpu_refine;
-  options.shift_correction_passes = options_.shift_correction_passes;
-  options.elastix_before_cpu_correction =
-      options_.elastix_before_cpu_correction;
   REGSERVE_ASSIGN_OR_RETURN(
-      Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec, options, budgets,
+      Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec,
+                          PlanningOptions(rec), budgets,
                           options_.stream_tile_size));
   // Each stage must fit what the scheduler manages, or the job would wait
   // forever.

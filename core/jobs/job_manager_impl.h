@@ -141,7 +141,11 @@ class JobManagerImpl final : public JobManager {
   absl::Status WriteNewJob(const Job& job) const;
   absl::StatusOr<ImageSpec> ReadInputSpec(ImageRole role,
                                           const std::string& path) const;
+  // The plan for this daemon's hardware, or in fleet mode (when it does
+  // not fit here) for another replica's budgets.
   absl::StatusOr<Plan> PlanJob(const JobRecord& rec) const;
+  absl::StatusOr<Plan> PlanHere(const JobRecord& rec) const;
+  JobOptions PlanningOptions(const JobRecord& rec) const;
   // Stores the plan and the tile grid it implies. Needs mu_ once the job
   // is in the table.
   void SetPlan(Job* job, Plan plan) const;
@@ -229,6 +233,8 @@ class JobManagerImpl final : public JobManager {
   absl::StatusOr<std::unique_ptr<EventStream>> FleetOpenEventStream(
       const std::string& id, const std::string& principal, int64_t from_tile);
   ReplicaBudgets OwnBudgets() const;
+  absl::StatusOr<Plan> PlanForFleet(const JobRecord& rec,
+                                    const absl::Status& here) const;
 
   const Options options_;
   ResourceScheduler* const scheduler_;

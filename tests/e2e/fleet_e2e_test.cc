@@ -198,12 +198,17 @@ TEST_F(FleetE2eTest, TwelveJobsFromFourClientsRunOnceEachAndMatchOneDaemon) {
   const std::string out_dir = MakeTempDir("regserve_fleet_out");
   std::vector<std::thread> clients;
   std::vector<CommandResult> results(12);
+  // Clients 0-2 go through one replica each (a different one per job);
+  // client 3 names them all, and gRPC spreads its calls (round_robin).
+  const std::string all = absl::StrCat(replicas_[0]->address(), ",",
+                                       replicas_[1]->address(), ",",
+                                       replicas_[2]->address());
   for (int c = 0; c < 4; ++c) {
     clients.emplace_back([&, c] {
       for (int j = 0; j < 3; ++j) {
         const int n = c * 3 + j;
         results[n] = RunRegctl(
-            replicas_[n % 3]->address(),
+            c == 3 ? all : replicas_[n % 3]->address(),
             {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
              absl::StrCat(out_dir, "/", n, ".png"), "--transform", "rigid"});
       }
@@ -232,10 +237,17 @@ TEST_F(FleetE2eTest, TwelveJobsFromFourClientsRunOnceEachAndMatchOneDaemon) {
     owners.insert(row.lease_owner);
   }
   EXPECT_GE(owners.size(), 2u);
-  // Any replica answers for any job.
+  // Any replica answers for any job, and tells of the whole fleet.
   v1::ListJobsResponse listed;
   ASSERT_TRUE(Client(2).ListJobs(&listed).ok());
   EXPECT_EQ(listed.jobs_size(), 12);
+  CommandResult info = RunRegctl(all, {"server-info"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("3 replica(s):"), std::string::npos) << info.out;
+  for (const char* name : {"r0 at", "r1 at", "r2 at"}) {
+    EXPECT_NE(info.out.find(name), std::string::npos) << info.out;
+  }
+  EXPECT_EQ(RunRegctl(all + ",", {"server-info"}).exit_code, 2);
 }
 
 TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
@@ -337,6 +349,57 @@ TEST_F(FleetE2eTest, CancelThroughAnotherReplicaStopsTheRunWithinTwoSeconds) {
     if (!released) absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_TRUE(released);
+}
+
+TEST_F(FleetE2eTest, ReplicaWithTooSmallABudgetNeverClaimsTheJob) {
+  // r0 can run the pair; r1's 50 MB budget cannot (its registration
+  // alone reserves about 80 MB). Jobs sent to r1 are planned for r0.
+  StartReplicas(1);
+  std::vector<std::string> small = kFlags;
+  small.push_back("--fleet_db=" + db_);
+  small.push_back("--fleet_replica=r1");
+  small.push_back("--ram_budget=50M");
+  auto d = std::make_unique<Daemon>();
+  ASSERT_TRUE(d->Start(data_, small)) << ReadAll(d->stderr_path());
+  replicas_.push_back(std::move(d));
+  const std::string out_dir = MakeTempDir("regserve_fleet_small");
+  for (int n = 0; n < 3; ++n) {
+    CommandResult r = RunRegctl(
+        replicas_[1]->address(),
+        {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+         absl::StrCat(out_dir, "/", n, ".png"), "--transform", "rigid"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  auto rows = table->List(JobListFilter());
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 3u);
+  for (const JobRow& row : *rows) {
+    EXPECT_EQ(row.state, JobRowState::kSucceeded) << row.error;
+    EXPECT_EQ(row.lease_owner, "r0");
+  }
+}
+
+TEST_F(FleetE2eTest, JobThatFitsNoReplicaIsRefusedWithTheNumbers) {
+  std::vector<std::string> small = kFlags;
+  small.push_back("--fleet_db=" + db_);
+  small.push_back("--ram_budget=50M");
+  for (const char* name : {"--fleet_replica=r0", "--fleet_replica=r1"}) {
+    std::vector<std::string> flags = small;
+    flags.push_back(name);
+    auto d = std::make_unique<Daemon>();
+    ASSERT_TRUE(d->Start(data_, flags)) << ReadAll(d->stderr_path());
+    replicas_.push_back(std::move(d));
+  }
+  CommandResult r = RunRegctl(
+      replicas_[0]->address(),
+      {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+       MakeTempDir("regserve_fleet_none") + "/x.png", "--transform", "rigid"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("no replica of the fleet can run it: r1 (RAM budget"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST_F(FleetE2eTest, DatabaseLostMakesHealthNotServingAndRestartCarriesOn) {
