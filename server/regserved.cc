@@ -191,6 +191,13 @@ void FeedMetricsOnScrape(Metrics* metrics, ResourceScheduler* scheduler,
   const std::vector<int> gpus = scheduler->config().gpu_ordinals;
   metrics->SetScrapeCallback([metrics, scheduler, manager, probe, gpus] {
     metrics->SetQueueLength(manager->GetStats().queued);
+    if (!manager->options().fleet_db.empty()) {
+      absl::StatusOr<std::vector<JobManager::FleetReplica>> replicas =
+          manager->FleetReplicas();
+      if (replicas.ok()) {
+        metrics->SetFleetReplicas(static_cast<int64_t>(replicas->size()));
+      }
+    }
     metrics->UpdateResources(scheduler->Stats(), probe->Probe(), gpus);
   });
 }

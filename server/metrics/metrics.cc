@@ -306,8 +306,12 @@ Metrics::Metrics(const Options& options)
                              "sent a job spec), accepted or not.");
   AddOutcomeCounters(r, finished_);
   AddFailureCounters(r, failures_);
-  queue_length_ =
-      SingleGauge(r, "regserve_queue_length", "Jobs queued, waiting to start.");
+  queue_length_ = SingleGauge(
+      r, "regserve_queue_length",
+      "Jobs queued, waiting to start (fleet mode: in the whole fleet).");
+  fleet_replicas_ = SingleGauge(
+      r, "regserve_fleet_replicas",
+      "Fleet mode: replicas heard from in the last 10 s (0: a single host).");
   AddStageMetrics(r, running_, stage_seconds_);
   job_seconds_ = SingleHistogram(r, "regserve_job_duration_seconds",
                                  "Wall time of finished jobs, from submission "
@@ -402,6 +406,11 @@ void Metrics::OnFinished(JobOutcome outcome, absl::StatusCode code) {
 void Metrics::SetQueueLength(int64_t jobs) {
   if (jobs < 0) return;
   queue_length_->Set(static_cast<double>(jobs));
+}
+
+void Metrics::SetFleetReplicas(int64_t replicas) {
+  if (replicas < 0) return;
+  fleet_replicas_->Set(static_cast<double>(replicas));
 }
 
 void Metrics::StageStarted(Stage stage) {

@@ -31,6 +31,7 @@
 //   regserve_job_failures_total{reason}             OnFinished, outcome
 //                                                   failed or rejected
 //   regserve_queue_length                           SetQueueLength
+//   regserve_fleet_replicas                         SetFleetReplicas
 //   regserve_jobs_running{stage}                    StageStarted/StageEnded
 //   regserve_stage_duration_seconds{stage}          OnStageDone (histogram)
 //   regserve_job_duration_seconds                   OnJobDone (histogram)
@@ -160,7 +161,11 @@ class Metrics {
   // `code` is the job's failure code: counted in job_failures_total when
   // `outcome` is kFailed or kRejected (kOk there counts as "unknown").
   void OnFinished(JobOutcome outcome, absl::StatusCode code);
+  // In fleet mode the fleet's queue, the same on every replica (an
+  // autoscaler takes the max over replicas, not the sum).
   void SetQueueLength(int64_t jobs);
+  // Fleet mode: replicas heard from in the last 10 s (0 on a single host).
+  void SetFleetReplicas(int64_t replicas);
   // Running stages: StageStarted/StageEnded must pair up per stage.
   void StageStarted(Stage stage);
   void StageEnded(Stage stage);
@@ -226,6 +231,7 @@ class Metrics {
   prometheus::Counter* finished_[kOutcomes] = {};
   prometheus::Counter* failures_[kReasons] = {};
   prometheus::Gauge* queue_length_ = nullptr;
+  prometheus::Gauge* fleet_replicas_ = nullptr;
   prometheus::Gauge* running_[kStages] = {};
   prometheus::Histogram* stage_seconds_[kStages] = {};
   prometheus::Histogram* job_seconds_ = nullptr;

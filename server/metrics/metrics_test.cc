@@ -139,17 +139,26 @@ TEST(MetricsTest, EverySeriesExistsAtZeroWithHelpAndType) {
   auto m = NewMetrics();
   ASSERT_NE(m, nullptr);
   const std::string text = m->Serialize();
-  for (const char* family :
-       {"regserve_jobs_submitted_total", "regserve_jobs_finished_total",
-        "regserve_job_failures_total", "regserve_queue_length",
-        "regserve_jobs_running", "regserve_stage_duration_seconds",
-        "regserve_job_duration_seconds", "regserve_pixels_registered_total",
-        "regserve_pixels_warped_total", "regserve_received_bytes_total",
-        "regserve_sent_bytes_total", "regserve_ram_budget_bytes",
-        "regserve_ram_reserved_bytes", "regserve_ram_free_bytes",
-        "regserve_stages_waiting", "regserve_elastix_iterations_total",
-        "regserve_registration_final_metric",
-        "regserve_estimated_residual_pixels", "regserve_build_info"}) {
+  for (const char* family : {"regserve_jobs_submitted_total",
+                             "regserve_jobs_finished_total",
+                             "regserve_job_failures_total",
+                             "regserve_queue_length",
+                             "regserve_fleet_replicas",
+                             "regserve_jobs_running",
+                             "regserve_stage_duration_seconds",
+                             "regserve_job_duration_seconds",
+                             "regserve_pixels_registered_total",
+                             "regserve_pixels_warped_total",
+                             "regserve_received_bytes_total",
+                             "regserve_sent_bytes_total",
+                             "regserve_ram_budget_bytes",
+                             "regserve_ram_reserved_bytes",
+                             "regserve_ram_free_bytes",
+                             "regserve_stages_waiting",
+                             "regserve_elastix_iterations_total",
+                             "regserve_registration_final_metric",
+                             "regserve_estimated_residual_pixels",
+                             "regserve_build_info"}) {
     // prometheus-cpp writes counters' HELP/TYPE without the _total suffix
     // only in newer versions; accept both.
     std::string base = family;
@@ -307,6 +316,7 @@ TEST(MetricsTest, GaugesAndCounters) {
   auto m = NewMetrics();
   ASSERT_NE(m, nullptr);
   m->SetQueueLength(7);
+  m->SetFleetReplicas(3);
   m->SetQueueLength(-1);  // ignored
   m->StageStarted(Stage::kRegistration);
   m->StageStarted(Stage::kRegistration);
@@ -319,6 +329,7 @@ TEST(MetricsTest, GaugesAndCounters) {
   m->AddBytesSent(1ull << 33);
   auto s = Parse(m->Serialize());
   EXPECT_EQ(Value(s, "regserve_queue_length"), 7);
+  EXPECT_EQ(Value(s, "regserve_fleet_replicas"), 3);
   EXPECT_EQ(Value(s, "regserve_jobs_running", {{"stage", "registration"}}), 1);
   EXPECT_EQ(Value(s, "regserve_jobs_running", {{"stage", "warp"}}), 1);
   EXPECT_EQ(Value(s, "regserve_jobs_running", {{"stage", "decode"}}), 0);

@@ -200,9 +200,9 @@ TEST_F(FleetE2eTest, TwelveJobsFromFourClientsRunOnceEachAndMatchOneDaemon) {
   std::vector<CommandResult> results(12);
   // Clients 0-2 go through one replica each (a different one per job);
   // client 3 names them all, and gRPC spreads its calls (round_robin).
-  const std::string all = absl::StrCat(replicas_[0]->address(), ",",
-                                       replicas_[1]->address(), ",",
-                                       replicas_[2]->address());
+  const std::string all =
+      absl::StrCat(replicas_[0]->address(), ",", replicas_[1]->address(), ",",
+                   replicas_[2]->address());
   for (int c = 0; c < 4; ++c) {
     clients.emplace_back([&, c] {
       for (int j = 0; j < 3; ++j) {
@@ -407,6 +407,28 @@ TEST_F(FleetE2eTest, DatabaseLostMakesHealthNotServingAndRestartCarriesOn) {
   bool serving = false;
   ASSERT_TRUE(Client(1).CheckHealth("", &serving).ok());
   EXPECT_TRUE(serving);
+  // Six jobs: some running (held in their registration), the rest queued,
+  // when the database goes away.
+  WriteAll(wrapper_dir_ + "/slow", "1\n");
+  const std::string out_dir = MakeTempDir("regserve_fleet_restart");
+  std::vector<CommandResult> results(6);
+  std::vector<std::thread> clients;
+  for (int n = 0; n < 6; ++n) {
+    clients.emplace_back([&, n] {
+      results[n] = RunRegctl(
+          replicas_[n % 2]->address(),
+          {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+           absl::StrCat(out_dir, "/", n, ".png"), "--transform", "rigid"});
+    });
+  }
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  const absl::Time queued_by = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < queued_by &&
+         table->List(JobListFilter()).value_or(std::vector<JobRow>()).size() <
+             6) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
   ASSERT_TRUE(pg_->Stop().ok());
   const absl::Time lost_by = absl::Now() + absl::Seconds(10);
   while (serving && absl::Now() < lost_by) {
@@ -421,12 +443,17 @@ TEST_F(FleetE2eTest, DatabaseLostMakesHealthNotServingAndRestartCarriesOn) {
     ASSERT_TRUE(Client(1).CheckHealth("", &serving).ok());
   }
   EXPECT_TRUE(serving);
-  const std::string out = MakeTempDir("regserve_fleet_after") + "/a.png";
-  CommandResult r =
-      RunRegctl(replicas_[0]->address(),
-                {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
-                 out, "--transform", "rigid"});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::remove((wrapper_dir_ + "/slow").c_str());
+  for (std::thread& t : clients) t.join();
+  for (int n = 0; n < 6; ++n) {
+    EXPECT_EQ(results[n].exit_code, 0) << n << ": " << results[n].err;
+  }
+  auto rows = Table()->List(JobListFilter());
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->size(), 6u);
+  for (const JobRow& row : *rows) {
+    EXPECT_EQ(row.state, JobRowState::kSucceeded) << row.error;
+  }
 }
 
 TEST_F(FleetE2eTest, BadOrUnreachableDatabaseExitsOneWithAClearError) {
