@@ -89,6 +89,23 @@ static_checks() {
   done < <(find "${DEPLOY}" -name '*.json' -print0)
   [ "$n" -ge 1 ] || die "no JSON files under deploy/ (the Grafana dashboard?)"
   log "${n} JSON file(s) valid"
+  k8s_checks
+}
+
+# The Kubernetes manifests: each kustomization rendered offline (kubectl
+# kustomize, when a kubectl with kustomize v4+ is installed; Debian 12's
+# kubernetes-client 1.20 is too old), then checked object by object.
+k8s_checks() {
+  if ! command -v kubectl >/dev/null ||
+    ! kubectl kustomize "${DEPLOY}/k8s" >/dev/null 2>&1; then
+    log "k8s: no kubectl with kustomize v4+; rendering skipped (yamllint only)"
+    return 0
+  fi
+  local dir
+  for dir in "${DEPLOY}/k8s" "${DEPLOY}/k8s/fleet"; do
+    kubectl kustomize "${dir}" | python3 "${DEPLOY_TEST_DIR}/k8s_check.py" "${dir}" ||
+      die "k8s manifests in ${dir} failed their checks"
+  done
 }
 
 # --- 2. daemon and Prometheus -----------------------------------------------
