@@ -546,6 +546,27 @@ absl::StatusOr<int64_t> JobTable::QueueDepth() {
   }
 }
 
+absl::StatusOr<std::vector<std::string>> JobTable::DeleteFinished(
+    absl::Duration older_than, int limit) {
+  absl::MutexLock lock(&mu_);
+  REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
+  try {
+    pqxx::work txn(db->conn);
+    pqxx::result r = txn.exec_params(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs"
+        "  WHERE state IN ('succeeded', 'failed', 'cancelled')"
+        "  AND finished_at < now() - make_interval(secs => $1::float8)"
+        "  LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        Seconds(older_than), std::max(limit, 0));
+    txn.commit();
+    std::vector<std::string> ids;
+    for (const pqxx::row& row : r) ids.push_back(row[0].as<std::string>());
+    return ids;
+  } catch (...) {
+    return CurrentException("delete finished jobs");
+  }
+}
+
 absl::Status JobTable::Heartbeat(const std::string& name,
                                  const std::string& info) {
   absl::MutexLock lock(&mu_);

@@ -218,6 +218,12 @@ class JobTable {
   // Queued jobs (the autoscaler's signal).
   absl::StatusOr<int64_t> QueueDepth();
 
+  // Deletes up to `limit` jobs that finished more than `older_than` ago
+  // and returns their ids (the caller removes their files). Replicas
+  // deleting at once never get the same id.
+  absl::StatusOr<std::vector<std::string>> DeleteFinished(
+      absl::Duration older_than, int limit);
+
   // Replicas: each records what it is (`info`, opaque) every few seconds;
   // Replicas lists those heard from within `max_age`; Leave removes one
   // (a clean shutdown).

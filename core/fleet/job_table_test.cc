@@ -409,6 +409,23 @@ TEST_F(JobTableTest, ReplicasHeartbeatAndLeave) {
   EXPECT_TRUE(replicas->empty());
 }
 
+TEST_F(JobTableTest, DeleteFinishedTakesOnlyOldFinishedJobs) {
+  for (const char* id : {"a", "b", "c"}) Enqueue(Job(id));
+  const Lease a = MustClaim(*table_, "r1");
+  ASSERT_TRUE(table_->CompleteWithFence(a, JobOutcome()).ok());
+  const Lease b = MustClaim(*table_, "r1");  // running: kept
+  auto none = table_->DeleteFinished(absl::Seconds(60), 10);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());  // "a" finished just now
+  absl::SleepFor(absl::Milliseconds(200));
+  auto gone = table_->DeleteFinished(absl::Milliseconds(100), 10);
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_EQ(*gone, std::vector<std::string>{"a"});
+  EXPECT_EQ(table_->Get("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(table_->Get(b.job_id).ok());
+  EXPECT_TRUE(table_->Get("c").ok());
+}
+
 // Last: restarts the shared server. A call on the lost connection fails
 // UNAVAILABLE; the next one reconnects, and the queue is still there.
 TEST_F(JobTableTest, ReconnectsAfterDatabaseRestart) {

@@ -859,6 +859,17 @@ void JobManagerImpl::JanitorLoop() {
     mu_.AwaitWithTimeout(absl::Condition(&shutting_down_), period);
     if (shutting_down_) break;
     std::vector<std::string> expired = TakeExpiredLocked();
+    if (fleet()) {
+      // The fleet's finished jobs: whichever replica deletes a row first
+      // removes its files.
+      mu_.Unlock();
+      absl::StatusOr<std::vector<std::string>> deleted =
+          queries_->DeleteFinished(options_.retention, 100);
+      mu_.Lock();
+      if (deleted.ok()) {
+        expired.insert(expired.end(), deleted->begin(), deleted->end());
+      }
+    }
     if (expired.empty()) continue;
     mu_.Unlock();
     for (const std::string& id : expired) DirOf(id).RemoveAll();

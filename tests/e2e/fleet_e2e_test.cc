@@ -402,6 +402,29 @@ TEST_F(FleetE2eTest, JobThatFitsNoReplicaIsRefusedWithTheNumbers) {
       << r.err;
 }
 
+TEST_F(FleetE2eTest, FinishedJobsAreRemovedAfterTheirRetention) {
+  StartReplicas(2, {"--retention=2s"});
+  CommandResult r = RunRegctl(
+      replicas_[0]->address(),
+      {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+       MakeTempDir("regserve_fleet_ret") + "/r.png", "--transform", "rigid"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  auto rows = table->List(JobListFilter());
+  ASSERT_TRUE(rows.ok() && rows->size() == 1u);
+  const std::string dir = data_ + "/jobs/" + (*rows)[0].id;
+  EXPECT_EQ(access(dir.c_str(), F_OK), 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  bool gone = false;
+  while (!gone && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+    gone = absl::IsNotFound(table->Get((*rows)[0].id).status()) &&
+           access(dir.c_str(), F_OK) != 0;
+  }
+  EXPECT_TRUE(gone) << "row or directory still there 15 s later";
+}
+
 TEST_F(FleetE2eTest, DatabaseLostMakesHealthNotServingAndRestartCarriesOn) {
   StartReplicas(2);
   bool serving = false;
