@@ -37,8 +37,7 @@ class FleetEventStream final : public EventStream {
       local = local_.get();
     }
     if (local != nullptr) {
-      const absl::Status s = local->Next(event, deadline);
-      if (s.ok()) Track(*event);
+      const absl::Status s = FromLocal(local, event, deadline);
       if (s.ok() || !absl::IsUnavailable(s) || o_.shutting_down()) return s;
       // The job left this replica: carry on from its row.
       absl::MutexLock lock(&mu_);
@@ -63,6 +62,20 @@ class FleetEventStream final : public EventStream {
     if (IsTerminalEvent(ev)) done_ = true;
   }
 
+  absl::Status FromLocal(EventStream* local, JobEvent* event,
+                         absl::Time deadline) {
+    while (true) {
+      const absl::Status s = local->Next(event, deadline);
+      // A stream attached after a poll repeats the accepted event.
+      if (s.ok() && event->kind == JobEvent::Kind::kAccepted &&
+          accepted_sent_) {
+        continue;
+      }
+      if (s.ok()) Track(*event);
+      return s;
+    }
+  }
+
   absl::Status FromFinal(JobEvent* event, absl::Time deadline) {
     while (true) {
       const absl::Status s = final_->Next(event, deadline);
@@ -81,6 +94,14 @@ class FleetEventStream final : public EventStream {
       const absl::Time now = absl::Now();
       if (now >= next_poll_) {
         next_poll_ = now + o_.poll_interval;
+        if (std::unique_ptr<EventStream> here =
+                o_.attach_local ? o_.attach_local(next_tile_) : nullptr) {
+          {
+            absl::MutexLock lock(&mu_);
+            local_ = std::move(here);
+          }
+          return Next(event, deadline);
+        }
         absl::StatusOr<FleetSnapshot> snap = o_.poll();
         // An unreachable table is waited out: the job goes on meanwhile.
         if (!snap.ok() && !absl::IsUnavailable(snap.status())) {

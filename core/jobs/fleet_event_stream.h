@@ -37,6 +37,10 @@ struct FleetSnapshot {
 
 struct FleetEventStreamOptions {
   std::function<absl::StatusOr<FleetSnapshot>()> poll;
+  // This replica's own stream of the job from `from_tile` when it runs
+  // here now, else null: a reader polling the row takes it (live tiles, no
+  // poll delay) when the job is claimed here.
+  std::function<std::unique_ptr<EventStream>(int64_t from_tile)> attach_local;
   // True once the manager shuts down: the local stream's Unavailable is
   // then the end, not a hand-over.
   std::function<bool()> shutting_down;

@@ -362,6 +362,18 @@ JobManagerImpl::FleetOpenEventStream(const std::string& id,
     }
     return snap;
   };
+  o.attach_local = [this, id,
+                    principal](int64_t tile) -> std::unique_ptr<EventStream> {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<Job> job = FindLocked(id);
+    if (job == nullptr || !job->lease.has_value() || job->lease_lost ||
+        job->rec.info.principal != principal) {
+      return nullptr;
+    }
+    absl::StatusOr<std::unique_ptr<EventStream>> here =
+        job->events.Open(job->rec.info, tile, shutting_down_);
+    return here.ok() ? *std::move(here) : nullptr;
+  };
   o.shutting_down = [this] {
     absl::MutexLock lock(&mu_);
     return shutting_down_;
