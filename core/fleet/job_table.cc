@@ -534,6 +534,24 @@ absl::StatusOr<std::vector<JobRow>> JobTable::List(
   }
 }
 
+absl::StatusOr<int64_t> JobTable::QueuePosition(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
+  try {
+    pqxx::nontransaction txn(db->conn);
+    return txn
+        .exec_params(
+            "SELECT count(*) FROM jobs q, jobs j WHERE j.id = $1"
+            " AND j.state = 'queued' AND q.state = 'queued'"
+            " AND (q.priority > j.priority OR (q.priority = j.priority"
+            " AND q.sequence <= j.sequence))",
+            id)[0][0]
+        .as<int64_t>();
+  } catch (...) {
+    return CurrentException("read a queue position");
+  }
+}
+
 absl::StatusOr<int64_t> JobTable::QueueDepth() {
   absl::MutexLock lock(&mu_);
   REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());

@@ -217,6 +217,8 @@ class JobTable {
   absl::StatusOr<std::vector<JobRow>> List(const JobListFilter& filter);
   // Queued jobs (the autoscaler's signal).
   absl::StatusOr<int64_t> QueueDepth();
+  // 1 for the queued job that runs next, ...; 0 when `id` is not queued.
+  absl::StatusOr<int64_t> QueuePosition(const std::string& id);
 
   // Deletes up to `limit` jobs that finished more than `older_than` ago
   // and returns their ids (the caller removes their files). Replicas

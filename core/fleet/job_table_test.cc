@@ -426,6 +426,19 @@ TEST_F(JobTableTest, DeleteFinishedTakesOnlyOldFinishedJobs) {
   EXPECT_TRUE(table_->Get("c").ok());
 }
 
+TEST_F(JobTableTest, QueuePositionFollowsTheClaimOrder) {
+  Enqueue(Job("a"));
+  Enqueue(Job("b"));
+  Enqueue(Job("urgent", /*priority=*/5));
+  EXPECT_EQ(*table_->QueuePosition("urgent"), 1);
+  EXPECT_EQ(*table_->QueuePosition("a"), 2);
+  EXPECT_EQ(*table_->QueuePosition("b"), 3);
+  MustClaim(*table_, "r1");  // urgent
+  EXPECT_EQ(*table_->QueuePosition("urgent"), 0);
+  EXPECT_EQ(*table_->QueuePosition("b"), 2);
+  EXPECT_EQ(*table_->QueuePosition("nope"), 0);
+}
+
 // Last: restarts the shared server. A call on the lost connection fails
 // UNAVAILABLE; the next one reconnects, and the queue is still there.
 TEST_F(JobTableTest, ReconnectsAfterDatabaseRestart) {

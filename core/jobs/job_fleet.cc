@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -264,8 +265,14 @@ absl::StatusOr<JobRecord> JobManagerImpl::FleetRecord(
       }
     }
   }
+  if (row->state == JobRowState::kQueued) {
+    info.queue_position = static_cast<int>(
+        Retried([&] { return queries_->QueuePosition(id); }).value_or(0));
+  }
   if (version != nullptr) {
-    *version = row->record_version * 8 + static_cast<int>(row->state);
+    *version = static_cast<int64_t>(absl::HashOf(row->record_version,
+                                                 static_cast<int>(row->state),
+                                                 info.queue_position));
   }
   return rec;
 }

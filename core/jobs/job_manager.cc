@@ -310,9 +310,8 @@ absl::StatusOr<Plan> JobManagerImpl::PlanHere(const JobRecord& rec) const {
   const Budgets budgets =
       PlanningBudgets(hw, flags, scheduler_->config().gpu_ordinals);
   REGSERVE_ASSIGN_OR_RETURN(
-      Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec,
-                          PlanningOptions(rec), budgets,
-                          options_.stream_tile_size));
+      Plan plan, MakePlan(rec.fixed_spec, rec.moving_spec, PlanningOptions(rec),
+                          budgets, options_.stream_tile_size));
   // Each stage must fit what the scheduler manages, or the job would wait
   // forever.
   const bool gpu = plan.warp_device == WarpDevice::kCuda;
@@ -601,6 +600,14 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
   info.created = absl::Now();
   info.finished = absl::InfinitePast();
   REGSERVE_ASSIGN_OR_RETURN(info.id, NewJobId());
+  if (fleet()) {
+    // The fleet's queue is the one that fills up.
+    absl::StatusOr<int64_t> depth = QueueDepth();
+    if (depth.ok() && *depth >= options_.max_queue) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("queue full: ", *depth, " jobs queued in the fleet"));
+    }
+  }
   REGSERVE_RETURN_IF_ERROR(PrepareInputs(job.get()));
   {
     absl::MutexLock lock(&mu_);

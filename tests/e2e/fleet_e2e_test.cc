@@ -351,6 +351,42 @@ TEST_F(FleetE2eTest, CancelThroughAnotherReplicaStopsTheRunWithinTwoSeconds) {
   EXPECT_TRUE(released);
 }
 
+TEST_F(FleetE2eTest, SigtermHandsTheRunningJobBackAtOnce) {
+  StartReplicas(2, {"--fleet_lease=30s"});
+  WriteAll(wrapper_dir_ + "/slow", "1\n");
+  std::string job_id;
+  std::atomic<bool> named{false};
+  grpc::Status submitted;
+  v1::JobSpec spec;
+  spec.set_transform(v1::TRANSFORM_KIND_RIGID);
+  std::thread submit = SubmitAsync(0, spec, &job_id, &named, &submitted);
+  const absl::Time named_by = absl::Now() + absl::Seconds(30);
+  while (!named && absl::Now() < named_by) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(named.load());
+  const int owner = OwnerOf(job_id, absl::Seconds(30));
+  ASSERT_GE(owner, 0);
+  // With a 30 s lease, only the hand-back lets the other replica run it
+  // within the wait below.
+  const absl::Time stopped = absl::Now();
+  EXPECT_EQ(replicas_[owner]->Stop(), 0);
+  std::remove((wrapper_dir_ + "/slow").c_str());
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  absl::StatusOr<JobRow> row;
+  while (absl::Now() - stopped < absl::Seconds(20)) {
+    row = table->Get(job_id);
+    if (row.ok() && IsTerminal(row->state)) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(row->state, JobRowState::kSucceeded) << row->error;
+  EXPECT_EQ(row->lease_owner, absl::StrCat("r", 1 - owner));
+  EXPECT_EQ(row->attempts, 0);  // handed back, not lost
+  submit.join();
+}
+
 TEST_F(FleetE2eTest, ReplicaWithTooSmallABudgetNeverClaimsTheJob) {
   // r0 can run the pair; r1's 50 MB budget cannot (its registration
   // alone reserves about 80 MB). Jobs sent to r1 are planned for r0.
