@@ -2,6 +2,8 @@
 #include "core/jobs/fleet_event_stream.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -25,6 +27,10 @@ class FleetEventStream final : public EventStream {
       : o_(std::move(options)), next_tile_(o_.from_tile) {
     absl::MutexLock lock(&mu_);
     local_ = std::move(local);
+  }
+
+  ~FleetEventStream() override {
+    if (o_.spool) o_.spool->Unmark(o_.reader);
   }
 
   absl::Status Next(JobEvent* event, absl::Time deadline) override {
@@ -91,9 +97,15 @@ class FleetEventStream final : public EventStream {
 
   absl::Status Poll(JobEvent* event, absl::Time deadline) {
     while (true) {
+      if (std::optional<JobEvent> tile = LiveTile()) {
+        *event = *std::move(tile);
+        Track(*event);
+        return absl::OkStatus();
+      }
       const absl::Time now = absl::Now();
       if (now >= next_poll_) {
         next_poll_ = now + o_.poll_interval;
+        if (o_.spool && running_) o_.spool->Mark(o_.reader);
         if (std::unique_ptr<EventStream> here =
                 o_.attach_local ? o_.attach_local(next_tile_) : nullptr) {
           {
@@ -121,11 +133,27 @@ class FleetEventStream final : public EventStream {
     }
   }
 
+  // The next tile from the spool, once the reader has its accepted event
+  // and the job runs.
+  std::optional<JobEvent> LiveTile() {
+    if (!o_.spool || !running_ || !accepted_sent_) return std::nullopt;
+    std::optional<JobEvent> tile = o_.spool->Read(next_tile_);
+    if (tile) tile->job_id = job_id_;
+    return tile;
+  }
+
   absl::Status FromSnapshot(FleetSnapshot& snap, JobEvent* event,
                             absl::Time deadline, bool* emitted) {
     JobInfo& info = snap.info;
     *emitted = true;
+    job_id_ = info.id;
+    if (o_.spool && !running_ && info.state == JobState::kRunning) {
+      o_.spool->Mark(o_.reader);  // before the warp looks
+    }
+    const bool was_running = running_;
+    running_ = info.state == JobState::kRunning;
     if (IsTerminal(info.state)) {
+      if (o_.spool && was_running) o_.spool->Unmark(o_.reader);
       // The stored result's tiles from the reader's place, then the end.
       REGSERVE_ASSIGN_OR_RETURN(std::unique_ptr<EventStream> final_stream,
                                 finished_.Open(info, next_tile_, false));
@@ -169,6 +197,8 @@ class FleetEventStream final : public EventStream {
   int64_t version_ = -1;
   bool accepted_sent_ = false;
   bool done_ = false;
+  bool running_ = false;  // as of the last snapshot
+  std::string job_id_;
   absl::Time next_poll_ = absl::InfinitePast();
 };
 

@@ -5,9 +5,11 @@
 // reader gets this replica's own stream; when the job leaves (its upload
 // went to the fleet's queue, or its lease was lost) and for a job that is
 // elsewhere, it polls the job's row: the accepted event once the job has a
-// plan, its queue state or progress whenever the row changes, and, once
-// the job is finished, the stored result's tiles from where the reader is
-// (read from the shared data directory) and the terminal event.
+// plan, its queue state or progress whenever the row changes, the live
+// tiles the running replica leaves in the job's tile spool while the
+// reader marks it, and, once the job is finished, the stored result's
+// tiles from where the reader is (read from the shared data directory)
+// and the terminal event.
 //
 //   FleetEventStreamOptions o;
 //   o.poll = [..] { return snapshot of the row; };
@@ -20,11 +22,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/jobs/event_stream.h"
 #include "core/jobs/job_types.h"
+#include "core/jobs/tile_spool.h"
 
 namespace regserve {
 namespace jobs_internal {
@@ -41,6 +45,11 @@ struct FleetEventStreamOptions {
   // here now, else null: a reader polling the row takes it (live tiles, no
   // poll delay) when the job is claimed here.
   std::function<std::unique_ptr<EventStream>(int64_t from_tile)> attach_local;
+  // The job's tile spool (tile_spool.h) and this reader's name in it: live
+  // tiles from the replica that runs the job. Null: tiles only once the
+  // job is finished.
+  std::shared_ptr<const TileSpool> spool;
+  std::string reader;
   // True once the manager shuts down: the local stream's Unavailable is
   // then the end, not a hand-over.
   std::function<bool()> shutting_down;

@@ -47,6 +47,7 @@ std::string JobDir::Rebase(const std::string& recorded) const {
 void JobDir::RemoveWorkFiles(bool delete_uploads, bool keep_result) const {
   RemoveAllQuietly(registration());
   RemoveQuietly(spill());
+  RemoveAllQuietly(tile_spool());
   RemoveQuietly(partial_result());
   if (delete_uploads) RemoveAllQuietly(inputs());
   if (!keep_result) {

@@ -14,6 +14,8 @@
 //   quality_map.bin        the quality stage's map (core/quality_map_io.h)
 //   moving.spill           the moving image's raw tiles, when it is read by
 //                          region and its file reads only in order
+//   tiles/                 fleet mode: live result tiles for readers on
+//                          other replicas (core/jobs/tile_spool.h)
 //
 //   JobDir dir(jobs_dir, id);
 //   fs->WriteFileAtomic(dir.state(), EncodeJobState(rec));
@@ -50,6 +52,7 @@ class JobDir {
   std::string result() const { return path_ + "/result.tif"; }
   std::string quality_map() const { return path_ + "/quality_map.bin"; }
   std::string spill() const { return path_ + "/moving.spill"; }
+  std::string tile_spool() const { return path_ + "/tiles"; }
 
   // A path recorded inside this job's directory when the data directory
   // was elsewhere ("<old data_dir>/jobs/<id>/..."), moved under path().
@@ -57,9 +60,9 @@ class JobDir {
   std::string Rebase(const std::string& recorded) const;
 
   // Removes what a job no longer needs: the registration work dir, the
-  // spill and a partial result always, the uploads if `delete_uploads`, and the
-  // result, transform and quality map unless `keep_result`. Errors are ignored
-  // (best effort).
+  // spill, the tile spool and a partial result always, the uploads if
+  // `delete_uploads`, and the result, transform and quality map unless
+  // `keep_result`. Errors are ignored (best effort).
   void RemoveWorkFiles(bool delete_uploads, bool keep_result) const;
   // The whole directory; the state file first, since a directory without
   // one is debris to recovery.

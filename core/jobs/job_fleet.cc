@@ -381,6 +381,9 @@ JobManagerImpl::FleetOpenEventStream(const std::string& id,
         job->events.Open(job->rec.info, tile, shutting_down_);
     return here.ok() ? *std::move(here) : nullptr;
   };
+  o.spool = std::make_shared<TileSpool>(DirOf(id).tile_spool());
+  REGSERVE_ASSIGN_OR_RETURN(const std::string nonce, NewJobId());
+  o.reader = absl::StrCat(options_.replica_name, ".", nonce.substr(0, 12));
   o.shutting_down = [this] {
     absl::MutexLock lock(&mu_);
     return shutting_down_;

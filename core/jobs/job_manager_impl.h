@@ -29,6 +29,7 @@
 #include "core/jobs/job_store.h"
 #include "core/jobs/recovery.h"
 #include "core/jobs/stage_runner.h"
+#include "core/jobs/tile_spool.h"
 
 namespace regserve {
 namespace jobs_internal {
@@ -274,7 +275,12 @@ class JobStageHost final : public StageHost {
  public:
   JobStageHost(JobManagerImpl* m, std::shared_ptr<Job> job,
                const JobRecord& rec, const CancelToken* cancel)
-      : m_(m), job_(std::move(job)), rec_(rec), cancel_(cancel) {}
+      : m_(m), job_(std::move(job)), rec_(rec), cancel_(cancel) {
+    // A fleet job's tiles also go to readers on other replicas.
+    if (job_->lease.has_value()) {
+      spool_.emplace(m_->DirOf(rec_.info.id).tile_spool());
+    }
+  }
 
   absl::StatusOr<Reservation> Acquire(Lane lane, uint64_t ram, uint64_t vram,
                                       absl::string_view what) override {
@@ -334,10 +340,18 @@ class JobStageHost final : public StageHost {
   }
 
  private:
+  // Fleet mode: whether a reader elsewhere waits for tiles, looked up at
+  // most every 250 ms.
+  bool WatchedElsewhere();
+
   JobManagerImpl* const m_;
   const std::shared_ptr<Job> job_;
   const JobRecord& rec_;
   const CancelToken* const cancel_;
+  std::optional<TileSpool> spool_;
+  absl::Mutex spool_mu_;
+  absl::Time spool_checked_ ABSL_GUARDED_BY(spool_mu_) = absl::InfinitePast();
+  bool spool_watched_ ABSL_GUARDED_BY(spool_mu_) = false;
 };
 
 }  // namespace jobs_internal

@@ -27,16 +27,35 @@ void JobStageHost::Registered(const std::string& transform_dir,
   }
 }
 
+bool JobStageHost::WatchedElsewhere() {
+  if (!spool_.has_value()) return false;
+  absl::MutexLock lock(&spool_mu_);
+  const absl::Time now = absl::Now();
+  if (now - spool_checked_ >= absl::Milliseconds(250)) {
+    spool_checked_ = now;
+    spool_watched_ = spool_->Watched(now);
+  }
+  return spool_watched_;
+}
+
 TileDemand JobStageHost::Demand(int64_t index) {
+  // A reader elsewhere takes every tile, from files: it never holds the
+  // warp up.
+  if (WatchedElsewhere()) return TileDemand::kNow;
   absl::MutexLock lock(&m_->mu_);
   return job_->events.Demand(index);
 }
 
 void JobStageHost::PublishTile(const JobEvent& tile) {
-  absl::MutexLock lock(&m_->mu_);
   JobEvent ev = tile;
   ev.job_id = job_->rec.info.id;
-  job_->events.PublishTile(ev);
+  {
+    absl::MutexLock lock(&m_->mu_);
+    job_->events.PublishTile(ev);
+  }
+  // Best effort: a tile that is not in the spool comes from the stored
+  // result once the job is committed.
+  if (WatchedElsewhere()) (void)spool_->Write(ev);
 }
 
 void JobStageHost::QualityEstimated(const QualitySummary& summary,
