@@ -23,6 +23,7 @@
 // held.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,7 @@
 #include "core/jobs/job_manager_impl.h"
 #include "core/jobs/job_store.h"
 #include "core/jobs/result_reader.h"
+#include "core/registration/process.h"
 
 namespace regserve {
 namespace jobs_internal {
@@ -423,9 +425,32 @@ std::shared_ptr<Job> JobManagerImpl::ClaimFleetJob() {
   }
 }
 
+namespace {
+
+// Ends an elastix that an earlier run of the job left on this host (its
+// replica died while the host did not). KillStaleChild checks that the
+// pid's working directory is the run's own, so a pid recorded on another
+// host is left alone.
+void KillLocalOrphans(const JobDir& dir) {
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir.registration(), ec), end;
+       !ec && it != end; it.increment(ec)) {
+    const std::string pid_file = it->path().string() + "/child.pid";
+    if (const pid_t killed = KillStaleChild(pid_file)) {
+      std::fprintf(stderr,
+                   "regserve: killed registration process %d left by an "
+                   "earlier run of job %s\n",
+                   static_cast<int>(killed), dir.path().c_str());
+    }
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<Job>> JobManagerImpl::AdoptClaimed(
     const Lease& lease) {
   const absl::Time claimed = absl::Now();
+  KillLocalOrphans(DirOf(lease.job_id));
   absl::StatusOr<JobRow> row = claims_->Get(lease.job_id);
   JobRecord rec;
   absl::Status s = row.status();

@@ -916,12 +916,18 @@ void JobManagerImpl::PipelineLoop() {
 void JobManagerImpl::RunJob(const std::shared_ptr<Job>& job) {
   JobRecord rec;
   CancelTokenPtr token;
+  std::optional<Lease> lease;
   {
     absl::MutexLock lock(&mu_);
     rec = job->rec;
     token = job->run_token;
+    lease = job->lease;
   }
   JobRun run(rec, DirOf(rec.info.id), token.get());
+  if (lease.has_value()) {
+    run.registration_dir =
+        absl::StrCat(run.dir.registration(), "/lease-", lease->token);
+  }
   JobStageHost host(this, job, rec, token.get());
   const absl::Status s = RunPipeline(stages_, services_, &run, &host);
   if (fleet()) return EndFleetRun(job, s);

@@ -200,7 +200,7 @@ class RegistrationStage final : public PipelineStage {
     // is the fixed image's.
     const bool prewarped = !run.moving_prewarped.empty();
     RegistrationRequest req;
-    req.work_dir = run.dir.registration();
+    req.work_dir = run.registration_dir;
     req.fixed = &run.fixed_gray;
     req.moving = prewarped ? &run.moving_prewarped : &run.moving_gray;
     req.fixed_full_width = rec.fixed_spec.width;

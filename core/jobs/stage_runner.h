@@ -109,10 +109,17 @@ struct StageServices {
 // One run of one job: its inputs and what the stages hand each other.
 struct JobRun {
   JobRun(const JobRecord& record, JobDir dir, const CancelToken* cancel)
-      : rec(record), dir(std::move(dir)), cancel(cancel) {}
+      : rec(record),
+        dir(std::move(dir)),
+        cancel(cancel),
+        registration_dir(this->dir.registration()) {}
   const JobRecord& rec;
   const JobDir dir;
   const CancelToken* const cancel;
+  // elastix's work directory: dir.registration(), or in fleet mode one
+  // under it per lease, so that an elastix orphaned by a replica that died
+  // on a host that did not never writes into a re-run's files.
+  std::string registration_dir;
   // decode -> registration (-> quality, which frees them): the grayscale
   // registration copies.
   Image fixed_gray;

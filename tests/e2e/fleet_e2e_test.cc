@@ -68,6 +68,14 @@ CommandResult RunDaemonToExit(const std::vector<std::string>& flags) {
   return r;
 }
 
+// Running, not a zombie (an orphan's parent, init here, may reap late).
+bool Alive(pid_t pid) {
+  const std::string stat = ReadAll(absl::StrCat("/proc/", pid, "/stat"));
+  const size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() &&
+         stat[paren + 2] != 'Z';
+}
+
 class FleetE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -92,12 +100,22 @@ class FleetE2eTest : public ::testing::Test {
     db_ = *db;
     data_ = MakeTempDir("regserve_fleet_data");
     // An elastix that sleeps while `slow` exists (tests that need a job
-    // caught in its registration create it).
+    // caught in its registration create it); its first run also while
+    // `stuck` exists (a run that must never end by itself).
     wrapper_dir_ = MakeTempDir("regserve_fleet_wrapper");
-    WriteAll(
-        wrapper_dir_ + "/elastix",
-        absl::StrCat("#!/bin/sh\nwhile [ -f '", wrapper_dir_,
-                     "/slow' ]; do sleep 0.1; done\nexec elastix \"$@\"\n"));
+    const std::string& w = wrapper_dir_;
+    WriteAll(w + "/elastix", absl::StrCat("#!/bin/sh\n"
+                                          "if mkdir '",
+                                          w,
+                                          "/first' 2>/dev/null; then\n"
+                                          "  while [ -f '",
+                                          w,
+                                          "/stuck' ]; do sleep 0.1; done\n"
+                                          "fi\n"
+                                          "while [ -f '",
+                                          w,
+                                          "/slow' ]; do sleep 0.1; done\n"
+                                          "exec elastix \"$@\"\n"));
     chmod((wrapper_dir_ + "/elastix").c_str(), 0755);
   }
 
@@ -119,6 +137,7 @@ class FleetE2eTest : public ::testing::Test {
       if (d->pid() > 0) d->Stop();
     }
     std::remove((wrapper_dir_ + "/slow").c_str());
+    std::remove((wrapper_dir_ + "/stuck").c_str());
   }
 
   RegistrationClient Client(int replica) {
@@ -253,7 +272,7 @@ TEST_F(FleetE2eTest, TwelveJobsFromFourClientsRunOnceEachAndMatchOneDaemon) {
 TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
   const std::string reference = Reference();
   StartReplicas(3);
-  WriteAll(wrapper_dir_ + "/slow", "1\n");
+  WriteAll(wrapper_dir_ + "/stuck", "1\n");  // the first run never ends
   std::string job_id;
   std::atomic<bool> named{false};
   grpc::Status submitted;
@@ -276,12 +295,12 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
                              {"watch", job_id, "--output", watched});
   });
   absl::SleepFor(absl::Milliseconds(500));  // in its registration
-  // The host dies: the daemon and its registration child with it.
-  const std::vector<pid_t> children =
+  // The daemon dies, the host does not: its elastix (the wrapper) lives on,
+  // in its own process group, until the re-run on this host ends it.
+  const std::vector<pid_t> orphans =
       DescendantsNamed(replicas_[owner]->pid(), "elastix");
+  EXPECT_FALSE(orphans.empty());
   replicas_[owner]->Kill();
-  for (pid_t child : children) kill(child, SIGKILL);
-  std::remove((wrapper_dir_ + "/slow").c_str());
   watch.join();
   submit.join();
   ASSERT_EQ(watch_result.exit_code, 0) << watch_result.err;
@@ -299,6 +318,10 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
   EXPECT_EQ(row->state, JobRowState::kSucceeded);
   EXPECT_EQ(row->lease_token, 2);  // claimed again after the lease expired
   EXPECT_NE(row->lease_owner, absl::StrCat("r", owner));
+  for (pid_t orphan : orphans) {
+    EXPECT_FALSE(Alive(orphan)) << "the dead replica's elastix " << orphan;
+    kill(orphan, SIGKILL);
+  }
 }
 
 TEST_F(FleetE2eTest, CancelThroughAnotherReplicaStopsTheRunWithinTwoSeconds) {
