@@ -534,6 +534,22 @@ absl::StatusOr<std::vector<JobRow>> JobTable::List(
   }
 }
 
+absl::StatusOr<int64_t> JobTable::Unfinished(const std::string& principal) {
+  absl::MutexLock lock(&mu_);
+  REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());
+  try {
+    pqxx::nontransaction txn(db->conn);
+    return txn
+        .exec_params(
+            "SELECT count(*) FROM jobs WHERE principal = $1"
+            " AND state IN ('queued', 'running')",
+            principal)[0][0]
+        .as<int64_t>();
+  } catch (...) {
+    return CurrentException("count a principal's jobs");
+  }
+}
+
 absl::StatusOr<int64_t> JobTable::QueuePosition(const std::string& id) {
   absl::MutexLock lock(&mu_);
   REGSERVE_ASSIGN_OR_RETURN(Db * db, Connection());

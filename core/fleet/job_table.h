@@ -217,6 +217,8 @@ class JobTable {
   absl::StatusOr<std::vector<JobRow>> List(const JobListFilter& filter);
   // Queued jobs (the autoscaler's signal).
   absl::StatusOr<int64_t> QueueDepth();
+  // `principal`'s jobs queued or running.
+  absl::StatusOr<int64_t> Unfinished(const std::string& principal);
   // 1 for the queued job that runs next, ...; 0 when `id` is not queued.
   absl::StatusOr<int64_t> QueuePosition(const std::string& id);
 

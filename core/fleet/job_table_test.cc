@@ -437,6 +437,8 @@ TEST_F(JobTableTest, QueuePositionFollowsTheClaimOrder) {
   EXPECT_EQ(*table_->QueuePosition("urgent"), 0);
   EXPECT_EQ(*table_->QueuePosition("b"), 2);
   EXPECT_EQ(*table_->QueuePosition("nope"), 0);
+  EXPECT_EQ(*table_->Unfinished("alice"), 3);  // one running, two queued
+  EXPECT_EQ(*table_->Unfinished("bob"), 0);
 }
 
 // Last: restarts the shared server. A call on the lost connection fails

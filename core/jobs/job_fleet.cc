@@ -21,6 +21,8 @@
 //
 // Locking: as job_manager.cc; no call on the job table is made with mu_
 // held.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -193,6 +195,28 @@ absl::StatusOr<Plan> JobManagerImpl::PlanForFleet(
   return absl::ResourceExhaustedError(absl::StrCat(
       here.message(), "; no replica of the fleet can run it",
       others.empty() ? "" : absl::StrCat(": ", absl::StrJoin(others, ", "))));
+}
+
+absl::Status JobManagerImpl::CheckFleetCapacity(
+    const std::string& principal) const {
+  // The fleet's queue and the principal's jobs across the fleet are what
+  // fill up (the local check counts the uploads here on top).
+  absl::StatusOr<int64_t> depth = QueueDepth();
+  if (depth.ok() && *depth >= options_.max_queue) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full: ", *depth, " jobs queued in the fleet"));
+  }
+  const int limit = options_.max_jobs_per_principal;
+  if (limit <= 0) return absl::OkStatus();
+  absl::StatusOr<int64_t> mine =
+      Retried([&] { return queries_->Unfinished(principal); });
+  if (mine.ok() && *mine >= limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "principal ", principal.empty() ? "(anonymous)" : principal, " has ",
+        *mine, " unfinished jobs in the fleet (limit ", limit,
+        "): wait for one to finish or cancel one"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status JobManagerImpl::FleetEnqueue(const JobRecord& rec) {
@@ -553,6 +577,50 @@ void JobManagerImpl::DetachLocked(Job* job) {
   job->events.Shutdown();
   auto it = jobs_.find(job->rec.info.id);
   if (it != jobs_.end() && it->second.get() == job) jobs_.erase(it);
+}
+
+namespace {
+
+// The newest modification time of `dir` and what lies directly in it and
+// in its inputs/ (an upload in progress touches its file there).
+absl::Time NewestChange(const std::string& dir) {
+  absl::Time newest = absl::InfinitePast();
+  const auto consider = [&](const std::string& path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0) {
+      newest = std::max(newest, absl::TimeFromTimespec(st.st_mtim));
+    }
+  };
+  consider(dir);
+  for (const std::string& sub : {dir, dir + "/inputs"}) {
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(sub, ec), end; !ec && it != end;
+         it.increment(ec)) {
+      consider(it->path().string());
+    }
+  }
+  return newest;
+}
+
+}  // namespace
+
+void JobManagerImpl::SweepOrphanedDirs() {
+  const absl::Time cutoff = absl::Now() - options_.fleet_orphan_age;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(jobs_dir_, ec), end;
+       !ec && it != end; it.increment(ec)) {
+    const std::string id = it->path().filename().string();
+    if (!IsValidJobId(id) || Find(id) != nullptr) continue;
+    if (NewestChange(it->path().string()) > cutoff) continue;
+    // Only a row that is certainly absent: an unreachable table keeps all.
+    if (!absl::IsNotFound(queries_->Get(id).status())) continue;
+    std::fprintf(stderr,
+                 "regserve: removing job directory %s: no job in the fleet's "
+                 "table and untouched since %s\n",
+                 id.c_str(),
+                 absl::FormatTime(NewestChange(it->path().string())).c_str());
+    DirOf(id).RemoveAll();
+  }
 }
 
 // ---------------------------------------------------------------------------

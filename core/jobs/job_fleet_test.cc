@@ -4,7 +4,9 @@
 // its binaries) and one data directory: replica "a" runs the jobs, replica
 // "b" (no pipeline threads, so it never claims) answers for them. The
 // fleet end to end, with real daemons, is tests/e2e/fleet_e2e_test.cc.
+#include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/ascii.h"
 #include "core/fleet/testing/postgres_server.h"
@@ -152,6 +154,58 @@ TEST_F(JobFleetTest, ReaderOnAnotherReplicaGetsLiveTilesThenTheEnd) {
   EXPECT_EQ(info->state, JobState::kCompleted);
   EXPECT_EQ(b->GetJob(*id, "bob").status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(fs::exists(JobDir(*id) + "/tiles"));
+}
+
+TEST_F(JobFleetTest, LimitsCountTheWholeFleet) {
+  opts_.max_jobs_per_principal = 2;
+  opts_.max_queue = 3;
+  auto a = Replica("a", FakeEnv(/*threads=*/0));  // nobody claims
+  auto b = Replica("b", FakeEnv(/*threads=*/0));
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(a->CreateJob(BrainSpec(), "alice").ok());
+  ASSERT_TRUE(b->CreateJob(BrainSpec(), "alice").ok());
+  auto third = a->CreateJob(BrainSpec(), "alice");
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(),
+              HasSubstr("alice has 2 unfinished jobs in the fleet (limit 2)"));
+  ASSERT_TRUE(b->CreateJob(BrainSpec(), "bob").ok());
+  auto full = a->CreateJob(BrainSpec(), "carol");
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.status().message(),
+              HasSubstr("queue full: 3 jobs queued in the fleet"));
+}
+
+TEST_F(JobFleetTest, DirectoriesNoRowAccountsForAreRemovedWhenStale) {
+  opts_.fleet_orphan_age = absl::Seconds(2);
+  auto a = Replica("a", FakeEnv(/*threads=*/0));
+  ASSERT_NE(a, nullptr);
+  // An upload whose replica died (no row), one still fresh, and a queued
+  // job with its row: only the first goes.
+  auto stale_id = NewJobId();
+  auto fresh_id = NewJobId();
+  ASSERT_TRUE(stale_id.ok() && fresh_id.ok());
+  const std::string stale = JobDir(*stale_id), fresh = JobDir(*fresh_id);
+  for (const std::string& dir : {stale, fresh}) {
+    fs::create_directories(dir + "/inputs");
+    std::ofstream(dir + "/inputs/fixed.png") << "partial";
+    std::ofstream(dir + "/state") << "format=regserve-job-state-1\n";
+  }
+  auto queued = a->CreateJob(BrainSpec(), "alice");
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  const auto old = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  for (const std::string& p :
+       {stale, stale + "/inputs", stale + "/inputs/fixed.png", stale + "/state",
+        JobDir(*queued)}) {
+    fs::last_write_time(p, old);
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (fs::exists(stale) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(fresh));
+  EXPECT_TRUE(fs::exists(JobDir(*queued)));
 }
 
 TEST_F(JobFleetTest, QueuedJobShowsItsPlaceAndCancelReachesTheTable) {

@@ -600,14 +600,7 @@ absl::StatusOr<std::string> JobManagerImpl::CreateJob(
   info.created = absl::Now();
   info.finished = absl::InfinitePast();
   REGSERVE_ASSIGN_OR_RETURN(info.id, NewJobId());
-  if (fleet()) {
-    // The fleet's queue is the one that fills up.
-    absl::StatusOr<int64_t> depth = QueueDepth();
-    if (depth.ok() && *depth >= options_.max_queue) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("queue full: ", *depth, " jobs queued in the fleet"));
-    }
-  }
+  if (fleet()) REGSERVE_RETURN_IF_ERROR(CheckFleetCapacity(principal));
   REGSERVE_RETURN_IF_ERROR(PrepareInputs(job.get()));
   {
     absl::MutexLock lock(&mu_);
@@ -860,7 +853,9 @@ std::vector<std::string> JobManagerImpl::TakeExpiredLocked() {
 
 void JobManagerImpl::JanitorLoop() {
   const absl::Duration period = std::clamp(
-      options_.retention / 4, absl::Milliseconds(5), absl::Minutes(1));
+      std::min(options_.retention / 4, options_.fleet_orphan_age / 6),
+      absl::Milliseconds(5), absl::Minutes(1));
+  absl::Time next_orphan_sweep = absl::Now() + options_.fleet_orphan_age / 6;
   mu_.Lock();
   while (!shutting_down_) {
     mu_.AwaitWithTimeout(absl::Condition(&shutting_down_), period);
@@ -875,6 +870,12 @@ void JobManagerImpl::JanitorLoop() {
       mu_.Lock();
       if (deleted.ok()) {
         expired.insert(expired.end(), deleted->begin(), deleted->end());
+      }
+      if (absl::Now() >= next_orphan_sweep) {
+        next_orphan_sweep = absl::Now() + options_.fleet_orphan_age / 6;
+        mu_.Unlock();
+        SweepOrphanedDirs();
+        mu_.Lock();
       }
     }
     if (expired.empty()) continue;

@@ -136,6 +136,10 @@ class JobManager {
     // How often an idle replica looks for work and a reader of a job run
     // elsewhere looks for news.
     absl::Duration fleet_poll = absl::Milliseconds(200);
+    // A job directory on the shared volume that has no row and no replica
+    // working on it (an upload cut off by its replica's death), untouched
+    // this long, is removed.
+    absl::Duration fleet_orphan_age = absl::Hours(1);
   };
 
   // The checks Create makes of `options` alone (InvalidArgument naming the

@@ -203,6 +203,9 @@ class JobManagerImpl final : public JobManager {
   // upload; jobs_ holds only those uploading here or running here.
   bool fleet() const { return claims_ != nullptr; }
   absl::Status OpenFleet();
+  // ResourceExhausted when the fleet's queue, or `principal`'s share of the
+  // fleet, is full (no lock held).
+  absl::Status CheckFleetCapacity(const std::string& principal) const;
   // Adds a planned job to the fleet's queue (no lock held).
   absl::Status FleetEnqueue(const JobRecord& rec);
   // The next job this replica claims, marked running; null when shutting
@@ -221,6 +224,9 @@ class JobManagerImpl final : public JobManager {
   // The job leaves this replica: readers here carry on from the table.
   void DetachLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LeaseLoop();
+  // Removes job directories that no row and no replica account for (see
+  // Options::fleet_orphan_age).
+  void SweepOrphanedDirs() ABSL_LOCKS_EXCLUDED(mu_);
   void RenewLeases();
   void SendHeartbeat();
   absl::StatusOr<JobRecord> FleetRecord(const std::string& id,
