@@ -224,6 +224,12 @@ absl::StatusOr<JobTable::Db*> JobTable::Connection() {
   if (db_ == nullptr) {
     try {
       db_ = std::make_unique<Db>(connection_string_);
+      // A replica frozen inside a transaction (a pause, a stopped process)
+      // must not hold its rows' locks for ever: the server ends such a
+      // session, and a statement waits for a lock this long at most.
+      pqxx::nontransaction txn(db_->conn);
+      txn.exec("SET idle_in_transaction_session_timeout = '5s'");
+      txn.exec("SET lock_timeout = '5s'");
     } catch (...) {
       return CurrentException("connect to the fleet database");
     }

@@ -21,7 +21,8 @@ class CommitStage final : public PipelineStage {
 
   absl::Status Run(JobRun* run, StageHost* host) override {
     if (!run->result_written) return absl::InternalError("no result written");
-    const std::string partial = run->dir.partial_result();
+    REGSERVE_RETURN_IF_ERROR(host->MayCommit());
+    const std::string partial = run->partial_result;
     const std::string final_path = run->dir.result();
     absl::Status s = s_.fs->SyncFile(partial);
     if (s.ok() && rename(partial.c_str(), final_path.c_str()) != 0) {
@@ -29,6 +30,10 @@ class CommitStage final : public PipelineStage {
     }
     // The rename itself, before the state says completed.
     if (s.ok()) s = s_.fs->SyncFile(final_path);
+    // A fleet run's quality map, where readers of the finished job look.
+    if (s.ok() && run->quality_map != run->dir.quality_map()) {
+      (void)rename(run->quality_map.c_str(), run->dir.quality_map().c_str());
+    }
     if (!s.ok()) {
       RemoveQuietly(partial);
       s = WithoutPath(WithoutPath(s, partial, "the result"), final_path,

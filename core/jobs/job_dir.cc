@@ -49,6 +49,19 @@ void JobDir::RemoveWorkFiles(bool delete_uploads, bool keep_result) const {
   RemoveQuietly(spill());
   RemoveAllQuietly(tile_spool());
   RemoveQuietly(partial_result());
+  // Fleet mode's, one per lease: result.partial.lease-<token>.tif and
+  // quality_map.lease-<token>.bin (moved into place when committed), and
+  // transform.lease-<token> (recorded in the job's info) with the result.
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(path_, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("result.partial.", 0) == 0 ||
+        name.rfind("quality_map.lease-", 0) == 0 ||
+        (!keep_result && name.rfind("transform.lease-", 0) == 0)) {
+      RemoveAllQuietly(it->path().string());
+    }
+  }
   if (delete_uploads) RemoveAllQuietly(inputs());
   if (!keep_result) {
     RemoveQuietly(result());

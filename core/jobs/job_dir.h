@@ -16,6 +16,9 @@
 //                          region and its file reads only in order
 //   tiles/                 fleet mode: live result tiles for readers on
 //                          other replicas (core/jobs/tile_spool.h)
+//   *.lease-<token>*       fleet mode: each run's own registration work
+//                          dir, partial result, quality map and transform
+//                          dir (core/jobs/stage_runner.h, JobRun)
 //
 //   JobDir dir(jobs_dir, id);
 //   fs->WriteFileAtomic(dir.state(), EncodeJobState(rec));

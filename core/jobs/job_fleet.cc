@@ -530,6 +530,38 @@ absl::Status JobManagerImpl::CommitOutcome(const Lease& lease,
   return s;
 }
 
+absl::Status JobManagerImpl::RenewBeforeCommit(Job* job) {
+  Lease lease;
+  {
+    absl::MutexLock lock(&mu_);
+    if (job->lease_lost) {
+      return absl::AbortedError(
+          "the job's lease was lost: another replica "
+          "runs it");
+    }
+    lease = *job->lease;
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<LeaseRenewal> renewal =
+      leases_->RenewLease(lease, options_.fleet_lease);
+  absl::MutexLock lock(&mu_);
+  if (renewal.ok()) {
+    job->lease_deadline = start + options_.fleet_lease * 0.8;
+    return absl::OkStatus();
+  }
+  // The table is away, but within the local deadline it cannot have given
+  // the job to anyone else.
+  const bool unreachable = absl::IsUnavailable(renewal.status()) ||
+                           absl::IsInternal(renewal.status());
+  if (unreachable && absl::Now() < job->lease_deadline) {
+    return absl::OkStatus();
+  }
+  job->lease_lost = true;
+  return absl::AbortedError(absl::StrCat("the job's lease was lost (",
+                                         renewal.status().message(),
+                                         "): another replica runs it"));
+}
+
 void JobManagerImpl::EndFleetRun(const std::shared_ptr<Job>& job,
                                  const absl::Status& s) {
   Lease lease;

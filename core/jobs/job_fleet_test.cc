@@ -78,7 +78,7 @@ class HeldCommitFileSystem final : public JobFileSystem {
     return DefaultJobFileSystem()->AppendToFile(path, bytes);
   }
   absl::Status SyncFile(const std::string& path) override {
-    if (absl::EndsWith(path, "result.partial.tif")) {
+    if (absl::StrContains(path, "/result.partial.")) {
       const absl::Time deadline = absl::Now() + absl::Seconds(20);
       while (!release && absl::Now() < deadline) {
         absl::SleepFor(absl::Milliseconds(10));

@@ -928,6 +928,13 @@ void JobManagerImpl::RunJob(const std::shared_ptr<Job>& job) {
   if (lease.has_value()) {
     run.registration_dir =
         absl::StrCat(run.dir.registration(), "/lease-", lease->token);
+    const std::string lease_tag = absl::StrCat("lease-", lease->token);
+    run.fleet_run = true;
+    run.partial_result =
+        absl::StrCat(run.dir.path(), "/result.partial.", lease_tag, ".tif");
+    run.transform_dir = absl::StrCat(run.dir.transform(), ".", lease_tag);
+    run.quality_map =
+        absl::StrCat(run.dir.path(), "/quality_map.", lease_tag, ".bin");
   }
   JobStageHost host(this, job, rec, token.get());
   const absl::Status s = RunPipeline(stages_, services_, &run, &host);

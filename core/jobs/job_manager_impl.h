@@ -221,6 +221,8 @@ class JobManagerImpl final : public JobManager {
   void EndFleetRun(const std::shared_ptr<Job>& job, const absl::Status& s)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status CommitOutcome(const Lease& lease, const JobOutcome& outcome);
+  // JobStageHost::MayCommit for a fleet job.
+  absl::Status RenewBeforeCommit(Job* job) ABSL_LOCKS_EXCLUDED(mu_);
   // The job leaves this replica: readers here carry on from the table.
   void DetachLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LeaseLoop();
@@ -338,6 +340,7 @@ class JobStageHost final : public StageHost {
   void QualityEstimated(const QualitySummary& summary,
                         std::shared_ptr<const QualityMap> map) override;
   void Warped(const ImageSpec& output, const WarpStats& stats) override;
+  absl::Status MayCommit() override;
   void Committed(const std::string& path,
                  const std::string& output_path) override {
     absl::MutexLock lock(&m_->mu_);

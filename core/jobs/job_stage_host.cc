@@ -58,6 +58,11 @@ void JobStageHost::PublishTile(const JobEvent& tile) {
   if (WatchedElsewhere()) (void)spool_->Write(ev);
 }
 
+absl::Status JobStageHost::MayCommit() {
+  if (!job_->lease.has_value()) return absl::OkStatus();
+  return m_->RenewBeforeCommit(job_.get());
+}
+
 void JobStageHost::QualityEstimated(const QualitySummary& summary,
                                     std::shared_ptr<const QualityMap> map) {
   absl::MutexLock lock(&m_->mu_);

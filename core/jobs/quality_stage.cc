@@ -61,8 +61,8 @@ class QualityStage final : public PipelineStage {
       absl::StatusOr<Image> thumb =
           MakeQualityThumbnail(run->fixed_gray, kThumbnailEdge);
       if (thumb.ok()) map->thumbnail = *std::move(thumb);
-      const absl::Status stored = s_.fs->WriteFileAtomic(
-          run->dir.quality_map(), EncodeQualityMap(*map));
+      const absl::Status stored =
+          s_.fs->WriteFileAtomic(run->quality_map, EncodeQualityMap(*map));
       if (!stored.ok()) {  // then only the live readers get the map
         host->AddPlanReason(
             absl::StrCat("quality map: not stored: ", stored.message()));

@@ -62,10 +62,10 @@ class RegistrationStage final : public PipelineStage {
         KeepTheBetterOfStartAndElastix(run, r.threads(), host));
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(
-        CopyTransformFiles(req.work_dir, run->dir.transform(),
+        CopyTransformFiles(req.work_dir, run->transform_dir,
                            run->reg.transform_parameter_files, &copied));
     RemoveAllQuietly(req.work_dir);
-    host->Registered(run->dir.transform(), std::move(copied), run->reg);
+    host->Registered(run->transform_dir, std::move(copied), run->reg);
     host->Progress(
         Stage::kRegistration, 1.0,
         absl::StrFormat("registered: final metric %.6g, %d iterations",

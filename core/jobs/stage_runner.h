@@ -87,6 +87,10 @@ class StageHost {
   // spec's, resolved) when the spec names one.
   virtual void Committed(const std::string& path,
                          const std::string& output_path) = 0;
+  // Whether the run may still put its result in place: in fleet mode, its
+  // lease holds (renewed at the table, or within its local deadline);
+  // ABORTED when another replica may run the job now.
+  virtual absl::Status MayCommit() { return absl::OkStatus(); }
 };
 
 // Shared services of every pipeline; not owned, outlive the pipelines.
@@ -112,7 +116,10 @@ struct JobRun {
       : rec(record),
         dir(std::move(dir)),
         cancel(cancel),
-        registration_dir(this->dir.registration()) {}
+        registration_dir(this->dir.registration()),
+        partial_result(this->dir.partial_result()),
+        transform_dir(this->dir.transform()),
+        quality_map(this->dir.quality_map()) {}
   const JobRecord& rec;
   const JobDir dir;
   const CancelToken* const cancel;
@@ -120,6 +127,17 @@ struct JobRun {
   // under it per lease, so that an elastix orphaned by a replica that died
   // on a host that did not never writes into a re-run's files.
   std::string registration_dir;
+  // The result while it is written: dir.partial_result(), or in fleet mode
+  // one per lease (two runs of a job never share it).
+  std::string partial_result;
+  // Where the run stores its transforms (recorded in the job's info) and
+  // its quality map (moved to dir.quality_map() at the commit): dir's, or
+  // in fleet mode one per lease, so that a run that lost its lease never
+  // writes over the files of the run that holds it.
+  std::string transform_dir;
+  std::string quality_map;
+  // Fleet mode: the job directory is shared with other runs of the job.
+  bool fleet_run = false;
   // decode -> registration (-> quality, which frees them): the grayscale
   // registration copies.
   Image fixed_gray;

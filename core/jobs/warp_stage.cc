@@ -262,9 +262,10 @@ absl::StatusOr<WarpStats> WarpStage::WarpInto(JobRun* run, Warper* warper,
                                 : run->moving.spec();
   out.channels = moving.channels;
   out.type = moving.type;
-  const std::string partial = run->dir.partial_result();
+  const std::string partial = run->partial_result;
   RemoveQuietly(partial);
-  RemoveQuietly(run->dir.result());
+  // A fleet run never touches the committed result: it may be another's.
+  if (!run->fleet_run) RemoveQuietly(run->dir.result());
   REGSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<TiledTiffWriter> writer,
       OpenTiledTiffWriter(partial, out, WriterOptions(*run, threads)));

@@ -134,7 +134,9 @@ class FleetE2eTest : public ::testing::Test {
 
   void TearDown() override {
     for (auto& d : replicas_) {
-      if (d->pid() > 0) d->Stop();
+      if (d->pid() <= 0) continue;
+      kill(d->pid(), SIGCONT);  // a test that froze one and failed
+      d->Stop();
     }
     std::remove((wrapper_dir_ + "/slow").c_str());
     std::remove((wrapper_dir_ + "/stuck").c_str());
@@ -322,6 +324,78 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
     EXPECT_FALSE(Alive(orphan)) << "the dead replica's elastix " << orphan;
     kill(orphan, SIGKILL);
   }
+}
+
+TEST_F(FleetE2eTest, ReplicaThatComesBackLateCannotCommitOverTheRerun) {
+  const std::string reference = Reference();
+  StartReplicas(2);
+  WriteAll(wrapper_dir_ + "/stuck", "1\n");  // the first run waits
+  std::string job_id;
+  std::atomic<bool> named{false};
+  grpc::Status submitted;
+  v1::JobSpec spec;
+  spec.set_transform(v1::TRANSFORM_KIND_RIGID);
+  std::thread submit = SubmitAsync(0, spec, &job_id, &named, &submitted);
+  const absl::Time named_by = absl::Now() + absl::Seconds(30);
+  while (!named && absl::Now() < named_by) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(named.load());
+  const int owner = OwnerOf(job_id, absl::Seconds(30));
+  ASSERT_GE(owner, 0);
+  const int other = 1 - owner;
+  // The owner freezes (a long GC pause, a VM migration): its lease expires
+  // and the other replica runs the job to its end.
+  ASSERT_EQ(kill(replicas_[owner]->pid(), SIGSTOP), 0);
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  absl::StatusOr<JobRow> row;
+  const absl::Time rerun_by = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < rerun_by) {
+    row = table->Get(job_id);
+    if (row.ok() && IsTerminal(row->state)) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(row.ok()) << row.status();
+  if (row->state != JobRowState::kSucceeded) {
+    kill(replicas_[owner]->pid(), SIGCONT);
+    submit.join();
+  }
+  ASSERT_EQ(row->state, JobRowState::kSucceeded)
+      << JobRowStateName(row->state) << " " << row->lease_owner << " lease "
+      << row->lease_token << " " << row->error << "\n"
+      << ReadAll(replicas_[other]->stderr_path());
+  EXPECT_EQ(row->lease_owner, absl::StrCat("r", other));
+  const std::string result = data_ + "/jobs/" + job_id + "/result.tif";
+  struct stat before;
+  ASSERT_EQ(stat(result.c_str(), &before), 0);
+  // The owner wakes with its first run going on (its elastix finishes now):
+  // its lease is gone, so it stops without touching the row or the result.
+  std::remove((wrapper_dir_ + "/stuck").c_str());
+  ASSERT_EQ(kill(replicas_[owner]->pid(), SIGCONT), 0);
+  bool idle = false;
+  const absl::Time idle_by = absl::Now() + absl::Seconds(20);
+  while (!idle && absl::Now() < idle_by) {
+    v1::ServerInfo info;
+    idle = Client(owner).GetServerInfo(&info).ok() &&
+           info.running_job_ids_size() == 0 && info.ram_reserved_bytes() == 0;
+    if (!idle) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(idle) << "the late replica still runs the job";
+  row = table->Get(job_id);
+  ASSERT_TRUE(row.ok());
+  EXPECT_EQ(row->lease_owner, absl::StrCat("r", other));
+  EXPECT_EQ(row->lease_token, 2);
+  struct stat after;
+  ASSERT_EQ(stat(result.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino) << "the result was replaced";
+  const std::string out = MakeTempDir("regserve_fleet_late") + "/late.png";
+  CommandResult watch = RunRegctl(replicas_[owner]->address(),
+                                  {"watch", job_id, "--output", out});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err;
+  std::string why;
+  EXPECT_TRUE(SamePixels(reference, out, &why)) << why;
+  submit.join();
 }
 
 TEST_F(FleetE2eTest, CancelThroughAnotherReplicaStopsTheRunWithinTwoSeconds) {
