@@ -296,6 +296,25 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
     watch_result = RunRegctl(replicas_[watcher]->address(),
                              {"watch", job_id, "--output", watched});
   });
+  // Three more jobs queued through the replica about to die: their
+  // clients lose their streams with it, the jobs must not be lost.
+  std::vector<std::thread> more;
+  for (int n = 0; n < 3; ++n) {
+    more.emplace_back([&, n] {
+      (void)RunRegctl(
+          replicas_[owner]->address(),
+          {"submit", "--fixed", Fixed(), "--moving", Moving(), "--output",
+           absl::StrCat(watched, ".", n, ".png"), "--transform", "rigid"});
+    });
+  }
+  std::unique_ptr<JobTable> table = Table();
+  ASSERT_NE(table, nullptr);
+  const absl::Time queued_by = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < queued_by &&
+         table->List(JobListFilter()).value_or(std::vector<JobRow>()).size() <
+             4) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
   absl::SleepFor(absl::Milliseconds(500));  // in its registration
   // The daemon dies, the host does not: its elastix (the wrapper) lives on,
   // in its own process group, until the re-run on this host ends it.
@@ -305,6 +324,7 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
   replicas_[owner]->Kill();
   watch.join();
   submit.join();
+  for (std::thread& t : more) t.join();
   ASSERT_EQ(watch_result.exit_code, 0) << watch_result.err;
   std::string why;
   EXPECT_TRUE(SamePixels(reference, watched, &why)) << why;
@@ -313,13 +333,25 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
   if (owner != 0) {
     EXPECT_TRUE(submitted.ok()) << submitted.error_message();
   }
-  std::unique_ptr<JobTable> table = Table();
-  ASSERT_NE(table, nullptr);
   auto row = table->Get(job_id);
   ASSERT_TRUE(row.ok()) << row.status();
   EXPECT_EQ(row->state, JobRowState::kSucceeded);
   EXPECT_EQ(row->lease_token, 2);  // claimed again after the lease expired
   EXPECT_NE(row->lease_owner, absl::StrCat("r", owner));
+  // Every job queued when the replica died ends, run by the others.
+  const absl::Time done_by = absl::Now() + absl::Seconds(60);
+  std::vector<JobRow> rows;
+  bool all_done = false;
+  while (!all_done && absl::Now() < done_by) {
+    rows = table->List(JobListFilter()).value_or(std::vector<JobRow>());
+    all_done = rows.size() == 4u;
+    for (const JobRow& r : rows) all_done = all_done && IsTerminal(r.state);
+    if (!all_done) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(rows.size(), 4u);
+  for (const JobRow& r : rows) {
+    EXPECT_EQ(r.state, JobRowState::kSucceeded) << r.id << " " << r.error;
+  }
   for (pid_t orphan : orphans) {
     EXPECT_FALSE(Alive(orphan)) << "the dead replica's elastix " << orphan;
     kill(orphan, SIGKILL);
