@@ -983,8 +983,10 @@ int ServerInfo(RegistrationClient* client, Options& opt, const Args& args,
   }
   for (const v1::Replica& r : info.replicas()) {
     std::string vram;
-    for (uint64_t v : r.vram_budget_bytes()) {
-      absl::StrAppend(&vram, vram.empty() ? "" : ", ", FormatBytes(v));
+    for (int i = 0; i < r.vram_budget_bytes_size(); ++i) {
+      absl::StrAppend(&vram, vram.empty() ? "" : ", ",
+                      i < r.gpu_names_size() ? r.gpu_names(i) + " " : "",
+                      FormatBytes(r.vram_budget_bytes(i)));
     }
     std::printf(
         "  %s at %s: RAM budget %s, VRAM %s, %d running, seen %.1f s ago\n",

@@ -576,6 +576,7 @@ void FleetToProto(const std::string& self,
     p->set_address(r.address);
     p->set_ram_budget_bytes(r.ram_budget_bytes);
     for (uint64_t v : r.vram_budget_bytes) p->add_vram_budget_bytes(v);
+    for (const std::string& g : r.gpu_names) p->add_gpu_names(g);
     for (const std::string& id : r.running_ids) p->add_running_job_ids(id);
     p->set_heartbeat_age_seconds(
         std::max(0.0, absl::ToDoubleSeconds(now - r.heartbeat)));

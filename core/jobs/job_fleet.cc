@@ -34,6 +34,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "core/common/format.h"
@@ -102,8 +103,14 @@ JobRowState RowStateOf(JobState state) {
 std::string EncodeReplica(const JobManager::FleetReplica& r) {
   std::vector<std::string> vram;
   for (uint64_t v : r.vram_budget_bytes) vram.push_back(absl::StrCat(v));
+  std::vector<std::string> gpus;
+  for (std::string name : r.gpu_names) {
+    absl::StrReplaceAll({{",", " "}, {"\n", " "}}, &name);
+    gpus.push_back(std::move(name));
+  }
   return absl::StrCat("address=", r.address, "\nram=", r.ram_budget_bytes,
                       "\nvram=", absl::StrJoin(vram, ","),
+                      "\ngpus=", absl::StrJoin(gpus, ","),
                       "\nrunning=", absl::StrJoin(r.running_ids, ","), "\n");
 }
 
@@ -125,6 +132,7 @@ JobManager::FleetReplica DecodeReplica(const ReplicaRow& row) {
         r.vram_budget_bytes.push_back(v);
       }
       if (key == "running") r.running_ids.emplace_back(part);
+      if (key == "gpus") r.gpu_names.emplace_back(part);
     }
   }
   return r;
@@ -729,6 +737,18 @@ void JobManagerImpl::SendHeartbeat() {
   me.address = options_.replica_address;
   me.ram_budget_bytes = scheduler_->config().ram_budget_bytes;
   me.vram_budget_bytes = scheduler_->config().vram_budget_bytes;
+  absl::StatusOr<HardwareSnapshot> hw =
+      probe_ != nullptr ? probe_->Probe()
+                        : absl::StatusOr<HardwareSnapshot>(HardwareSnapshot());
+  for (int ordinal : scheduler_->config().gpu_ordinals) {
+    std::string name = absl::StrCat("GPU ", ordinal);
+    if (hw.ok()) {
+      for (const GpuInfo& g : hw->gpus) {
+        if (g.index == ordinal) name = g.name;
+      }
+    }
+    me.gpu_names.push_back(std::move(name));
+  }
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, job] : jobs_) {

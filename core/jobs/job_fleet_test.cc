@@ -208,6 +208,23 @@ TEST_F(JobFleetTest, DirectoriesNoRowAccountsForAreRemovedWhenStale) {
   EXPECT_TRUE(fs::exists(JobDir(*queued)));
 }
 
+TEST_F(JobFleetTest, ReplicasTellTheirBudgetsAndGpus) {
+  UseFakeGpu();
+  opts_.replica_address = "gpu-host:50051";
+  auto a = Replica("a", FakeEnv(/*threads=*/0));
+  ASSERT_NE(a, nullptr);
+  auto replicas = a->FleetReplicas();
+  ASSERT_TRUE(replicas.ok()) << replicas.status();
+  ASSERT_EQ(replicas->size(), 1u);
+  const JobManager::FleetReplica& r = (*replicas)[0];
+  EXPECT_EQ(r.name, "a");
+  EXPECT_EQ(r.address, "gpu-host:50051");
+  EXPECT_EQ(r.vram_budget_bytes, std::vector<uint64_t>{4ull << 30});
+  EXPECT_EQ(r.gpu_names, std::vector<std::string>{"Fake GPU"});
+  EXPECT_GT(r.ram_budget_bytes, 0u);
+  EXPECT_TRUE(a->FleetHealth().ok());
+}
+
 TEST_F(JobFleetTest, QueuedJobShowsItsPlaceAndCancelReachesTheTable) {
   auto b = Replica("b", FakeEnv(/*threads=*/0));  // nobody claims
   ASSERT_NE(b, nullptr);

@@ -250,6 +250,7 @@ class JobManager {
     std::string address;
     uint64_t ram_budget_bytes = 0;
     std::vector<uint64_t> vram_budget_bytes;
+    std::vector<std::string> gpu_names;  // one per GPU it manages
     std::vector<std::string> running_ids;
     absl::Time heartbeat;
   };
