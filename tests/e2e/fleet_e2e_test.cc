@@ -185,6 +185,17 @@ class FleetE2eTest : public ::testing::Test {
     return -1;
   }
 
+  // Waits until replica `i` runs a registration child (elastix, here the
+  // wrapper): the job is in its registration, past decode and the start.
+  bool WaitForElastix(int i, absl::Duration wait) {
+    const absl::Time deadline = absl::Now() + wait;
+    while (DescendantsNamed(replicas_[i]->pid(), "elastix").empty()) {
+      if (absl::Now() >= deadline) return false;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return true;
+  }
+
   // Submits the rigid pair through `replica` on a thread; the job id is
   // set as soon as the daemon names it.
   std::thread SubmitAsync(int replica, v1::JobSpec spec, std::string* job_id,
@@ -287,6 +298,7 @@ TEST_F(FleetE2eTest, KillNineOfTheRunningReplicaRerunsTheJobElsewhere) {
   ASSERT_TRUE(named.load());
   const int owner = OwnerOf(job_id, absl::Seconds(30));
   ASSERT_GE(owner, 0);
+  ASSERT_TRUE(WaitForElastix(owner, absl::Seconds(30)));
   // A Watch attached through a replica that is neither the owner nor the
   // submitter (unless there is no other).
   const int watcher = owner == 1 ? 2 : 1;
@@ -375,6 +387,7 @@ TEST_F(FleetE2eTest, ReplicaThatComesBackLateCannotCommitOverTheRerun) {
   ASSERT_TRUE(named.load());
   const int owner = OwnerOf(job_id, absl::Seconds(30));
   ASSERT_GE(owner, 0);
+  ASSERT_TRUE(WaitForElastix(owner, absl::Seconds(30)));
   const int other = 1 - owner;
   // The owner freezes (a long GC pause, a VM migration): its lease expires
   // and the other replica runs the job to its end.
@@ -390,6 +403,7 @@ TEST_F(FleetE2eTest, ReplicaThatComesBackLateCannotCommitOverTheRerun) {
   }
   ASSERT_TRUE(row.ok()) << row.status();
   if (row->state != JobRowState::kSucceeded) {
+    std::remove((wrapper_dir_ + "/stuck").c_str());
     kill(replicas_[owner]->pid(), SIGCONT);
     submit.join();
   }
