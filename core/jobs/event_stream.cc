@@ -245,6 +245,18 @@ void PushPresent(const JobInfo& info, Subscriber* sub)
 
 }  // namespace
 
+absl::Status CheckFromTile(const JobInfo& info, int64_t from_tile) {
+  if (from_tile < 0) {
+    return absl::InvalidArgumentError("from_tile must be >= 0");
+  }
+  if (info.has_plan && from_tile > info.tiles.count()) {
+    return absl::OutOfRangeError(absl::StrCat("from_tile ", from_tile,
+                                              " is beyond the result's ",
+                                              info.tiles.count(), " tiles"));
+  }
+  return absl::OkStatus();
+}
+
 JobEvent TerminalEvent(const JobInfo& info) {
   JobEvent ev;
   ev.kind = info.state == JobState::kCompleted ? JobEvent::Kind::kCompleted
@@ -256,14 +268,7 @@ JobEvent TerminalEvent(const JobInfo& info) {
 
 absl::StatusOr<std::unique_ptr<EventStream>> JobEvents::Open(
     const JobInfo& info, int64_t from_tile, bool shutting_down) {
-  if (from_tile < 0) {
-    return absl::InvalidArgumentError("from_tile must be >= 0");
-  }
-  if (info.has_plan && from_tile > info.tiles.count()) {
-    return absl::OutOfRangeError(absl::StrCat("from_tile ", from_tile,
-                                              " is beyond the result's ",
-                                              info.tiles.count(), " tiles"));
-  }
+  REGSERVE_RETURN_IF_ERROR(CheckFromTile(info, from_tile));
   auto sub = std::make_shared<Subscriber>();
   {
     absl::MutexLock lock(&sub->mu);

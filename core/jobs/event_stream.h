@@ -89,6 +89,10 @@ class JobEvents {
 // covers cancellation, with the failure's code).
 JobEvent TerminalEvent(const JobInfo& info);
 
+// InvalidArgument for from_tile < 0; OutOfRange when the job's tile count
+// is known and from_tile lies beyond it (what Open checks).
+absl::Status CheckFromTile(const JobInfo& info, int64_t from_tile);
+
 }  // namespace regserve
 
 #endif  // REGSERVE_CORE_JOBS_EVENT_STREAM_H_

@@ -381,14 +381,7 @@ JobManagerImpl::FleetOpenEventStream(const std::string& id,
   if (local == nullptr) {
     // Checks the job exists (NotFound) and from_tile against its plan.
     REGSERVE_ASSIGN_OR_RETURN(JobInfo info, FleetGetJob(id, principal));
-    if (from_tile < 0) {
-      return absl::InvalidArgumentError("from_tile must be >= 0");
-    }
-    if (info.has_plan && from_tile > info.tiles.count()) {
-      return absl::OutOfRangeError(absl::StrCat("from_tile ", from_tile,
-                                                " is beyond the result's ",
-                                                info.tiles.count(), " tiles"));
-    }
+    REGSERVE_RETURN_IF_ERROR(CheckFromTile(info, from_tile));
   }
   FleetEventStreamOptions o;
   o.from_tile = from_tile;
