@@ -42,6 +42,8 @@ absl::Status RunPhase(const Phase& p, const QualityOptions& judge,
   o.threads = judge.threads;
   o.smoothing_sigma = p.sigma;
   int kept = 0;
+  std::vector<std::string> p95s = {
+      absl::StrFormat("%.2f", current->summary.p95_px)};
   std::string stop;
   absl::Status status;
   for (int pass = 0; pass < p.passes; ++pass) {
@@ -80,10 +82,12 @@ absl::Status RunPhase(const Phase& p, const QualityOptions& judge,
     *field = *std::move(next);
     *current = std::move(c->candidate);
     ++kept;
+    p95s.push_back(absl::StrFormat("%.2f", current->summary.p95_px));
   }
   if (!status.ok()) stop = ", stopped: an estimate failed";
-  done->push_back(absl::StrFormat("%d of %d passes with %d px patches kept%s",
-                                  kept, p.passes, p.patch, stop));
+  done->push_back(absl::StrFormat(
+      "%d of %d passes with %d px patches kept (est. p95 %s px)%s", kept,
+      p.passes, p.patch, absl::StrJoin(p95s, " -> "), stop));
   return status;
 }
 

@@ -58,8 +58,14 @@ class RegistrationStage final : public PipelineStage {
     run->reg = *std::move(result);
     // The grayscale copies stay for the later stages (quality frees them).
     REGSERVE_RETURN_IF_ERROR(ComposeWithInitial(run, r.threads(), host));
+    const absl::Time choice_start = absl::Now();
     REGSERVE_RETURN_IF_ERROR(
         KeepTheBetterOfStartAndElastix(run, r.threads(), host));
+    host->AddPlanReason(absl::StrFormat(
+        "registration: elastix %.2f s, transformix %.2f s, the choice between "
+        "the start and start + elastix %.2f s",
+        run->reg.elastix_seconds, run->reg.transformix_seconds,
+        absl::ToDoubleSeconds(absl::Now() - choice_start)));
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(
         CopyTransformFiles(req.work_dir, run->transform_dir,
