@@ -20,6 +20,7 @@
 #   TAG=-e5 ELASTIX="--gpu_refine_elastix_megapixels=5" BY_HAND=0 \
 #     bash scripts/whole_job_benchmark.sh big
 #       # regserved (and the replay) with those --gpu_refine_elastix_* flags
+#   ERROR_MAP=1 ... smooth  # the replay writes $o/error.pgm (where the error lies)
 #   MARGIN=64 ... big   # the big case of session 6: its moving image has
 #       # black fill along the borders (the default margin leaves none)
 #
@@ -139,7 +140,7 @@ for c in "$@"; do
     run_daemon_job "$c" "$d" "$o"
     # shellcheck disable=SC2086
     "$BENCH" replay --inputs="$d" --dir="$o" --graffiti=tests/data/graffiti \
-      --max_registration_mp="${MP:-0}" --refine="$REFINE" $ELASTIX
+      --max_registration_mp="${MP:-0}" --refine="$REFINE" $ELASTIX ${ERROR_MAP:+--error_map=$o/error.pgm}
     rm -rf "$o/data"
   fi
   if [ "$BY_HAND" = 1 ]; then by_hand "$c" "$d" "$o"; fi

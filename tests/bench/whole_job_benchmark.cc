@@ -101,6 +101,9 @@ ABSL_FLAG(std::string, ram_budget, "",
           "available RAM");
 ABSL_FLAG(int, step, 0, "residual grid step (px); 0 = about 1500 across");
 ABSL_FLAG(std::string, def, "", "field: transformix's deformationField.mhd");
+ABSL_FLAG(std::string, error_map, "",
+          "replay: also write the residual's largest value per 8x8 points as "
+          "an 8-bit PGM (255 = 2 px or more; 0 where no point counts)");
 
 namespace regserve {
 namespace {
@@ -406,6 +409,30 @@ int BorderBucket(double d) {
   return d < 64 ? 0 : d < 256 ? 1 : d < 1024 ? 2 : 3;
 }
 
+// The residual's largest value per cell of 8x8 points (step px apart) as
+// a PGM: where the error lies, to look at.
+void WriteErrorMap(const DisplacementField& field, const Truth& t, int step,
+                   const std::string& path) {
+  const int64_t cell = 8 * static_cast<int64_t>(step);
+  const int64_t w = (t.fw + cell - 1) / cell, h = (t.fh + cell - 1) / cell;
+  std::vector<uint8_t> px(static_cast<size_t>(w * h), 0);
+  for (int64_t y = 0; y < t.fh; y += step) {
+    for (int64_t x = 0; x < t.fw; x += step) {
+      double tx = 0, ty = 0, dx = 0, dy = 0;
+      if (!t.Forward(x, y, &tx, &ty)) continue;
+      if (tx < 0 || ty < 0 || tx > t.mw - 1 || ty > t.mh - 1) continue;
+      SampleField(field, x, y, &dx, &dy);
+      const double err = std::hypot(x + dx - tx, y + dy - ty);
+      uint8_t& v = px[(y / cell) * w + x / cell];
+      v = std::max<uint8_t>(
+          v, static_cast<uint8_t>(std::clamp(1 + err * 127, 1.0, 255.0)));
+    }
+  }
+  std::ofstream f(path, std::ios::binary);
+  f << "P5\n" << w << " " << h << "\n255\n";
+  f.write(reinterpret_cast<const char*>(px.data()), px.size());
+}
+
 // `contrast` of the fixed image may be null.
 Residual Measure(const DisplacementField& field, const Truth& t,
                  const LocalContrast* contrast) {
@@ -434,6 +461,9 @@ Residual Measure(const DisplacementField& field, const Truth& t,
             .push_back(err);
       }
     }
+  }
+  if (!absl::GetFlag(FLAGS_error_map).empty()) {
+    WriteErrorMap(field, t, step, absl::GetFlag(FLAGS_error_map));
   }
   r.all = Summarize(std::move(e));
   r.interior = Summarize(std::move(interior));
