@@ -24,6 +24,11 @@ constexpr int kMinPatch = 16;
 // tensor eigenvalue of 4e-6 is a gradient of 0.2% of the contrast per pixel,
 // below what survives the copies' noise.
 constexpr double kTextureFloor = 4e-6;
+// The floor for faint texture (QualityOptions::faint_texture): a patch of
+// the out-of-focus ground of the Kleiber benchmark photo lies near 1e-7,
+// and its shift is measured to hundredths of a pixel there; an image
+// constant over the patch (a saturated sky) stays below it.
+constexpr double kFaintFloor = 1e-8;
 // Sub-pixel refinement: Gauss-Newton steps until the correction is below
 // this (copy pixels), at most kMaxRefinements of them.
 constexpr double kConverged = 0.01;
@@ -35,6 +40,11 @@ constexpr double kLargeShift = 1.5;
 // of the peak) below which even a good NCC is not trusted: random patches
 // reach about 0.2.
 constexpr double kMinPeak = 0.1;
+// A patch the overlap's edge crosses is measured over its valid part when
+// that keeps at least this share of the window's weight; the mask's edge
+// is tapered over kMaskTaper px.
+constexpr double kMinKept = 0.4;
+constexpr float kMaskTaper = 4.0f;
 
 // Runs fn(begin, end) over [0, n) split among `threads` threads.
 template <typename Fn>
@@ -140,20 +150,40 @@ struct CopyAxis {
         spacing(static_cast<double>(full) / copy) {}
 };
 
-// The field's displacement at a full-resolution position: bilinear between
-// nodes, clamped to the border nodes outside the grid.
-void FieldAt(const DisplacementField& f, double px, double py, double* dx,
-             double* dy) {
-  const double u = std::clamp((px - f.origin_x) / f.spacing_x, 0.0,
-                              static_cast<double>(f.width - 1));
+// One row of the field at full-resolution y, interpolated between node rows
+// (clamped to the border rows), so that a pixel interpolates only along x.
+void FieldRow(const DisplacementField& f, double py, std::vector<float>* dx,
+              std::vector<float>* dy) {
   const double v = std::clamp((py - f.origin_y) / f.spacing_y, 0.0,
                               static_cast<double>(f.height - 1));
-  *dx = Sample(f.dx.data(), f.width, f.height, u, v);
-  *dy = Sample(f.dy.data(), f.width, f.height, u, v);
+  const int64_t y = std::min<int64_t>(static_cast<int64_t>(v),
+                                      std::max<int64_t>(0, f.height - 2));
+  const int64_t y1 = std::min(y + 1, f.height - 1);
+  const float fy = static_cast<float>(v - y);
+  dx->resize(f.width);
+  dy->resize(f.width);
+  for (int64_t i = 0; i < f.width; ++i) {
+    const float a = f.dx[y * f.width + i], c = f.dx[y1 * f.width + i];
+    const float b = f.dy[y * f.width + i], d = f.dy[y1 * f.width + i];
+    (*dx)[i] = a + (c - a) * fy;
+    (*dy)[i] = b + (d - b) * fy;
+  }
+}
+
+// Linear interpolation of a field row at node coordinate u (clamped).
+inline float RowAt(const std::vector<float>& row, double u) {
+  const int64_t n = static_cast<int64_t>(row.size());
+  u = std::clamp(u, 0.0, static_cast<double>(n - 1));
+  const int64_t x =
+      std::min<int64_t>(static_cast<int64_t>(u), std::max<int64_t>(0, n - 2));
+  const int64_t x1 = std::min(x + 1, n - 1);
+  const float fx = static_cast<float>(u - x);
+  return row[x] + (row[x1] - row[x]) * fx;
 }
 
 // The moving copy warped through the field onto the fixed copy's grid
-// (NaN where the field leaves the moving copy).
+// (NaN where the field leaves the moving copy). The field is bilinear
+// between nodes, clamped to the border nodes outside the grid.
 absl::StatusOr<Image> WarpToFixedGrid(const Image& fixed, const Image& moving,
                                       const DisplacementField& f,
                                       const QualityOptions& o) {
@@ -165,12 +195,14 @@ absl::StatusOr<Image> WarpToFixedGrid(const Image& fixed, const Image& moving,
   const float* src = moving.as<float>();
   float* dst = out.as<float>();
   ParallelFor(static_cast<int>(fixed.height()), o.threads, [&](int j0, int j1) {
+    std::vector<float> row_dx, row_dy;
     for (int64_t j = j0; j < j1; ++j) {
       const double py = fy.origin + j * fy.spacing;
+      FieldRow(f, py, &row_dx, &row_dy);
       for (int64_t i = 0; i < fixed.width(); ++i) {
         const double px = fx.origin + i * fx.spacing;
-        double dx = 0, dy = 0;
-        FieldAt(f, px, py, &dx, &dy);
+        const double u = (px - f.origin_x) / f.spacing_x;
+        const double dx = RowAt(row_dx, u), dy = RowAt(row_dy, u);
         dst[j * fixed.width() + i] =
             Sample(src, moving.width(), moving.height(),
                    (px + dx - mx.origin) / mx.spacing,
@@ -284,19 +316,43 @@ bool ExtractPatch(const Image& img, int x0, int y0, int p, cv::Mat* out) {
 }
 
 // The warped image's patch at (x0, y0) re-sampled at an offset (copy px).
+// The offset is the same for every pixel, so away from the image's edges
+// the bilinear weights are too; near them each pixel is sampled (clamped).
 bool ShiftedPatch(const Image& img, int x0, int y0, int p, cv::Point2d t,
                   cv::Mat* out) {
   out->create(p, p, CV_32F);
   const float* src = img.as<float>();
+  const int64_t w = img.width(), h = img.height();
+  const double ox = std::floor(t.x), oy = std::floor(t.y);
+  const int64_t ix = x0 + static_cast<int64_t>(ox);
+  const int64_t iy = y0 + static_cast<int64_t>(oy);
   double sum = 0;
-  for (int y = 0; y < p; ++y) {
-    float* d = out->ptr<float>(y);
-    for (int x = 0; x < p; ++x) {
-      const float v =
-          Sample(src, img.width(), img.height(), x0 + x + t.x, y0 + y + t.y);
-      if (!std::isfinite(v)) return false;
-      d[x] = v;
-      sum += v;
+  if (ix >= 0 && iy >= 0 && ix + p < w && iy + p < h) {
+    const float fx = static_cast<float>(t.x - ox);
+    const float fy = static_cast<float>(t.y - oy);
+    for (int y = 0; y < p; ++y) {
+      const float* r0 = src + (iy + y) * w + ix;
+      const float* r1 = r0 + w;
+      float* d = out->ptr<float>(y);
+      float row_sum = 0;
+      for (int x = 0; x < p; ++x) {
+        const float v = (r0[x] + (r0[x + 1] - r0[x]) * fx) * (1 - fy) +
+                        (r1[x] + (r1[x + 1] - r1[x]) * fx) * fy;
+        d[x] = v;
+        row_sum += v;
+      }
+      if (!std::isfinite(row_sum)) return false;
+      sum += row_sum;
+    }
+  } else {
+    for (int y = 0; y < p; ++y) {
+      float* d = out->ptr<float>(y);
+      for (int x = 0; x < p; ++x) {
+        const float v = Sample(src, w, h, x0 + x + t.x, y0 + y + t.y);
+        if (!std::isfinite(v)) return false;
+        d[x] = v;
+        sum += v;
+      }
     }
   }
   *out -= static_cast<float>(sum / (p * p));
@@ -307,6 +363,10 @@ struct PatchResult {
   PatchState state = PatchState::kUnknown;
   cv::Point2d shift;  // copy px: warped(x + shift) ~ fixed(x)
   double response = 0;
+  // A partial patch (part of it outside the overlap): the texture of its
+  // valid part, not normalised (Texture()).
+  bool partial = false;
+  double texture = 0;
 };
 
 // Windowed sums over two patches: sum w*a*a, w*b*b, w*a*b.
@@ -371,6 +431,106 @@ cv::Point2d PhaseCorrelate(const cv::Mat& a, const cv::Mat& b,
   return cv::phaseCorrelate(a.mul(window), b.mul(window), cv::noArray(), peak);
 }
 
+// The warped image's patch at (x0, y0) re-sampled at an offset (copy px),
+// where part of it may lie outside the overlap: those pixels are 0 and 0 in
+// `valid` (CV_8U, 1 elsewhere). Returns the number of valid pixels.
+int MaskedPatch(const Image& img, int x0, int y0, int p, cv::Point2d t,
+                cv::Mat* out, cv::Mat* valid) {
+  out->create(p, p, CV_32F);
+  valid->create(p, p, CV_8U);
+  const float* src = img.as<float>();
+  int n = 0;
+  for (int y = 0; y < p; ++y) {
+    float* d = out->ptr<float>(y);
+    uint8_t* m = valid->ptr<uint8_t>(y);
+    for (int x = 0; x < p; ++x) {
+      const float v =
+          Sample(src, img.width(), img.height(), x0 + x + t.x, y0 + y + t.y);
+      m[x] = std::isfinite(v) ? 1 : 0;
+      d[x] = m[x] ? v : 0.f;
+      n += m[x];
+    }
+  }
+  return n;
+}
+
+// The window restricted to the valid pixels whose neighbours are valid too
+// (the gradients need them), tapered over kMaskTaper px so that the mask's
+// edge, common to both patches, does not pull phase correlation to zero.
+cv::Mat MaskedWindow(const cv::Mat& valid, const cv::Mat& window) {
+  cv::Mat dist;
+  cv::distanceTransform(valid, dist, cv::DIST_L2, 3, CV_32F);
+  cv::Mat taper = (dist - 1.0f) * (1.0f / kMaskTaper);
+  cv::threshold(taper, taper, 1.0, 1.0, cv::THRESH_TRUNC);
+  cv::threshold(taper, taper, 0.0, 0.0, cv::THRESH_TOZERO);
+  return window.mul(taper);
+}
+
+// `patch` less its mean under the weights w.
+cv::Mat LessWeightedMean(const cv::Mat& patch, const cv::Mat& w) {
+  const double sw = cv::sum(w)[0];
+  const double mean = sw > 0 ? patch.dot(w) / sw : 0.0;
+  cv::Mat out = patch - mean;
+  return out;
+}
+
+// One sample of a partial patch at shift t: the moved patch and the
+// fixed one, both less their means under the masked window `w`, and the
+// share of the full window's weight that w keeps.
+struct MaskedSample {
+  cv::Mat fixed, moved, w;
+  double kept = 0;
+};
+MaskedSample SampleMasked(const cv::Mat& fixed_patch, const Image& warped,
+                          int x0, int y0, cv::Point2d t,
+                          const cv::Mat& window) {
+  MaskedSample s;
+  cv::Mat raw, valid;
+  MaskedPatch(warped, x0, y0, fixed_patch.rows, t, &raw, &valid);
+  s.w = MaskedWindow(valid, window);
+  s.kept = cv::sum(s.w)[0] / std::max(1e-12, cv::sum(window)[0]);
+  s.fixed = LessWeightedMean(fixed_patch, s.w);
+  s.moved = LessWeightedMean(raw, s.w);
+  return s;
+}
+
+// A patch that the overlap's edge crosses (the border strip where the
+// moving image ends), measured as MeasurePatch does, over its valid part,
+// when that keeps at least kMinKept of the window's weight. Its texture is
+// that of the fixed patch's valid part.
+PatchResult MeasurePartialPatch(const cv::Mat& fixed_patch, const Image& warped,
+                                int x0, int y0, const cv::Mat& window,
+                                double min_response) {
+  PatchResult res;
+  res.partial = true;
+  MaskedSample s = SampleMasked(fixed_patch, warped, x0, y0, {0, 0}, window);
+  if (s.kept < kMinKept) return res;
+  res.texture = Texture(s.fixed, s.w);
+  res.state = PatchState::kUnmatched;
+  double peak = 0;
+  cv::Point2d t = PhaseCorrelate(s.fixed, s.moved, s.w, &peak);
+  if (std::hypot(t.x, t.y) > kLargeShift) {
+    s = SampleMasked(fixed_patch, warped, x0, y0, t, window);
+    if (s.kept < kMinKept) return res;
+    t += PhaseCorrelate(s.fixed, s.moved, s.w, &peak);
+  }
+  double ncc = 0;
+  for (int i = 0; i < kMaxRefinements; ++i) {
+    if (std::hypot(t.x, t.y) > fixed_patch.rows / 2.0) return res;
+    s = SampleMasked(fixed_patch, warped, x0, y0, t, window);
+    if (s.kept < kMinKept) return res;
+    const cv::Point2d step = LucasKanadeStep(s.fixed, s.moved, s.w, &ncc);
+    t += step;
+    if (std::hypot(step.x, step.y) < kConverged) break;
+  }
+  res.response = ncc;
+  res.shift = t;
+  if (res.response >= min_response && peak >= kMinPeak) {
+    res.state = PatchState::kMeasured;
+  }
+  return res;
+}
+
 // Phase correlation finds the shift (robust to large shifts and contrast);
 // its peak's centroid is biased towards whole pixels, so the warped patch
 // is then re-sampled at the shift found and corrected by Gauss-Newton
@@ -382,18 +542,22 @@ PatchResult MeasurePatch(const cv::Mat& fixed_patch, const Image& warped,
   PatchResult res;
   const int p = fixed_patch.rows;
   cv::Mat moved;
-  if (!ExtractPatch(warped, x0, y0, p, &moved)) return res;  // outside
+  const auto partial = [&] {
+    return MeasurePartialPatch(fixed_patch, warped, x0, y0, window,
+                               min_response);
+  };
+  if (!ExtractPatch(warped, x0, y0, p, &moved)) return partial();
   res.state = PatchState::kUnmatched;
   double peak = 0;
   cv::Point2d t = PhaseCorrelate(fixed_patch, moved, window, &peak);
   if (std::hypot(t.x, t.y) > kLargeShift) {
-    if (!ShiftedPatch(warped, x0, y0, p, t, &moved)) return res;
+    if (!ShiftedPatch(warped, x0, y0, p, t, &moved)) return partial();
     t += PhaseCorrelate(fixed_patch, moved, window, &peak);
   }
   double ncc = 0;
   for (int i = 0; i < kMaxRefinements; ++i) {
     if (std::hypot(t.x, t.y) > p / 2.0) return res;  // no sensible peak
-    if (!ShiftedPatch(warped, x0, y0, p, t, &moved)) return res;
+    if (!ShiftedPatch(warped, x0, y0, p, t, &moved)) return partial();
     const cv::Point2d step = LucasKanadeStep(fixed_patch, moved, window, &ncc);
     t += step;
     if (std::hypot(step.x, step.y) < kConverged) break;
@@ -423,12 +587,17 @@ void SizeGrid(const Layout& l, double scale_x, double scale_y, QualityGrid* g) {
   g->response.assign(n, 0.f);
 }
 
-// Texture of every patch of the fixed copy, normalised by its contrast.
-std::vector<double> PatchTextures(const Image& fixed, const Layout& l,
-                                  const cv::Mat& window, int threads) {
+// The fixed copy's contrast squared (1st to 99th percentile), by which
+// textures are normalised.
+double Contrast2(const Image& fixed) {
   const auto [lo, hi] = Percentiles(fixed);
-  const double contrast2 =
-      std::max(1e-12, static_cast<double>(hi - lo) * (hi - lo));
+  return std::max(1e-12, static_cast<double>(hi - lo) * (hi - lo));
+}
+
+// Texture of every patch of the fixed copy, normalised by contrast2.
+std::vector<double> PatchTextures(const Image& fixed, const Layout& l,
+                                  const cv::Mat& window, double contrast2,
+                                  int threads) {
   const int cols = static_cast<int>(l.x0.size());
   std::vector<double> tex(l.x0.size() * l.y0.size(), 0.0);
   ParallelFor(static_cast<int>(l.y0.size()), threads, [&](int r0, int r1) {
@@ -445,11 +614,12 @@ std::vector<double> PatchTextures(const Image& fixed, const Layout& l,
   return tex;
 }
 
-double TextureThreshold(std::vector<double> tex, double min_texture) {
-  if (tex.empty()) return kTextureFloor;
+double TextureThreshold(std::vector<double> tex, double fraction,
+                        double floor) {
+  if (tex.empty()) return floor;
   const size_t k = static_cast<size_t>(0.9 * (tex.size() - 1));
   std::nth_element(tex.begin(), tex.begin() + k, tex.end());
-  return std::max(kTextureFloor, min_texture * tex[k]);
+  return std::max(floor, fraction * tex[k]);
 }
 
 // Measures every textured patch into the grid.
@@ -461,8 +631,12 @@ absl::Status MeasurePatches(const Image& fixed, const Image& warped,
     cv::createHanningWindow(w, cv::Size(l.patch, l.patch), CV_32F);
     return w;
   }();
-  const std::vector<double> tex = PatchTextures(fixed, l, window, o.threads);
-  const double threshold = TextureThreshold(tex, o.min_texture);
+  const double contrast2 = Contrast2(fixed);
+  const std::vector<double> tex =
+      PatchTextures(fixed, l, window, contrast2, o.threads);
+  const double textured = TextureThreshold(tex, o.min_texture, kTextureFloor);
+  const double faint =
+      std::min(textured, TextureThreshold(tex, o.faint_texture, kFaintFloor));
   FirstError error;
   ParallelFor(g->rows, o.threads, [&](int r0, int r1) {
     cv::Mat patch;
@@ -475,12 +649,17 @@ absl::Status MeasurePatches(const Image& fixed, const Image& warped,
       try {
         for (int c = 0; c < g->cols; ++c) {
           const size_t k = static_cast<size_t>(r) * g->cols + c;
-          if (tex[k] < threshold ||
+          if (tex[k] < faint ||
               !ExtractPatch(fixed, l.x0[c], l.y0[r], l.patch, &patch)) {
             continue;
           }
           const PatchResult m = MeasurePatch(patch, warped, l.x0[c], l.y0[r],
                                              window, o.min_response);
+          // A partial patch is judged by the texture of its valid part.
+          const double texture = m.partial ? m.texture / contrast2 : tex[k];
+          if (texture < faint) continue;
+          // A faint patch that does not match says nothing either way.
+          if (m.state == PatchState::kUnmatched && texture < textured) continue;
           g->state[k] = m.state;
           g->response[k] = static_cast<float>(m.response);
           if (m.state != PatchState::kMeasured) continue;

@@ -5,9 +5,11 @@
 // warped through the field onto the fixed copy's grid; on a grid of patches
 // (64 px, overlapping by half) the residual misalignment of each patch is
 // measured by phase correlation with iterative sub-pixel refinement. Patches
-// without enough texture (smooth or out-of-focus areas, or a single edge)
-// or outside the overlap are "unknown"; textured patches whose correlation
-// has no clear peak are "unmatched" (they count against the result). The
+// without texture (a constant area, or a single edge), faint patches that
+// do not match, and patches mostly outside the overlap are "unknown" (one
+// the overlap's edge crosses is measured over its valid part); textured
+// patches whose correlation has no clear peak are "unmatched" (they count
+// against the result). The
 // summary gives the estimated mean, p95 and max residual in FULL-RESOLUTION
 // pixels (the patch shift times the registration factor), the fraction of
 // the area that could be checked and a verdict.
@@ -62,6 +64,13 @@ struct QualityOptions {
   // is at least this fraction of the 90th percentile over all patches (and
   // above a floor relative to the image's contrast).
   double min_texture = 0.03;
+  // Fainter patches, down to this fraction (and a lower floor), are
+  // measured too, but only count when they match: one that does not is
+  // unknown, not unmatched. Out-of-focus areas hold such texture, and there
+  // elastix's field drifts while phase correlation still measures the
+  // shift (docs/benchmarks.md, "Faint texture and elastix's fixed costs").
+  // faint_texture >= min_texture measures only textured patches.
+  double faint_texture = 0.003;
   // The windowed normalised cross-correlation of the aligned patches that a
   // textured patch must reach to count as matched (its "response").
   double min_response = 0.6;

@@ -122,7 +122,8 @@ TEST_F(QualityE2eTest, GoodRegistrationPrintsSmallResidualAndGreenMap) {
   const Colours c = CountColours(*rgb);
   EXPECT_GT(c.green, 181 * 217 / 4) << "green " << c.green;
   EXPECT_EQ(c.red, 0);
-  EXPECT_GT(c.grey, 0);  // where the moving image does not reach: unchecked
+  // The patches that the rotated moving image's edge crosses are measured
+  // over the part it covers, so the corners need not be grey (unchecked).
 
   // The summary is also in the job's status.
   const std::string id = JobIdIn(r.err);
