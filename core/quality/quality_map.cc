@@ -431,6 +431,18 @@ cv::Point2d PhaseCorrelate(const cv::Mat& a, const cv::Mat& b,
   return cv::phaseCorrelate(a.mul(window), b.mul(window), cv::noArray(), peak);
 }
 
+// The result of a converged patch: measured when both its NCC and its
+// phase-correlation peak are clear, else as it stood (unmatched).
+PatchResult Judged(PatchResult res, cv::Point2d shift, double ncc, double peak,
+                   double min_response) {
+  res.response = ncc;
+  res.shift = shift;
+  if (ncc >= min_response && peak >= kMinPeak) {
+    res.state = PatchState::kMeasured;
+  }
+  return res;
+}
+
 // The warped image's patch at (x0, y0) re-sampled at an offset (copy px),
 // where part of it may lie outside the overlap: those pixels are 0 and 0 in
 // `valid` (CV_8U, 1 elsewhere). Returns the number of valid pixels.
@@ -470,8 +482,7 @@ cv::Mat MaskedWindow(const cv::Mat& valid, const cv::Mat& window) {
 cv::Mat LessWeightedMean(const cv::Mat& patch, const cv::Mat& w) {
   const double sw = cv::sum(w)[0];
   const double mean = sw > 0 ? patch.dot(w) / sw : 0.0;
-  cv::Mat out = patch - mean;
-  return out;
+  return patch - mean;
 }
 
 // One sample of a partial patch at shift t: the moved patch and the
@@ -523,12 +534,7 @@ PatchResult MeasurePartialPatch(const cv::Mat& fixed_patch, const Image& warped,
     t += step;
     if (std::hypot(step.x, step.y) < kConverged) break;
   }
-  res.response = ncc;
-  res.shift = t;
-  if (res.response >= min_response && peak >= kMinPeak) {
-    res.state = PatchState::kMeasured;
-  }
-  return res;
+  return Judged(res, t, ncc, peak, min_response);
 }
 
 // Phase correlation finds the shift (robust to large shifts and contrast);
@@ -562,12 +568,7 @@ PatchResult MeasurePatch(const cv::Mat& fixed_patch, const Image& warped,
     t += step;
     if (std::hypot(step.x, step.y) < kConverged) break;
   }
-  res.response = ncc;
-  res.shift = t;
-  if (res.response >= min_response && peak >= kMinPeak) {
-    res.state = PatchState::kMeasured;
-  }
-  return res;
+  return Judged(res, t, ncc, peak, min_response);
 }
 
 void SizeGrid(const Layout& l, double scale_x, double scale_y, QualityGrid* g) {
