@@ -232,8 +232,8 @@ class BadInputTest : public ::testing::Test {
     } while (absl::Now() < deadline);
     ADD_FAILURE() << "not idle: " << info.ram_reserved_bytes()
                   << " bytes reserved, " << info.jobs_running() << " running, "
-                  << info.jobs_queued() << " queued, "
-                  << info.jobs_uploading() << " uploading";
+                  << info.jobs_queued() << " queued, " << info.jobs_uploading()
+                  << " uploading";
   }
 
   // As ExpectHealthyAndIdle, and a normal job completes.
