@@ -212,36 +212,43 @@ class BadInputTest : public ::testing::Test {
                   [&](v1::JobSpec* s) { s->add_elastix_parameters(text); });
   }
 
-  // Health SERVING, and within 30 s nothing reserved or left running (a
-  // failed job's clean-up may finish just after its stream ends).
-  void ExpectHealthyAndIdle(const std::string& after) {
-    SCOPED_TRACE("after case: " + after);
+  void ExpectServing() {
     bool serving = false;
     ASSERT_TRUE(client_->CheckHealth("", &serving).ok());
     EXPECT_TRUE(serving);
+  }
+
+  // Nothing reserved, running, queued or uploading.
+  static bool Idle(const v1::ServerInfo& info) {
+    return info.ram_reserved_bytes() == 0 &&
+           info.jobs_running() + info.jobs_queued() + info.jobs_uploading() ==
+               0;
+  }
+  static std::string Occupancy(const v1::ServerInfo& info) {
+    return absl::StrCat(info.ram_reserved_bytes(), " bytes reserved, ",
+                        info.jobs_running(), " running, ", info.jobs_queued(),
+                        " queued, ", info.jobs_uploading(), " uploading");
+  }
+
+  // Health SERVING, and idle within 30 s (a failed job's clean-up may
+  // finish just after its stream ends).
+  void ExpectHealthyAndIdle(const std::string& after) {
+    SCOPED_TRACE("after case: " + after);
+    ASSERT_NO_FATAL_FAILURE(ExpectServing());
     v1::ServerInfo info;
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     do {
       ASSERT_TRUE(client_->GetServerInfo(&info).ok());
-      if (info.ram_reserved_bytes() == 0 &&
-          info.jobs_running() + info.jobs_queued() + info.jobs_uploading() ==
-              0) {
-        return;
-      }
+      if (Idle(info)) return;
       absl::SleepFor(absl::Milliseconds(20));
     } while (absl::Now() < deadline);
-    ADD_FAILURE() << "not idle: " << info.ram_reserved_bytes()
-                  << " bytes reserved, " << info.jobs_running() << " running, "
-                  << info.jobs_queued() << " queued, " << info.jobs_uploading()
-                  << " uploading";
+    ADD_FAILURE() << "not idle: " << Occupancy(info);
   }
 
-  // As ExpectHealthyAndIdle, and a normal job completes.
+  // Health SERVING, a normal job completes, and then the daemon is idle.
   void ExpectHealthyAndWorking(const std::string& after) {
     SCOPED_TRACE("after case: " + after);
-    bool serving = false;
-    ASSERT_TRUE(client_->CheckHealth("", &serving).ok());
-    EXPECT_TRUE(serving);
+    ASSERT_NO_FATAL_FAILURE(ExpectServing());
     std::vector<v1::JobEvent> events;
     grpc::Status s =
         Upload(fixed_, "fixed.png", moving_, "moving.png", nullptr, &events);
@@ -250,9 +257,7 @@ class BadInputTest : public ::testing::Test {
     EXPECT_TRUE(events.back().has_completed());
     v1::ServerInfo info;
     ASSERT_TRUE(client_->GetServerInfo(&info).ok());
-    EXPECT_EQ(info.ram_reserved_bytes(), 0u);
-    EXPECT_EQ(info.jobs_running() + info.jobs_queued() + info.jobs_uploading(),
-              0);
+    EXPECT_TRUE(Idle(info)) << Occupancy(info);
   }
 
   // The client sends the spec and a third of the fixed image, waits until
