@@ -29,6 +29,8 @@ PACKAGES=(
   # robust initial alignment (core/registration/robust_start): SIFT, matching,
   # robust homography fits
   libopencv-imgproc-dev libopencv-features2d-dev libopencv-calib3d-dev
+  # the quality map's phase correlation (core/quality/phase_correlation)
+  libfftw3-dev
   # warp engine (CPU build of LibTorch in the distribution)
   libtorch-dev
   # metrics, base library
