@@ -42,12 +42,12 @@ ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "When the refinement runs on a GPU after elastix: run elastix's "
           "affine stage before its B-spline even after an initial alignment "
           "was found.");
-ABSL_FLAG(double, correction_elastix_megapixels, 2.0,
+ABSL_FLAG(double, correction_elastix_megapixels, 0.5,
           "When no GPU refines and the shift correction follows elastix "
           "(--shift_correction_passes > 0): elastix works on the "
           "registration copy pooled to at most this many megapixels. 0: the "
           "registration copy itself.");
-ABSL_FLAG(double, correction_elastix_iterations, 0.5,
+ABSL_FLAG(double, correction_elastix_iterations, 0.25,
           "When no GPU refines and the shift correction follows elastix: "
           "elastix's preset iterations times this (0 < x <= 100).");
 ABSL_FLAG(bool, correction_elastix_affine, true,
@@ -59,6 +59,10 @@ ABSL_FLAG(int, shift_correction_passes, 4,
           "map's measured patch shifts, smoothed and composed with the "
           "field; each kept only when the estimate improves), before the "
           "LibTorch refinement. 0: none. Jobs with refine=off have none.");
+ABSL_FLAG(int, gpu_refine_correction_passes, 4,
+          "Passes of the shift correction after a refinement on the GPU "
+          "(then 2 on patches of half the size), each kept only when the "
+          "estimate improves. 0: none.");
 ABSL_FLAG(int, max_queue, 64,
           "Jobs not yet finished (uploading, queued, running) before Submit "
           "answers RESOURCE_EXHAUSTED.");
@@ -271,6 +275,8 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   c.elastix_before_gpu_refine.linear_stage =
       absl::GetFlag(FLAGS_gpu_refine_elastix_affine);
   c.shift_correction_passes = absl::GetFlag(FLAGS_shift_correction_passes);
+  c.gpu_refine_correction_passes =
+      absl::GetFlag(FLAGS_gpu_refine_correction_passes);
   c.elastix_before_cpu_correction.max_megapixels =
       absl::GetFlag(FLAGS_correction_elastix_megapixels);
   c.elastix_before_cpu_correction.iteration_scale =
@@ -325,6 +331,11 @@ absl::Status ValidateDaemonConfig(const DaemonConfig& c) {
   if (c.shift_correction_passes < 0 || c.shift_correction_passes > 20) {
     return absl::InvalidArgumentError(
         "--shift_correction_passes must be 0 (none) to 20");
+  }
+  if (c.gpu_refine_correction_passes < 0 ||
+      c.gpu_refine_correction_passes > 20) {
+    return absl::InvalidArgumentError(
+        "--gpu_refine_correction_passes must be 0 (none) to 20");
   }
   if (c.max_streams < 1) {
     return absl::InvalidArgumentError("--max_streams must be at least 1");

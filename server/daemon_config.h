@@ -72,7 +72,10 @@ struct DaemonConfig {
   // refinement").
   ElastixSchedule elastix_before_gpu_refine{2.0, 0.5, false};
   int shift_correction_passes = 4;
-  ElastixSchedule elastix_before_cpu_correction{2.0, 0.5, true};
+  int gpu_refine_correction_passes = 4;
+  // --correction_elastix_*: 0.5 MP, a quarter of the iterations
+  // (docs/benchmarks.md, "The quality estimate's cost").
+  ElastixSchedule elastix_before_cpu_correction{0.5, 0.25, true};
   int64_t stream_tile_size = 512;
   absl::Duration retention = absl::Hours(24 * 7);
   absl::Duration registration_timeout = absl::Hours(2);

@@ -133,10 +133,10 @@ TEST_F(DaemonConfigTest, BadValuesNameTheFlag) {
   absl::SetFlag(&FLAGS_gpu_refine_elastix_iterations, 1.0);
   absl::SetFlag(&FLAGS_correction_elastix_megapixels, -1.0);
   EXPECT_THAT(FlagError(), HasSubstr("--correction_elastix_megapixels"));
-  absl::SetFlag(&FLAGS_correction_elastix_megapixels, 2.0);
+  absl::SetFlag(&FLAGS_correction_elastix_megapixels, 0.5);
   absl::SetFlag(&FLAGS_correction_elastix_iterations, 0.0);
   EXPECT_THAT(FlagError(), HasSubstr("--correction_elastix_iterations"));
-  absl::SetFlag(&FLAGS_correction_elastix_iterations, 0.5);
+  absl::SetFlag(&FLAGS_correction_elastix_iterations, 0.25);
   for (int passes : {-1, 21}) {
     absl::SetFlag(&FLAGS_shift_correction_passes, passes);
     EXPECT_THAT(FlagError(), HasSubstr("--shift_correction_passes"));

@@ -219,6 +219,7 @@ JobManager::Options ManagerOptions(const DaemonConfig& c,
   o.default_max_registration_megapixels = c.max_registration_megapixels;
   o.elastix_before_gpu_refine = c.elastix_before_gpu_refine;
   o.shift_correction_passes = c.shift_correction_passes;
+  o.gpu_correction_passes = c.gpu_refine_correction_passes;
   o.elastix_before_cpu_correction = c.elastix_before_cpu_correction;
   o.device = rc.flags.devices.preference;
   // The planner applies the same budget rule as rc (PlanningBudgets over a

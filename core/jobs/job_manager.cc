@@ -101,9 +101,11 @@ absl::Status ValidateOptions(const JobManager::Options& o) {
           "elastix_before_*.iteration_scale must be in (0, 100]");
     }
   }
-  if (o.shift_correction_passes < 0 || o.shift_correction_passes > 20) {
+  if (o.shift_correction_passes < 0 || o.shift_correction_passes > 20 ||
+      o.gpu_correction_passes < 0 || o.gpu_correction_passes > 20) {
     return absl::InvalidArgumentError(
-        "shift_correction_passes must be in [0, 20]");
+        "shift_correction_passes and gpu_correction_passes must be in [0, "
+        "20]");
   }
   if (o.pipeline_threads < 0) {
     return absl::InvalidArgumentError("pipeline_threads must be >= 0");
@@ -287,6 +289,7 @@ JobOptions JobManagerImpl::PlanningOptions(const JobRecord& rec) const {
   JobOptions options = rec.info.spec.options;
   options.elastix_before_gpu_refine = options_.elastix_before_gpu_refine;
   options.shift_correction_passes = options_.shift_correction_passes;
+  options.gpu_correction_passes = options_.gpu_correction_passes;
   options.elastix_before_cpu_correction =
       options_.elastix_before_cpu_correction;
   return options;

@@ -105,6 +105,8 @@ class JobManager {
     ElastixSchedule elastix_before_gpu_refine;
     // Passes of the shift correction (plan.h; 0: none).
     int shift_correction_passes = 4;
+    // Passes of the shift correction after a GPU refinement (plan.h).
+    int gpu_correction_passes = 0;
     // elastix's schedule before the shift correction on the CPU (plan.h).
     ElastixSchedule elastix_before_cpu_correction;
     DevicePreference device = DevicePreference::kAuto;

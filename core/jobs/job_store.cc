@@ -462,6 +462,8 @@ absl::Status ReadRefinePlan(const Reader& r, Plan* p) {
 // none, as such jobs ran).
 void AddShiftCorrectionPlan(Writer* w, const Plan& p) {
   w->AddInt("plan.shift_correction_passes", p.shift_correction_passes);
+  w->AddInt("plan.shift_correction_after_refine",
+            p.shift_correction_after_refine ? 1 : 0);
   AddStageMemory(w, "plan.shift_correction", p.shift_correction);
 }
 
@@ -473,6 +475,12 @@ absl::Status ReadShiftCorrectionPlan(const Reader& r, Plan* p) {
     return absl::DataLossError("job file: bad plan.shift_correction_passes");
   }
   p->shift_correction_passes = static_cast<int>(passes);
+  // Absent before corrections after a GPU refinement existed: before.
+  if (r.Has("plan.shift_correction_after_refine")) {
+    REGSERVE_ASSIGN_OR_RETURN(const int64_t after,
+                              r.Int("plan.shift_correction_after_refine"));
+    p->shift_correction_after_refine = after != 0;
+  }
   return ReadStageMemory(r, "plan.shift_correction", &p->shift_correction);
 }
 

@@ -267,6 +267,7 @@ TEST(JobStoreTest, ElastixScheduleRoundTrips) {
   in.elastix_linear_stage = false;
   in.shift_correction_passes = 2;
   in.shift_correction.ram_bytes = 123456789;
+  in.shift_correction_after_refine = true;
   JobRecord back;
   ASSERT_OK(DecodeJobSpec(EncodeJobSpec(rec), &back));
   ASSERT_OK(DecodeJobState(EncodeJobState(rec), &back));
@@ -279,6 +280,7 @@ TEST(JobStoreTest, ElastixScheduleRoundTrips) {
   EXPECT_FALSE(p.elastix_linear_stage);
   EXPECT_EQ(p.shift_correction_passes, 2);
   EXPECT_EQ(p.shift_correction.ram_bytes, 123456789u);
+  EXPECT_TRUE(p.shift_correction_after_refine);
   // Files from before the fields: the registration copy and the preset,
   // no shift correction.
   std::string old_text;
@@ -295,6 +297,7 @@ TEST(JobStoreTest, ElastixScheduleRoundTrips) {
   EXPECT_DOUBLE_EQ(old.info.plan.elastix_iteration_scale, 1.0);
   EXPECT_TRUE(old.info.plan.elastix_linear_stage);
   EXPECT_EQ(old.info.plan.shift_correction_passes, 0);
+  EXPECT_FALSE(old.info.plan.shift_correction_after_refine);
   // A damaged value is refused.
   std::string bad = EncodeJobState(rec);
   bad.replace(bad.find("plan.elastix_iteration_scale="),

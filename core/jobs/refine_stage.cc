@@ -3,8 +3,8 @@
 // Refine: improves the registration's field on the grayscale copies in two
 // steps, and replaces run->reg.field with each result the quality map's
 // estimate confirms.
-//  1. The shift correction (correction_passes.h), on the CPU, where no GPU
-//     refines: rounds of the quality map's measured patch shifts composed
+//  1. The shift correction (correction_passes.h), on the CPU (after step 2
+//     where a GPU refines and Plan::shift_correction_after_refine): rounds of the quality map's measured patch shifts composed
 //     into the field (Plan::shift_correction_passes), each kept only when
 //     the estimate improved. One or two quality estimates per pass.
 //  2. The LibTorch refinement (core/refine), on the device and at the
@@ -60,8 +60,13 @@ class RefineStage final : public PipelineStage {
       return absl::OkStatus();
     }
     Timing timing;
-    REGSERVE_RETURN_IF_ERROR(CorrectShifts(run, host, &timing));
-    REGSERVE_RETURN_IF_ERROR(RefineWithLibTorch(run, host, &timing));
+    if (plan.shift_correction_after_refine) {
+      REGSERVE_RETURN_IF_ERROR(RefineWithLibTorch(run, host, &timing));
+      REGSERVE_RETURN_IF_ERROR(CorrectShifts(run, host, &timing));
+    } else {
+      REGSERVE_RETURN_IF_ERROR(CorrectShifts(run, host, &timing));
+      REGSERVE_RETURN_IF_ERROR(RefineWithLibTorch(run, host, &timing));
+    }
     if (timing.started) {
       host->Progress(Stage::kRefine, 1.0, "refinement done");
       host->Finished(Stage::kRefine, timing.start);

@@ -73,6 +73,8 @@ struct JobOptions {
   // (Plan::shift_correction_passes; 0: none).
   ElastixSchedule elastix_before_gpu_refine;
   int shift_correction_passes = 4;
+  // Passes of the shift correction after a refinement on the GPU (0: none).
+  int gpu_correction_passes = 0;
   // elastix's schedule when no GPU refines and the shift correction follows.
   ElastixSchedule elastix_before_cpu_correction;
 };
@@ -151,6 +153,11 @@ struct Plan {
   // the field and the moving image held).
   int shift_correction_passes = 0;
   StageMemory shift_correction;
+  // Where a GPU refines (JobOptions::gpu_correction_passes > 0), the shift
+  // correction runs after the refinement instead: it then measures what
+  // the refinement left (docs/benchmarks.md, "The quality estimate's
+  // cost").
+  bool shift_correction_after_refine = false;
   // elastix's own copy and schedule in the registration stage: the
   // registration copies pooled to these sizes (0: the copies themselves),
   // the preset's iterations times elastix_iteration_scale, and its affine

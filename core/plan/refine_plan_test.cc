@@ -182,7 +182,8 @@ TEST(RefinePlan, ShiftCorrectionOnlyWhereNoGpuRefines) {
   EXPECT_EQ(cpu.shift_correction_passes, 4);
   // A quality estimate and one more field, beside what the stage holds.
   EXPECT_GT(cpu.shift_correction.ram_bytes, cpu.quality.ram_bytes);
-  EXPECT_TRUE(AnyReasonHas(cpu, "shift correction: up to 4 passes"));
+  EXPECT_TRUE(
+      AnyReasonHas(cpu, "shift correction before refining: up to 4 passes"));
   // elastix before it works on a 2 MP copy with half the iterations.
   EXPECT_GT(cpu.elastix_fixed_width, 0);
   EXPECT_LE(cpu.elastix_fixed_width * cpu.elastix_fixed_height, 2000000);
@@ -193,7 +194,20 @@ TEST(RefinePlan, ShiftCorrectionOnlyWhereNoGpuRefines) {
   const Plan gpu = MakeOk(Rgb(6000, 4000), o, WithGpu(8ull << 30));
   ASSERT_EQ(gpu.refine_device, WarpDevice::kCuda);
   EXPECT_EQ(gpu.shift_correction_passes, 0);
+  EXPECT_FALSE(gpu.shift_correction_after_refine);
   EXPECT_FALSE(AnyReasonHas(gpu, "shift correction"));
+  // After a GPU refinement only when asked, and then after it.
+  JobOptions after = o;
+  after.gpu_correction_passes = 2;
+  const Plan ga = MakeOk(Rgb(6000, 4000), after, WithGpu(8ull << 30));
+  ASSERT_EQ(ga.refine_device, WarpDevice::kCuda);
+  EXPECT_EQ(ga.shift_correction_passes, 2);
+  EXPECT_TRUE(ga.shift_correction_after_refine);
+  EXPECT_GT(ga.shift_correction.ram_bytes, ga.quality.ram_bytes);
+  EXPECT_TRUE(AnyReasonHas(
+      ga, "shift correction after the GPU refinement: up to 2 passes"));
+  EXPECT_FALSE(MakeOk(Rgb(6000, 4000), after, CpuOnly())
+                   .shift_correction_after_refine);
 
   JobOptions off = o;
   off.refine = RefineMode::kOff;

@@ -129,9 +129,9 @@ void PlanLightElastix(const ElastixSchedule& s, const char* before,
 }
 
 // The shift correction's passes and memory (plan.quality is set).
-void PlanShiftCorrection(const JobOptions& options, const Budgets& budgets,
+void PlanShiftCorrection(int passes, const char* when, const Budgets& budgets,
                          const RegSize& reg, Plan* plan) {
-  if (options.shift_correction_passes <= 0) return;
+  if (passes <= 0) return;
   // A quality estimate and one more field.
   const uint64_t ram =
       plan->quality.ram_bytes +
@@ -143,13 +143,13 @@ void PlanShiftCorrection(const JobOptions& options, const Budgets& budgets,
         Mb(ram), Mb(budgets.ram_bytes)));
     return;
   }
-  plan->shift_correction_passes = options.shift_correction_passes;
+  plan->shift_correction_passes = passes;
   plan->shift_correction.ram_bytes = ram;
   plan->reasons.push_back(absl::StrFormat(
-      "shift correction: up to %d passes on the %dx%d registration copy "
+      "shift correction %s: up to %d passes on the %dx%d registration copy "
       "(then 2 on patches of half the size), each kept when the quality "
       "estimate improves; %s RAM",
-      plan->shift_correction_passes, reg.fw, reg.fh,
+      when, plan->shift_correction_passes, reg.fw, reg.fh,
       Mb(plan->shift_correction.ram_bytes)));
 }
 
@@ -183,6 +183,9 @@ void PlanRefine(uint64_t held, const JobOptions& options,
           Mb(plan->refine.vram_bytes), Mb(plan->refine.ram_bytes)));
       PlanLightElastix(options.elastix_before_gpu_refine, "the GPU refinement",
                        reg, plan);
+      PlanShiftCorrection(options.gpu_correction_passes,
+                          "after the GPU refinement", budgets, reg, plan);
+      plan->shift_correction_after_refine = plan->shift_correction_passes > 0;
       return;
     }
     plan->reasons.push_back(
@@ -191,7 +194,8 @@ void PlanRefine(uint64_t held, const JobOptions& options,
   }
   o.device = WarpDevice::kCpu;
   o.threads = 1;  // as the stage runs it (RefineOptions::threads)
-  PlanShiftCorrection(options, budgets, reg, plan);
+  PlanShiftCorrection(options.shift_correction_passes, "before refining",
+                      budgets, reg, plan);
   if (plan->shift_correction_passes > 0) {
     PlanLightElastix(options.elastix_before_cpu_correction,
                      "the shift correction", reg, plan);

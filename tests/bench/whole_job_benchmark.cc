@@ -86,13 +86,15 @@ ABSL_FLAG(double, gpu_refine_elastix_iterations, 0.5,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(bool, gpu_refine_elastix_affine, false,
           "replay: as regserved's flag of that name");
-ABSL_FLAG(double, correction_elastix_megapixels, 2.0,
+ABSL_FLAG(double, correction_elastix_megapixels, 0.5,
           "replay: as regserved's flag of that name");
-ABSL_FLAG(double, correction_elastix_iterations, 0.5,
+ABSL_FLAG(double, correction_elastix_iterations, 0.25,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(bool, correction_elastix_affine, true,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(int, shift_correction_passes, 4,
+          "replay: as regserved's flag of that name");
+ABSL_FLAG(int, gpu_refine_correction_passes, 4,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(int64_t, max_image_pixels, 1000ll * 1000 * 1000,
           "replay: as regserved's flag of that name");
@@ -623,6 +625,7 @@ absl::StatusOr<JobInfo> RunReplay(const ReplayInputs& in,
   o.elastix_before_gpu_refine.linear_stage =
       absl::GetFlag(FLAGS_gpu_refine_elastix_affine);
   o.shift_correction_passes = absl::GetFlag(FLAGS_shift_correction_passes);
+  o.gpu_correction_passes = absl::GetFlag(FLAGS_gpu_refine_correction_passes);
   o.elastix_before_cpu_correction.max_megapixels =
       absl::GetFlag(FLAGS_correction_elastix_megapixels);
   o.elastix_before_cpu_correction.iteration_scale =
