@@ -4,9 +4,10 @@
 // steps, and replaces run->reg.field with each result the quality map's
 // estimate confirms.
 //  1. The shift correction (correction_passes.h), on the CPU (after step 2
-//     where a GPU refines and Plan::shift_correction_after_refine): rounds of the quality map's measured patch shifts composed
-//     into the field (Plan::shift_correction_passes), each kept only when
-//     the estimate improved. One or two quality estimates per pass.
+//     where a GPU refines and Plan::shift_correction_after_refine): rounds of
+//     the quality map's measured patch shifts composed into the field
+//     (Plan::shift_correction_passes), each kept only when the estimate
+//     improved. One or two quality estimates per pass.
 //  2. The LibTorch refinement (core/refine), on the device and at the
 //     working size the plan chose. After a robust start, the start's
 //     homography is the bending penalty's prior. On the CPU under

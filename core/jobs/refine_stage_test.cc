@@ -193,7 +193,8 @@ TEST_F(RefineStageTest, ShiftCorrectionFixesAFieldOffByAFewPixels) {
       continue;
     }
     EXPECT_GT(info.plan.shift_correction.ram_bytes, 0u);
-    EXPECT_TRUE(AnyReasonHas(info, "shift correction before refining: up to 3 passes"));
+    EXPECT_TRUE(
+        AnyReasonHas(info, "shift correction before refining: up to 3 passes"));
     EXPECT_TRUE(AnyReasonHas(info, "passes with 64 px patches kept"));
     EXPECT_FALSE(AnyReasonHas(info, "0 of 3 passes with 64 px"));
     EXPECT_TRUE(HasTiming(info, Stage::kRefine));

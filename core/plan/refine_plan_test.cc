@@ -206,8 +206,8 @@ TEST(RefinePlan, ShiftCorrectionOnlyWhereNoGpuRefines) {
   EXPECT_GT(ga.shift_correction.ram_bytes, ga.quality.ram_bytes);
   EXPECT_TRUE(AnyReasonHas(
       ga, "shift correction after the GPU refinement: up to 2 passes"));
-  EXPECT_FALSE(MakeOk(Rgb(6000, 4000), after, CpuOnly())
-                   .shift_correction_after_refine);
+  EXPECT_FALSE(
+      MakeOk(Rgb(6000, 4000), after, CpuOnly()).shift_correction_after_refine);
 
   JobOptions off = o;
   off.refine = RefineMode::kOff;
