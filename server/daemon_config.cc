@@ -59,7 +59,7 @@ ABSL_FLAG(int, shift_correction_passes, 4,
           "map's measured patch shifts, smoothed and composed with the "
           "field; each kept only when the estimate improves), before the "
           "LibTorch refinement. 0: none. Jobs with refine=off have none.");
-ABSL_FLAG(int, gpu_refine_correction_passes, 4,
+ABSL_FLAG(int, gpu_refine_correction_passes, 1,
           "Passes of the shift correction after a refinement on the GPU "
           "(then 2 on patches of half the size), each kept only when the "
           "estimate improves. 0: none.");

@@ -72,7 +72,7 @@ struct DaemonConfig {
   // refinement").
   ElastixSchedule elastix_before_gpu_refine{2.0, 0.5, false};
   int shift_correction_passes = 4;
-  int gpu_refine_correction_passes = 4;
+  int gpu_refine_correction_passes = 1;
   // --correction_elastix_*: 0.5 MP, a quarter of the iterations
   // (docs/benchmarks.md, "The quality estimate's cost").
   ElastixSchedule elastix_before_cpu_correction{0.5, 0.25, true};

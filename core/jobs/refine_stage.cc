@@ -115,6 +115,10 @@ class RefineStage final : public PipelineStage {
                                    : std::string("not estimated");
     CorrectionSchedule schedule;
     schedule.passes = passes;
+    // One pass of 64 px patches asks for one of 32 px: after a GPU
+    // refinement (its default) that holds the 283.6 MP job within its time
+    // (docs/benchmarks.md, "The quality estimate's cost").
+    schedule.fine_passes = std::min(schedule.fine_passes, passes);
     CorrectionOutcome out;
     const absl::Status s = RunShiftCorrection(
         run->fixed_gray, run->moving_gray,

@@ -147,8 +147,8 @@ void PlanShiftCorrection(int passes, const char* when, const Budgets& budgets,
   plan->shift_correction.ram_bytes = ram;
   plan->reasons.push_back(absl::StrFormat(
       "shift correction %s: up to %d passes on the %dx%d registration copy "
-      "(then 2 on patches of half the size), each kept when the quality "
-      "estimate improves; %s RAM",
+      "(then as many, up to 2, on patches of half the size), each kept when "
+      "the quality estimate improves; %s RAM",
       when, plan->shift_correction_passes, reg.fw, reg.fh,
       Mb(plan->shift_correction.ram_bytes)));
 }

@@ -94,7 +94,7 @@ ABSL_FLAG(bool, correction_elastix_affine, true,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(int, shift_correction_passes, 4,
           "replay: as regserved's flag of that name");
-ABSL_FLAG(int, gpu_refine_correction_passes, 4,
+ABSL_FLAG(int, gpu_refine_correction_passes, 1,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(int64_t, max_image_pixels, 1000ll * 1000 * 1000,
           "replay: as regserved's flag of that name");
