@@ -54,7 +54,7 @@ ABSL_FLAG(bool, correction_elastix_affine, true,
           "When no GPU refines and the shift correction follows elastix: run "
           "elastix's affine stage before its B-spline even after an initial "
           "alignment was found.");
-ABSL_FLAG(int, shift_correction_passes, 4,
+ABSL_FLAG(int, shift_correction_passes, 2,
           "Passes of the shift correction after registration (the quality "
           "map's measured patch shifts, smoothed and composed with the "
           "field; each kept only when the estimate improves), before the "

@@ -71,7 +71,7 @@ struct DaemonConfig {
   // after an initial alignment (docs/benchmarks.md, "elastix before a GPU
   // refinement").
   ElastixSchedule elastix_before_gpu_refine{2.0, 0.5, false};
-  int shift_correction_passes = 4;
+  int shift_correction_passes = 2;
   int gpu_refine_correction_passes = 1;
   // --correction_elastix_*: 0.5 MP, a quarter of the iterations
   // (docs/benchmarks.md, "The quality estimate's cost").

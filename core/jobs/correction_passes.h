@@ -2,15 +2,19 @@
 //
 // The refine stage's shift correction as a schedule of passes over the
 // registration copies (core/refine/shift_correction.h does one pass):
-//  1. up to `passes` on the quality map's own patches (64 px);
+//  1. up to `passes` on the quality map's own patches (64 px), their
+//     shifts smoothed over `sigma` strides;
 //  2. `fine_passes` on patches of half the size, which reach twice as close
 //     to the borders where the field's counterpart leaves the moving image
 //     and no 64 px patch fits. Their shifts are noisier and are smoothed
 //     over two strides.
-// Every pass is kept only when the quality estimate (the options' patches,
-// on the copies) improves (field_choice.h); a phase stops at its first
-// pass not kept. (Running the first passes on half-size copies was tried:
-// no faster on the 18 MP and 283.6 MP benchmarks, and less accurate.)
+// A pass is kept only when the quality estimate (the options' patches, on
+// the copies) improves (field_choice.h). The 64 px phase judges each pass
+// and stops at its first pass not kept; the 32 px phase measures each pass
+// on its own patches, stops when that is not better, and is judged once at
+// the end, falling back to an earlier pass's field. (Running the first passes
+// on half-size copies was tried: no faster on the 18 MP and 283.6 MP
+// benchmarks, and less accurate.)
 //
 //   CorrectionOutcome out;
 //   REGSERVE_RETURN_IF_ERROR(RunShiftCorrection(
@@ -36,8 +40,12 @@
 namespace regserve {
 
 struct CorrectionSchedule {
-  int passes = 4;
+  int passes = 2;
   int fine_passes = 2;
+  // The 64 px passes' smoothing, in patch strides: a wide one converges
+  // in fewer passes on the registration's leftovers (docs/benchmarks.md,
+  // "The correction's smoothing and pass count").
+  double sigma = 2.5;
 };
 
 struct CorrectionOutcome {

@@ -104,7 +104,7 @@ class JobManager {
     // elastix's schedule before a refinement on the GPU (plan.h).
     ElastixSchedule elastix_before_gpu_refine;
     // Passes of the shift correction (plan.h; 0: none).
-    int shift_correction_passes = 4;
+    int shift_correction_passes = 2;
     // Passes of the shift correction after a GPU refinement (plan.h).
     int gpu_correction_passes = 0;
     // elastix's schedule before the shift correction on the CPU (plan.h).

@@ -119,6 +119,9 @@ class RefineStage final : public PipelineStage {
     // refinement (its default) that holds the 283.6 MP job within its time
     // (docs/benchmarks.md, "The quality estimate's cost").
     schedule.fine_passes = std::min(schedule.fine_passes, passes);
+    // After a GPU refinement the leftovers are small and local: the narrow
+    // smoothing it was measured with (docs/benchmarks.md).
+    if (run->rec.info.plan.shift_correction_after_refine) schedule.sigma = 1.0;
     CorrectionOutcome out;
     const absl::Status s = RunShiftCorrection(
         run->fixed_gray, run->moving_gray,

@@ -72,7 +72,7 @@ struct JobOptions {
   // planned; not part of the job's spec. The shift correction's passes
   // (Plan::shift_correction_passes; 0: none).
   ElastixSchedule elastix_before_gpu_refine;
-  int shift_correction_passes = 4;
+  int shift_correction_passes = 2;
   // Passes of the shift correction after a refinement on the GPU (0: none).
   int gpu_correction_passes = 0;
   // elastix's schedule when no GPU refines and the shift correction follows.

@@ -132,10 +132,11 @@ void PlanLightElastix(const ElastixSchedule& s, const char* before,
 void PlanShiftCorrection(int passes, const char* when, const Budgets& budgets,
                          const RegSize& reg, Plan* plan) {
   if (passes <= 0) return;
-  // A quality estimate and one more field.
+  // A quality estimate and two more fields (the 32 px passes keep their
+  // candidates until the end, correction_passes.cc).
   const uint64_t ram =
       plan->quality.ram_bytes +
-      static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);
+      2 * static_cast<uint64_t>(kFieldBytesPerPixel * reg.fw * reg.fh);
   if (ram > budgets.ram_bytes) {
     plan->reasons.push_back(absl::StrFormat(
         "shift correction skipped: it needs %s of RAM, more than the budget "

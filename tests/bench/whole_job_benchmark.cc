@@ -92,7 +92,7 @@ ABSL_FLAG(double, correction_elastix_iterations, 0.25,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(bool, correction_elastix_affine, true,
           "replay: as regserved's flag of that name");
-ABSL_FLAG(int, shift_correction_passes, 4,
+ABSL_FLAG(int, shift_correction_passes, 2,
           "replay: as regserved's flag of that name");
 ABSL_FLAG(int, gpu_refine_correction_passes, 1,
           "replay: as regserved's flag of that name");
