@@ -6,7 +6,11 @@
 // warp, in pinned memory when the warp runs on CUDA) and its copy made, or,
 // when the plan reads it by region, streamed into its copy as well (and into
 // the job's spill file in the same pass when the file reads only in order)
-// and opened as the warp's region source. Memory: Plan::decode.
+// and opened as the warp's region source. Both at once where the plan says
+// so (Plan::decode_concurrent). Memory: Plan::decode.
+#include <algorithm>
+#include <future>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
@@ -29,13 +33,18 @@ class DecodeStage final : public PipelineStage {
         host->Acquire(Lane::kCpu, plan.decode.ram_bytes, 0, "decode"));
     host->Started(Stage::kDecode);
     const absl::Time start = absl::Now();
-    for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
-      host->Progress(Stage::kDecode, role == ImageRole::kFixed ? 0.0 : 0.5,
-                     absl::StrCat("reading the ", RoleName(role), " image"));
-      REGSERVE_RETURN_IF_ERROR(
-          role == ImageRole::kFixed ? StreamFixed(r.threads(), run)
-          : plan.moving_streamed    ? StreamMoving(r.threads(), run)
-                                    : DecodeOne(role, r.threads(), run));
+    if (plan.decode_concurrent) {
+      host->Progress(Stage::kDecode, 0.0, "reading both images");
+      REGSERVE_RETURN_IF_ERROR(DecodeBoth(r.threads(), run));
+    } else {
+      for (ImageRole role : {ImageRole::kFixed, ImageRole::kMoving}) {
+        host->Progress(Stage::kDecode, role == ImageRole::kFixed ? 0.0 : 0.5,
+                       absl::StrCat("reading the ", RoleName(role), " image"));
+        REGSERVE_RETURN_IF_ERROR(
+            role == ImageRole::kFixed ? StreamFixed(r.threads(), run)
+            : plan.moving_streamed    ? StreamMoving(r.threads(), run)
+                                      : DecodeOne(role, r.threads(), run));
+      }
     }
     host->Progress(Stage::kDecode, 1.0, "decoded");
     host->Finished(Stage::kDecode, start);
@@ -52,6 +61,21 @@ class DecodeStage final : public PipelineStage {
                        got.DebugString(), ", was ", want.DebugString(), ")"));
     }
     return absl::OkStatus();
+  }
+
+  // Plan::decode_concurrent: the fixed image streamed on a thread of its
+  // own while this one reads the moving image, the threads shared. They
+  // write disjoint parts of `run`; the first error (the fixed image's when
+  // both fail) is the stage's.
+  absl::Status DecodeBoth(int threads, JobRun* run) {
+    const int fixed_threads = std::max(1, threads / 2);
+    std::future<absl::Status> fixed = std::async(
+        std::launch::async,
+        [this, fixed_threads, run] { return StreamFixed(fixed_threads, run); });
+    const absl::Status moving = DecodeOne(
+        ImageRole::kMoving, std::max(1, threads - fixed_threads), run);
+    REGSERVE_RETURN_IF_ERROR(fixed.get());
+    return moving;
   }
 
   // The fixed image goes straight into its copy, checked against the

@@ -392,6 +392,11 @@ absl::Status ReadPlanExtras(const Reader& r, Plan* p) {
                             r.Int("plan.warp_cpu_tile_size"));
   REGSERVE_ASSIGN_OR_RETURN(writer, r.Int("plan.result_writer_cpu_ram_bytes"));
   p->result_writer_cpu_ram_bytes = static_cast<uint64_t>(writer);
+  // Plans stored before concurrent decoding decoded one image at a time.
+  if (r.Has("plan.decode_concurrent")) {
+    REGSERVE_ASSIGN_OR_RETURN(int64_t both, r.Int("plan.decode_concurrent"));
+    p->decode_concurrent = both != 0;
+  }
   // Plans stored before region reads existed held the moving image.
   if (r.Has("plan.moving_streamed")) {
     REGSERVE_ASSIGN_OR_RETURN(int64_t streamed, r.Int("plan.moving_streamed"));
@@ -615,6 +620,7 @@ std::string EncodeJobState(const JobRecord& record) {
            static_cast<int64_t>(p.result_writer_cpu_ram_bytes));
   w.AddInt("plan.result_writer_threads", p.result_writer_threads);
   w.AddInt("plan.moving_streamed", p.moving_streamed ? 1 : 0);
+  w.AddInt("plan.decode_concurrent", p.decode_concurrent ? 1 : 0);
   w.AddUint("plan.moving_cache_bytes", p.moving_cache_bytes);
   w.AddUint("plan.spill_bytes", p.spill_bytes);
   AddStageMemory(&w, "plan.initial_alignment", p.initial_alignment);

@@ -62,9 +62,10 @@ class RegistrationStage final : public PipelineStage {
     REGSERVE_RETURN_IF_ERROR(
         KeepTheBetterOfStartAndElastix(run, r.threads(), host));
     host->AddPlanReason(absl::StrFormat(
-        "registration: elastix %.2f s, transformix %.2f s, the choice between "
-        "the start and start + elastix %.2f s",
-        run->reg.elastix_seconds, run->reg.transformix_seconds,
+        "registration: elastix %.2f s (CPU %.2f s), transformix %.2f s, the "
+        "choice between the start and start + elastix %.2f s",
+        run->reg.elastix_seconds, run->reg.elastix_cpu_seconds,
+        run->reg.transformix_seconds,
         absl::ToDoubleSeconds(absl::Now() - choice_start)));
     std::vector<std::string> copied;
     REGSERVE_RETURN_IF_ERROR(

@@ -104,6 +104,22 @@ uint64_t DecodeStageRam(const ImageSpec& fixed, const ImageSpec& moving,
   return std::max(streamed, DecodeRam(moving) + GrayBytes(r));
 }
 
+// Both images decoded at once, each on half the stage's threads, when
+// there are two cores and the RAM budget holds both steps together: a
+// strip-by-strip decoder (zlib, libjpeg) keeps one core busy, so this
+// nearly halves the stage (docs/benchmarks.md, "The CPU job's time").
+void PlanConcurrentDecode(const ImageSpec& fixed, const ImageSpec& moving,
+                          const RegSize& r, const Budgets& budgets,
+                          bool moving_streamed, Plan* plan) {
+  if (moving_streamed || budgets.cpu_threads < 2) return;
+  const uint64_t both =
+      StreamedGrayscaleWorkBytes(fixed, r.fw, budgets.cpu_threads / 2) +
+      DecodeRam(moving) + GrayBytes(r);
+  if (both > budgets.ram_bytes) return;
+  plan->decode_concurrent = true;
+  plan->decode.ram_bytes = std::max(plan->decode.ram_bytes, both);
+}
+
 // RAM of the quality stage: its own buffers, the copies and the field it
 // reads, and the full moving image held for the warp.
 uint64_t QualityStageRam(const RegSize& r, uint64_t held) {
@@ -352,6 +368,7 @@ absl::StatusOr<RegSize> PlanRegistration(const ImageSpec& fixed,
         plan.registration_factor, why, Mp(ram_px)));
   }
   plan.decode.ram_bytes = DecodeStageRam(fixed, moving, reg, budgets, streamed);
+  PlanConcurrentDecode(fixed, moving, reg, budgets, streamed, &plan);
   plan.registration.ram_bytes = RegistrationStageRam(reg, held);
   plan.initial_alignment.ram_bytes = InitialAlignmentStageRam(reg, held);
   plan.quality.ram_bytes = QualityStageRam(reg, held);
@@ -711,10 +728,12 @@ absl::StatusOr<Plan> MakePlanWith(const ImageSpec& fixed,
       ", compressed on up to ", plan.result_writer_threads,
       " threads; the writer holds ", Mb(plan.result_writer_ram_bytes)));
   plan.reasons.push_back(absl::StrFormat(
-      "memory estimates: decode %s RAM; registration %s RAM; warp %s RAM, %s "
-      "VRAM",
-      Mb(plan.decode.ram_bytes), Mb(plan.registration.ram_bytes),
-      Mb(plan.warp.ram_bytes), Mb(plan.warp.vram_bytes)));
+      "memory estimates: decode %s RAM (%s); registration %s RAM; warp %s "
+      "RAM, %s VRAM",
+      Mb(plan.decode.ram_bytes),
+      plan.decode_concurrent ? "both images at once" : "one image at a time",
+      Mb(plan.registration.ram_bytes), Mb(plan.warp.ram_bytes),
+      Mb(plan.warp.vram_bytes)));
   plan.reasons.push_back(absl::StrFormat(
       "quality map: the residual is estimated on the %dx%d registration copy "
       "by patch phase correlation before the warp; %s RAM",

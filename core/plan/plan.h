@@ -122,7 +122,10 @@ struct Plan {
   // would hold more than kMaxTileDataBytes.
   int64_t stream_tile_size = 0;
 
-  StageMemory decode;        // full images + grayscale copies
+  StageMemory decode;  // full images + grayscale copies
+  // The fixed image streamed into its copy while the moving image is read
+  // (decode.ram_bytes holds both); else one after the other.
+  bool decode_concurrent = false;
   StageMemory registration;  // elastix + transformix (+ copies held)
   StageMemory quality;       // quality map: warped copy (+ copies held)
   StageMemory warp;          // moving image + warp working set + writer

@@ -132,9 +132,16 @@ TEST(MakePlan, CpuPreferenceIsHonoured) {
   EXPECT_EQ(plan->warp_device, WarpDevice::kCpu);
 }
 
+// One core: the decode stage reads one image after the other.
+HardwareSnapshot OneCore(uint64_t ram) {
+  HardwareSnapshot hw = Machine(ram, 0);
+  hw.cpu_cores = 1;
+  return hw;
+}
+
 TEST(MakePlan, DecodeReservesOpenImageIoScratch) {
   // Below 64 MiB the scratch is as large as the image; above, about 64 MiB.
-  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  const Budgets b = BudgetsFromHardware(OneCore(32 * kGiB), {});
   const ImageSpec small = Rgb(2000, 2000);  // 12 MB
   auto plan = MakePlan(small, small, JobOptions{}, b);
   ASSERT_TRUE(plan.ok()) << plan.status();
@@ -158,7 +165,7 @@ TEST(MakePlan, DecodeReservesOpenImageIoScratch) {
 TEST(MakePlan, DecodeStreamsTheFixedImage) {
   // The fixed image is streamed into its copy: a few strips, not the whole
   // image; the moving image is still read whole beside the fixed copy.
-  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  const Budgets b = BudgetsFromHardware(OneCore(32 * kGiB), {});
   ImageSpec fixed = kFabric;
   fixed.stream_rows = 64;
   fixed.stream_scratch_bytes = 64ull * 18960 * 3;
@@ -187,6 +194,38 @@ TEST(MakePlan, DecodeStreamsTheFixedImage) {
   plan = MakePlan(fixed, kFabric, JobOptions{}, b);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_GT(plan->decode.ram_bytes, kFabric.bytes());
+}
+
+TEST(MakePlan, DecodeReadsBothImagesAtOnceWhereTheBudgetHoldsBoth) {
+  ImageSpec fixed = kFabric;
+  fixed.stream_rows = 64;
+  fixed.stream_scratch_bytes = 64ull * 18960 * 3;
+  const ImageSpec moving = Rgb(4000, 3000);
+  const Budgets one = BudgetsFromHardware(OneCore(32 * kGiB), {});
+  auto seq = MakePlan(fixed, moving, JobOptions{}, one);
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  EXPECT_FALSE(seq->decode_concurrent);
+  // Eight cores: the fixed stream (on half of them) beside the moving step.
+  const Budgets b = BudgetsFromHardware(Machine(32 * kGiB, 0), {});
+  auto plan = MakePlan(fixed, moving, JobOptions{}, b);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->decode_concurrent);
+  const uint64_t gray =
+      4ull *
+      (plan->registration_fixed_width * plan->registration_fixed_height +
+       plan->registration_moving_width * plan->registration_moving_height);
+  EXPECT_EQ(plan->decode.ram_bytes,
+            StreamedGrayscaleWorkBytes(fixed, plan->registration_fixed_width,
+                                       b.cpu_threads / 2) +
+                2 * moving.bytes() + gray);
+  EXPECT_THAT(Reasons(*plan), testing::HasSubstr("(both images at once)"));
+  // A moving image read by region streams too: one at a time.
+  Budgets tight = b;
+  tight.ram_bytes = 1024ull << 20;
+  auto streamed = MakePlan(kFabric, kFabric, JobOptions{}, tight);
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  EXPECT_TRUE(streamed->moving_streamed);
+  EXPECT_FALSE(streamed->decode_concurrent);
 }
 
 TEST(TiffWriterPartialBytes, OnlyWhenWarpTilesCutStreamTiles) {

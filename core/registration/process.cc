@@ -201,6 +201,13 @@ bool Running(pid_t pid) {
 // bytes, or 0 if unreadable. Unlike wait4's ru_maxrss this does not include
 // the parent's resident set: posix_spawn's child shares the parent's memory
 // until exec, and Linux carries that high-water mark into ru_maxrss.
+double CpuSeconds(const struct rusage& ru) {
+  const auto sec = [](const struct timeval& t) {
+    return static_cast<double>(t.tv_sec) + t.tv_usec * 1e-6;
+  };
+  return sec(ru.ru_utime) + sec(ru.ru_stime);
+}
+
 int64_t ReadVmHwm(pid_t pid) {
   char path[64];
   std::snprintf(path, sizeof(path), "/proc/%d/status", static_cast<int>(pid));
@@ -361,6 +368,7 @@ class PosixProcessRunner final : public ProcessRunner {
     reader.Finish();
     result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     result.tail = reader.TakeTail();
+    result.cpu_seconds = CpuSeconds(ru);
     // Sampled VmHWM; wait4's figure only when no sample was taken (a child
     // that exited before the first poll), where it is an upper bound.
     result.peak_rss_bytes =

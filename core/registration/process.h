@@ -85,6 +85,9 @@ struct ProcessResult {
   // set at spawn time, for a child that exits before the first sample.
   int64_t peak_rss_bytes = 0;
   double seconds = 0.0;  // wall time
+  // User + system CPU time of the child (wait4), which with `seconds` says
+  // how much of the machine it used.
+  double cpu_seconds = 0.0;
 };
 
 class ProcessRunner {

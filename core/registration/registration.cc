@@ -314,6 +314,7 @@ absl::Status RunElastix(const RegistrationRequest& request,
   result->final_metric = parser->final_metric();
   result->iterations = parser->total_iterations();
   result->elastix_seconds = run->seconds;
+  result->elastix_cpu_seconds = run->cpu_seconds;
   result->elastix_peak_rss_bytes = run->peak_rss_bytes;
   return absl::OkStatus();
 }

@@ -101,6 +101,7 @@ struct RegistrationResult {
   int64_t iterations = 0;  // total over stages and resolutions
   double elastix_seconds = 0.0;
   double transformix_seconds = 0.0;
+  double elastix_cpu_seconds = 0.0;  // user + system (ProcessResult)
   // Peak resident memory of the elastix / transformix child (its sampled
   // VmHWM; see ProcessResult::peak_rss_bytes).
   int64_t elastix_peak_rss_bytes = 0;
