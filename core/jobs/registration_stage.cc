@@ -8,7 +8,9 @@
 // TransformParameters then describe d alone. Unless H alone fits better by
 // the quality map's estimate (field_choice.h): then the field is H's and
 // the plan says so. Memory: Plan::registration.
+#include <algorithm>
 #include <filesystem>
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -44,6 +46,10 @@ class RegistrationStage final : public PipelineStage {
     REGSERVE_RETURN_IF_ERROR(PoolForElastix(*run, r.threads(), &elastix_fixed,
                                             &elastix_moving, &req));
     RemoveAllQuietly(req.work_dir);
+    // Cancelled with the job; waited for (the future's destructor) on every
+    // path out of this function.
+    std::future<absl::StatusOr<StartAlone>> early =
+        StartAloneBesideElastix(*run, req, r);
     req.on_progress = [host](const RegistrationProgress& p) {
       host->Progress(Stage::kRegistration, p.fraction, p.message, &p,
                      /*force=*/false);
@@ -59,8 +65,8 @@ class RegistrationStage final : public PipelineStage {
     // The grayscale copies stay for the later stages (quality frees them).
     REGSERVE_RETURN_IF_ERROR(ComposeWithInitial(run, r.threads(), host));
     const absl::Time choice_start = absl::Now();
-    REGSERVE_RETURN_IF_ERROR(
-        KeepTheBetterOfStartAndElastix(run, r.threads(), host));
+    REGSERVE_RETURN_IF_ERROR(KeepTheBetterOfStartAndElastix(
+        run, r.threads(), early.valid() ? &early : nullptr, host));
     host->AddPlanReason(absl::StrFormat(
         "registration: elastix %.2f s (CPU %.2f s), transformix %.2f s, the "
         "choice between the start and start + elastix %.2f s",
@@ -109,35 +115,101 @@ class RegistrationStage final : public PipelineStage {
     return absl::OkStatus();
   }
 
-  // elastix's B-spline after a good start can make the fit worse where the
-  // images give its MI metric little to hold (field_choice.h: on the
-  // benchmark the true p95 went from 0.22 to 1.75 px); the quality map's
-  // estimates of the start alone and of start + elastix decide which field
-  // goes on. Memory: within the stage's reservation, elastix having exited
-  // (QualityRamBytes and one more field are below RegistrationRamBytes).
-  absl::Status KeepTheBetterOfStartAndElastix(JobRun* run, int threads,
-                                              StageHost* host) const {
-    run->reg_quality.reset();
-    if (!run->initial.found || run->reg.field.empty()) {
-      return absl::OkStatus();
-    }
-    const DisplacementField& total = run->reg.field;
-    const GridGeometry grid{total.width,    total.height,    total.origin_x,
-                            total.origin_y, total.spacing_x, total.spacing_y};
-    absl::StatusOr<DisplacementField> alone =
-        HomographyField(run->initial.fixed_to_moving, grid, threads);
-    const JobRecord& rec = run->rec;
+  // The initial alignment's homography alone as a field, and its estimate.
+  struct StartAlone {
+    DisplacementField field;
+    QualityReport report;
+  };
+
+  static QualityOptions ChoiceOptions(const JobRun& run, int threads) {
+    const JobRecord& rec = run.rec;
     QualityOptions q;
     q.fixed_full_width = rec.fixed_spec.width;
     q.fixed_full_height = rec.fixed_spec.height;
     q.moving_full_width = rec.moving_spec.width;
     q.moving_full_height = rec.moving_spec.height;
     q.threads = threads;
-    q.cancel = run->cancel;
-    absl::StatusOr<FieldChoice> c =
-        alone.ok() ? CompareFields(run->fixed_gray, run->moving_gray, total,
-                                   nullptr, *alone, q)
-                   : absl::StatusOr<FieldChoice>(alone.status());
+    q.cancel = run.cancel;
+    return q;
+  }
+
+  static absl::StatusOr<StartAlone> EstimateStartAlone(const JobRun& run,
+                                                       const GridGeometry& g,
+                                                       int threads) {
+    StartAlone a;
+    REGSERVE_ASSIGN_OR_RETURN(
+        a.field, HomographyField(run.initial.fixed_to_moving, g, threads));
+    REGSERVE_ASSIGN_OR_RETURN(
+        a.report, EstimateQuality(run.fixed_gray, run.moving_gray, a.field,
+                                  ChoiceOptions(run, threads)));
+    return a;
+  }
+
+  // elastix on a pooled copy leaves most of the reservation and some of a
+  // core unused (it keeps 1.6 of 2 busy: docs/benchmarks.md, "The CPU
+  // job's time"): the start alone is estimated meanwhile on one thread, on
+  // the grid elastix's field will have (its fixed copy's). Not started
+  // (invalid future) without a start, on one core, or where the
+  // reservation does not hold elastix and the estimate together.
+  static std::future<absl::StatusOr<StartAlone>> StartAloneBesideElastix(
+      const JobRun& run, const RegistrationRequest& req, const Reservation& r) {
+    const Plan& plan = run.rec.info.plan;
+    if (!run.initial.found || r.threads() < 2 ||
+        plan.elastix_fixed_width <= 0) {
+      return {};
+    }
+    const int64_t elastix_px =
+        std::max(req.fixed->width() * req.fixed->height(),
+                 req.moving->width() * req.moving->height());
+    const uint64_t both =
+        RegistrationRamBytes(elastix_px) +
+        QualityRamBytes(run.fixed_gray.width() * run.fixed_gray.height()) +
+        2 * sizeof(float) * static_cast<uint64_t>(elastix_px);
+    if (both > RegistrationRamBytes(plan.registration_fixed_width *
+                                    plan.registration_fixed_height)) {
+      return {};
+    }
+    const GridGeometry grid =
+        RegistrationGrid(req.fixed->width(), req.fixed->height(),
+                         req.fixed_full_width, req.fixed_full_height);
+    return std::async(std::launch::async, [&run, grid] {
+      return EstimateStartAlone(run, grid, 1);
+    });
+  }
+
+  // elastix's B-spline after a good start can make the fit worse where the
+  // images give its MI metric little to hold (field_choice.h: on the
+  // benchmark the true p95 went from 0.22 to 1.75 px); the quality map's
+  // estimates of the start alone and of start + elastix decide which field
+  // goes on. `early`, when not null, is the start alone estimated beside
+  // elastix. Memory: within the stage's reservation, elastix having exited
+  // (QualityRamBytes and one more field are below RegistrationRamBytes).
+  absl::Status KeepTheBetterOfStartAndElastix(
+      JobRun* run, int threads, std::future<absl::StatusOr<StartAlone>>* early,
+      StageHost* host) const {
+    run->reg_quality.reset();
+    if (!run->initial.found || run->reg.field.empty()) {
+      return absl::OkStatus();
+    }
+    const DisplacementField& total = run->reg.field;
+    absl::StatusOr<QualityReport> with = EstimateQuality(
+        run->fixed_gray, run->moving_gray, total, ChoiceOptions(*run, threads));
+    absl::StatusOr<StartAlone> alone =
+        early != nullptr
+            ? early->get()
+            : EstimateStartAlone(*run,
+                                 GridGeometry{total.width, total.height,
+                                              total.origin_x, total.origin_y,
+                                              total.spacing_x, total.spacing_y},
+                                 threads);
+    absl::StatusOr<FieldChoice> c;
+    if (!with.ok() || !alone.ok()) {
+      c = with.ok() ? alone.status() : with.status();
+    } else {
+      const bool better =
+          CandidateIsBetter(with->summary, alone->report.summary);
+      c = FieldChoice{*std::move(with), std::move(alone->report), better};
+    }
     if (!c.ok()) {
       if (absl::IsCancelled(c.status()) ||
           absl::IsDeadlineExceeded(c.status())) {
@@ -157,7 +229,7 @@ class RegistrationStage final : public PipelineStage {
       run->reg_quality = std::move(c->current);
       return absl::OkStatus();
     }
-    run->reg.field = *std::move(alone);
+    run->reg.field = std::move(alone->field);
     run->reg_quality = std::move(c->candidate);
     host->AddPlanReason(absl::StrCat(
         "registration: the initial alignment alone is used (",
