@@ -16,11 +16,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
 #include "core/common/tile_grid.h"
 #include "core/image/image.h"
 #include "core/image/image_io.h"
 #include "core/image/tile_wire_codec.h"
-#include "core/image/tiled_tiff_writer.h"
 
 namespace regserve {
 namespace {
@@ -186,6 +186,8 @@ absl::Status TileAssembler::StartLayout(const Layout& layout) {
   }
   layout_ = layout;
   next_tile_ = 0;
+  writer_.reset();
+  bands_encoded_ = 0;
   return SaveState();
 }
 
@@ -248,7 +250,51 @@ absl::Status TileAssembler::AddTile(const v1::Tile& tile) {
     }
   }
   ++next_tile_;
-  return SaveState();
+  REGSERVE_RETURN_IF_ERROR(SaveState());
+  if (!TiffOutput()) return absl::OkStatus();
+  const TileGrid grid(l.width, l.height, l.tile_size);
+  return EncodeBands(next_tile_ / grid.cols());
+}
+
+bool TileAssembler::TiffOutput() const {
+  const std::string lower = absl::AsciiStrToLower(output_path_);
+  return absl::EndsWith(lower, ".tif") || absl::EndsWith(lower, ".tiff");
+}
+
+absl::Status TileAssembler::EncodeBands(int64_t bands) {
+  if (bands <= bands_encoded_) return absl::OkStatus();
+  REGSERVE_ASSIGN_OR_RETURN(const SampleType type,
+                            CoreSampleType(layout_.sample_type));
+  ImageSpec spec;
+  spec.width = layout_.width;
+  spec.height = layout_.height;
+  spec.channels = layout_.channels;
+  spec.type = type;
+  const TileGrid grid(layout_.width, layout_.height, layout_.tile_size);
+  if (writer_ == nullptr) {
+    // Compressed on every core (the same bytes for any thread count).
+    TiledTiffOptions options;
+    options.tile = static_cast<int>(grid.edge());
+    options.threads =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    REGSERVE_ASSIGN_OR_RETURN(
+        writer_, OpenTiledTiffWriter(encoded_path(), spec, options));
+    bands_encoded_ = 0;
+  }
+  const size_t row_bytes =
+      static_cast<size_t>(spec.width) * spec.bytes_per_pixel();
+  for (; bands_encoded_ < bands; ++bands_encoded_) {
+    const TileRect first = grid.rect(bands_encoded_ * grid.cols());
+    ImageSpec band_spec = spec;
+    band_spec.height = first.h;
+    REGSERVE_ASSIGN_OR_RETURN(Image band, Image::Allocate(band_spec));
+    if (!PreadAll(fd_, band.data(), band.size_bytes(),
+                  static_cast<off_t>(first.y * row_bytes))) {
+      return IoError("cannot read", partial_path());
+    }
+    REGSERVE_RETURN_IF_ERROR(writer_->WriteRegion(0, first.y, band));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status TileAssembler::Finish() {
@@ -257,42 +303,24 @@ absl::Status TileAssembler::Finish() {
         "the result is incomplete: ", next_tile_, " of ", layout_.tile_count,
         " tiles received; run `regctl watch` to continue"));
   }
-  auto type = CoreSampleType(layout_.sample_type);
-  if (!type.ok()) return type.status();
-  ImageSpec spec;
-  spec.width = layout_.width;
-  spec.height = layout_.height;
-  spec.channels = layout_.channels;
-  spec.type = *type;
-  const size_t row_bytes =
-      static_cast<size_t>(spec.width) * spec.bytes_per_pixel();
-  const std::string lower = absl::AsciiStrToLower(output_path_);
   absl::Status written;
-  if (absl::EndsWith(lower, ".tif") || absl::EndsWith(lower, ".tiff")) {
-    // Band by band: one tile row of the output in memory at a time,
-    // compressed on every core (the same bytes for any thread count).
+  if (TiffOutput()) {
     const TileGrid grid(layout_.width, layout_.height, layout_.tile_size);
-    TiledTiffOptions options;
-    options.tile = static_cast<int>(grid.edge());
-    options.threads =
-        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    auto writer = OpenTiledTiffWriter(output_path_, spec, options);
-    if (!writer.ok()) return writer.status();
-    for (int64_t row = 0; row < grid.rows() && written.ok(); ++row) {
-      const TileRect first = grid.rect(row * grid.cols());
-      const int64_t y = first.y;
-      ImageSpec band_spec = spec;
-      band_spec.height = first.h;
-      auto band = Image::Allocate(band_spec);
-      if (!band.ok()) return band.status();
-      if (!PreadAll(fd_, band->data(), band->size_bytes(),
-                    static_cast<off_t>(y * row_bytes))) {
-        return IoError("cannot read", partial_path());
-      }
-      written = (*writer)->WriteRegion(0, y, *band);
+    written = EncodeBands(grid.rows());
+    if (written.ok()) written = writer_->Close();
+    writer_.reset();
+    if (written.ok() &&
+        std::rename(encoded_path().c_str(), output_path_.c_str()) != 0) {
+      written = IoError("cannot rename to", output_path_);
     }
-    if (written.ok()) written = (*writer)->Close();
   } else {
+    auto type = CoreSampleType(layout_.sample_type);
+    if (!type.ok()) return type.status();
+    ImageSpec spec;
+    spec.width = layout_.width;
+    spec.height = layout_.height;
+    spec.channels = layout_.channels;
+    spec.type = *type;
     auto image = Image::Allocate(spec);
     if (!image.ok()) return image.status();
     if (!PreadAll(fd_, image->data(), image->size_bytes(), 0)) {

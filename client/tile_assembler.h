@@ -6,11 +6,15 @@
 // While tiles arrive, the pixels go into OUT.partial (raw, interleaved
 // samples of the whole image, written in place) and the progress into
 // OUT.partial.state (job id, layout and the count of tiles received in row-
-// major order, replaced atomically after each tile). Finish() encodes OUT
-// from the raw file (a tiled TIFF written band by band for .tif/.tiff, so the
-// image never has to fit in memory; any other format OpenImageIO writes
-// through regserve::WriteImageFile) and removes the partial files. A later
-// run that finds the state of the same job continues from next_tile().
+// major order, replaced atomically after each tile). A .tif/.tiff output is
+// encoded band by band (one row of tiles, read back from the raw file) as
+// each band completes, into OUT.partial.tif, so that little is left to do
+// when the last tile arrives and the image never has to fit in memory;
+// Finish() encodes what is left, renames it to OUT and removes the partial
+// files. Any other format is encoded by Finish() through
+// regserve::WriteImageFile. A later run that finds the state of the same job
+// continues from next_tile() (and encodes the bands received before from the
+// raw file).
 //
 //   REGSERVE_ASSIGN_OR_RETURN(auto out, TileAssembler::Open("out.tif",
 //   job_id)); watch from out->next_tile(); for each tile: out->AddTile(tile);
@@ -33,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/image/tile_wire_codec.h"
+#include "core/image/tiled_tiff_writer.h"
 #include "regserve/v1/regserve.pb.h"
 
 namespace regserve {
@@ -78,6 +83,7 @@ class TileAssembler {
   // The partial files' paths (for tests and messages).
   std::string partial_path() const { return output_path_ + ".partial"; }
   std::string state_path() const { return output_path_ + ".partial.state"; }
+  std::string encoded_path() const { return output_path_ + ".partial.tif"; }
 
  private:
   TileAssembler(std::string output_path, std::string job_id)
@@ -85,6 +91,9 @@ class TileAssembler {
   absl::Status StartLayout(const Layout& layout);
   absl::Status SaveState();
   absl::Status LoadState();
+  bool TiffOutput() const;
+  // Encodes the bands before `bands` that are not yet encoded.
+  absl::Status EncodeBands(int64_t bands);
 
   const std::string output_path_;
   const std::string job_id_;
@@ -92,7 +101,9 @@ class TileAssembler {
   int64_t next_tile_ = 0;
   int fd_ = -1;
   TileWireDecoder decoder_;
-  std::string samples_;  // the decoded tile, reused
+  std::string samples_;                      // the decoded tile, reused
+  std::unique_ptr<TiledTiffWriter> writer_;  // encoded_path(), when open
+  int64_t bands_encoded_ = 0;
 };
 
 }  // namespace regserve

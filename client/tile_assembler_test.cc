@@ -116,6 +116,31 @@ TEST(TileAssemblerTest, ResumesOnlyTheSameJob) {
   ExpectImage(path);
 }
 
+TEST(TileAssemblerTest, TiffIsEncodedBandByBandAndResumes) {
+  const std::string path = TempDir() + "/out.tif";
+  const std::vector<v1::Tile> tiles = MakeTiles();  // 2 bands of 3 tiles
+  {
+    auto a = TileAssembler::Open(path, "job1", false);
+    ASSERT_TRUE(a.ok());
+    for (int i = 0; i < 2; ++i) ASSERT_TRUE((*a)->AddTile(tiles[i]).ok());
+    EXPECT_NE(access((*a)->encoded_path().c_str(), F_OK), 0);
+    ASSERT_TRUE((*a)->AddTile(tiles[2]).ok());  // the first band is whole
+    EXPECT_EQ(access((*a)->encoded_path().c_str(), F_OK), 0);
+    EXPECT_NE(access(path.c_str(), F_OK), 0);
+    ASSERT_TRUE((*a)->AddTile(tiles[3]).ok());
+  }  // interrupted: its half-written encoding goes, the raw tiles stay
+  auto resumed = TileAssembler::Open(path, "job1", true);
+  ASSERT_TRUE(resumed.ok());
+  EXPECT_EQ((*resumed)->next_tile(), 4);
+  EXPECT_NE(access((*resumed)->encoded_path().c_str(), F_OK), 0);
+  for (size_t i = 4; i < tiles.size(); ++i)
+    ASSERT_TRUE((*resumed)->AddTile(tiles[i]).ok());
+  ASSERT_TRUE((*resumed)->Finish().ok());
+  EXPECT_NE(access((*resumed)->encoded_path().c_str(), F_OK), 0);
+  EXPECT_NE(access((*resumed)->partial_path().c_str(), F_OK), 0);
+  ExpectImage(path);
+}
+
 TEST(TileAssemblerTest, RefusesTilesOutsideTheImage) {
   const std::string path = TempDir() + "/out.png";
   auto a = TileAssembler::Open(path, "j", false);
