@@ -402,7 +402,18 @@ int64_t RegionCapacityPixels(int64_t src_w, int64_t src_h, int64_t tile) {
 
 namespace {
 
-using RowFn = void (*)(const WarpParams&, int64_t);
+using RowFn = void (*)(const WarpParams&, const ColumnTap*, int64_t);
+
+// p.rect's ColumnTaps (WarpRow).
+std::vector<ColumnTap> ColumnTaps(const WarpParams& p) {
+  std::vector<ColumnTap> columns(static_cast<size_t>(p.rect_w));
+  for (int64_t k = 0; k < p.rect_w; ++k) {
+    float py;
+    GridPosition(p, p.rect_x0 + k, p.rect_y0, &columns[k].px, &py);
+    columns[k].tap = FieldTapX(p, columns[k].px);
+  }
+  return columns;
+}
 
 template <typename T, int I>
 RowFn SelectChannels(int channels) {
@@ -491,8 +502,9 @@ class CpuWarper final : public Warper {
       // each pixel's result does not depend on the split.
       const int threads =
           static_cast<int>(std::min<int64_t>(options.cpu_threads, rect.h));
+      const std::vector<ColumnTap> columns = ColumnTaps(p);
       ParallelRanges(rect.h, threads, [&](int64_t b, int64_t e) {
-        for (int64_t j = b; j < e; ++j) row_fn(p, rect.y + j);
+        for (int64_t j = b; j < e; ++j) row_fn(p, columns.data(), rect.y + j);
       });
       REGSERVE_RETURN_IF_ERROR(on_tile(rect, *target));
       ++stats.tiles;
@@ -624,8 +636,9 @@ absl::StatusOr<WarpStats> CpuWarper::WarpRegions(RegionSource* moving,
     p.src_stride = item.src.w;
     const int threads =
         static_cast<int>(std::min<int64_t>(options.cpu_threads, item.out.h));
+    const std::vector<ColumnTap> columns = ColumnTaps(p);
     ParallelRanges(item.out.h, threads, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) row_fn(p, item.out.y + j);
+      for (int64_t j = b; j < e; ++j) row_fn(p, columns.data(), item.out.y + j);
     });
     if (reader.joinable()) reader.join();
     REGSERVE_RETURN_IF_ERROR(next);

@@ -66,6 +66,21 @@ REGSERVE_HD int64_t ClampI(int64_t v, int64_t lo, int64_t hi) {
 }
 REGSERVE_HD float Lerp(float a, float b, float t) { return a + t * (b - a); }
 
+// floorf, bit for bit. On the host without it: x86-64's baseline (SSE2)
+// has no rounding instruction, so g++ calls libm's floorf, seven times per
+// warped pixel. Floats of magnitude 2^23 and above are integers already;
+// NaN and infinities come back as they are; an integer x (-0 included)
+// comes back itself.
+REGSERVE_HD float Floor(float x) {
+#ifdef __CUDA_ARCH__
+  return floorf(x);
+#else
+  if (!(x < 8388608.f && x > -8388608.f)) return x;
+  const float t = static_cast<float>(static_cast<int32_t>(x));
+  return t == x ? x : (t > x ? t - 1.f : t);
+#endif
+}
+
 // Fixed-frame position of output pixel (i, j).
 REGSERVE_HD void GridPosition(const WarpParams& p, int64_t i, int64_t j,
                               float* px, float* py) {
@@ -73,31 +88,49 @@ REGSERVE_HD void GridPosition(const WarpParams& p, int64_t i, int64_t j,
   *py = p.grid_origin_y + static_cast<float>(j) * p.grid_spacing_y;
 }
 
+// Where a fixed position falls between the field's nodes along one axis:
+// nodes lo and hi (border-clamped), weight t of hi.
+struct FieldTap {
+  int64_t lo = 0, hi = 0;
+  float t = 0.f;
+};
+
+REGSERVE_HD FieldTap FieldAxisTap(float pos, float origin, float inv_spacing,
+                                  int64_t nodes) {
+  float g = (pos - origin) * inv_spacing;
+  g = ClampF(g, 0.f, static_cast<float>(nodes - 1));
+  // g may be NaN only if the grid itself is NaN; ClampF maps NaN to NaN and
+  // floor(NaN) cast to int is undefined, so treat it as node 0.
+  if (!(g == g)) g = 0.f;
+  FieldTap tap;
+  tap.lo = ClampI(static_cast<int64_t>(Floor(g)), 0, nodes - 1);
+  tap.hi = tap.lo + 1 < nodes ? tap.lo + 1 : tap.lo;
+  tap.t = g - static_cast<float>(tap.lo);
+  return tap;
+}
+
+REGSERVE_HD FieldTap FieldTapX(const WarpParams& p, float px) {
+  return FieldAxisTap(px, p.field_origin_x, p.field_inv_spacing_x, p.field_w);
+}
+REGSERVE_HD FieldTap FieldTapY(const WarpParams& p, float py) {
+  return FieldAxisTap(py, p.field_origin_y, p.field_inv_spacing_y, p.field_h);
+}
+
+// Bilinear displacement between the taps' nodes.
+REGSERVE_HD void FieldBetween(const WarpParams& p, const FieldTap& x,
+                              const FieldTap& y, float* dx, float* dy) {
+  const int64_t r0 = y.lo * p.field_w;
+  const int64_t r1 = y.hi * p.field_w;
+  *dx = Lerp(Lerp(p.field_dx[r0 + x.lo], p.field_dx[r0 + x.hi], x.t),
+             Lerp(p.field_dx[r1 + x.lo], p.field_dx[r1 + x.hi], x.t), y.t);
+  *dy = Lerp(Lerp(p.field_dy[r0 + x.lo], p.field_dy[r0 + x.hi], x.t),
+             Lerp(p.field_dy[r1 + x.lo], p.field_dy[r1 + x.hi], x.t), y.t);
+}
+
 // Bilinear, border-clamped displacement at fixed position (px, py).
 REGSERVE_HD void FieldAt(const WarpParams& p, float px, float py, float* dx,
                          float* dy) {
-  float gx = (px - p.field_origin_x) * p.field_inv_spacing_x;
-  float gy = (py - p.field_origin_y) * p.field_inv_spacing_y;
-  gx = ClampF(gx, 0.f, static_cast<float>(p.field_w - 1));
-  gy = ClampF(gy, 0.f, static_cast<float>(p.field_h - 1));
-  // gx may be NaN only if the grid itself is NaN; ClampF maps NaN to NaN and
-  // floorf(NaN) cast to int is undefined, so treat it as node 0.
-  if (!(gx == gx)) gx = 0.f;
-  if (!(gy == gy)) gy = 0.f;
-  int64_t x0 = static_cast<int64_t>(floorf(gx));
-  int64_t y0 = static_cast<int64_t>(floorf(gy));
-  x0 = ClampI(x0, 0, p.field_w - 1);
-  y0 = ClampI(y0, 0, p.field_h - 1);
-  const int64_t x1 = x0 + 1 < p.field_w ? x0 + 1 : x0;
-  const int64_t y1 = y0 + 1 < p.field_h ? y0 + 1 : y0;
-  const float tx = gx - static_cast<float>(x0);
-  const float ty = gy - static_cast<float>(y0);
-  const int64_t r0 = y0 * p.field_w;
-  const int64_t r1 = y1 * p.field_w;
-  *dx = Lerp(Lerp(p.field_dx[r0 + x0], p.field_dx[r0 + x1], tx),
-             Lerp(p.field_dx[r1 + x0], p.field_dx[r1 + x1], tx), ty);
-  *dy = Lerp(Lerp(p.field_dy[r0 + x0], p.field_dy[r0 + x1], tx),
-             Lerp(p.field_dy[r1 + x0], p.field_dy[r1 + x1], tx), ty);
+  FieldBetween(p, FieldTapX(p, px), FieldTapY(p, py), dx, dy);
 }
 
 // Moving-image position sampled by output pixel (i, j).
@@ -123,10 +156,10 @@ REGSERVE_HD bool Inside(const WarpParams& p, float sx, float sy) {
 REGSERVE_HD void TapRange(int interp, float s, int64_t size, int64_t* lo,
                           int64_t* hi) {
   if (interp == kKernelNearest) {
-    *lo = *hi = ClampI(static_cast<int64_t>(floorf(s + 0.5f)), 0, size - 1);
+    *lo = *hi = ClampI(static_cast<int64_t>(Floor(s + 0.5f)), 0, size - 1);
     return;
   }
-  const int64_t f = static_cast<int64_t>(floorf(s));
+  const int64_t f = static_cast<int64_t>(Floor(s));
   const int64_t r = interp == kKernelCubic ? 1 : 0;
   *lo = ClampI(f - r, 0, size - 1);
   *hi = ClampI(f + 1 + r, 0, size - 1);
@@ -147,22 +180,20 @@ template <typename T>
 REGSERVE_HD T FromFloat(float v);
 template <>
 REGSERVE_HD uint8_t FromFloat<uint8_t>(float v) {
-  return static_cast<uint8_t>(ClampF(floorf(v + 0.5f), 0.f, 255.f));
+  return static_cast<uint8_t>(ClampF(Floor(v + 0.5f), 0.f, 255.f));
 }
 template <>
 REGSERVE_HD uint16_t FromFloat<uint16_t>(float v) {
-  return static_cast<uint16_t>(ClampF(floorf(v + 0.5f), 0.f, 65535.f));
+  return static_cast<uint16_t>(ClampF(Floor(v + 0.5f), 0.f, 65535.f));
 }
 template <>
 REGSERVE_HD float FromFloat<float>(float v) {
   return v;
 }
 
-// Computes output pixel (i, j) into `out` (C samples).
+// Samples the moving image at (sx, sy) into `out` (C samples).
 template <typename T, int C, int I>
-REGSERVE_HD void WarpPixel(const WarpParams& p, int64_t i, int64_t j, T* out) {
-  float sx, sy;
-  SourcePosition(p, i, j, &sx, &sy);
+REGSERVE_HD void SampleAt(const WarpParams& p, float sx, float sy, T* out) {
   if (!Inside(p, sx, sy)) {
     const T f = FromFloat<T>(p.fill);
     REGSERVE_UNROLL
@@ -172,16 +203,16 @@ REGSERVE_HD void WarpPixel(const WarpParams& p, int64_t i, int64_t j, T* out) {
   const T* src = static_cast<const T*>(p.src);
   if (I == kKernelNearest) {
     const int64_t x =
-        ClampI(static_cast<int64_t>(floorf(sx + 0.5f)), 0, p.src_w - 1);
+        ClampI(static_cast<int64_t>(Floor(sx + 0.5f)), 0, p.src_w - 1);
     const int64_t y =
-        ClampI(static_cast<int64_t>(floorf(sy + 0.5f)), 0, p.src_h - 1);
+        ClampI(static_cast<int64_t>(Floor(sy + 0.5f)), 0, p.src_h - 1);
     const T* q = src + ((y - p.src_y0) * p.src_stride + (x - p.src_x0)) * C;
     REGSERVE_UNROLL
     for (int c = 0; c < C; ++c) out[c] = q[c];
     return;
   }
-  const float fx = floorf(sx);
-  const float fy = floorf(sy);
+  const float fx = Floor(sx);
+  const float fy = Floor(sy);
   const float tx = sx - fx;
   const float ty = sy - fy;
   const int64_t ix = static_cast<int64_t>(fx);
@@ -230,12 +261,35 @@ REGSERVE_HD void WarpPixel(const WarpParams& p, int64_t i, int64_t j, T* out) {
   }
 }
 
-// Computes one output row of the rectangle (absolute row j).
+// Computes output pixel (i, j) into `out` (C samples).
 template <typename T, int C, int I>
-inline void WarpRow(const WarpParams& p, int64_t j) {
+REGSERVE_HD void WarpPixel(const WarpParams& p, int64_t i, int64_t j, T* out) {
+  float sx, sy;
+  SourcePosition(p, i, j, &sx, &sy);
+  SampleAt<T, C, I>(p, sx, sy, out);
+}
+
+// The rectangle's columns: each one's fixed x and field tap, the same for
+// every row (the CPU rows compute them once per rectangle).
+struct ColumnTap {
+  float px = 0.f;
+  FieldTap tap;
+};
+
+// Computes one output row of the rectangle (absolute row j), `columns`
+// holding p.rect_w ColumnTaps from column p.rect_x0: WarpPixel's operations
+// on the same values, so the same bits.
+template <typename T, int C, int I>
+inline void WarpRow(const WarpParams& p, const ColumnTap* columns, int64_t j) {
   T* out = static_cast<T*>(p.out) + (j - p.out_y0) * p.out_stride * C;
-  for (int64_t i = p.rect_x0; i < p.rect_x0 + p.rect_w; ++i) {
-    WarpPixel<T, C, I>(p, i, j, out + (i - p.out_x0) * C);
+  float px, py;
+  GridPosition(p, p.rect_x0, j, &px, &py);
+  const FieldTap row = FieldTapY(p, py);
+  for (int64_t k = 0; k < p.rect_w; ++k) {
+    float dx, dy;
+    FieldBetween(p, columns[k].tap, row, &dx, &dy);
+    SampleAt<T, C, I>(p, columns[k].px + dx, py + dy,
+                      out + (p.rect_x0 + k - p.out_x0) * C);
   }
 }
 

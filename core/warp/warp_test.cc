@@ -169,6 +169,59 @@ TEST(WarpCpuTest, MatchesNaiveReference) {
   }
 }
 
+// The CUDA kernel runs WarpPixel per pixel; the CPU rows share its
+// column terms (WarpRow). Both must give the same bits (warp_kernel.h).
+template <typename T, int C, int I>
+void ExpectRowsMatchWarpPixel(const Image& m, const DisplacementField& f,
+                              const WarpOptions& o, const Image& out) {
+  warp_internal::WarpParams p = warp_internal::MakeBaseParams(m, f, o);
+  p.src = m.data();
+  p.src_stride = m.width();
+  for (int64_t j = 0; j < out.height(); ++j) {
+    for (int64_t i = 0; i < out.width(); ++i) {
+      T want[C];
+      warp_internal::WarpPixel<T, C, I>(p, i, j, want);
+      ASSERT_EQ(std::memcmp(want, out.row(j) + i * C * sizeof(T), sizeof(want)),
+                0)
+          << "pixel " << i << "," << j;
+    }
+  }
+}
+
+TEST(WarpCpuTest, RowsAreBitIdenticalToThePerPixelKernel) {
+  auto warper = Cpu();
+  // Nodes beyond the image and a field that pushes pixels outside: clamped
+  // taps, fill, and every interpolation's border.
+  const DisplacementField f = SmoothField(120, 90, 13, 10, 25.0, 7);
+  WarpOptions o;
+  o.fill_value = 3;
+  o.tile_size = 32;
+  const Image u8 = RandomImage({110, 95, 3, SampleType::kUInt8}, 5);
+  const Image f32 = RandomImage({110, 95, 1, SampleType::kFloat32}, 6);
+  o.interpolation = Interpolation::kLinear;
+  ExpectRowsMatchWarpPixel<uint8_t, 3, warp_internal::kKernelLinear>(
+      u8, f, o, WarpToImage(*warper, u8, f, 120, 90, o).value());
+  o.interpolation = Interpolation::kCubic;
+  ExpectRowsMatchWarpPixel<float, 1, warp_internal::kKernelCubic>(
+      f32, f, o, WarpToImage(*warper, f32, f, 120, 90, o).value());
+  o.interpolation = Interpolation::kNearest;
+  ExpectRowsMatchWarpPixel<uint8_t, 3, warp_internal::kKernelNearest>(
+      u8, f, o, WarpToImage(*warper, u8, f, 120, 90, o).value());
+}
+
+TEST(WarpKernelTest, FloorIsFloorfBitForBit) {
+  const float values[] = {0.f,        -0.f,        0.5f,        -0.5f,
+                          1.f,        -1.f,        2.999999f,   -2.000001f,
+                          8388607.5f, -8388607.5f, 8388608.f,   -8388609.f,
+                          1e30f,      -1e30f,      INFINITY,    -INFINITY,
+                          1e-40f,     -1e-40f,     123456.789f, -0.75f};
+  for (float v : values) {
+    const float got = warp_internal::Floor(v), want = std::floor(v);
+    EXPECT_EQ(std::memcmp(&got, &want, sizeof(float)), 0) << v;
+  }
+  EXPECT_TRUE(std::isnan(warp_internal::Floor(NAN)));
+}
+
 TEST(WarpCpuTest, FillValueIsClampedToTheSampleType) {
   auto warper = Cpu();
   const DisplacementField away = ConstantField(1000.f, 0.f);
