@@ -23,6 +23,10 @@
 #   ERROR_MAP=1 ... smooth  # the replay writes $o/error.pgm (where the error lies)
 #   MARGIN=64 ... big   # the big case of session 6: its moving image has
 #       # black fill along the borders (the default margin leaves none)
+#   PAIRS=5 bash scripts/whole_job_benchmark.sh smooth   # then 5 pairs, in
+#       # turn: the daemon job's wall time and elastix + transformix by hand
+#       # (timed only), each pair's ratio, and the median ratio: the machine
+#       # drifts less within a pair than across the run
 #
 # Cases: smooth / homography (the Kleiber photo of Debian's
 # lomiri-wallpapers-20.04, fetched at run time; PHOTO=... to use a copy),
@@ -34,6 +38,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 WORK=${WORK:-/tmp/regserve-wj}
 BY_HAND=${BY_HAND:-1}
+PAIRS=${PAIRS:-0}
 JOB=${JOB:-1}  # 0: elastix by hand only
 TAG=${TAG:-}
 MP=${MP:-}  # regctl --max-registration-megapixels; empty: the default
@@ -131,6 +136,35 @@ by_hand() {  # case dir(inputs) dir(outputs)
   rm -rf "$h/def" "$h/result"
 }
 
+# elastix + transformix as by_hand runs them, timed, nothing measured: ms.
+hand_timed() {  # case dir(inputs) dir(outputs)
+  local d=$3 h=$3/hand fixed moving t0
+  read -r fixed moving <<<"$(inputs "$1" "$2")"
+  rm -rf "$h" && mkdir -p "$h/result"
+  [ -f "$d/p1.txt" ] || "$BENCH" params --inputs="$2" --dir="$d" >/dev/null
+  t0=$(date +%s%N)
+  elastix -f "$fixed" -m "$moving" -p "$d/p0.txt" -p "$d/p1.txt" -out "$h" \
+    -threads "$THREADS" >"$h/elastix.out" 2>&1 &&
+    transformix -in "$moving" -tp "$h/TransformParameters.1.txt" \
+      -out "$h/result" -threads "$THREADS" >"$h/transformix.out" 2>&1 ||
+    { tail "$h/elastix.out" "$h/transformix.out" >&2; return 1; }
+  ms_since "$t0"
+  rm -rf "$h/result"
+}
+
+pairs() {  # case dir(inputs) dir(outputs)
+  local i job hand ratios=()
+  for i in $(seq 1 "$PAIRS"); do
+    job=$(run_daemon_job "$@" | sed -n 's/^JOB wall \([0-9]*\) ms.*/\1/p')
+    rm -rf "$3/data"
+    hand=$(hand_timed "$@")
+    ratios+=("$(awk -v a="$job" -v b="$hand" 'BEGIN {printf "%.3f", a / b}')")
+    echo "PAIR $i job $job ms, by hand $hand ms, ratio ${ratios[-1]}"
+  done
+  printf '%s\n' "${ratios[@]}" | sort -n |
+    awk '{r[NR] = $1} END {printf "PAIRS %d: median job / by hand %.3f (min %.3f, max %.3f)\n", NR, (NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2), r[1], r[NR]}'
+}
+
 for c in "$@"; do
   d="$WORK/$c" o="$WORK/$c$TAG"
   mkdir -p "$d" "$o"
@@ -144,4 +178,5 @@ for c in "$@"; do
     rm -rf "$o/data"
   fi
   if [ "$BY_HAND" = 1 ]; then by_hand "$c" "$d" "$o"; fi
+  if [ "$PAIRS" -gt 0 ]; then pairs "$c" "$d" "$o"; fi
 done
