@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <future>
 #include <opencv2/calib3d.hpp>
 #include <opencv2/core.hpp>
 #include <opencv2/features2d.hpp>
@@ -459,59 +458,25 @@ Homography ToHomography(const cv::Matx33d& h) {
   return out;
 }
 
-// One image's detection copy and its features.
-struct Side {
-  DetectionImage d;
-  Features f;
-};
-
-absl::StatusOr<Side> MakeSide(const Image& gray, int64_t full_w, int64_t full_h,
-                              const RobustStartOptions& o, const char* role) {
-  Side side;
-  REGSERVE_ASSIGN_OR_RETURN(
-      side.d,
-      MakeDetectionImage(gray, full_w, full_h, o.detection_megapixels, role));
-  side.f = Detect(side.d.u8, false, o.max_features);
-  return side;
-}
-
-// Both images at once where there are threads: OpenCV builds SIFT's
-// Gaussian pyramid on one thread (docs/benchmarks.md, "The CPU job's
-// time"). An OpenCV exception in either reaches the caller.
-absl::Status MakeBothSides(const Image& fixed_gray, const Image& moving_gray,
-                           const RobustStartOptions& o, Side* fixed,
-                           Side* moving) {
-  const auto moving_side = [&] {
-    return MakeSide(moving_gray, o.moving_full_width, o.moving_full_height, o,
-                    "moving");
-  };
-  std::future<absl::StatusOr<Side>> m;
-  if (o.threads >= 2) m = std::async(std::launch::async, moving_side);
-  absl::StatusOr<Side> f =
-      MakeSide(fixed_gray, o.fixed_full_width, o.fixed_full_height, o, "fixed");
-  absl::StatusOr<Side> mv = m.valid() ? m.get() : moving_side();
-  if (!f.ok()) return f.status();
-  if (!mv.ok()) return mv.status();
-  *fixed = *std::move(f);
-  *moving = *std::move(mv);
-  return absl::OkStatus();
-}
-
 absl::StatusOr<InitialAlignment> Estimate(const Image& fixed_gray,
                                           const Image& moving_gray,
                                           const RobustStartOptions& o) {
   auto check = [&]() {
     return o.cancel != nullptr ? o.cancel->Check() : absl::OkStatus();
   };
-  Side fixed, moving;
-  REGSERVE_RETURN_IF_ERROR(
-      MakeBothSides(fixed_gray, moving_gray, o, &fixed, &moving));
-  const DetectionImage& fd = fixed.d;
-  const DetectionImage& md = moving.d;
-  Features& ff = fixed.f;
-  Features& mf = moving.f;
+  REGSERVE_ASSIGN_OR_RETURN(
+      const DetectionImage fd,
+      MakeDetectionImage(fixed_gray, o.fixed_full_width, o.fixed_full_height,
+                         o.detection_megapixels, "fixed"));
+  REGSERVE_ASSIGN_OR_RETURN(
+      const DetectionImage md,
+      MakeDetectionImage(moving_gray, o.moving_full_width, o.moving_full_height,
+                         o.detection_megapixels, "moving"));
   InitialAlignment r;
   bool orb = false;
+  Features ff = Detect(fd.u8, orb, o.max_features);
+  REGSERVE_RETURN_IF_ERROR(check());
+  Features mf = Detect(md.u8, orb, o.max_features);
   if (std::min(ff.keypoints.size(), mf.keypoints.size()) <
       static_cast<size_t>(kMinSiftKeypoints)) {
     orb = true;
