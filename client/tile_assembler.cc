@@ -256,13 +256,7 @@ absl::Status TileAssembler::AddTile(const v1::Tile& tile) {
   return EncodeBands(next_tile_ / grid.cols());
 }
 
-bool TileAssembler::TiffOutput() const {
-  const std::string lower = absl::AsciiStrToLower(output_path_);
-  return absl::EndsWith(lower, ".tif") || absl::EndsWith(lower, ".tiff");
-}
-
-absl::Status TileAssembler::EncodeBands(int64_t bands) {
-  if (bands <= bands_encoded_) return absl::OkStatus();
+absl::StatusOr<ImageSpec> TileAssembler::OutputSpec() const {
   REGSERVE_ASSIGN_OR_RETURN(const SampleType type,
                             CoreSampleType(layout_.sample_type));
   ImageSpec spec;
@@ -270,6 +264,17 @@ absl::Status TileAssembler::EncodeBands(int64_t bands) {
   spec.height = layout_.height;
   spec.channels = layout_.channels;
   spec.type = type;
+  return spec;
+}
+
+bool TileAssembler::TiffOutput() const {
+  const std::string lower = absl::AsciiStrToLower(output_path_);
+  return absl::EndsWith(lower, ".tif") || absl::EndsWith(lower, ".tiff");
+}
+
+absl::Status TileAssembler::EncodeBands(int64_t bands) {
+  if (bands <= bands_encoded_) return absl::OkStatus();
+  REGSERVE_ASSIGN_OR_RETURN(const ImageSpec spec, OutputSpec());
   const TileGrid grid(layout_.width, layout_.height, layout_.tile_size);
   if (writer_ == nullptr) {
     // Compressed on every core (the same bytes for any thread count).
@@ -314,14 +319,9 @@ absl::Status TileAssembler::Finish() {
       written = IoError("cannot rename to", output_path_);
     }
   } else {
-    auto type = CoreSampleType(layout_.sample_type);
-    if (!type.ok()) return type.status();
-    ImageSpec spec;
-    spec.width = layout_.width;
-    spec.height = layout_.height;
-    spec.channels = layout_.channels;
-    spec.type = *type;
-    auto image = Image::Allocate(spec);
+    auto spec = OutputSpec();
+    if (!spec.ok()) return spec.status();
+    auto image = Image::Allocate(*spec);
     if (!image.ok()) return image.status();
     if (!PreadAll(fd_, image->data(), image->size_bytes(), 0)) {
       return IoError("cannot read", partial_path());

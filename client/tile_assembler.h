@@ -36,6 +36,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/image/image.h"
 #include "core/image/tile_wire_codec.h"
 #include "core/image/tiled_tiff_writer.h"
 #include "regserve/v1/regserve.pb.h"
@@ -92,6 +93,7 @@ class TileAssembler {
   absl::Status SaveState();
   absl::Status LoadState();
   bool TiffOutput() const;
+  absl::StatusOr<ImageSpec> OutputSpec() const;  // the whole image's
   // Encodes the bands before `bands` that are not yet encoded.
   absl::Status EncodeBands(int64_t bands);
 

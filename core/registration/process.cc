@@ -197,10 +197,7 @@ bool Running(pid_t pid) {
          close[2] != 'X';
 }
 
-// The child's own peak resident set ("VmHWM" in /proc/<pid>/status), in
-// bytes, or 0 if unreadable. Unlike wait4's ru_maxrss this does not include
-// the parent's resident set: posix_spawn's child shares the parent's memory
-// until exec, and Linux carries that high-water mark into ru_maxrss.
+// User + system CPU seconds of a reaped child.
 double CpuSeconds(const struct rusage& ru) {
   const auto sec = [](const struct timeval& t) {
     return static_cast<double>(t.tv_sec) + t.tv_usec * 1e-6;
@@ -208,6 +205,10 @@ double CpuSeconds(const struct rusage& ru) {
   return sec(ru.ru_utime) + sec(ru.ru_stime);
 }
 
+// The child's own peak resident set ("VmHWM" in /proc/<pid>/status), in
+// bytes, or 0 if unreadable. Unlike wait4's ru_maxrss this does not include
+// the parent's resident set: posix_spawn's child shares the parent's memory
+// until exec, and Linux carries that high-water mark into ru_maxrss.
 int64_t ReadVmHwm(pid_t pid) {
   char path[64];
   std::snprintf(path, sizeof(path), "/proc/%d/status", static_cast<int>(pid));
